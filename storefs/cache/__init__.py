@@ -1,0 +1,1 @@
+"""The local write-back cache: journal (what is pending), data files, uploader."""

@@ -1,0 +1,127 @@
+"""The journal's rows in memory, indexed by folder, so lookups never wait on SQLite.
+
+Every change goes through put/remove, which write the journal row and keep three
+indexes in step: the live children of each folder (what listings overlay on the
+provider's), the pending operations below each folder (an rmdir waits for them), and
+the keys that pending copies read from (those keys are frozen until the copy lands).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from typing import Iterator
+
+from .journal import Entry, Journal, OP_COPY
+
+log = logging.getLogger(__name__)
+
+
+def ancestors(key: str) -> Iterator[tuple[str, str]]:
+    """(folder prefix, child name) pairs from the root down to key; dir names end in '/'."""
+    is_dir = key.endswith("/")
+    parts = key.rstrip("/").split("/")
+    prefix = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        name = part if (last and not is_dir) else part + "/"
+        yield prefix, name
+        prefix += part + "/"
+
+
+class EntryIndex:
+    """All journal rows, with the folder indexes the namespace needs."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.entries: dict[str, Entry] = {}
+        self._children: dict[str, Counter[str]] = {}
+        self._pending_below: Counter[str] = Counter()
+        self._copy_sources: Counter[str] = Counter()
+        for e in journal.load():
+            self._add(e)
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """One journal commit for several changes (a folder rename is atomic)."""
+        return self.journal.transaction()
+
+    def get(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    def put(self, e: Entry) -> None:
+        """Persist e and index it (replacing the row of the same key)."""
+        self.journal.put(e)
+        old = self.entries.get(e.key)
+        if old is not None:
+            self._drop(old)
+        self._add(e)
+
+    def remove(self, key: str) -> None:
+        old = self.entries.get(key)
+        if old is None:
+            return
+        self.journal.remove(key)
+        self._drop(old)
+
+    def refresh(self, e: Entry) -> None:
+        """Re-index e after its fields changed in place, and persist it."""
+        self.journal.put(e)
+        self._drop(self.entries[e.key])
+        self._add(e)
+
+    def _add(self, e: Entry) -> None:
+        self.entries[e.key] = e
+        if not e.is_tombstone:
+            for prefix, name in ancestors(e.key):
+                self._children.setdefault(prefix, Counter())[name] += 1
+        if e.pending:
+            for prefix, _ in ancestors(e.key):
+                self._pending_below[prefix] += 1
+        if e.op == OP_COPY and e.copy_src:
+            self._copy_sources[e.copy_src] += 1
+        # snapshot what was indexed, so _drop undoes exactly that even if e mutates later
+        e.__dict__["_indexed"] = (e.is_tombstone, e.pending, e.copy_src if e.op == OP_COPY else None)
+
+    def _drop(self, e: Entry) -> None:
+        was_tomb, was_pending, copy_src = e.__dict__.pop("_indexed", (e.is_tombstone, e.pending, None))
+        del self.entries[e.key]
+        if not was_tomb:
+            for prefix, name in ancestors(e.key):
+                c = self._children.get(prefix)
+                if c is not None:
+                    c[name] -= 1
+                    if c[name] <= 0:
+                        del c[name]
+                        if not c:
+                            del self._children[prefix]
+        if was_pending:
+            for prefix, _ in ancestors(e.key):
+                self._pending_below[prefix] -= 1
+                if self._pending_below[prefix] <= 0:
+                    del self._pending_below[prefix]
+        if copy_src:
+            self._copy_sources[copy_src] -= 1
+            if self._copy_sources[copy_src] <= 0:
+                del self._copy_sources[copy_src]
+
+    def children(self, prefix: str) -> list[str]:
+        """Names of live local entries directly in prefix ('a/b/'); folders end with '/'."""
+        return list(self._children.get(prefix, ()))
+
+    def has_live_below(self, prefix: str) -> bool:
+        return bool(self._children.get(prefix))
+
+    def pending_below(self, prefix: str) -> int:
+        """Pending operations strictly below the folder prefix."""
+        return self._pending_below.get(prefix, 0)
+
+    def is_copy_source(self, key: str) -> bool:
+        return self._copy_sources.get(key, 0) > 0
+
+    def pending(self) -> list[Entry]:
+        return [e for e in self.entries.values() if e.pending]
+
+    def under(self, prefix: str) -> list[Entry]:
+        """Every entry whose key starts with prefix (a folder rename or removal)."""
+        return [e for k, e in self.entries.items() if k.startswith(prefix)]

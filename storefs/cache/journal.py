@@ -1,0 +1,178 @@
+"""The crash-safe record of every cache entry and of what must still reach a provider.
+
+Every change that the provider has not seen yet is a row here before the FUSE call that
+made it returns (create, close, rename, unlink, chmod ...), so a `kill -9` loses nothing:
+the next mount reads the rows back and resumes the uploads.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+# What must still happen at the provider for a row; None once the row is clean.
+OP_PUT = "put"        # upload the cache file's bytes and metadata
+OP_META = "meta"      # replace the metadata of the object already there
+OP_COPY = "copy"      # server-side copy from copy_src (a rename of uploaded data)
+OP_DELETE = "delete"  # remove the object (a tombstone: hides the key meanwhile)
+OP_MKDIR = "mkdir"    # persist an empty directory (marker object)
+OP_RMDIR = "rmdir"    # remove the directory marker (a tombstone for the folder)
+
+TOMBSTONES = frozenset({OP_DELETE, OP_RMDIR})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key        TEXT PRIMARY KEY,
+    provider   TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    op         TEXT,
+    data_name  TEXT,
+    size       INTEGER NOT NULL DEFAULT 0,
+    mtime      REAL NOT NULL DEFAULT 0,
+    mode       INTEGER NOT NULL DEFAULT 33188,
+    uid        INTEGER,
+    gid        INTEGER,
+    xattrs     TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    remote     INTEGER NOT NULL DEFAULT 0,
+    copy_src   TEXT,
+    chunks     BLOB,
+    etag       TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    atime      REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass
+class Entry:
+    """One key storefs holds locally: cached data, a pending change, or a tombstone."""
+
+    key: str
+    provider: str
+    kind: str = "file"            # "file" or "dir" (dir keys end with "/")
+    state: str = "clean"          # clean / dirty / uploading
+    op: str | None = None         # see OP_* above
+    data_name: str | None = None  # cache data file; None when no bytes are cached
+    size: int = 0
+    mtime: float = 0.0
+    mode: int = 0o100644
+    uid: int | None = None
+    gid: int | None = None
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    generation: int = 0
+    remote: bool = False          # the provider may hold an object at this key
+    copy_src: str | None = None
+    chunks: bytes | None = None   # bitmap of cached chunks; None when complete
+    etag: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    atime: float = 0.0
+
+    @property
+    def is_tombstone(self) -> bool:
+        """Tombstones hide a key until its deletion has reached the provider."""
+        return self.op in TOMBSTONES
+
+    @property
+    def pending(self) -> bool:
+        """Whether the provider still has to hear about this entry."""
+        return self.op is not None
+
+
+_COLUMNS = [f.name for f in fields(Entry)]
+
+
+def _encode_xattrs(x: dict[str, bytes]) -> str | None:
+    return json.dumps({k: base64.b64encode(v).decode() for k, v in x.items()}) if x else None
+
+
+def _decode_xattrs(s: str | None) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in json.loads(s).items()} if s else {}
+
+
+class Journal:
+    """SQLite in WAL mode behind one lock; writes are grouped into explicit transactions."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._depth = 0
+
+    def load(self) -> list[Entry]:
+        """Every row, for the in-memory index built at mount."""
+        with self._lock:
+            cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries")
+            out = []
+            for row in cur:
+                values = dict(zip(_COLUMNS, row))
+                values["xattrs"] = _decode_xattrs(values["xattrs"])
+                values["remote"] = bool(values["remote"])
+                out.append(Entry(**values))
+            return out
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several writes into one commit (nested uses join the outer one)."""
+        with self._lock:
+            if self._depth == 0:
+                self._conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._conn.execute("COMMIT")
+
+    def put(self, e: Entry) -> None:
+        """Insert or replace the row of e.key."""
+        values = [getattr(e, c) for c in _COLUMNS]
+        values[_COLUMNS.index("xattrs")] = _encode_xattrs(e.xattrs)
+        values[_COLUMNS.index("remote")] = int(e.remote)
+        with self.transaction():
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values,
+            )
+
+    def remove(self, key: str) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def sync(self) -> None:
+        """Make every committed row durable on disk (fsync semantics), not only crash-safe."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.transaction():
+            self._conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

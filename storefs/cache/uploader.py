@@ -1,0 +1,175 @@
+"""Background threads that carry pending journal rows to their providers.
+
+The uploader knows nothing of files or providers: it schedules keys, runs one operation
+per key at a time through a Reconciler, and retries failures with capped exponential
+backoff and jitter. What an operation means is the core's business.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler(Protocol):
+    """What the uploader needs from the core."""
+
+    def due_in(self, key: str) -> float | None:
+        """0 when key's pending operation can run now, seconds to wait, or None if nothing is pending."""
+
+    def sync(self, key: str) -> None:
+        """Carry key's pending operation to its provider; raise to have it retried."""
+
+    def failed(self, key: str, error: BaseException, attempts: int) -> None:
+        """Record a failed attempt (journal and status)."""
+
+
+class Uploader:
+    """A pool of threads draining a schedule of keys, one operation per key at a time."""
+
+    def __init__(self, reconciler: Reconciler, workers: int = 4, max_backoff: float = 60.0) -> None:
+        self._rec = reconciler
+        self._workers = max(1, workers)
+        self._max_backoff = max_backoff
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}
+        self._in_flight: set[str] = set()
+        self._attempts: dict[str, int] = {}
+        self._requeue_after_flight: set[str] = set()  # scheduled again while running
+        self._seq = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self.uploaded = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        for i in range(self._workers):
+            t = threading.Thread(target=self._run, name=f"storefs-upload-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work; operations under way finish (their rows stay pending otherwise)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def schedule(self, key: str, delay: float = 0.0, *, keep_earlier: bool = False) -> None:
+        """Run key's pending operation after delay (a later close pushes the quiet delay back)."""
+        due = time.monotonic() + delay
+        with self._cond:
+            old = self._due.get(key)
+            if keep_earlier and old is not None and old <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, next(self._seq), key))
+            self._cond.notify()
+
+    def hurry(self) -> None:
+        """Drop every quiet delay: flush and unmount want everything now."""
+        with self._cond:
+            now = time.monotonic()
+            for key, due in list(self._due.items()):
+                if due > now:
+                    self._due[key] = now
+                    heapq.heappush(self._heap, (now, next(self._seq), key))
+            self._cond.notify_all()
+
+    def in_flight(self) -> set[str]:
+        with self._cond:
+            return set(self._in_flight)
+
+    def is_busy(self, key: str) -> bool:
+        with self._cond:
+            return key in self._in_flight
+
+    def scheduled(self) -> int:
+        with self._cond:
+            return len(self._due) + len(self._in_flight)
+
+    def wait_change(self, timeout: float) -> None:
+        """Sleep until some operation finishes (or timeout), for flush's progress loop."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def _backoff(self, attempts: int) -> float:
+        return min(self._max_backoff, 0.25 * (2 ** min(attempts, 16))) * random.uniform(0.5, 1.0)
+
+    def _next(self) -> str | None:
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                while self._heap:
+                    due, _, key = self._heap[0]
+                    if self._due.get(key) != due or key in self._in_flight:
+                        heapq.heappop(self._heap)
+                        if key in self._in_flight and self._due.get(key) == due:
+                            # run again once the current operation is over
+                            self._due.pop(key, None)
+                            self._requeue_after_flight.add(key)
+                        continue
+                    break
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, key = heapq.heappop(self._heap)
+                    del self._due[key]
+                    self._in_flight.add(key)
+                    return key
+                timeout = (self._heap[0][0] - now) if self._heap else None
+                self._cond.wait(timeout)
+            return None
+
+    def _run(self) -> None:
+        while True:
+            key = self._next()
+            if key is None:
+                return
+            retry_in: float | None = None
+            try:
+                wait = self._rec.due_in(key)
+                if wait is None:
+                    self._attempts.pop(key, None)
+                elif wait > 0:
+                    retry_in = wait
+                else:
+                    self._rec.sync(key)
+                    self._attempts.pop(key, None)
+                    with self._cond:
+                        self.uploaded += 1
+                    # sync may leave work behind (the file changed meanwhile): look again
+                    if self._rec.due_in(key) is not None:
+                        retry_in = 0.0
+            except Exception as e:  # every failure is retried: the row stays pending
+                n = self._attempts.get(key, 0) + 1
+                self._attempts[key] = n
+                with self._cond:
+                    self.failures += 1
+                retry_in = self._backoff(n)
+                log.warning("sync of %s failed (attempt %d, retry in %.1fs): %s", key, n, retry_in, e)
+                try:
+                    self._rec.failed(key, e, n)
+                except Exception:
+                    log.exception("recording the failure of %s failed", key)
+            with self._cond:
+                self._in_flight.discard(key)
+                again = key in self._requeue_after_flight
+                self._requeue_after_flight.discard(key)
+                if again:
+                    retry_in = 0.0 if retry_in is None else min(retry_in, 0.0)
+                if retry_in is not None:
+                    due = time.monotonic() + retry_in
+                    old = self._due.get(key)
+                    if old is None or due < old:
+                        self._due[key] = due
+                        heapq.heappush(self._heap, (due, next(self._seq), key))
+                self._cond.notify_all()

@@ -1,0 +1,296 @@
+"""Command line: storefs mount | unmount | status | flush."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from . import __version__
+from .config import Config, load_config
+from .control import NotRunning, request
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT = 60.0
+
+
+class CliError(Exception):
+    """A message for the user and a non-zero exit."""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _setup_logging(level: str, log_file: str | None) -> None:
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("mfusepy").setLevel(logging.WARNING)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _check_mountpoint(mnt: str) -> None:
+    if not os.path.exists(mnt):
+        raise CliError(f"mountpoint {mnt} does not exist (create it with: mkdir -p {mnt})")
+    if not os.path.isdir(mnt):
+        raise CliError(f"mountpoint {mnt} is not a directory")
+    if os.path.ismount(mnt):
+        raise CliError(f"{mnt} is already a mount point (storefs unmount {mnt} first)")
+    if os.listdir(mnt):
+        raise CliError(f"mountpoint {mnt} is not empty")
+
+
+def _check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise CliError("FUSE is not available: /dev/fuse is missing (load the fuse module, or run in a "
+                       "container with --device /dev/fuse)")
+    if shutil.which("fusermount3") is None or ctypes.util.find_library("fuse3") is None:
+        raise CliError("libfuse3 is not installed: install the 'fuse3' package (apt-get install fuse3)")
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(os.path.abspath(args.config) if args.config else None)
+    except ConfigError as e:
+        raise CliError(f"bad config: {e}") from None
+    mnt = os.path.abspath(args.mountpoint)
+    _check_mountpoint(mnt)
+    _check_fuse()
+    level = args.log_level or cfg.log_level
+    if args.foreground:
+        _setup_logging(level, args.log_file)
+        return _run_foreground(cfg, mnt)
+    log_file = args.log_file or os.path.join(cfg.cache.dir, "storefs.log")
+    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    return _run_background(cfg, mnt, level, log_file)
+
+
+def _run_foreground(cfg: Config, mnt: str) -> int:
+    from .daemon import run
+    failure: list[str] = []
+
+    def ready(msg: str | None) -> None:
+        if msg:
+            failure.append(msg)
+        else:
+            print(f"storefs: mounted {mnt}", file=sys.stderr, flush=True)
+
+    run(cfg, mnt, ready)
+    if failure:
+        raise CliError(failure[0])
+    return 0
+
+
+def _run_background(cfg: Config, mnt: str, level: str, log_file: str) -> int:
+    """Fork before any thread exists; the child becomes the daemon and reports through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        logfd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(devnull, 0)
+        os.dup2(logfd, 1)
+        os.dup2(logfd, 2)
+        os.close(devnull)
+        os.close(logfd)
+        code = 0
+        try:
+            _setup_logging(level, log_file)
+            from .daemon import run
+
+            def ready(msg: str | None) -> None:
+                try:
+                    os.write(w, (("error:" + msg) if msg else "ok").encode() + b"\n")
+                    os.close(w)
+                except OSError:
+                    pass
+
+            run(cfg, mnt, ready)
+        except BaseException:
+            logging.getLogger("storefs").exception("daemon crashed")
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    buf = b""
+    while b"\n" not in buf and time.monotonic() < deadline:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    os.close(r)
+    line = buf.decode(errors="replace").strip()
+    if line == "ok":
+        print(f"storefs: mounted {mnt} (daemon pid {pid}, log {log_file})", file=sys.stderr)
+        return 0
+    if line.startswith("error:"):
+        os.waitpid(pid, 0)
+        raise CliError(line[len("error:"):])
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    raise CliError(f"the daemon did not come up; see {log_file}")
+
+
+def _progress_printer(quiet: bool):
+    state = {"t": time.monotonic(), "done": None}
+
+    def show(st: dict) -> None:
+        if quiet:
+            return
+        now = time.monotonic()
+        done = st.get("uploads_done", 0)
+        rate = ""
+        if state["done"] is not None and now > state["t"]:
+            rate = f", {(done - state['done']) / (now - state['t']):.1f} ops/s"
+        state["t"], state["done"] = now, done
+        print(f"storefs: {st.get('pending', 0)} changes left ({st.get('dirty_files', 0)} files, "
+              f"{_human(st.get('dirty_bytes', 0))}){rate}", file=sys.stderr, flush=True)
+        for err in st.get("errors", [])[:3]:
+            print(f"  retrying {err['key']}: {err['error']}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _flush(mnt: str, timeout: float | None, quiet: bool = False) -> dict:
+    show = _progress_printer(quiet)
+    final: dict = {}
+    for msg in request(mnt, {"cmd": "flush", "timeout": timeout}, timeout=None):
+        if "progress" in msg:
+            show(msg["progress"])
+        if msg.get("final"):
+            final = msg
+    if "error" in final:
+        raise CliError(final["error"])
+    return final
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    try:
+        final = _flush(mnt, args.timeout)
+    except NotRunning as e:
+        raise CliError(str(e)) from None
+    if not final.get("done"):
+        raise CliError(f"{final.get('pending')} changes still pending after {args.timeout}s")
+    print("storefs: everything is in the provider", file=sys.stderr)
+    return 0
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    try:
+        st = next(iter(request(mnt, {"cmd": "status"})))
+    except NotRunning:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+            print(f"storefs: no daemon answered; detached {mnt}. Pending changes stay in the cache "
+                  "journal and are uploaded at the next mount.", file=sys.stderr)
+            return 0
+        raise CliError(f"{mnt} is not a storefs mount") from None
+    final = _flush(mnt, args.timeout)
+    if not final.get("done") and not args.force:
+        raise CliError(f"{final.get('pending')} changes still pending after {args.timeout}s; not unmounting "
+                       "(they are safe in the journal: use --force to unmount anyway)")
+    res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise CliError(f"unmount of {mnt} failed: {res.stderr.strip() or res.returncode} "
+                       "(is a program still using it? see: fuser -vm " + mnt + ")")
+    pid = st["pid"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise CliError(f"unmounted, but daemon {pid} is still running (finishing uploads); see its log")
+    print(f"storefs: unmounted {mnt}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    try:
+        st = next(iter(request(mnt, {"cmd": "status"})))
+    except NotRunning as e:
+        raise CliError(str(e)) from None
+    st.pop("final", None)
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
+    print(f"mountpoint:   {st['mountpoint']} (daemon pid {st['pid']})")
+    print(f"config:       {st['config']}")
+    print(f"providers:    {', '.join(f'{n} ({k})' for n, k in st['providers'].items())}")
+    print(f"pending:      {st['pending']} changes, {st['dirty_files']} dirty files "
+          f"({_human(st['dirty_bytes'])}), {st['uploading']} uploading")
+    print(f"cache:        {_human(st['cache_bytes'])} used of {_human(st['cache_max_bytes'])} "
+          f"in {st['cache_dir']} ({_human(st['cache_free_bytes'])} free on disk)")
+    print(f"uploads:      {st['uploads_done']} done, {st['upload_failures']} failed attempts")
+    for err in st["errors"][:10]:
+        print(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts): {err['error']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="storefs", description="Mount an artifact store as a directory.")
+    p.add_argument("--version", action="version", version=f"storefs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount the store (returns once the mount is usable)")
+    m.add_argument("-c", "--config", help="YAML config file (default: the embedded local-folder config)")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    m.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: config log_level)")
+    m.add_argument("--log-file", help="log file (default: CACHE_DIR/storefs.log in the background)")
+    m.add_argument("mountpoint")
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("unmount", help="upload everything pending, then unmount")
+    u.add_argument("--timeout", type=float, default=None, help="give up waiting for uploads after N seconds")
+    u.add_argument("--force", action="store_true", help="unmount even if uploads are still pending")
+    u.add_argument("mountpoint")
+    u.set_defaults(func=cmd_unmount)
+
+    s = sub.add_parser("status", help="pending uploads, cache use, errors")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("mountpoint")
+    s.set_defaults(func=cmd_status)
+
+    f = sub.add_parser("flush", help="wait until nothing is pending")
+    f.add_argument("--timeout", type=float, default=None)
+    f.add_argument("mountpoint")
+    f.set_defaults(func=cmd_flush)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"storefs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

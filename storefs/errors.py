@@ -1,0 +1,114 @@
+"""Exceptions of the core; each carries the errno the FUSE edge answers with.
+
+The core raises these and never builds OSErrors itself, so that the one place that
+turns failures into errno values (storefs.fs) also decides what gets logged.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class StorefsError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    errno: int = _errno.EIO
+    #: an expected answer (a probe for an unsupported feature): the FUSE edge does not log it
+    quiet: bool = False
+
+    def __init__(self, message: str = "", *, code: int | None = None, quiet: bool = False) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.errno = code
+        if quiet:
+            self.quiet = True
+
+
+class NotFound(StorefsError):
+    """The path or key does not exist (ENOENT, never logged)."""
+
+    errno = _errno.ENOENT
+
+
+class Exists(StorefsError):
+    """The target exists where the operation needs it absent."""
+
+    errno = _errno.EEXIST
+
+
+class NotEmpty(StorefsError):
+    """rmdir or rename over a directory that still has entries."""
+
+    errno = _errno.ENOTEMPTY
+
+
+class IsADirectory(StorefsError):
+    errno = _errno.EISDIR
+
+
+class NotADirectory(StorefsError):
+    errno = _errno.ENOTDIR
+
+
+class LayoutError(StorefsError):
+    """The operation would break the configured key layout (EINVAL by default)."""
+
+    errno = _errno.EINVAL
+
+
+class NotPermitted(LayoutError):
+    """A file where the layout only allows folders, or an operation storefs refuses (EPERM)."""
+
+    errno = _errno.EPERM
+
+
+class TooLarge(LayoutError):
+    """A file would pass its size limit (EFBIG)."""
+
+    errno = _errno.EFBIG
+
+
+class NoAttribute(StorefsError):
+    """Extended attribute not set (ENODATA, never logged)."""
+
+    errno = _errno.ENODATA
+
+
+class NotSupported(StorefsError):
+    errno = _errno.ENOTSUP
+
+
+class CacheFull(StorefsError):
+    """The cache disk has no room left (ENOSPC)."""
+
+    errno = _errno.ENOSPC
+
+
+class ProviderError(StorefsError):
+    """A provider failed in a way retrying will not fix soon (EIO)."""
+
+    errno = _errno.EIO
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider did not answer (connection refused, timeout, 5xx after retries)."""
+
+
+class AccessDenied(ProviderError):
+    """The provider refused the credentials for this key (EACCES)."""
+
+    errno = _errno.EACCES
+
+
+class ConfigError(Exception):
+    """A config file is wrong; the message names the file, the key and the reason."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+
+
+#: errno values that are answers, not failures: the FUSE edge does not log them.
+QUIET_ERRNOS = frozenset({_errno.ENOENT, _errno.ENODATA, _errno.EEXIST, _errno.ENOTEMPTY})

@@ -1,0 +1,274 @@
+"""The FUSE edge: kernel requests in, namespace calls out, errno values back.
+
+This is the only module that knows mfusepy, and the only place where exceptions become
+errno values: one wrapper turns storefs errors into their errno (one log line unless the
+answer is an ordinary ENOENT/ENODATA) and anything unexpected into EIO with a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # never libfuse2, whatever else is installed
+
+import mfusepy  # noqa: E402
+
+from .errors import QUIET_ERRNOS, NotPermitted, StorefsError  # noqa: E402
+from .namespace import Attr, Namespace  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+MAX_IO = 1 << 20
+
+
+def _key(path: str | None) -> str:
+    return path[1:] if path else ""
+
+
+def edge(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Translate core exceptions into FuseOSError, logging each failure once."""
+
+    name = func.__name__
+
+    @functools.wraps(func)
+    def wrapper(self: "StorefsOperations", *args: Any) -> Any:
+        try:
+            return func(self, *args)
+        except StorefsError as e:
+            if e.errno not in QUIET_ERRNOS and not e.quiet:
+                log.warning("%s %s: %s (%s)", name, args[0] if args else "", e, errno.errorcode.get(e.errno, e.errno))
+            raise mfusepy.FuseOSError(e.errno) from None
+        except mfusepy.FuseOSError:
+            raise
+        except OSError as e:
+            code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
+            if code not in QUIET_ERRNOS:
+                log.warning("%s %s: %s", name, args[0] if args else "", e)
+            raise mfusepy.FuseOSError(code) from None
+        except Exception:
+            log.exception("%s %s failed unexpectedly", name, args[0] if args else "")
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+class StorefsOperations(mfusepy.Operations):
+    """mfusepy Operations: paths to keys, Attr to stat dicts, nothing more."""
+
+    use_ns = True
+
+    def __init__(self, ns: Namespace, on_init: Callable[[], None] | None = None,
+                 on_destroy: Callable[[], None] | None = None) -> None:
+        self.ns = ns
+        self._on_init = on_init
+        self._on_destroy = on_destroy
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        """Big requests and kernel-side attribute caching; threads start only now (after any fork)."""
+        if conn_info is not None:
+            conn_info.max_write = MAX_IO
+            conn_info.max_read = MAX_IO
+            conn_info.max_readahead = MAX_IO
+        if config_3 is not None:
+            fc = self.ns.cfg.fuse
+            config_3.attr_timeout = fc.attr_timeout
+            config_3.entry_timeout = fc.entry_timeout
+            config_3.negative_timeout = fc.negative_timeout
+            config_3.hard_remove = 1  # open-but-unlinked files are ours to keep, no .fuse_hidden renames
+            config_3.use_ino = 0
+        self.ns.start()
+        if self._on_init:
+            self._on_init()
+
+    def destroy(self, path: str) -> None:
+        if self._on_destroy:
+            self._on_destroy()
+
+    @staticmethod
+    def _stat(a: Attr) -> dict[str, int]:
+        ns = int(a.mtime * 1e9)
+        return {
+            "st_mode": a.mode,
+            "st_nlink": 2 if a.is_dir else 1,
+            "st_size": a.size,
+            "st_blocks": (a.size + 511) // 512,
+            "st_blksize": 1 << 17,
+            "st_uid": a.uid,
+            "st_gid": a.gid,
+            "st_mtime": ns,
+            "st_ctime": ns,
+            "st_atime": ns,
+        }
+
+    @edge
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        return self._stat(self.ns.getattr(_key(path), fh))
+
+    @edge
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.ns.readdir(_key(path))]
+
+    @edge
+    def mkdir(self, path: str, mode: int) -> int:
+        uid, gid, _ = mfusepy.fuse_get_context()
+        self.ns.mkdir(_key(path), mode, uid, gid)
+        return 0
+
+    @edge
+    def rmdir(self, path: str) -> int:
+        self.ns.rmdir(_key(path))
+        return 0
+
+    @edge
+    def create(self, path: str, mode: int, flags: int = 0) -> int:
+        if mode & 0o170000 not in (0, 0o100000):
+            raise NotPermitted(f"{path}: only regular files can be created")
+        uid, gid, _ = mfusepy.fuse_get_context()
+        return self.ns.create(_key(path), mode, uid, gid, bool(flags & os.O_EXCL))
+
+    @edge
+    def open(self, path: str, flags: int) -> int:
+        return self.ns.open(_key(path), flags)
+
+    @edge
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.ns.read(fh, size, offset)
+
+    @edge
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self.ns.write(fh, data, offset)
+
+    @edge
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        self.ns.truncate(_key(path), length, fh)
+        return 0
+
+    @edge
+    def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
+        if mode != 0:
+            raise StorefsError(f"{path}: fallocate mode {mode} is not supported", code=errno.EOPNOTSUPP)
+        if offset + size > self.ns.getattr(_key(path), fh).size:
+            self.ns.truncate(_key(path), offset + size, fh)
+        return 0
+
+    @edge
+    def flush(self, path: str, fh: int) -> int:
+        self.ns.flush(fh)
+        return 0
+
+    @edge
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self.ns.fsync(fh)
+        return 0
+
+    @edge
+    def release(self, path: str, fh: int) -> int:
+        self.ns.release(fh)
+        return 0
+
+    @edge
+    def unlink(self, path: str) -> int:
+        self.ns.unlink(_key(path))
+        return 0
+
+    @edge
+    def rename(self, old: str, new: str) -> int:
+        self.ns.rename(_key(old), _key(new))
+        return 0
+
+    @edge
+    def chmod(self, path: str | None, mode: int) -> int:
+        self.ns.chmod(_key(path), mode)
+        return 0
+
+    @edge
+    def chown(self, path: str | None, uid: int, gid: int) -> int:
+        self.ns.chown(_key(path), uid, gid)
+        return 0
+
+    @edge
+    def utimens(self, path: str | None, times: tuple[int | None, int | None] | None = None) -> int:
+        mtime_ns = time.time_ns() if times is None else times[1]
+        self.ns.utimens(_key(path), None if mtime_ns is None else mtime_ns / 1e9)
+        return 0
+
+    @edge
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.ns.statfs()
+
+    @edge
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.ns.getxattr(_key(path), name)
+
+    @edge
+    def listxattr(self, path: str) -> list[str]:
+        return self.ns.listxattr(_key(path))
+
+    @edge
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self.ns.setxattr(_key(path), name, value)
+        return 0
+
+    @edge
+    def removexattr(self, path: str, name: str) -> int:
+        self.ns.removexattr(_key(path), name)
+        return 0
+
+    @edge
+    def symlink(self, target: str, source: str) -> int:
+        raise NotPermitted(f"{target}: symbolic links cannot be stored as objects")
+
+    @edge
+    def link(self, target: str, source: str) -> int:
+        raise NotPermitted(f"{target}: hard links cannot be stored as objects")
+
+    @edge
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise NotPermitted(f"{path}: only regular files and folders can be stored (no FIFOs, sockets or devices)")
+
+
+def _timespec_ns(ts: Any) -> int | None:
+    if ts.tv_nsec == UTIME_OMIT:
+        return None
+    if ts.tv_nsec == UTIME_NOW:
+        return time.time_ns()
+    return ts.tv_sec * 10**9 + ts.tv_nsec
+
+
+class Fuse(mfusepy.FUSE):
+    """mfusepy's FUSE with two libfuse3 calls passed on in full.
+
+    ftruncate gets its file handle (mfusepy drops it, which breaks ftruncate on an
+    unlinked file) and utimens sees UTIME_NOW / UTIME_OMIT as the flags they are.
+    """
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents.fh if fip else None
+        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors), length, fh)
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            times = (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime))
+        return self.operations.utimens(None if path is None else path.decode(self.encoding, self.errors), times)
+
+
+def mount(ops: StorefsOperations, mountpoint: str, fsname: str) -> None:
+    """Run the FUSE loop in this thread until the file system is unmounted."""
+    Fuse(
+        ops,
+        mountpoint,
+        foreground=True,
+        fsname=fsname,
+        subtype="storefs",
+        default_permissions=True,
+        auto_cache=True,
+        max_read=MAX_IO,
+    )

@@ -1,0 +1,106 @@
+"""The one interface every backend implements; the cache knows providers only through it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass
+class ObjectMeta:
+    """What storefs stores beside an object's bytes (s3fs/rclone-compatible on S3)."""
+
+    mtime: float
+    mode: int = 0o100644
+    uid: int | None = None
+    gid: int | None = None
+    content_type: str = "application/octet-stream"
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectInfo:
+    """One entry of a listing or a head: a file, or a directory (key ends with '/')."""
+
+    key: str
+    size: int
+    mtime: float
+    is_dir: bool = False
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    etag: str | None = None
+    content_type: str | None = None
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Last path component, without the trailing '/' of a directory."""
+        return self.key.rstrip("/").rsplit("/", 1)[-1]
+
+
+class Provider(abc.ABC):
+    """A key-value object store seen as keys with '/'-separated prefixes.
+
+    Keys never start with '/'. A directory is addressed by its prefix with a trailing
+    '/' ("t1/image/"); the root prefix is "". Every method raises storefs.errors
+    exceptions (NotFound, AccessDenied, ProviderUnavailable, ProviderError), never
+    a backend library's own.
+    """
+
+    #: name from the config ("local", "s3", ...)
+    name: str
+    #: a short word for status and xattrs: "local", "s3"
+    kind: str
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Fail fast at mount time (missing bucket, bad credentials, unwritable folder)."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Metadata of the file at key; NotFound if there is none."""
+
+    @abc.abstractmethod
+    def dir_exists(self, prefix: str) -> bool:
+        """Whether a directory marker or any key lies below prefix ('a/b/')."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Immediate children of prefix ('' or 'a/b/'), streamed, in no promised order."""
+
+    @abc.abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to length bytes of the object from offset (short only at the end)."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
+        """Store the file at src_path under key, atomically: readers see old or new, never half."""
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
+        """Replace the metadata of an existing object without sending its bytes again."""
+
+    @abc.abstractmethod
+    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None) -> ObjectInfo:
+        """Server-side copy of src to dst (metadata kept, or replaced by meta)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object at key; no error if it is already gone."""
+
+    @abc.abstractmethod
+    def make_dir(self, prefix: str, meta: ObjectMeta) -> None:
+        """Persist an empty directory (a marker object 'prefix/' on object stores)."""
+
+    @abc.abstractmethod
+    def remove_dir(self, prefix: str) -> None:
+        """Remove the directory marker of prefix; no error if there is none."""
+
+    def url(self, key: str, expires: int = 3600) -> str | None:
+        """A URL a browser can fetch the object from, when the backend has one."""
+        return None
+
+    def close(self) -> None:
+        """Release connections and watchers."""

@@ -1,0 +1,102 @@
+"""What the providers hold, seen through short-lived caches of listings and heads.
+
+Several providers may be configured; the view merges them, the default provider first:
+when a key exists in two, the first provider in that order wins. Local changes are not
+here: the namespace overlays the journal on top of this view.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from .errors import NotFound
+from .providers.base import ObjectInfo, Provider
+
+log = logging.getLogger(__name__)
+
+MAX_LISTINGS = 256
+MAX_HEADS = 50_000
+
+
+class RemoteView:
+    """Cached, merged reads of the providers' key space (listings, heads)."""
+
+    def __init__(self, providers: dict[str, Provider], order: list[str], ttl: float, negative_ttl: float) -> None:
+        self.providers = providers
+        self.order = order
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self._lock = threading.Lock()
+        self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
+        self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
+
+    def listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]]:
+        """Children of the folder prefix by name ('x' or 'sub/'), with the provider holding each."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._listings.get(prefix)
+            if hit and hit[0] > now:
+                self._listings.move_to_end(prefix)
+                return hit[1]
+        merged: dict[str, tuple[str, ObjectInfo]] = {}
+        for pname in reversed(self.order):  # earlier providers overwrite later ones
+            for info in self.providers[pname].list(prefix):
+                name = info.name + ("/" if info.is_dir else "")
+                merged[name] = (pname, info)
+        with self._lock:
+            self._listings[prefix] = (now + self.ttl, merged)
+            self._listings.move_to_end(prefix)
+            while len(self._listings) > MAX_LISTINGS:
+                self._listings.popitem(last=False)
+        return merged
+
+    def _cached_listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
+        with self._lock:
+            hit = self._listings.get(prefix)
+            return hit[1] if hit and hit[0] > time.monotonic() else None
+
+    def lookup(self, key: str) -> tuple[str, ObjectInfo] | None:
+        """The file or folder at key ('a/b/x', never with a trailing '/'), or None."""
+        parent, _, name = key.rpartition("/")
+        prefix = parent + "/" if parent else ""
+        listing = self._cached_listing(prefix)
+        if listing is not None:
+            return listing.get(name) or listing.get(name + "/")
+        now = time.monotonic()
+        with self._lock:
+            hit = self._heads.get(key)
+            if hit and hit[0] > now:
+                return hit[1]
+        found: tuple[str, ObjectInfo] | None = None
+        for pname in self.order:
+            p = self.providers[pname]
+            try:
+                found = (pname, p.head(key))
+                break
+            except NotFound:
+                pass
+            if p.dir_exists(key + "/"):
+                found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
+                break
+        with self._lock:
+            self._heads[key] = (now + (self.ttl if found else self.negative_ttl), found)
+            while len(self._heads) > MAX_HEADS:
+                self._heads.popitem(last=False)
+        return found
+
+    def forget(self, key: str) -> None:
+        """Drop what is cached about key and its folder, after storefs itself changed it."""
+        key = key.rstrip("/")
+        parent, _, _ = key.rpartition("/")
+        with self._lock:
+            self._heads.pop(key, None)
+            self._listings.pop(parent + "/" if parent else "", None)
+            self._listings.pop(key + "/", None)
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._heads.clear()
+            self._listings.clear()
