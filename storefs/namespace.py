@@ -9,6 +9,7 @@ storefs.errors exceptions.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 import stat
@@ -25,7 +26,8 @@ from .cache.openfile import DEFAULT_CHUNK, OpenFile
 from .cache.uploader import Uploader
 from .config import Config
 from .errors import (Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound,
-                     NotPermitted, NotSupported, ProviderError, StorefsError, TooLarge)
+                     NotPermitted, NotSupported, ProviderError, ProviderUnavailable, StorefsError,
+                     TooLarge)
 from .layout import Layout
 from .providers.base import ObjectInfo, ObjectMeta, Provider
 from .remote import RemoteView
@@ -93,6 +95,7 @@ class Namespace:
         self._fh = itertools.count(1)
         self._quiet_until: dict[str, float] = {}
         self._flushing = 0
+        self._readahead = ThreadPoolExecutor(max_workers=8, thread_name_prefix="storefs-readahead")
         self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0}
         self._recover()
 
@@ -131,10 +134,13 @@ class Namespace:
 
     def stop(self) -> None:
         self.uploader.stop()
+        self._readahead.shutdown(wait=False, cancel_futures=True)
 
     # ---- lookups ----------------------------------------------------------------
 
-    def _find(self, key: str) -> Found | None:
+    def _find(self, key: str, offline_dir: bool = False) -> Found | None:
+        """What key is now. While its provider does not answer, an unknown key is absent
+        (so creates keep working), or a folder when offline_dir (a parent being written into)."""
         if key == "":
             return Found(is_dir=True)
         with self._lock:
@@ -151,7 +157,10 @@ class Namespace:
                 return Found(is_dir=True)
             file_gone = e is not None
             dir_gone = d is not None
-        r = self.remote.lookup(key)
+        try:
+            r = self.remote.lookup(key)
+        except ProviderUnavailable:
+            return Found(is_dir=True) if offline_dir else None
         if r is None:
             return None
         if r[1].is_dir:
@@ -195,7 +204,13 @@ class Namespace:
             raise NotADirectory(key)
         prefix = key + "/" if key else ""
         names: set[str] = set()
-        for name in self.remote.listing(prefix):
+        try:
+            listing = self.remote.listing(prefix)
+        except ProviderUnavailable:
+            if not (f.entry is not None or self.index.has_live_below(prefix)):
+                raise
+            listing = {}  # a folder this mount made: what the journal knows is all there is
+        for name in listing:
             with self._lock:
                 e = self.index.get(prefix + name)
             if e is not None and e.is_tombstone:
@@ -211,7 +226,7 @@ class Namespace:
         return sorted(names)
 
     def _require_dir(self, key: str) -> None:
-        f = self._find(key)
+        f = self._find(key, offline_dir=True)
         if f is None:
             raise NotFound(f"{key or '/'}: parent folder does not exist")
         if not f.is_dir:
@@ -250,6 +265,11 @@ class Namespace:
         """Remove the empty folder key locally, leaving a tombstone if a provider has it."""
         old = self.index.get(key + "/")
         remote = f.remote is not None or (old is not None and (old.remote or self.uploader.is_busy(old.key)))
+        if not remote and old is not None:
+            try:
+                remote = self.remote.lookup(key) is not None
+            except ProviderUnavailable:
+                remote = True  # removing a marker that is not there is harmless
         if remote:
             provider = old.provider if old else (f.remote[0] if f.remote else self.cfg.default_provider)
             self.index.put(Entry(key + "/", provider, kind="dir", state="dirty", op=OP_RMDIR, remote=True,
@@ -337,7 +357,7 @@ class Namespace:
             fd = self.data.create(e.data_name, e.size)
             n = (e.size + self.chunk_size - 1) // self.chunk_size
             e.chunks = bytes(n) if n else None
-        node = OpenFile(e, fd, self._fetcher(e), self.chunk_size)
+        node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead)
         self._nodes[key] = node
         return node
 
@@ -425,7 +445,7 @@ class Namespace:
             self._mark_dirty(node)
         node.truncate(length)
         if length == 0:
-            node._present = None  # nothing left to fetch
+            node.mark_complete()
 
     def flush(self, fh: int) -> None:
         """close(2) returns after this: the journal must know every change by now."""
@@ -507,6 +527,28 @@ class Namespace:
             self._schedule(key)
         elif e is not None:
             self.index.remove(key)
+        self._keep_parent(key)
+
+    def _keep_parent(self, key: str) -> None:
+        """A folder emptied by unlink or rename stays, as on a disk; on an object store
+        that needs a marker, since a prefix with no keys is no folder at all."""
+        parent = _parent(key)
+        if not parent or self.index.get(parent + "/") is not None or self.index.has_live_below(parent + "/"):
+            return
+        name = key.rpartition("/")[2]
+        try:
+            listing = self.remote.listing(parent + "/")
+        except ProviderUnavailable:
+            listing = {}
+        for other in listing:
+            if other.rstrip("/") == name:
+                continue
+            row = self.index.get(parent + "/" + other)
+            if row is None or not row.is_tombstone:
+                return
+        self.index.put(Entry(parent + "/", self.cfg.default_provider, kind="dir", state="dirty", op=OP_MKDIR,
+                             mtime=time.time(), mode=DIR_MODE, remote=True))
+        self._schedule(parent + "/")
 
     def rename(self, old: str, new: str) -> None:
         if old == new:
@@ -576,6 +618,7 @@ class Namespace:
         if node is not None:
             self._nodes[new] = node
         self._schedule(new)
+        self._keep_parent(old)
 
     def _collect_tree(self, key: str) -> list[tuple[str, bool, Found]]:
         """Everything below folder key (files and folders), from the journal and the providers."""

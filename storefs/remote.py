@@ -12,13 +12,15 @@ import threading
 import time
 from collections import OrderedDict
 
-from .errors import NotFound
+from .errors import NotFound, ProviderUnavailable
 from .providers.base import ObjectInfo, Provider
 
 log = logging.getLogger(__name__)
 
 MAX_LISTINGS = 256
 MAX_HEADS = 50_000
+#: after a provider failed to answer, lookups skip it this long instead of waiting on it again
+DOWN_FOR = 5.0
 
 
 class RemoteView:
@@ -32,6 +34,25 @@ class RemoteView:
         self._lock = threading.Lock()
         self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
+        self._down_until: dict[str, float] = {}
+
+    def is_down(self, pname: str) -> bool:
+        """Whether pname failed to answer a moment ago (callers then use what they know)."""
+        return self._down_until.get(pname, 0.0) > time.monotonic()
+
+    def _call(self, pname: str, fn, *args):  # type: ignore[no-untyped-def]
+        """Call a provider, failing fast while it is known to be down."""
+        if self.is_down(pname):
+            raise ProviderUnavailable(f"provider {pname} is not answering")
+        try:
+            return fn(*args)
+        except ProviderUnavailable:
+            self._down_until[pname] = time.monotonic() + DOWN_FOR
+            log.warning("provider %s is not answering; serving from the cache for %.0fs", pname, DOWN_FOR)
+            raise
+
+    def mark_up(self, pname: str) -> None:
+        self._down_until.pop(pname, None)
 
     def listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]]:
         """Children of the folder prefix by name ('x' or 'sub/'), with the provider holding each."""
@@ -42,10 +63,15 @@ class RemoteView:
                 self._listings.move_to_end(prefix)
                 return hit[1]
         merged: dict[str, tuple[str, ObjectInfo]] = {}
-        for pname in reversed(self.order):  # earlier providers overwrite later ones
-            for info in self.providers[pname].list(prefix):
-                name = info.name + ("/" if info.is_dir else "")
-                merged[name] = (pname, info)
+        try:
+            for pname in reversed(self.order):  # earlier providers overwrite later ones
+                for info in self._call(pname, lambda p=pname: list(self.providers[p].list(prefix))):
+                    name = info.name + ("/" if info.is_dir else "")
+                    merged[name] = (pname, info)
+        except ProviderUnavailable:
+            if hit:  # stale beats nothing while the provider is away
+                return hit[1]
+            raise
         with self._lock:
             self._listings[prefix] = (now + self.ttl, merged)
             self._listings.move_to_end(prefix)
@@ -71,16 +97,21 @@ class RemoteView:
             if hit and hit[0] > now:
                 return hit[1]
         found: tuple[str, ObjectInfo] | None = None
-        for pname in self.order:
-            p = self.providers[pname]
-            try:
-                found = (pname, p.head(key))
-                break
-            except NotFound:
-                pass
-            if p.dir_exists(key + "/"):
-                found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
-                break
+        try:
+            for pname in self.order:
+                p = self.providers[pname]
+                try:
+                    found = (pname, self._call(pname, p.head, key))
+                    break
+                except NotFound:
+                    pass
+                if self._call(pname, p.dir_exists, key + "/"):
+                    found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
+                    break
+        except ProviderUnavailable:
+            if hit:
+                return hit[1]
+            raise
         with self._lock:
             self._heads[key] = (now + (self.ttl if found else self.negative_ttl), found)
             while len(self._heads) > MAX_HEADS:

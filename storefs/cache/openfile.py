@@ -11,13 +11,18 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Executor
 from typing import Callable
 
 from .journal import Entry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK = 8 * 1024 * 1024
+DEFAULT_CHUNK = 4 * 1024 * 1024
+#: chunks fetched ahead of a sequential reader (grows from 1 to this)
+MAX_READAHEAD = 8
+
+MISSING, PRESENT = 0, 1
 
 Fetch = Callable[[int, int], bytes]
 
@@ -25,7 +30,8 @@ Fetch = Callable[[int, int], bytes]
 class OpenFile:
     """One open cache entry; handles share it, and it outlives renames and unlinks."""
 
-    def __init__(self, entry: Entry, fd: int, fetch: Fetch | None, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, entry: Entry, fd: int, fetch: Fetch | None, chunk_size: int = DEFAULT_CHUNK,
+                 pool: Executor | None = None) -> None:
         self.entry = entry
         self.fd = fd
         self.size = entry.size
@@ -36,8 +42,12 @@ class OpenFile:
         self.chunks_changed = False
         self.chunk_size = chunk_size
         self._fetch = fetch
+        self._pool = pool
         self._present = bytearray(entry.chunks) if entry.chunks is not None else None
-        self._fetch_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, threading.Event] = {}
+        self._next_seq = -1         # chunk a sequential reader will want next
+        self._ahead = 0
 
     @property
     def complete(self) -> bool:
@@ -46,35 +56,82 @@ class OpenFile:
     def chunk_bitmap(self) -> bytes | None:
         return None if self._present is None else bytes(self._present)
 
+    def _get_chunk(self, i: int) -> None:
+        """Make chunk i present, fetching it unless another thread already is."""
+        while True:
+            with self._lock:
+                present = self._present
+                if present is None or i >= len(present) or present[i] == PRESENT:
+                    return
+                ev = self._inflight.get(i)
+                if ev is None:
+                    ev = self._inflight[i] = threading.Event()
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                ev.wait()
+                continue  # present now, or the fetcher failed and we try ourselves
+            try:
+                start = i * self.chunk_size
+                want = min(self.chunk_size, self.size - start)
+                if want > 0:
+                    os.pwrite(self.fd, self._fetch(start, want), start)  # type: ignore[misc]
+                with self._lock:
+                    if self._present is not None:
+                        self._present[i] = PRESENT
+                        if all(self._present):
+                            self._present = None
+                    self.chunks_changed = True
+            finally:
+                with self._lock:
+                    self._inflight.pop(i, None)
+                ev.set()
+            return
+
+    def _prefetch(self, i: int) -> None:
+        try:
+            self._get_chunk(i)
+        except Exception as e:  # the reader will fetch it again and see the error itself
+            log.debug("read-ahead of chunk %d of %s failed: %s", i, self.entry.key, e)
+
     def ensure(self, offset: int, length: int) -> None:
-        """Fetch the chunks under [offset, offset+length) that are not cached yet."""
+        """Fetch the chunks under [offset, offset+length), and read ahead of a sequential reader."""
         present = self._present
         if present is None or length <= 0:
             return
         end = min(offset + length, self.size)
-        first, last = offset // self.chunk_size, (max(end, offset + 1) - 1) // self.chunk_size
-        if all(present[i] for i in range(first, min(last + 1, len(present)))):
+        if end <= offset:
             return
-        with self._fetch_lock:
-            for i in range(first, min(last + 1, len(present))):
-                if present[i]:
-                    continue
-                start = i * self.chunk_size
-                want = min(self.chunk_size, self.size - start)
-                if want > 0:
-                    data = self._fetch(start, want)  # type: ignore[misc]
-                    os.pwrite(self.fd, data, start)
-                present[i] = 1
-                self.chunks_changed = True
-            if all(present):
-                self._present = None
+        first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
+        if self._pool is not None:
+            if first == self._next_seq or first == self._next_seq - 1:
+                self._ahead = min(MAX_READAHEAD, max(1, self._ahead * 2))
+            elif first != 0:
+                self._ahead = 0
+            self._next_seq = last + 1
+            n = len(present)
+            for j in range(last + 1, min(last + 1 + self._ahead, n)):
+                p = self._present
+                if p is None:
+                    break
+                if p[j] != PRESENT and j not in self._inflight:
+                    self._pool.submit(self._prefetch, j)
+        for i in range(first, last + 1):
+            self._get_chunk(i)
 
     def ensure_all(self) -> None:
         """Everything cached: needed before the first change of a partly cached file."""
         if self._present is not None:
-            self.ensure(0, self.size)
+            for i in range(len(self._present)):
+                self._get_chunk(i)
             self._present = None
             self.chunks_changed = True
+
+    def mark_complete(self) -> None:
+        """Nothing left to fetch (the file was truncated to zero)."""
+        with self._lock:
+            self._present = None
 
     def read(self, size: int, offset: int) -> bytes:
         if self._present is not None:
