@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field, fields
@@ -108,6 +109,7 @@ class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")

@@ -1,0 +1,199 @@
+"""The core without FUSE: journal recovery, local-only renames, ordering of provider operations."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from storefs.cache.datafiles import DataFiles
+from storefs.cache.journal import Journal
+from storefs.config import load_config
+from storefs.errors import NotEmpty, NotFound, NotPermitted
+from storefs.layout import Layout
+from storefs.namespace import Namespace
+from storefs.providers.local import LocalProvider
+
+
+class CountingProvider(LocalProvider):
+    """A local provider that records every change it is asked to make."""
+
+    def __init__(self, name: str, base: str) -> None:
+        super().__init__(name, base)
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def _rec(self, op: str, key: str) -> None:
+        with self.lock:
+            self.calls.append((op, key))
+
+    def put_file(self, key, src_path, meta):  # type: ignore[override]
+        self._rec("put", key)
+        return super().put_file(key, src_path, meta)
+
+    def copy(self, src, dst, meta=None):  # type: ignore[override]
+        self._rec("copy", f"{src}->{dst}")
+        return super().copy(src, dst, meta)
+
+    def delete(self, key):  # type: ignore[override]
+        self._rec("delete", key)
+        return super().delete(key)
+
+
+def make_ns(tmp: Path, delay: str = "0s") -> tuple[Namespace, CountingProvider]:
+    cfg_file = tmp / "cfg.yaml"
+    cfg_file.write_text(
+        f"providers:\n  local: {{type: local, base_path: {tmp / 'data'}}}\n"
+        f"cache: {{dir: {tmp / 'cache'}, writeback_delay: {delay}, uploaders: 2}}\n"
+    )
+    cfg = load_config(str(cfg_file))
+    provider = CountingProvider("local", cfg.providers["local"].base_path)
+    provider.check()
+    ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), {"local": provider},
+                   Journal(os.path.join(cfg.cache.dir, "journal.db")), DataFiles(cfg.cache.dir))
+    return ns, provider
+
+
+def write_file(ns: Namespace, key: str, data: bytes) -> None:
+    fh = ns.create(key, 0o644, os.getuid(), os.getgid(), exclusive=False)
+    ns.write(fh, data, 0)
+    ns.flush(fh)
+    ns.release(fh)
+
+
+def mkdirs(ns: Namespace, key: str) -> None:
+    parts = key.split("/")
+    for i in range(1, len(parts) + 1):
+        try:
+            ns.mkdir("/".join(parts[:i]), 0o755, os.getuid(), os.getgid())
+        except Exception:
+            pass
+
+
+def test_write_then_upload(tmp_path: Path) -> None:
+    ns, p = make_ns(tmp_path)
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/x.png", b"png-bytes")
+    assert ns.flush_all(10)
+    assert (tmp_path / "data/t/image/b/a/x.png").read_bytes() == b"png-bytes"
+    assert ns.status()["pending"] == 0
+    ns.stop()
+
+
+def test_temp_rename_never_reaches_provider(tmp_path: Path) -> None:
+    ns, p = make_ns(tmp_path, delay="30s")
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/.x.png.tmp123", b"data")
+    ns.rename("t/image/b/a/.x.png.tmp123", "t/image/b/a/x.png")
+    assert ns.flush_all(10)
+    assert p.calls == [("put", "t/image/b/a/x.png")]
+    ns.stop()
+
+
+def test_unlink_of_never_uploaded_file_is_local(tmp_path: Path) -> None:
+    ns, p = make_ns(tmp_path, delay="30s")
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/scratch", b"data")
+    ns.unlink("t/image/b/a/scratch")
+    assert ns.flush_all(10)
+    assert not [c for c in p.calls if c[0] in ("put", "delete", "copy")]
+    ns.stop()
+
+
+def test_rename_of_uploaded_file_copies_before_delete(tmp_path: Path) -> None:
+    ns, p = make_ns(tmp_path)
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/one", b"1")
+    assert ns.flush_all(10)
+    p.calls.clear()
+    ns.rename("t/image/b/a/one", "t/image/b/a/two")
+    assert ns.flush_all(10)
+    assert p.calls == [("copy", "t/image/b/a/one->t/image/b/a/two"), ("delete", "t/image/b/a/one")]
+    assert (tmp_path / "data/t/image/b/a/two").read_bytes() == b"1"
+    assert not (tmp_path / "data/t/image/b/a/one").exists()
+    ns.stop()
+
+
+def test_recovery_after_crash_uploads_pending(tmp_path: Path) -> None:
+    ns, p = make_ns(tmp_path, delay="1h")
+    mkdirs(ns, "t/image/b/a")
+    for i in range(20):
+        write_file(ns, f"t/image/b/a/f{i}", f"content {i}".encode())
+    # no stop(): the process "dies" here with everything pending
+    assert not (tmp_path / "data/t/image/b/a/f0").exists()
+    ns2, p2 = make_ns(tmp_path, delay="0s")
+    ns2.start()
+    assert ns2.flush_all(20)
+    for i in range(20):
+        assert (tmp_path / f"data/t/image/b/a/f{i}").read_bytes() == f"content {i}".encode()
+    ns2.stop()
+
+
+def test_changed_during_upload_stays_dirty(tmp_path: Path) -> None:
+    ns, p = make_ns(tmp_path)
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/f", b"old")
+    e = ns.index.get("t/image/b/a/f")
+    gen = e.generation
+    # a write lands between the snapshot and the end of the upload
+    orig = p.put_file
+
+    def slow_put(key, src, meta):  # type: ignore[no-untyped-def]
+        fh = ns.open(key, os.O_RDWR)
+        ns.write(fh, b"new", 0)
+        ns.flush(fh)
+        ns.release(fh)
+        return orig(key, src, meta)
+
+    p.put_file = slow_put  # type: ignore[method-assign]
+    ns.sync("t/image/b/a/f")
+    e = ns.index.get("t/image/b/a/f")
+    assert e.generation > gen and e.pending, "a change made during the upload must keep the entry dirty"
+    p.put_file = orig  # type: ignore[method-assign]
+    ns.sync("t/image/b/a/f")
+    assert not ns.index.get("t/image/b/a/f").pending
+    assert (tmp_path / "data/t/image/b/a/f").read_bytes() == b"new"
+
+
+def test_layout_errors_and_enotempty(tmp_path: Path) -> None:
+    ns, _ = make_ns(tmp_path)
+    mkdirs(ns, "t/image/b/a")
+    with pytest.raises(NotPermitted):
+        ns.create("t/image/b/x.png", 0o644, 0, 0, exclusive=False)
+    write_file(ns, "t/image/b/a/f", b"x")
+    with pytest.raises(NotEmpty):
+        ns.rmdir("t/image/b/a")
+    with pytest.raises(NotFound):
+        ns.getattr("t/image/b/a/missing")
+
+
+def test_uploads_resume_after_provider_failure(tmp_path: Path) -> None:
+    from storefs.errors import ProviderUnavailable
+
+    ns, p = make_ns(tmp_path)
+    orig = p.put_file
+    fails = {"n": 3}
+
+    def flaky(key, src, meta):  # type: ignore[no-untyped-def]
+        if fails["n"] > 0:
+            fails["n"] -= 1
+            raise ProviderUnavailable("down")
+        return orig(key, src, meta)
+
+    p.put_file = flaky  # type: ignore[method-assign]
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/f", b"survives")
+    t0 = time.monotonic()
+    assert ns.flush_all(30)
+    assert time.monotonic() - t0 < 30
+    assert (tmp_path / "data/t/image/b/a/f").read_bytes() == b"survives"
+    assert fails["n"] == 0
+    ns.stop()
