@@ -81,7 +81,9 @@ class StorefsOperations(mfusepy.Operations):
             config_3.attr_timeout = fc.attr_timeout
             config_3.entry_timeout = fc.entry_timeout
             config_3.negative_timeout = fc.negative_timeout
-            config_3.hard_remove = 1  # open-but-unlinked files are ours to keep, no .fuse_hidden renames
+            # libfuse hides an unlinked open file as .fuse_hiddenN (the namespace treats that
+            # rename as the unlink): with hard_remove, fstat on such a file would fail (ESTALE)
+            config_3.hard_remove = 0
             config_3.use_ino = 0
         self.ns.start()
         if self._on_init:

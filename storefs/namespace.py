@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o644
+HIDDEN_PREFIX = ".fuse_hidden"  # libfuse's name for an unlinked file that is still open
 STOREFS_XATTRS = ("user.storefs.content_type", "user.storefs.state", "user.storefs.provider",
                   "user.storefs.url", "user.storefs.size", "user.storefs.etag")
 
@@ -265,7 +266,7 @@ class Namespace:
         """Remove the empty folder key locally, leaving a tombstone if a provider has it."""
         old = self.index.get(key + "/")
         remote = f.remote is not None or (old is not None and (old.remote or self.uploader.is_busy(old.key)))
-        if not remote and old is not None:
+        if not remote:  # known here only through its children: ask the provider
             try:
                 remote = self.remote.lookup(key) is not None
             except ProviderUnavailable:
@@ -484,8 +485,9 @@ class Namespace:
                 return
             node.close()
             e = node.entry
-            if self._nodes.get(e.key) is node:
-                del self._nodes[e.key]
+            for k in (e.key, node.hidden_key):
+                if k is not None and self._nodes.get(k) is node:
+                    del self._nodes[k]
             if node.unlinked:
                 if self.index.get(e.key) is not e:
                     self.data.remove(e.data_name)
@@ -529,13 +531,31 @@ class Namespace:
             self.index.remove(key)
         self._keep_parent(key)
 
+    def _hide(self, old: str, hidden: str) -> None:
+        """libfuse's unlink of an open file: a rename to .fuse_hiddenN, unlinked at the last close.
+
+        For storefs that is an unlink now, with the open file still reachable under the hidden
+        name for fstat and friends; the hidden name is never journaled, listed or uploaded.
+        """
+        f = self._find(old)
+        if f is None:
+            raise NotFound(old)
+        with self._lock, self.index.transaction():
+            node = self._nodes.get(old)
+            self._unlink_locked(old, f)
+            if node is not None:
+                node.hidden_key = hidden
+                self._nodes[hidden] = node
+        self.remote.forget(old)
+
     def _keep_parent(self, key: str) -> None:
         """A folder emptied by unlink or rename stays, as on a disk; on an object store
         that needs a marker, since a prefix with no keys is no folder at all."""
         parent = _parent(key)
-        if not parent or self.index.get(parent + "/") is not None or self.index.has_live_below(parent + "/"):
-            return
         name = key.rpartition("/")[2]
+        if (not parent or name.startswith(HIDDEN_PREFIX) or self.index.get(parent + "/") is not None
+                or self.index.has_live_below(parent + "/")):
+            return
         try:
             listing = self.remote.listing(parent + "/")
         except ProviderUnavailable:
@@ -552,6 +572,9 @@ class Namespace:
 
     def rename(self, old: str, new: str) -> None:
         if old == new:
+            return
+        if new.rpartition("/")[2].startswith(HIDDEN_PREFIX):
+            self._hide(old, new)
             return
         src = self._find(old)
         if src is None:

@@ -39,6 +39,7 @@ class OpenFile:
         self.writers = 0
         self.dirty = False          # written since the journal last heard of it
         self.unlinked = False
+        self.hidden_key: str | None = None  # libfuse's .fuse_hiddenN name while unlinked but open
         self.chunks_changed = False
         self.chunk_size = chunk_size
         self._fetch = fetch
