@@ -1,0 +1,108 @@
+"""Fixtures for the mount tests: real storefs mounts on tmp_path, one per test, per provider.
+
+    def test_something(store):          # a started mount (see tests/helpers.py: StorefsMount)
+        (store.mnt / "t1/image/b1/a1").mkdir(parents=True)
+        ...
+        store.flush()
+        assert store.provider_read("t1/image/b1/a1/x.png") == b"..."
+
+    @pytest.mark.storefs_config(writeback_delay="30s")   # cache options for this test's mount
+    def test_slow_upload(store): ...
+
+`store` is parametrised by provider backend (PROVIDERS). A new backend (S3 on a SeaweedFS
+server) is one more entry in BACKENDS: tests never change, because they only talk to
+`store.mnt` and to `store.provider_read / provider_keys / provider_exists / provider_meta`.
+
+Mount tests are skipped when FUSE is not usable here (no /dev/fuse or no fusermount3), unless
+STOREFS_TESTS_REQUIRE_FUSE=1 (scripts/test.sh sets it), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers import LocalBackend, StorefsMount, fuse_problem, lazy_unmount, mounts_under  # noqa: E402
+
+
+def _local_backend(request: pytest.FixtureRequest, root: Path) -> LocalBackend:
+    return LocalBackend(root)
+
+
+# provider name -> factory(request, tmp_path) -> backend (see tests/helpers.py for the interface).
+# The factory may use request.getfixturevalue(...) for a session-scoped server fixture.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
+    "local": _local_backend,
+}
+PROVIDERS = list(BACKENDS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "storefs_config(**cache): cache options for the `store` fixture's mount, "
+        "e.g. writeback_delay='30s' (default writeback_delay 0.2s, uploaders 2)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def require_fuse() -> None:
+    problem = fuse_problem()
+    if problem is None:
+        return
+    if os.environ.get("STOREFS_TESTS_REQUIRE_FUSE") == "1":
+        pytest.fail(f"FUSE mount tests cannot run: {problem}")
+    pytest.skip(f"FUSE mount tests skipped: {problem}")
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def backend(provider_kind: str, request: pytest.FixtureRequest, tmp_path: Path):
+    b = BACKENDS[provider_kind](request, tmp_path)
+    try:
+        yield b
+    finally:
+        with contextlib.suppress(Exception):
+            b.close()
+
+
+@pytest.fixture
+def store(backend: Any, request: pytest.FixtureRequest, tmp_path: Path):
+    """A started storefs mount on tmp_path/mnt; always unmounted afterwards, even on failure."""
+    require_fuse()
+    marker = request.node.get_closest_marker("storefs_config")
+    options = dict(marker.kwargs) if marker else {}
+    m = StorefsMount(tmp_path, backend, **options)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.cleanup()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            print(f"storefs log of {m.mnt}:\n{m.log_tail()}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory):
+    """Last line of defence: detach any mount still below this session's temp folder."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    with contextlib.suppress(Exception):
+        for mp in mounts_under(base):
+            lazy_unmount(mp)
