@@ -217,18 +217,24 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if res.returncode != 0:
         raise CliError(f"unmount of {mnt} failed: {res.stderr.strip() or res.returncode} "
                        "(is a program still using it? see: fuser -vm " + mnt + ")")
-    pid = st["pid"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(st["pid"]):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     else:
-        raise CliError(f"unmounted, but daemon {pid} is still running (finishing uploads); see its log")
+        raise CliError(f"unmounted, but daemon {st['pid']} is still running (finishing uploads); see its log")
     print(f"storefs: unmounted {mnt}", file=sys.stderr)
     return 0
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -67,7 +67,8 @@ class ControlServer:
         server.daemon_threads = True
         os.chmod(self.path, 0o600)
         self._server = server
-        threading.Thread(target=server.serve_forever, name="storefs-control", daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="storefs-control", daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:
