@@ -11,6 +11,7 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 
 # in CI (and here) the mount tests must run: a missing FUSE is a failure, not a skip
 export STOREFS_TESTS_REQUIRE_FUSE="${STOREFS_TESTS_REQUIRE_FUSE:-1}"
+export STOREFS_TESTS_REQUIRE_S3="${STOREFS_TESTS_REQUIRE_S3:-1}"
 
 set +e
 "$PY" -m pytest -q -ra --timeout=300 -p no:cacheprovider "$@" tests

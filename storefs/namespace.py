@@ -867,6 +867,7 @@ class Namespace:
                 if e.state == "uploading":
                     e.state = "dirty"
             raise
+        self.remote.mark_up(e.provider)
         self._settle(key, e, gen, op, info)
 
     def _settle(self, key: str, e: Entry, gen: int, op: str, info: ObjectInfo | None, gone: bool = False) -> None:

@@ -21,6 +21,7 @@ MAX_LISTINGS = 256
 MAX_HEADS = 50_000
 #: after a provider failed to answer, lookups skip it this long instead of waiting on it again
 DOWN_FOR = 5.0
+MAX_DOWN_FOR = 30.0
 
 
 class RemoteView:
@@ -35,6 +36,7 @@ class RemoteView:
         self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
         self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
 
     def is_down(self, pname: str) -> bool:
         """Whether pname failed to answer a moment ago (callers then use what they know)."""
@@ -45,14 +47,22 @@ class RemoteView:
         if self.is_down(pname):
             raise ProviderUnavailable(f"provider {pname} is not answering")
         try:
-            return fn(*args)
+            result = fn(*args)
         except ProviderUnavailable:
-            self._down_until[pname] = time.monotonic() + DOWN_FOR
-            log.warning("provider %s is not answering; serving from the cache for %.0fs", pname, DOWN_FOR)
+            n = self._failures.get(pname, 0) + 1
+            self._failures[pname] = n
+            wait = min(MAX_DOWN_FOR, DOWN_FOR * 2 ** (n - 1))
+            self._down_until[pname] = time.monotonic() + wait
+            log.warning("provider %s is not answering; serving from the cache for %.0fs", pname, wait)
             raise
+        self._failures.pop(pname, None)
+        return result
 
     def mark_up(self, pname: str) -> None:
-        self._down_until.pop(pname, None)
+        """The provider answered someone else (an upload): lookups may ask it again."""
+        if self._down_until.pop(pname, None) is not None:
+            log.info("provider %s answers again", pname)
+        self._failures.pop(pname, None)
 
     def listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]]:
         """Children of the folder prefix by name ('x' or 'sub/'), with the provider holding each."""
@@ -89,13 +99,25 @@ class RemoteView:
         parent, _, name = key.rpartition("/")
         prefix = parent + "/" if parent else ""
         listing = self._cached_listing(prefix)
-        if listing is not None:
-            return listing.get(name) or listing.get(name + "/")
         now = time.monotonic()
         with self._lock:
             hit = self._heads.get(key)
             if hit and hit[0] > now:
                 return hit[1]
+        if listing is not None:
+            found = listing.get(name) or listing.get(name + "/")
+            if found is None or found[1].is_dir or self.providers[found[0]].listing_has_metadata:
+                return found
+            # listings of object stores carry no mtime/mode: one HEAD, then cached like any other
+            try:
+                info = self._call(found[0], self.providers[found[0]].head, key)
+            except NotFound:
+                return None
+            except ProviderUnavailable:
+                return found
+            with self._lock:
+                self._heads[key] = (now + self.ttl, (found[0], info))
+            return found[0], info
         found: tuple[str, ObjectInfo] | None = None
         try:
             for pname in self.order:

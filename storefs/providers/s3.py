@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 COPY_LIMIT = 5 * 1024 ** 3  # CopyObject's ceiling; bigger objects need a multipart copy
+#: seconds a lookup (head, one listing page) may take, retries included, before it gives up
+META_DEADLINE = 5.0
 DIR_CONTENT_TYPE = "application/x-directory"
 #: metadata keys with a meaning of their own (s3fs, rclone): never shown as xattrs
 RESERVED_KEYS = frozenset({"mtime", "mode", "uid", "gid", "atime", "ctime", "btime", "md5chksum", "xattr"})
@@ -205,6 +207,7 @@ class S3Provider(Provider):
     """One bucket (and optional key prefix) of an S3-compatible store."""
 
     kind = "s3"
+    listing_has_metadata = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -220,6 +223,10 @@ class S3Provider(Provider):
         self._client = self._make_client(cfg.connect_timeout, cfg.read_timeout, {"max_attempts": int(cfg.max_attempts)})
         # reads (head, list, get_range) retry in _read, bounded by read_deadline: one attempt must not outlast it
         self._read_client = self._make_client(min(cfg.connect_timeout, deadline), min(cfg.read_timeout, deadline),
+                                              {"total_max_attempts": 1})
+        # lookups (head, list) answer the FUSE layer directly: fail within META_DEADLINE, so that
+        # while the server is away the namespace falls back on its cache instead of hanging
+        self._meta_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, META_DEADLINE),
                                               {"total_max_attempts": 1})
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
@@ -306,9 +313,9 @@ class S3Provider(Provider):
         except BotoCoreError as e:
             raise self._error(e, f"bucket {self.bucket}") from e
 
-    def _read(self, what: str, call: Callable[[], Any]) -> Any:
-        """Run one read on the read client, retrying transient failures for at most read_deadline seconds."""
-        deadline = time.monotonic() + float(self.cfg.read_deadline)
+    def _read(self, what: str, call: Callable[[], Any], budget: float | None = None) -> Any:
+        """Run one read, retrying transient failures for at most budget (default read_deadline) seconds."""
+        deadline = time.monotonic() + float(self.cfg.read_deadline if budget is None else budget)
         attempt = 0
         while True:
             try:
@@ -328,7 +335,7 @@ class S3Provider(Provider):
         if not key or key.endswith("/"):
             raise errors.NotFound(self._what(key))  # folder markers are not files
         return self._read(self._what(key),
-                          lambda: self._read_client.head_object(Bucket=self.bucket, Key=self._key(key)))
+                          lambda: self._meta_client.head_object(Bucket=self.bucket, Key=self._key(key)), META_DEADLINE)
 
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, self._head(key))
@@ -338,9 +345,17 @@ class S3Provider(Provider):
             prefix += "/"
         if not prefix:
             return True
-        r = self._read(self._what(prefix), lambda: self._read_client.list_objects_v2(
-            Bucket=self.bucket, Prefix=self._key(prefix), MaxKeys=1))
-        return bool(r.get("KeyCount") or r.get("Contents") or r.get("CommonPrefixes"))
+        r = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(
+            Bucket=self.bucket, Prefix=self._key(prefix), MaxKeys=1), META_DEADLINE)
+        if r.get("KeyCount") or r.get("Contents") or r.get("CommonPrefixes"):
+            return True
+        # an emptied folder some servers (SeaweedFS) keep and list, but no prefix query finds
+        try:
+            self._read(self._what(prefix), lambda: self._meta_client.head_object(
+                Bucket=self.bucket, Key=self._key(prefix)), META_DEADLINE)
+            return True
+        except errors.NotFound:
+            return False
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """One page of 1000 at a time (each page under the read deadline), folders first within a page."""
@@ -350,7 +365,7 @@ class S3Provider(Provider):
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/", "MaxKeys": 1000}
         seen: set[str] = set()
         while True:
-            page = self._read(self._what(prefix), lambda: self._read_client.list_objects_v2(**args))
+            page = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(**args), META_DEADLINE)
             for cp in page.get("CommonPrefixes") or ():
                 key = self._strip(cp["Prefix"])
                 if key not in seen:
@@ -483,7 +498,7 @@ class S3Provider(Provider):
             raise self._error(e, self._what(key)) from e
 
     def close(self) -> None:
-        for client in (self._client, self._read_client, self._check_client):
+        for client in (self._client, self._read_client, self._meta_client, self._check_client):
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not fail a shutdown
