@@ -14,7 +14,7 @@ import sys
 import time
 
 from . import __version__
-from .config import Config, load_config
+from .config import Config, load_config, with_tenant
 from .control import NotRunning, request
 from .errors import ConfigError
 
@@ -68,6 +68,8 @@ def _check_fuse() -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(os.path.abspath(args.config) if args.config else None)
+        if args.tenant:
+            cfg = with_tenant(cfg, args.tenant)
     except ConfigError as e:
         raise CliError(f"bad config: {e}") from None
     mnt = os.path.abspath(args.mountpoint)
@@ -270,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     m.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: config log_level)")
     m.add_argument("--log-file", help="log file (default: CACHE_DIR/storefs.log in the background)")
+    m.add_argument("--tenant", help="show only this tenant's folder, as the mount root (config key: tenant)")
     m.add_argument("mountpoint")
     m.set_defaults(func=cmd_mount)
 

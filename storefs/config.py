@@ -113,6 +113,9 @@ class LayoutConfig:
     levels: tuple[str, ...] = DEFAULT_LEVELS
     types: tuple[str, ...] = DEFAULT_TYPES
     name_pattern: str = DEFAULT_NAME_PATTERN
+    #: per type, the content types (by file name, shell patterns like "image/*") it may hold;
+    #: a type not named here takes any file
+    content_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class Config:
     cache: CacheConfig
     fuse: FuseConfig
     log_level: str = "INFO"
+    #: a single-tenant mount shows only this tenant's folder, as the mount root
+    tenant: str | None = None
 
     def provider_for(self, type_: str | None, size: int) -> str:
         """Routing is first match wins, so the order of rules in the file is the priority."""
@@ -310,6 +315,10 @@ class _Map:
     def _join(key: str, name: object) -> str:
         return f"{key}.{name}" if key else str(name)
 
+    def raw(self, name: str) -> Any:
+        """The value as YAML gave it, for mappings whose keys are data (types, tenants)."""
+        return self.data.get(name)
+
     def get(self, name: str, conv: Conv[T], default: Any = _REQUIRED) -> T:
         value = self.data.get(name)
         if value is None:
@@ -320,7 +329,7 @@ class _Map:
 
 
 _TOP_KEYS = ("default_provider", "providers", "routing_rules", "layout", "max_file_size",
-             "cache", "fuse", "log_level")
+             "cache", "fuse", "log_level", "tenant")
 _S3_KEYS = ("type", "bucket", "endpoint_url", "region", "prefix", "public_url_base",
             "access_key_id", "secret_access_key", "session_token", "path_style", "presign_expiry",
             "multipart_threshold", "multipart_chunksize", "connect_timeout", "read_timeout",
@@ -376,7 +385,7 @@ def _bounded_len(conv: Conv[tuple[str, ...]], lo: int, hi: int) -> Conv[tuple[st
 
 
 def _layout(value: object, source: str) -> LayoutConfig:
-    m = _Map(value, source, "layout", ("levels", "types", "name_pattern"))
+    m = _Map(value, source, "layout", ("levels", "types", "name_pattern", "content_types"))
     levels = m.get("levels", _bounded_len(_names("level names", _LEVEL_NAME_RE), 1, 8), DEFAULT_LEVELS)
     pattern = m.get("name_pattern", _str, DEFAULT_NAME_PATTERN)
     try:
@@ -386,7 +395,37 @@ def _layout(value: object, source: str) -> LayoutConfig:
     types = m.get("types", _names("types", compiled), DEFAULT_TYPES)
     if "type" in levels and not types:
         raise ConfigError(source, "layout.types", "a layout with a 'type' level needs at least one type")
-    return LayoutConfig(levels, types, pattern)
+    return LayoutConfig(levels, types, pattern, _content_types(m.raw("content_types"), source, types))
+
+
+def _content_types(value: object, source: str, types: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    m = _Map(value, source, "layout.content_types", types)
+    out: dict[str, tuple[str, ...]] = {}
+    for t in types:
+        raw = m.raw(t)
+        if raw is None:
+            continue
+        key = f"layout.content_types.{t}"
+        items = [raw] if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not items or not all(isinstance(i, str) and "/" in i for i in items):
+            raise ConfigError(source, key, "expected a list of content types like image/* or application/json")
+        out[t] = tuple(items)
+    return out
+
+
+def _tenant(value: str | None, source: str, layout: LayoutConfig) -> str | None:
+    if value is not None and not re.fullmatch(layout.name_pattern, value):
+        raise ConfigError(source, "tenant", f"{value!r} is not a valid folder name (pattern {layout.name_pattern})")
+    return value
+
+
+def with_tenant(cfg: Config, tenant: str, source: str = "--tenant") -> Config:
+    """The same config, mounted for one tenant only (name checked like a tenant folder)."""
+    if not re.fullmatch(cfg.layout.name_pattern, tenant):
+        raise ConfigError(source, "tenant", f"{tenant!r} is not a valid folder name (pattern {cfg.layout.name_pattern})")
+    return dataclasses.replace(cfg, tenant=tenant)
 
 
 def _limits(value: object, source: str, types: tuple[str, ...]) -> SizeLimits:
@@ -487,6 +526,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         cache=_cache(raw.get("cache"), source),
         fuse=_fuse(raw.get("fuse"), source),
         log_level=top.get("log_level", _choice(*LOG_LEVELS, fold=str.upper), "INFO"),
+        tenant=_tenant(top.get("tenant", _str, None), source, layout),
     )
 
 

@@ -28,8 +28,6 @@ UTIME_OMIT = (1 << 30) - 2
 MAX_IO = 1 << 20
 
 
-def _key(path: str | None) -> str:
-    return path[1:] if path else ""
 
 
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,6 +67,12 @@ class StorefsOperations(mfusepy.Operations):
         self.ns = ns
         self._on_init = on_init
         self._on_destroy = on_destroy
+
+    def _key(self, path: str | None) -> str:
+        """The object key of a mount path; a single-tenant mount's root is the tenant's folder."""
+        if not path or path == "/":
+            return self.ns.root
+        return f"{self.ns.root}{path}" if self.ns.root else path[1:]
 
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         """Big requests and kernel-side attribute caching; threads start only now (after any fork)."""
@@ -111,21 +115,21 @@ class StorefsOperations(mfusepy.Operations):
 
     @edge
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        return self._stat(self.ns.getattr(_key(path), fh))
+        return self._stat(self.ns.getattr(self._key(path), fh))
 
     @edge
     def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *self.ns.readdir(_key(path))]
+        return [".", "..", *self.ns.readdir(self._key(path))]
 
     @edge
     def mkdir(self, path: str, mode: int) -> int:
         uid, gid, _ = mfusepy.fuse_get_context()
-        self.ns.mkdir(_key(path), mode, uid, gid)
+        self.ns.mkdir(self._key(path), mode, uid, gid)
         return 0
 
     @edge
     def rmdir(self, path: str) -> int:
-        self.ns.rmdir(_key(path))
+        self.ns.rmdir(self._key(path))
         return 0
 
     @edge
@@ -133,11 +137,11 @@ class StorefsOperations(mfusepy.Operations):
         if mode & 0o170000 not in (0, 0o100000):
             raise NotPermitted(f"{path}: only regular files can be created")
         uid, gid, _ = mfusepy.fuse_get_context()
-        return self.ns.create(_key(path), mode, uid, gid, bool(flags & os.O_EXCL))
+        return self.ns.create(self._key(path), mode, uid, gid, bool(flags & os.O_EXCL))
 
     @edge
     def open(self, path: str, flags: int) -> int:
-        return self.ns.open(_key(path), flags)
+        return self.ns.open(self._key(path), flags)
 
     @edge
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -149,15 +153,15 @@ class StorefsOperations(mfusepy.Operations):
 
     @edge
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
-        self.ns.truncate(_key(path), length, fh)
+        self.ns.truncate(self._key(path), length, fh)
         return 0
 
     @edge
     def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
         if mode != 0:
             raise StorefsError(f"{path}: fallocate mode {mode} is not supported", code=errno.EOPNOTSUPP)
-        if offset + size > self.ns.getattr(_key(path), fh).size:
-            self.ns.truncate(_key(path), offset + size, fh)
+        if offset + size > self.ns.getattr(self._key(path), fh).size:
+            self.ns.truncate(self._key(path), offset + size, fh)
         return 0
 
     @edge
@@ -177,28 +181,28 @@ class StorefsOperations(mfusepy.Operations):
 
     @edge
     def unlink(self, path: str) -> int:
-        self.ns.unlink(_key(path))
+        self.ns.unlink(self._key(path))
         return 0
 
     @edge
     def rename(self, old: str, new: str) -> int:
-        self.ns.rename(_key(old), _key(new))
+        self.ns.rename(self._key(old), self._key(new))
         return 0
 
     @edge
     def chmod(self, path: str | None, mode: int) -> int:
-        self.ns.chmod(_key(path), mode)
+        self.ns.chmod(self._key(path), mode)
         return 0
 
     @edge
     def chown(self, path: str | None, uid: int, gid: int) -> int:
-        self.ns.chown(_key(path), uid, gid)
+        self.ns.chown(self._key(path), uid, gid)
         return 0
 
     @edge
     def utimens(self, path: str | None, times: tuple[int | None, int | None] | None = None) -> int:
         mtime_ns = time.time_ns() if times is None else times[1]
-        self.ns.utimens(_key(path), None if mtime_ns is None else mtime_ns / 1e9)
+        self.ns.utimens(self._key(path), None if mtime_ns is None else mtime_ns / 1e9)
         return 0
 
     @edge
@@ -207,20 +211,20 @@ class StorefsOperations(mfusepy.Operations):
 
     @edge
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        return self.ns.getxattr(_key(path), name)
+        return self.ns.getxattr(self._key(path), name)
 
     @edge
     def listxattr(self, path: str) -> list[str]:
-        return self.ns.listxattr(_key(path))
+        return self.ns.listxattr(self._key(path))
 
     @edge
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
-        self.ns.setxattr(_key(path), name, value)
+        self.ns.setxattr(self._key(path), name, value)
         return 0
 
     @edge
     def removexattr(self, path: str, name: str) -> int:
-        self.ns.removexattr(_key(path), name)
+        self.ns.removexattr(self._key(path), name)
         return 0
 
     @edge

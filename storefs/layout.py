@@ -10,6 +10,7 @@ the path and the reason, because the FUSE edge logs it as one line.
 from __future__ import annotations
 
 import logging
+import fnmatch
 import mimetypes
 import posixpath
 import re
@@ -79,6 +80,7 @@ class Layout:
         self.levels = layout.levels
         self.types = layout.types
         self.limits = limits
+        self.content_types = layout.content_types
         self._pattern = re.compile(layout.name_pattern)
         self._rule = ("letters, digits and '._-', 1 to 128 characters, not starting with '.' or '-'"
                       if layout.name_pattern == DEFAULT_NAME_PATTERN else f"must match {layout.name_pattern}")
@@ -117,6 +119,23 @@ class Layout:
         return self.limits.limit_for(self.type_of(path))
 
     # ---- checks -------------------------------------------------------------------
+
+    def check_content_type(self, path: str) -> None:
+        """A type folder holds only its kind of file (layout.content_types), like the web app.
+
+        Names inside the artifact that start with a dot (rsync's .name.XXXXXX temporaries,
+        .git/) are not checked: the final name is, when the file is renamed to it.
+        """
+        patterns = self.content_types.get(self.type_of(path) or "")
+        if not patterns:
+            return
+        parts = self.split(path)
+        if any(p.startswith(".") for p in parts[len(self.levels):]):
+            return
+        ctype = self.content_type(path)
+        if not any(fnmatch.fnmatchcase(ctype, pat) for pat in patterns):
+            raise LayoutError(f"{_shown(path)}: content type {ctype} is not allowed in a "
+                              f"{self.type_of(path)} folder (allowed: {', '.join(patterns)})")
 
     def check_name(self, component: str) -> None:
         """Any name storefs accepts must also be a usable key segment for s3fs, rclone and CDNs."""

@@ -88,6 +88,7 @@ class Namespace:
         self.uploader = Uploader(self, config.cache.uploaders, config.cache.retry_max_delay)
         self.delay = config.cache.writeback_delay
         self.chunk_size = DEFAULT_CHUNK
+        self.root = config.tenant or ""  # the key of the mount root (a single-tenant mount)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mounted_at = time.time()  # the mtime of folders no provider dates (as rclone shows them)
         self._lock = threading.RLock()
@@ -142,7 +143,7 @@ class Namespace:
     def _find(self, key: str, offline_dir: bool = False) -> Found | None:
         """What key is now. While its provider does not answer, an unknown key is absent
         (so creates keep working), or a folder when offline_dir (a parent being written into)."""
-        if key == "":
+        if key == self.root:
             return Found(is_dir=True)
         with self._lock:
             node = self._nodes.get(key)
@@ -249,7 +250,7 @@ class Namespace:
         self._schedule(e.key)
 
     def rmdir(self, key: str) -> None:
-        if key == "":
+        if key == self.root:
             raise NotPermitted("cannot remove the mount root")
         f = self._find(key)
         if f is None:
@@ -283,6 +284,7 @@ class Namespace:
 
     def create(self, key: str, mode: int, uid: int, gid: int, exclusive: bool) -> int:
         self.layout.check_file("/" + key)
+        self.layout.check_content_type("/" + key)
         self._require_dir(_parent(key))
         f = self._find(key)
         if f is not None:
@@ -580,6 +582,8 @@ class Namespace:
         if src is None:
             raise NotFound(old)
         self.layout.check_rename("/" + old, "/" + new, src.is_dir)
+        if not src.is_dir:
+            self.layout.check_content_type("/" + new)
         self._require_dir(_parent(new))
         dst = self._find(new)
         if src.is_dir:
@@ -838,12 +842,17 @@ class Namespace:
                 return
             op, gen, meta = e.op, e.generation, self._meta_of(e)
             provider = self.providers[e.provider]
-            data_path = self.data.path(e.data_name) if e.data_name else None
-            copy_src = e.copy_src
+            # routing rules see the final size: a file that grew past a boundary moves
+            target = self._route(key, e.size) if e.kind == "file" and op in (OP_PUT, OP_COPY) else e.provider
+            data_path = self.data.path(e.data_name) if e.data_name and e.chunks is None else None
+            copy_src, was_remote = e.copy_src, e.remote
             e.state = "uploading"
         info: ObjectInfo | None = None
         try:
-            if op == OP_PUT:
+            if target != e.provider:
+                info = self._move_across(key, e, provider, self.providers[target], op, copy_src,
+                                         data_path, was_remote, meta)
+            elif op == OP_PUT:
                 info = provider.put_file(key, data_path, meta)  # type: ignore[arg-type]
             elif op == OP_META:
                 info = provider.set_meta(key, meta)
@@ -867,13 +876,44 @@ class Namespace:
                 if e.state == "uploading":
                     e.state = "dirty"
             raise
-        self.remote.mark_up(e.provider)
-        self._settle(key, e, gen, op, info)
+        self.remote.mark_up(target)
+        self._settle(key, e, gen, op, info, provider=target)
 
-    def _settle(self, key: str, e: Entry, gen: int, op: str, info: ObjectInfo | None, gone: bool = False) -> None:
+    def _move_across(self, key: str, e: Entry, source: Provider, target: Provider, op: str,
+                     copy_src: str | None, data_path: str | None, was_remote: bool,
+                     meta: ObjectMeta) -> ObjectInfo:
+        """Upload key to the provider its routing rule now selects, and leave no copy behind."""
+        staged = None
+        if data_path is None:  # a rename of data that lives only in the source provider
+            staged = self._stage(source, copy_src or key, e.size)
+            data_path = self.data.path(staged)
+        try:
+            if op == OP_PUT and was_remote:
+                source.delete(key)  # the cache holds the bytes: deleting first never loses them
+            log.info("%s goes to provider %s (routing rules, %d bytes)", key, target.name, e.size)
+            return target.put_file(key, data_path, meta)
+        finally:
+            if staged:
+                self.data.remove(staged)
+
+    def _stage(self, source: Provider, key: str, size: int) -> str:
+        """Copy an object into a scratch cache file (its name returned), for another provider."""
+        name = self.data.new_name(key)
+        fd = self.data.create(name, size)
+        try:
+            for off in range(0, size, self.chunk_size):
+                os.pwrite(fd, source.get_range(key, off, min(self.chunk_size, size - off)), off)
+        finally:
+            os.close(fd)
+        return name
+
+    def _settle(self, key: str, e: Entry, gen: int, op: str, info: ObjectInfo | None, gone: bool = False,
+                provider: str | None = None) -> None:
         """Record a finished operation, unless the entry changed while it ran."""
         with self._lock:
             cur = self.index.get(key)
+            if provider is not None and provider != e.provider:
+                e.provider = provider  # the object now lives there (and only there)
             if cur is e and e.generation == gen:
                 node = self._nodes.get(key)
                 if op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":

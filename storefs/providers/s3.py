@@ -224,9 +224,10 @@ class S3Provider(Provider):
         # reads (head, list, get_range) retry in _read, bounded by read_deadline: one attempt must not outlast it
         self._read_client = self._make_client(min(cfg.connect_timeout, deadline), min(cfg.read_timeout, deadline),
                                               {"total_max_attempts": 1})
+        self._meta_budget = min(META_DEADLINE, deadline)
         # lookups (head, list) answer the FUSE layer directly: fail within META_DEADLINE, so that
         # while the server is away the namespace falls back on its cache instead of hanging
-        self._meta_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, META_DEADLINE),
+        self._meta_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, self._meta_budget),
                                               {"total_max_attempts": 1})
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
@@ -335,7 +336,7 @@ class S3Provider(Provider):
         if not key or key.endswith("/"):
             raise errors.NotFound(self._what(key))  # folder markers are not files
         return self._read(self._what(key),
-                          lambda: self._meta_client.head_object(Bucket=self.bucket, Key=self._key(key)), META_DEADLINE)
+                          lambda: self._meta_client.head_object(Bucket=self.bucket, Key=self._key(key)), self._meta_budget)
 
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, self._head(key))
@@ -346,13 +347,13 @@ class S3Provider(Provider):
         if not prefix:
             return True
         r = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(
-            Bucket=self.bucket, Prefix=self._key(prefix), MaxKeys=1), META_DEADLINE)
+            Bucket=self.bucket, Prefix=self._key(prefix), MaxKeys=1), self._meta_budget)
         if r.get("KeyCount") or r.get("Contents") or r.get("CommonPrefixes"):
             return True
         # an emptied folder some servers (SeaweedFS) keep and list, but no prefix query finds
         try:
             self._read(self._what(prefix), lambda: self._meta_client.head_object(
-                Bucket=self.bucket, Key=self._key(prefix)), META_DEADLINE)
+                Bucket=self.bucket, Key=self._key(prefix)), self._meta_budget)
             return True
         except errors.NotFound:
             return False
@@ -365,7 +366,7 @@ class S3Provider(Provider):
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/", "MaxKeys": 1000}
         seen: set[str] = set()
         while True:
-            page = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(**args), META_DEADLINE)
+            page = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(**args), self._meta_budget)
             for cp in page.get("CommonPrefixes") or ():
                 key = self._strip(cp["Prefix"])
                 if key not in seen:
