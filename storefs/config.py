@@ -136,6 +136,9 @@ class CacheConfig:
     uploaders: int = 4
     fsync: str = "local"
     retry_max_delay: float = 60.0
+    chunk_size: int = 4 * MiB        # unit of ranged reads into the cache
+    readahead: int = 8               # chunks fetched ahead of a sequential reader
+    space_wait: float = 30.0         # how long a writer waits for room in a full cache before ENOSPC
 
 
 @dataclass(frozen=True)
@@ -471,6 +474,9 @@ _CACHE_CONV: dict[str, Conv[Any]] = {
     "uploaders": _bounded(_int, 1, 64),
     "fsync": _choice("local", "upload"),
     "retry_max_delay": _bounded(parse_duration, 0.1),
+    "chunk_size": _bounded(parse_size, 64 * KiB, 256 * MiB),
+    "readahead": _bounded(_int, 0, 64),
+    "space_wait": _bounded(parse_duration, 0),
 }
 _ENV_OVERRIDES = {  # variable -> (cache field or top-level key, converter)
     "STOREFS_CACHE_DIR": ("dir", _path),

@@ -22,7 +22,8 @@ from .cache.datafiles import DataFiles
 from .cache.index import EntryIndex
 from .cache.journal import (OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR,
                             TOMBSTONES, Entry, Journal)
-from .cache.openfile import DEFAULT_CHUNK, OpenFile
+from .cache.openfile import OpenFile
+from .cache.eviction import Evictor
 from .cache.uploader import Uploader
 from .config import Config
 from .errors import (Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound,
@@ -87,7 +88,8 @@ class Namespace:
         self.remote = RemoteView(providers, order, config.fuse.dir_cache_ttl, config.fuse.negative_timeout)
         self.uploader = Uploader(self, config.cache.uploaders, config.cache.retry_max_delay)
         self.delay = config.cache.writeback_delay
-        self.chunk_size = DEFAULT_CHUNK
+        self.chunk_size = config.cache.chunk_size
+        self.readahead = config.cache.readahead
         self.root = config.tenant or ""  # the key of the mount root (a single-tenant mount)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mounted_at = time.time()  # the mtime of folders no provider dates (as rclone shows them)
@@ -100,6 +102,7 @@ class Namespace:
         self._readahead = ThreadPoolExecutor(max_workers=8, thread_name_prefix="storefs-readahead")
         self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0}
         self._recover()
+        self.evictor = Evictor(self, config.cache.max_size, lambda: self.data.usage()[0], config.cache.space_wait)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -131,11 +134,15 @@ class Namespace:
     def start(self) -> None:
         """Start the uploader threads (called from FUSE init, never before a fork)."""
         self.uploader.start()
+        self.evictor.start()
+        for name, p in self.providers.items():
+            p.watch(lambda key, name=name: self.changed_outside(name, key))
         for e in self.index.pending():
             self.uploader.schedule(e.key, 0.0)
 
     def stop(self) -> None:
         self.uploader.stop()
+        self.evictor.stop()
         self._readahead.shutdown(wait=False, cancel_futures=True)
 
     # ---- lookups ----------------------------------------------------------------
@@ -145,29 +152,70 @@ class Namespace:
         (so creates keep working), or a folder when offline_dir (a parent being written into)."""
         if key == self.root:
             return Found(is_dir=True)
+        clean: Entry | None = None
         with self._lock:
             node = self._nodes.get(key)
             if node is not None:
                 return Found(is_dir=False, entry=node.entry, node=node)
             e = self.index.get(key)
             if e is not None and not e.is_tombstone:
-                return Found(is_dir=False, entry=e)
+                if e.pending:
+                    return Found(is_dir=False, entry=e)
+                clean = e  # a cached copy: good while the provider still has the same object
             d = self.index.get(key + "/")
             if d is not None and not d.is_tombstone:
                 return Found(is_dir=True, entry=d)
             if self.index.has_live_below(key + "/"):
                 return Found(is_dir=True)
-            file_gone = e is not None
+            file_gone = e is not None and clean is None
             dir_gone = d is not None
         try:
             r = self.remote.lookup(key)
         except ProviderUnavailable:
+            if clean is not None:
+                return Found(is_dir=False, entry=clean)
             return Found(is_dir=True) if offline_dir else None
+        if clean is not None and (r is None or r[1].is_dir or not self._still_valid(clean, r[1])):
+            log.info("%s changed in its provider; dropping the cached copy", key)
+            self.evict(clean)
+            clean = None
         if r is None:
             return None
         if r[1].is_dir:
             return None if dir_gone else Found(is_dir=True, remote=r)
+        if clean is not None:
+            return Found(is_dir=False, entry=clean, remote=r)
         return None if file_gone else Found(is_dir=False, remote=r)
+
+    def changed_outside(self, provider: str, key: str) -> None:
+        """Another program changed key in a provider: forget what we cached about it."""
+        key = key.rstrip("/")
+        self.remote.forget(key)
+        with self._lock:
+            e = self.index.get(key)
+        if e is None or e.pending or e.provider != provider:
+            return
+        try:
+            info = self.providers[provider].head(key)
+        except StorefsError:
+            info = None
+        if info is None or not self._still_valid(e, info):
+            self.evict(e)
+
+    def eviction_candidates(self) -> list[Entry]:
+        with self._lock:
+            found = [e for e in self.index.entries.values()
+                     if e.op is None and e.data_name and e.key not in self._nodes]
+        return sorted(found, key=lambda e: e.atime)
+
+    def evict(self, e: Entry) -> bool:
+        """Drop a clean cached copy (its object stays in the provider); never an open or dirty one."""
+        with self._lock:
+            if e.pending or e.key in self._nodes or self.index.get(e.key) is not e:
+                return False
+            self.index.remove(e.key)
+            self.data.remove(e.data_name)
+            return True
 
     def _attr(self, f: Found) -> Attr:
         if f.node is not None:
@@ -341,13 +389,8 @@ class Namespace:
     def _open_node(self, key: str, f: Found) -> OpenFile:
         """Open the cache data of key, creating a sparse one to fill from the provider."""
         e = self.index.get(key)
-        if e is not None and e.op is None and f.remote is None:
-            r = self.remote.lookup(key)
-            if r is not None and not r[1].is_dir and not self._still_valid(e, r[1]):
-                log.info("%s changed in the provider; dropping its cached copy", key)
-                self.data.remove(e.data_name)
-                self.index.remove(key)
-                e, f = None, Found(is_dir=False, remote=r)
+        if e is not None and e.is_tombstone:
+            e = None
         if e is None:
             pname, info = f.remote  # type: ignore[misc]
             e = Entry(key, pname, kind="file", state="clean", size=info.size, mtime=info.mtime,
@@ -360,7 +403,7 @@ class Namespace:
             fd = self.data.create(e.data_name, e.size)
             n = (e.size + self.chunk_size - 1) // self.chunk_size
             e.chunks = bytes(n) if n else None
-        node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead)
+        node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead, self.readahead)
         self._nodes[key] = node
         return node
 
@@ -375,6 +418,7 @@ class Namespace:
             src = e.copy_src if e.op == OP_COPY and e.copy_src else e.key
             data = self.providers[e.provider].get_range(src, offset, length)
             self.counters["bytes_fetched"] += len(data)
+            self.evictor.account(len(data))
             if len(data) < length:  # the object shrank underneath us: keep the file size honest
                 data = data + bytes(length - len(data))
             return data
@@ -397,6 +441,7 @@ class Namespace:
         end = offset + len(data)
         if end > node.size:
             self._check_size(node.entry.key, end)
+            self.evictor.reserve(end - node.size)
         if not node.complete:
             node.ensure_all()
         if not node.dirty:
@@ -1022,6 +1067,7 @@ class Namespace:
             "upload_failures": self.uploader.failures,
             "errors": errors[:100],
             "cached_files": cached,
+            "cache_evictions": self.evictor.evicted,
             "open_files": open_files,
             **self.counters,
         }

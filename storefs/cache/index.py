@@ -1,7 +1,7 @@
 """The journal's rows in memory, indexed by folder, so lookups never wait on SQLite.
 
 Every change goes through put/remove, which write the journal row and keep three
-indexes in step: the live children of each folder (what listings overlay on the
+indexes in step: the children that pending changes give each folder (what listings overlay on the
 provider's), the pending operations below each folder (an rmdir waits for them), and
 the keys that pending copies read from (those keys are frozen until the copy lands).
 """
@@ -72,7 +72,7 @@ class EntryIndex:
 
     def _add(self, e: Entry) -> None:
         self.entries[e.key] = e
-        if not e.is_tombstone:
+        if e.pending and not e.is_tombstone:
             for prefix, name in ancestors(e.key):
                 self._children.setdefault(prefix, Counter())[name] += 1
         if e.pending:
@@ -86,7 +86,7 @@ class EntryIndex:
     def _drop(self, e: Entry) -> None:
         was_tomb, was_pending, copy_src = e.__dict__.pop("_indexed", (e.is_tombstone, e.pending, None))
         del self.entries[e.key]
-        if not was_tomb:
+        if was_pending and not was_tomb:
             for prefix, name in ancestors(e.key):
                 c = self._children.get(prefix)
                 if c is not None:
@@ -106,7 +106,11 @@ class EntryIndex:
                 del self._copy_sources[copy_src]
 
     def children(self, prefix: str) -> list[str]:
-        """Names of live local entries directly in prefix ('a/b/'); folders end with '/'."""
+        """Names that pending local changes put directly in prefix ('a/b/'); folders end with '/'.
+
+        Clean cached copies are not here: for them the provider's listing is the truth, so a
+        file another client deleted does not linger in this mount's listings.
+        """
         return list(self._children.get(prefix, ()))
 
     def has_live_below(self, prefix: str) -> bool:

@@ -31,7 +31,7 @@ class OpenFile:
     """One open cache entry; handles share it, and it outlives renames and unlinks."""
 
     def __init__(self, entry: Entry, fd: int, fetch: Fetch | None, chunk_size: int = DEFAULT_CHUNK,
-                 pool: Executor | None = None) -> None:
+                 pool: Executor | None = None, readahead: int = MAX_READAHEAD) -> None:
         self.entry = entry
         self.fd = fd
         self.size = entry.size
@@ -43,7 +43,8 @@ class OpenFile:
         self.chunks_changed = False
         self.chunk_size = chunk_size
         self._fetch = fetch
-        self._pool = pool
+        self._pool = pool if readahead > 0 else None
+        self._max_ahead = readahead
         self._present = bytearray(entry.chunks) if entry.chunks is not None else None
         self._lock = threading.Lock()
         self._inflight: dict[int, threading.Event] = {}
@@ -107,7 +108,7 @@ class OpenFile:
         first, last = offset // self.chunk_size, (end - 1) // self.chunk_size
         if self._pool is not None:
             if first == self._next_seq or first == self._next_seq - 1:
-                self._ahead = min(MAX_READAHEAD, max(1, self._ahead * 2))
+                self._ahead = min(self._max_ahead, max(1, self._ahead * 2))
             elif first != 0:
                 self._ahead = 0
             self._next_seq = last + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -103,6 +103,9 @@ class Provider(abc.ABC):
     def url(self, key: str, expires: int = 3600) -> str | None:
         """A URL a browser can fetch the object from, when the backend has one."""
         return None
+
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        """Call on_change(key) when another program changes the store (where the backend can tell)."""
 
     def close(self) -> None:
         """Release connections and watchers."""

@@ -10,7 +10,7 @@ import secrets
 import stat
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import AccessDenied, NotEmpty, NotFound, ProviderError, StorefsError
 from .base import ObjectInfo, ObjectMeta, Provider
@@ -358,6 +358,44 @@ class LocalProvider(Provider):
     def url(self, key: str, expires: int = 3600) -> str | None:
         """file:// URL of the file, for tools that take URLs."""
         return Path(self._path(key)).as_uri()
+
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        """Report files other programs create, change or delete in the folder (inotify via watchdog)."""
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        base = self._base_slash
+
+        def keys_of(event: object) -> Iterator[str]:
+            for attr in ("src_path", "dest_path"):
+                path = getattr(event, attr, "") or ""
+                if isinstance(path, bytes):
+                    path = os.fsdecode(path)
+                if path.startswith(base) and TMP_PREFIX not in path:
+                    yield path[len(base):]
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: object) -> None:
+                if getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+                    return
+                for key in keys_of(event):
+                    try:
+                        on_change(key)
+                    except Exception:
+                        log.exception("handling a change of %s failed", key)
+
+        self.close()
+        observer = Observer()
+        observer.schedule(Handler(), self.base, recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def close(self) -> None:
+        observer = getattr(self, "_observer", None)
+        if observer is not None:
+            observer.stop()
+            self._observer = None
 
 
 def _copy_data(src_fd: int, dst_fd: int) -> None:
