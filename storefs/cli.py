@@ -36,7 +36,12 @@ def _human(n: float) -> str:
 
 
 def _setup_logging(level: str, log_file: str | None) -> None:
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    # names from the kernel may hold undecodable bytes (surrogates): a log line must never fail
+    if log_file:
+        handler: logging.Handler = logging.FileHandler(log_file, errors="backslashreplace")
+    else:
+        sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -53,8 +53,11 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
     try:
         lock_fd = lock_cache(cfg.cache.dir)
         providers = make_providers(cfg)
-        for p in providers.values():
-            p.check()
+        for name, p in providers.items():
+            try:
+                p.check()
+            except StorefsError as e:
+                raise DaemonError(f"{cfg.source}: providers.{name}: {e}") from None
         journal = Journal(os.path.join(cfg.cache.dir, "journal.db"))
         data = DataFiles(cfg.cache.dir)
         ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)

@@ -50,6 +50,12 @@ class NotADirectory(StorefsError):
     errno = _errno.ENOTDIR
 
 
+class NameTooLong(StorefsError):
+    """A name over 255 bytes: FUSE lets up to 1024 through, object stores and disks do not."""
+
+    errno = _errno.ENAMETOOLONG
+
+
 class LayoutError(StorefsError):
     """The operation would break the configured key layout (EINVAL by default)."""
 

@@ -30,6 +30,11 @@ MAX_IO = 1 << 20
 
 
 
+def shown(path: object) -> str:
+    """A path for a log line: newlines, control characters and undecodable bytes escaped."""
+    return repr(path)[1:-1] if isinstance(path, str) else str(path)
+
+
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     """Translate core exceptions into FuseOSError, logging each failure once."""
 
@@ -41,17 +46,18 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(self, *args)
         except StorefsError as e:
             if e.errno not in QUIET_ERRNOS and not e.quiet:
-                log.warning("%s %s: %s (%s)", name, args[0] if args else "", e, errno.errorcode.get(e.errno, e.errno))
+                log.warning("%s %s: %s (%s)", name, shown(args[0]) if args else "", shown(str(e)),
+                            errno.errorcode.get(e.errno, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
         except mfusepy.FuseOSError:
             raise
         except OSError as e:
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
             if code not in QUIET_ERRNOS:
-                log.warning("%s %s: %s", name, args[0] if args else "", e)
+                log.warning("%s %s: %s", name, shown(args[0]) if args else "", shown(str(e)))
             raise mfusepy.FuseOSError(code) from None
         except Exception:
-            log.exception("%s %s failed unexpectedly", name, args[0] if args else "")
+            log.exception("%s %s failed unexpectedly", name, shown(args[0]) if args else "")
             raise mfusepy.FuseOSError(errno.EIO) from None
 
     return wrapper

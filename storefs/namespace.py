@@ -26,7 +26,7 @@ from .cache.openfile import OpenFile
 from .cache.eviction import Evictor
 from .cache.uploader import Uploader
 from .config import Config
-from .errors import (Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound,
+from .errors import (Exists, IsADirectory, NameTooLong, NoAttribute, NotADirectory, NotEmpty, NotFound,
                      NotPermitted, NotSupported, ProviderError, ProviderUnavailable, StorefsError,
                      TooLarge)
 from .layout import Layout
@@ -72,6 +72,19 @@ class Found:
 
 def _parent(key: str) -> str:
     return key.rpartition("/")[0]
+
+
+def _plausible(name: str) -> bool:
+    """Cheap check that a name could be a key (lookups run it on every miss of the kernel)."""
+    if name.isprintable():
+        if len(name) > 63 and len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise NameTooLong(f"{name[:40]}...: names are at most 255 bytes")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return False  # bytes that are not UTF-8 (surrogate escapes)
+        return True
+    return False  # newline or another control character
 
 
 class Namespace:
@@ -152,6 +165,8 @@ class Namespace:
         (so creates keep working), or a folder when offline_dir (a parent being written into)."""
         if key == self.root:
             return Found(is_dir=True)
+        if not _plausible(key.rpartition("/")[2]):
+            return None  # storefs never lists such a name, and never asks a provider for it
         clean: Entry | None = None
         with self._lock:
             node = self._nodes.get(key)
