@@ -113,7 +113,7 @@ class Namespace:
         self._quiet_until: dict[str, float] = {}
         self._flushing = 0
         self._readahead = ThreadPoolExecutor(max_workers=8, thread_name_prefix="storefs-readahead")
-        self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0}
+        self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0, "write_calls": 0, "read_calls": 0}
         self._recover()
         self.evictor = Evictor(self, config.cache.max_size, lambda: self.data.usage()[0], config.cache.space_wait)
 
@@ -448,6 +448,7 @@ class Namespace:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         data = self._handle(fh).node.read(size, offset)
         self.counters["bytes_read"] += len(data)
+        self.counters["read_calls"] += 1
         return data
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
@@ -463,6 +464,7 @@ class Namespace:
             self._mark_dirty(node)
         n = node.write(data, offset)
         self.counters["bytes_written"] += n
+        self.counters["write_calls"] += 1
         return n
 
     def _check_size(self, key: str, size: int) -> None:
@@ -554,10 +556,11 @@ class Namespace:
                 if self.index.get(e.key) is not e:
                     self.data.remove(e.data_name)
                 return
+            changed = node.dirty or node.chunks_changed or self.index.get(e.key) is not e
             if node.dirty:  # written but never flushed (flush is optional in FUSE)
                 e.size = node.size
                 node.dirty = False
-            if node.chunks_changed or self.index.get(e.key) is not e or e.pending:
+            if changed:  # flush already journaled a plain write-and-close
                 e.chunks = node.chunk_bitmap()
                 e.atime = time.time()
                 self.index.put(e)
