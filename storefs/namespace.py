@@ -115,7 +115,8 @@ class Namespace:
         self._readahead = ThreadPoolExecutor(max_workers=8, thread_name_prefix="storefs-readahead")
         self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0, "write_calls": 0, "read_calls": 0}
         self._recover()
-        self.evictor = Evictor(self, config.cache.max_size, lambda: self.data.usage()[0], config.cache.space_wait)
+        self.evictor = Evictor(self, config.cache.max_size, lambda: self.data.usage()[0], config.cache.space_wait,
+                               after_pass=self.index.journal.restore_ballast)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -189,7 +190,9 @@ class Namespace:
         except ProviderUnavailable:
             if clean is not None:
                 return Found(is_dir=False, entry=clean)
-            return Found(is_dir=True) if offline_dir else None
+            if offline_dir or self.index.any_below(key + "/"):
+                return Found(is_dir=True)  # the cache holds something below it: it is a folder
+            return None
         if clean is not None and (r is None or r[1].is_dir or not self._still_valid(clean, r[1])):
             log.info("%s changed in its provider; dropping the cached copy", key)
             self.evict(clean)

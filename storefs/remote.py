@@ -133,6 +133,10 @@ class RemoteView:
         except ProviderUnavailable:
             if hit:
                 return hit[1]
+            with self._lock:  # an expired listing still knows what was there a moment ago
+                stale = self._listings.get(prefix)
+            if stale is not None:
+                return stale[1].get(name) or stale[1].get(name + "/")
             raise
         with self._lock:
             self._heads[key] = (now + (self.ttl if found else self.negative_ttl), found)

@@ -34,7 +34,8 @@ class Evictor:
     """A thread that measures the cache and evicts, and the gate writers pass through."""
 
     def __init__(self, owner: Owner, max_size: int, measure: Callable[[], int], wait: float = 30.0,
-                 interval: float = 2.0) -> None:
+                 interval: float = 2.0, after_pass: Callable[[], None] | None = None) -> None:
+        self._after_pass = after_pass
         self._owner = owner
         self.max_size = max_size
         self._measure = measure
@@ -72,19 +73,17 @@ class Evictor:
     def reserve(self, nbytes: int) -> None:
         """Account for nbytes about to be written; wait for room, or raise CacheFull."""
         with self._cond:
-            self.used += nbytes
-            if self.used <= self.max_size:
-                return
             deadline = time.monotonic() + self._wait
-            while self.used > self.max_size:
+            # our bytes count only once admitted: a re-measure of the disk must not forget them
+            while self.used + nbytes > self.max_size:
                 self._kicked = True
                 self._cond.notify_all()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.used -= nbytes
                     raise CacheFull(f"cache is full ({self.used} of {self.max_size} bytes are dirty or open); "
                                     "waited for uploads to free room")
                 self._cond.wait(min(left, 0.5))
+            self.used += nbytes
 
     def _run(self) -> None:
         while True:
@@ -116,3 +115,5 @@ class Evictor:
         with self._cond:
             self.used = used
             self._cond.notify_all()
+        if self._after_pass is not None and used < self.max_size * LOW_WATER:
+            self._after_pass()

@@ -116,6 +116,10 @@ class EntryIndex:
     def has_live_below(self, prefix: str) -> bool:
         return bool(self._children.get(prefix))
 
+    def any_below(self, prefix: str) -> bool:
+        """Whether any row (a clean cached copy too) lies below prefix; for lookups while a provider is away."""
+        return any(k.startswith(prefix) and not e.is_tombstone for k, e in self.entries.items())
+
     def pending_below(self, prefix: str) -> int:
         """Pending operations strictly below the folder prefix."""
         return self._pending_below.get(prefix, 0)

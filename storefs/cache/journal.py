@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Iterator
 
+from ..errors import CacheFull
+
 log = logging.getLogger(__name__)
 
 # What must still happen at the provider for a row; None once the row is clean.
@@ -54,6 +56,14 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
+
+
+#: disk space set aside for the journal (see Journal.restore_ballast)
+BALLAST_BYTES = 8 * 1024 * 1024
+
+
+def _is_full(e: sqlite3.OperationalError) -> bool:
+    return "full" in str(e).lower()
 
 
 @dataclass
@@ -106,8 +116,10 @@ def _decode_xattrs(s: str | None) -> dict[str, bytes]:
 class Journal:
     """SQLite in WAL mode behind one lock; writes are grouped into explicit transactions."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, ballast: int = BALLAST_BYTES) -> None:
         self.path = path
+        self._ballast_path = path + ".ballast"
+        self._ballast_size = ballast
         self._lock = threading.RLock()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -115,6 +127,38 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
         self._depth = 0
+        self.restore_ballast()
+
+    def restore_ballast(self) -> None:
+        """Set disk space aside for the journal, so a full cache disk cannot stop it recording."""
+        if self._ballast_size <= 0 or os.path.exists(self._ballast_path):
+            return
+        try:
+            fd = os.open(self._ballast_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._ballast_size)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self._ballast_path)
+
+    def _release_ballast(self) -> bool:
+        try:
+            os.unlink(self._ballast_path)
+        except FileNotFoundError:
+            return False
+        log.warning("cache disk is full: the journal uses its reserved space")
+        return True
+
+    def _execute(self, sql: str, args: object = ()) -> sqlite3.Cursor:
+        """Run one statement; on a full disk, use the reserved space and try once more."""
+        try:
+            return self._conn.execute(sql, args)  # type: ignore[arg-type]
+        except sqlite3.OperationalError as e:
+            if not _is_full(e) or not self._release_ballast():
+                raise
+            return self._conn.execute(sql, args)  # type: ignore[arg-type]
 
     def load(self) -> list[Entry]:
         """Every row, for the in-memory index built at mount."""
@@ -144,7 +188,14 @@ class Journal:
                 raise
             self._depth -= 1
             if self._depth == 0:
-                self._conn.execute("COMMIT")
+                try:
+                    self._execute("COMMIT")
+                except sqlite3.OperationalError as e:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                    if _is_full(e):
+                        raise CacheFull("cache disk is full: the journal cannot record the change") from e
+                    raise
 
     def put(self, e: Entry) -> None:
         """Insert or replace the row of e.key."""
@@ -152,14 +203,14 @@ class Journal:
         values[_COLUMNS.index("xattrs")] = _encode_xattrs(e.xattrs)
         values[_COLUMNS.index("remote")] = int(e.remote)
         with self.transaction():
-            self._conn.execute(
+            self._execute(
                 f"INSERT OR REPLACE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                 values,
             )
 
     def remove(self, key: str) -> None:
         with self.transaction():
-            self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+            self._execute("DELETE FROM entries WHERE key = ?", (key,))
 
     def sync(self) -> None:
         """Make every committed row durable on disk (fsync semantics), not only crash-safe."""

@@ -77,11 +77,11 @@ class Uploader:
             self._cond.notify()
 
     def hurry(self) -> None:
-        """Drop every quiet delay: flush and unmount want everything now."""
+        """Drop every quiet delay: flush and unmount want everything now (backoffs stay)."""
         with self._cond:
             now = time.monotonic()
             for key, due in list(self._due.items()):
-                if due > now:
+                if due > now and not self._attempts.get(key):
                     self._due[key] = now
                     heapq.heappush(self._heap, (now, next(self._seq), key))
             self._cond.notify_all()
