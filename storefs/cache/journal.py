@@ -151,14 +151,27 @@ class Journal:
         log.warning("cache disk is full: the journal uses its reserved space")
         return True
 
-    def _execute(self, sql: str, args: object = ()) -> sqlite3.Cursor:
-        """Run one statement; on a full disk, use the reserved space and try once more."""
+    def _execute(self, sql: str, args: tuple = ()) -> None:
+        """Run one statement of the open transaction; on a full disk, use the reserved space.
+
+        SQLite may roll the whole transaction back on SQLITE_FULL, so the statements so far
+        are kept and replayed in a new transaction after the ballast is gone.
+        """
+        if sql != "COMMIT":
+            self._stmts.append((sql, args))
         try:
-            return self._conn.execute(sql, args)  # type: ignore[arg-type]
+            self._conn.execute(sql, args)
         except sqlite3.OperationalError as e:
             if not _is_full(e) or not self._release_ballast():
                 raise
-            return self._conn.execute(sql, args)  # type: ignore[arg-type]
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for s, a in self._stmts:
+                    self._conn.execute(s, a)
+            elif sql != "COMMIT":
+                self._conn.execute(sql, args)
+            if sql == "COMMIT":
+                self._conn.execute("COMMIT")
 
     def load(self) -> list[Entry]:
         """Every row, for the in-memory index built at mount."""
@@ -178,6 +191,7 @@ class Journal:
         with self._lock:
             if self._depth == 0:
                 self._conn.execute("BEGIN IMMEDIATE")
+                self._stmts: list[tuple[str, tuple]] = []
             self._depth += 1
             try:
                 yield
@@ -205,7 +219,7 @@ class Journal:
         with self.transaction():
             self._execute(
                 f"INSERT OR REPLACE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                values,
+                tuple(values),
             )
 
     def remove(self, key: str) -> None:
