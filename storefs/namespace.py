@@ -272,6 +272,8 @@ class Namespace:
             raise NotADirectory(key)
         prefix = key + "/" if key else ""
         names: set[str] = set()
+        with self._lock:  # before the provider: what is pending now may be uploaded while we list
+            local = self.index.children(prefix)
         try:
             listing = self.remote.listing(prefix)
         except ProviderUnavailable:
@@ -286,11 +288,12 @@ class Namespace:
             try:
                 self.layout.check_name(name.rstrip("/"))
             except StorefsError as err:
-                log.warning("skipping %s%s in a listing: %s", prefix, name, err)
+                log.warning("skipping %r in a listing: %s", prefix + name, repr(str(err))[1:-1])
                 continue
             names.add(name.rstrip("/"))
-        with self._lock:
-            names.update(n.rstrip("/") for n in self.index.children(prefix))
+        with self._lock:  # ... but not what was deleted meanwhile
+            names.update(n.rstrip("/") for n in local
+                         if not ((e := self.index.get(prefix + n)) is not None and e.is_tombstone))
         return sorted(names)
 
     def _require_dir(self, key: str) -> None:

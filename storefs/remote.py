@@ -37,6 +37,7 @@ class RemoteView:
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}  # bumped by forget(), so a listing racing a change is not cached as fresh
 
     def is_down(self, pname: str) -> bool:
         """Whether pname failed to answer a moment ago (callers then use what they know)."""
@@ -73,6 +74,8 @@ class RemoteView:
                 self._listings.move_to_end(prefix)
                 return hit[1]
         merged: dict[str, tuple[str, ObjectInfo]] = {}
+        with self._lock:
+            epoch = self._epochs.get(prefix, 0)
         try:
             for pname in reversed(self.order):  # earlier providers overwrite later ones
                 for info in self._call(pname, lambda p=pname: list(self.providers[p].list(prefix))):
@@ -83,7 +86,10 @@ class RemoteView:
                 return hit[1]
             raise
         with self._lock:
-            self._listings[prefix] = (now + self.ttl, merged)
+            # a change that landed while we listed makes this listing old already: keep it
+            # for outages, but do not serve it as fresh
+            fresh = self._epochs.get(prefix, 0) == epoch
+            self._listings[prefix] = (now + self.ttl if fresh else 0.0, merged)
             self._listings.move_to_end(prefix)
             while len(self._listings) > MAX_LISTINGS:
                 self._listings.popitem(last=False)
@@ -149,9 +155,15 @@ class RemoteView:
         key = key.rstrip("/")
         parent, _, _ = key.rpartition("/")
         with self._lock:
-            self._heads.pop(key, None)
-            self._listings.pop(parent + "/" if parent else "", None)
-            self._listings.pop(key + "/", None)
+            for cache, k in ((self._heads, key), (self._listings, parent + "/" if parent else ""),
+                             (self._listings, key + "/")):
+                hit = cache.get(k)
+                if hit is not None:  # expired, not dropped: while a provider is away it still answers
+                    cache[k] = (0.0, hit[1])  # type: ignore[index]
+            for prefix in (parent + "/" if parent else "", key + "/"):
+                self._epochs[prefix] = self._epochs.get(prefix, 0) + 1
+            if len(self._epochs) > 4 * MAX_LISTINGS:
+                self._epochs.clear()  # a fetch under way then caches as expired: harmless
 
     def forget_all(self) -> None:
         with self._lock:
