@@ -194,6 +194,8 @@ class Namespace:
                 return Found(is_dir=True)  # the cache holds something below it: it is a folder
             return None
         if clean is not None and (r is None or r[1].is_dir or not self._still_valid(clean, r[1])):
+            if self.remote.is_down(clean.provider):
+                return Found(is_dir=False, entry=clean)  # an old listing answered: no evidence
             log.info("%s changed in its provider; dropping the cached copy", key)
             self.evict(clean)
             clean = None

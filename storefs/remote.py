@@ -89,7 +89,8 @@ class RemoteView:
             # a change that landed while we listed makes this listing old already: keep it
             # for outages, but do not serve it as fresh
             fresh = self._epochs.get(prefix, 0) == epoch
-            self._listings[prefix] = (now + self.ttl if fresh else 0.0, merged)
+            # the TTL runs from when the listing is complete: a big folder takes longer than it
+            self._listings[prefix] = (time.monotonic() + self.ttl if fresh else 0.0, merged)
             self._listings.move_to_end(prefix)
             while len(self._listings) > MAX_LISTINGS:
                 self._listings.popitem(last=False)

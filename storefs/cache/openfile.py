@@ -48,6 +48,7 @@ class OpenFile:
         self._present = bytearray(entry.chunks) if entry.chunks is not None else None
         self._lock = threading.Lock()
         self._inflight: dict[int, threading.Event] = {}
+        self._queued: set[int] = set()  # chunks handed to the read-ahead pool, not started yet
         self._next_seq = -1         # chunk a sequential reader will want next
         self._ahead = 0
 
@@ -92,6 +93,7 @@ class OpenFile:
             return
 
     def _prefetch(self, i: int) -> None:
+        self._queued.discard(i)
         try:
             self._get_chunk(i)
         except Exception as e:  # the reader will fetch it again and see the error itself
@@ -117,7 +119,8 @@ class OpenFile:
                 p = self._present
                 if p is None:
                     break
-                if p[j] != PRESENT and j not in self._inflight:
+                if p[j] != PRESENT and j not in self._inflight and j not in self._queued:
+                    self._queued.add(j)
                     self._pool.submit(self._prefetch, j)
         for i in range(first, last + 1):
             self._get_chunk(i)
