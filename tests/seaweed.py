@@ -130,6 +130,9 @@ class SeaweedServer:
         cmd = [weed_binary() or "weed", "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
                "-s3.port.iceberg=0", "-s3.port.lance=0",
+               # every bucket is a collection with volumes of its own: the default cap (free disk /
+               # 128 MB) runs out after ~80 buckets, and a test session makes one per test
+               "-volume.max=100000",
                f"-s3.localSocket={os.path.join(self.workdir, 's3.sock')}",
                f"-filer.localSocket={os.path.join(self.workdir, 'filer.sock')}"]
         for svc in SERVICES:
