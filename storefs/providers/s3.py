@@ -10,7 +10,6 @@ import random
 import re
 import stat
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -24,11 +23,11 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
                                  PartialCredentialsError)
 
 from .. import errors
+from ..config import S3ProviderConfig
 from .base import ObjectInfo, ObjectMeta, Provider
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
 COPY_LIMIT = 5 * 1024 ** 3  # CopyObject's ceiling; bigger objects need a multipart copy
 #: seconds a lookup (head, one listing page) may take, retries included, before it gives up
 META_DEADLINE = 5.0
@@ -48,27 +47,8 @@ _FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO,
                          stat.S_IFCHR, stat.S_IFBLK})
 
 
-@dataclass
-class S3Settings:
-    """The attributes S3Provider reads from its config section (storefs.config provides the same names)."""
-
-    name: str = "s3"
-    bucket: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    prefix: str = ""
-    public_url_base: str | None = None
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    path_style: bool = False
-    presign_expiry: float = 3600.0
-    multipart_threshold: int = 64 * MiB
-    multipart_chunksize: int = 16 * MiB
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_attempts: int = 5
-    read_deadline: float = 20.0
+#: the provider's settings are its config section (kept as a name for callers that build one)
+S3Settings = S3ProviderConfig
 
 
 # -- metadata: s3fs / rclone compatible -------------------------------------------------

@@ -111,7 +111,7 @@ def test_value_encoding():
 
 def test_error_mapping_without_server():
     secret = "SeCrEtSeCrEtSeCrEt"
-    p = S3Provider(S3Settings(bucket="bkt", endpoint_url="http://user:pw@127.0.0.1:9", region="us-east-1",
+    p = S3Provider(S3Settings(name="s3", bucket="bkt", endpoint_url="http://user:pw@127.0.0.1:9", region="us-east-1",
                               access_key_id="AKIAEXAMPLE", secret_access_key=secret))
 
     def ce(code: str, status: int) -> ClientError:
@@ -142,7 +142,7 @@ def test_error_mapping_without_server():
     except S3UploadFailedError as e:
         assert type(p._error(e, "k")) is errors.AccessDenied
     assert "127.0.0.1:9/bkt/a%20b/c.png?X-Amz-" in p.url("a b/c.png")
-    assert secret not in repr(S3Settings(secret_access_key=secret))
+    assert secret not in repr(S3Settings(name="s3", bucket="bkt", access_key_id="id", secret_access_key=secret))
     p.close()
 
 
