@@ -416,8 +416,11 @@ class Namespace:
             e = None
         if e is None:
             pname, info = f.remote  # type: ignore[misc]
+            # listings carry no xattrs: where this info came from one, ask for them (S3 infos are HEADs)
+            xattrs = (self._remote_xattrs(pname, key) if self.providers[pname].listing_has_metadata
+                      else dict(info.xattrs))
             e = Entry(key, pname, kind="file", state="clean", size=info.size, mtime=info.mtime,
-                      mode=info.mode or FILE_MODE, uid=info.uid, gid=info.gid, xattrs=dict(info.xattrs),
+                      mode=info.mode or FILE_MODE, uid=info.uid, gid=info.gid, xattrs=xattrs,
                       remote=True, etag=info.etag)
         if e.data_name and self.data.exists(e.data_name):
             fd = self.data.open(e.data_name)
