@@ -112,6 +112,8 @@ class Namespace:
         self._fh = itertools.count(1)
         self._quiet_until: dict[str, float] = {}
         self._flushing = 0
+        self._just_deleted: dict[str, float] = {}  # keys whose delete landed a moment ago
+        self._deleted_pruned = 0.0
         self._readahead = ThreadPoolExecutor(max_workers=8, thread_name_prefix="storefs-readahead")
         self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0, "write_calls": 0, "read_calls": 0}
         self._recover()
@@ -287,6 +289,8 @@ class Namespace:
                 e = self.index.get(prefix + name)
             if e is not None and e.is_tombstone:
                 continue
+            if e is None and prefix + name.rstrip("/") in self._just_deleted:
+                continue  # a listing from before the delete landed (its tombstone is gone already)
             try:
                 self.layout.check_name(name.rstrip("/"))
             except StorefsError as err:
@@ -382,6 +386,7 @@ class Namespace:
                 raise
             node = OpenFile(e, fd, None, self.chunk_size)
             self._nodes[key] = node
+            self._just_deleted.pop(key, None)
             return self._new_handle(node, True)
 
     def _route(self, key: str, size: int) -> str:
@@ -991,6 +996,8 @@ class Namespace:
             if cur is e and e.generation == gen:
                 node = self._nodes.get(key)
                 if op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":
+                    if op in TOMBSTONES:
+                        self._note_deleted(key.rstrip("/"))
                     self.index.remove(key)
                 else:
                     e.op, e.state, e.copy_src, e.remote = None, "clean", None, True
@@ -1014,6 +1021,15 @@ class Namespace:
                     cur.remote = True
                     self.index.put(cur)
         self.remote.forget(key)
+
+    def _note_deleted(self, key: str) -> None:
+        """Remember a delete that landed, for as long as a listing fetched before it may be served."""
+        now = time.monotonic()
+        self._just_deleted[key] = now
+        if len(self._just_deleted) > 10_000 or now - self._deleted_pruned > 1.0:
+            keep = self.cfg.fuse.dir_cache_ttl + 2.0
+            self._just_deleted = {k: t for k, t in self._just_deleted.items() if now - t < keep}
+            self._deleted_pruned = now
 
     def failed(self, key: str, error: BaseException, attempts: int) -> None:
         with self._lock:
