@@ -43,7 +43,13 @@ def _local_backend(request: pytest.FixtureRequest, root: Path) -> LocalBackend:
 # The factory may use request.getfixturevalue(...) for a session-scoped server fixture.
 def _s3_backend(request: pytest.FixtureRequest, root: Path) -> S3Backend:
     server = request.getfixturevalue("seaweed")
-    return S3Backend(server, f"t-{uuid.uuid4().hex[:20]}")
+    return S3Backend(server, f"t-{uuid.uuid4().hex[:20]}", **request.getfixturevalue("s3_options"))
+
+
+@pytest.fixture
+def s3_options() -> dict:
+    """Extra keys for the s3 provider's config section; a test parametrises it to change them."""
+    return {}
 
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {

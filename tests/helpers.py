@@ -501,16 +501,18 @@ class S3Backend:
 
     name = "s3"
 
-    def __init__(self, server: Any, bucket: str) -> None:
+    def __init__(self, server: Any, bucket: str, **extra: Any) -> None:
         self.server = server
         self.bucket = bucket
+        self.extra = extra  # more keys for the provider's config section (read_deadline, ...)
         self.client = server.client()
         server.create_bucket(bucket)
 
     def provider_config(self) -> dict:
         return {"type": "s3", "bucket": self.bucket, "endpoint_url": self.server.endpoint_url,
                 "region": self.server.region, "path_style": True,
-                "access_key_id": self.server.access_key, "secret_access_key": self.server.secret_key}
+                "access_key_id": self.server.access_key, "secret_access_key": self.server.secret_key,
+                **self.extra}
 
     def read(self, key: str) -> bytes | None:
         try:

@@ -35,14 +35,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import BACKENDS, require_fuse
-from helpers import ART, S3Backend, StorefsMount, payload, run, sha256
+from conftest import require_fuse
+from helpers import ART, StorefsMount, payload, run, sha256
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -60,37 +59,6 @@ READ_DEADLINE = 3  # the S3 provider's read_deadline in the outage tests
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-class TunedS3Backend(S3Backend):
-    """S3Backend whose provider section carries extra keys (read_deadline, ...)."""
-
-    def __init__(self, server: Any, bucket: str, **extra: Any) -> None:
-        super().__init__(server, bucket)
-        self.extra = extra
-
-    def provider_config(self) -> dict:
-        return {**super().provider_config(), **self.extra}
-
-
-@pytest.fixture
-def s3_options() -> dict:
-    """Extra keys for the s3 provider's config section (parametrised by the outage tests)."""
-    return {}
-
-
-@pytest.fixture
-def backend(provider_kind: str, request: pytest.FixtureRequest, tmp_path: Path, s3_options: dict):
-    """conftest's backends; the S3 one takes extra provider keys from `s3_options`."""
-    if provider_kind == "s3":
-        b: Any = TunedS3Backend(request.getfixturevalue("seaweed"), f"t-{uuid.uuid4().hex[:20]}", **s3_options)
-    else:
-        b = BACKENDS[provider_kind](request, tmp_path)
-    try:
-        yield b
-    finally:
-        with contextlib.suppress(Exception):
-            b.close()
 
 
 s3_only = pytest.mark.parametrize("provider_kind", ["s3"])

@@ -5,9 +5,8 @@ plain boto3 (and so with s3fs, rclone and CDNs), listing pagination, multipart u
 reads of large objects, folder renames as server-side copies, a server outage, and a wrong S3
 config at mount time.
 
-The mount is conftest's `store` fixture; this module overrides `provider_kind` (always "s3") and
-`backend` (an S3Backend whose provider section can take extra keys from the `s3_options` fixture,
-which a test may parametrise, e.g. with {"read_deadline": 3}).
+The mount is conftest's `store` fixture; this module overrides `provider_kind` (always "s3"), and a
+test may parametrise conftest's `s3_options` to add provider keys, e.g. {"read_deadline": 3}.
 """
 
 from __future__ import annotations
@@ -33,7 +32,8 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from helpers import (ART, S3Backend, StorefsMount, assert_same_tree, clean_env, file_sha256, is_mounted,
+from conftest import require_fuse
+from helpers import (ART, StorefsMount, assert_same_tree, clean_env, file_sha256, is_mounted,
                      lazy_unmount, payload, run, sha256, tree_state)
 
 pytestmark = pytest.mark.timeout(300)
@@ -45,42 +45,9 @@ GiB = 1024 * MiB
 # --------------------------------------------------------------------------- fixtures
 
 
-class TunedS3Backend(S3Backend):
-    """S3Backend whose provider section carries extra keys (read_deadline, ...)."""
-
-    def __init__(self, server: Any, bucket: str, **extra: Any) -> None:
-        super().__init__(server, bucket)
-        self.extra = extra
-
-    def provider_config(self) -> dict:
-        return {**super().provider_config(), **self.extra}
-
-
 @pytest.fixture
 def provider_kind() -> str:
     return "s3"
-
-
-@pytest.fixture
-def s3_options() -> dict:
-    """Extra keys for the s3 provider's config section; parametrise this to change them."""
-    return {}
-
-
-@pytest.fixture
-def backend(provider_kind: str, seaweed: Any, s3_options: dict):
-    assert provider_kind == "s3"
-    b = TunedS3Backend(seaweed, f"t-{uuid.uuid4().hex[:20]}", **s3_options)
-    try:
-        yield b
-    finally:
-        with contextlib.suppress(Exception):
-            b.close()
-
-
-def require_fuse() -> None:
-    from conftest import require_fuse as _require_fuse  # the same skip/fail rule as the `store` fixture
-    _require_fuse()
 
 
 # --------------------------------------------------------------------------- helpers
