@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 @dataclass
@@ -99,6 +99,35 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def remove_dir(self, prefix: str) -> None:
         """Remove the directory marker of prefix; no error if there is none."""
+
+    def walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every file and folder at any depth below prefix ('' or 'a/b/'), streamed, in no promised order.
+
+        Folders come as keys ending in '/' (is_dir); which ones a backend reports differs (a local
+        disk has every folder, an object store its marker objects), so callers treat them as hints.
+        This default walks list() level by level; backends with a flat listing override it.
+        """
+        pending = [prefix]
+        while pending:
+            for info in self.list(pending.pop()):
+                yield info
+                if info.is_dir:
+                    pending.append(info.key)
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes in order, in pieces of about chunk_size, never the whole object in memory."""
+        offset = 0
+        while True:
+            data = self.get_range(key, offset, chunk_size)
+            if not data:
+                return
+            yield data
+            offset += len(data)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove several objects (batched where the backend can); missing ones are not an error."""
+        for key in keys:
+            self.delete(key)
 
     def url(self, key: str, expires: int = 3600) -> str | None:
         """A URL a browser can fetch the object from, when the backend has one."""

@@ -213,6 +213,24 @@ class LocalProvider(Provider):
         finally:
             os.close(fd)
 
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Sequential reads on one no-follow descriptor (get_range would reopen the file per piece)."""
+        path = self._file_path(key)
+        with self._mapped(key):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with self._mapped(key):
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise NotFound(key)
+            while True:
+                with self._mapped(key):
+                    data = os.read(fd, chunk_size)
+                if not data:
+                    return
+                yield data
+        finally:
+            os.close(fd)
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """pread on a no-follow descriptor; O_NONBLOCK so a FIFO planted in the folder cannot hang us."""
         path = self._file_path(key)

@@ -367,6 +367,49 @@ class S3Provider(Provider):
                 return
             args["ContinuationToken"] = page["NextContinuationToken"]
 
+    def walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        """One flat ListObjectsV2 (no delimiter), 1000 keys a page: a whole tree in len/1000 requests.
+
+        Folders are the marker objects ('a/b/', empty); sizes and LastModified come from the
+        listing, so mtime here is the upload time, not the x-amz-meta-mtime a head returns.
+        """
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        full = self._key(prefix)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": 1000}
+        while True:
+            page = self._read(self._what(prefix), lambda: self._read_client.list_objects_v2(**args))
+            for obj in page.get("Contents") or ():
+                if obj["Key"] == full:
+                    continue  # the marker of prefix itself
+                key = self._strip(obj["Key"])
+                modified = obj["LastModified"].timestamp()
+                if key.endswith("/"):
+                    yield ObjectInfo(key=key, size=0, mtime=modified, is_dir=True)
+                else:
+                    yield ObjectInfo(key=key, size=int(obj.get("Size", 0)), mtime=modified,
+                                     etag=(obj.get("ETag") or "").strip('"') or None)
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """One streamed GET (the body read piece by piece), instead of a request per piece."""
+        what = self._what(key)
+        r = self._read(what, lambda: self._read_client.get_object(Bucket=self.bucket, Key=self._key(key)))
+        body = r["Body"]
+        try:
+            while True:
+                try:
+                    data = body.read(chunk_size)
+                except (BotoCoreError, ClientError) as e:
+                    raise self._error(e, what) from e
+                if not data:
+                    return
+                yield data
+        finally:
+            body.close()
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Ranged GET, bounded by read_deadline; a range at or past the end reads as b""."""
         if length <= 0:
