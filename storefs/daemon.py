@@ -72,6 +72,10 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         if cmd == "flush":
             ok = ns.flush_all(req.get("timeout"), lambda st: send({"progress": st}))
             return {"done": ok, **status()}
+        if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
+            with ns._lock:
+                rows = ns.index.pending()
+            return {"keys": sorted({k for e in rows for k in (e.key, e.copy_src) if k})}
         return {"error": f"unknown command {cmd!r}"}
 
     def status() -> dict:
