@@ -14,6 +14,7 @@ import sys
 import time
 
 from . import __version__
+from .admin import add_commands
 from .config import Config, load_config, with_tenant
 from .control import NotRunning, request
 from .errors import ConfigError
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=float, default=None)
     f.add_argument("mountpoint")
     f.set_defaults(func=cmd_flush)
+
+    add_commands(sub)  # stats, ls, cleanup, migrate (storefs.admin)
     return p
 
 

@@ -1,0 +1,81 @@
+"""Operator commands that work on a config's providers directly, mounted or not: stats, ls, cleanup, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from ..errors import StorefsError
+from .common import AdminError
+
+log = logging.getLogger(__name__)
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _guarded(fn: Command) -> Command:
+    """One line 'storefs: ...' and exit 2 (bad argument) or 1 (anything else), never a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        logging.basicConfig(level=logging.WARNING, format="storefs: %(levelname)s %(name)s: %(message)s")
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            return fn(args)
+        except AdminError as e:
+            print(f"storefs: {e}", file=sys.stderr)
+            return e.exit_code
+        except StorefsError as e:
+            print(f"storefs: {args.command}: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register stats, ls, cleanup and migrate on the storefs command line."""
+    from .cleanup import cmd_cleanup
+    from .inventory import cmd_ls, cmd_stats
+    from .migrate import DEFAULT_JOBS, cmd_migrate
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", help="YAML config file (default: the embedded config `storefs mount` uses)")
+
+    s = sub.add_parser("stats", help="artifacts, files and bytes per level, across providers")
+    config_option(s)
+    s.add_argument("--by", metavar="LEVEL", help="one row per tenant, type or board (a layout level)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("prefix", nargs="?", default="", help="only below this key prefix (default: everything)")
+    s.set_defaults(func=_guarded(cmd_stats))
+
+    ls = sub.add_parser("ls", help="artifacts below a prefix: size, files, newest mtime, provider, content types")
+    config_option(ls)
+    ls.add_argument("--since", metavar="DATE", help="only artifacts modified at or after DATE (ISO date or date-time)")
+    ls.add_argument("--until", metavar="DATE", help="only artifacts modified before DATE (a bare date: up to its end)")
+    ls.add_argument("--type", metavar="T", help="a layout type (image, video...) or a content type (image/png, video/*)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("prefix", help="e.g. t1/image or t1/image/board1")
+    ls.set_defaults(func=_guarded(cmd_ls))
+
+    c = sub.add_parser("cleanup", help="delete artifacts older than an age, keeping the newest N per board")
+    config_option(c)
+    c.add_argument("--older-than", required=True, metavar="AGE", help="30d, 12h, 90m, 45s, 2w")
+    c.add_argument("--keep-count", type=int, default=0, metavar="N",
+                   help="always keep the newest N artifacts of every board (default 0)")
+    c.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    c.add_argument("prefix", help="e.g. t1 or t1/image/board1")
+    c.set_defaults(func=_guarded(cmd_cleanup))
+
+    m = sub.add_parser("migrate", help="copy every key from one provider to another, verified and resumable")
+    config_option(m)
+    m.add_argument("--from", dest="source", required=True, metavar="P", help="source provider name")
+    m.add_argument("--to", dest="dest", required=True, metavar="Q", help="destination provider name")
+    m.add_argument("--delete-source", action="store_true", help="delete each source key once its copy is verified")
+    m.add_argument("--state", metavar="FILE",
+                   help="resume state (default: CACHE_DIR/migrate-P-to-Q.db)")
+    m.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help=f"parallel copies (default {DEFAULT_JOBS})")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    m.add_argument("prefix", nargs="?", default="", help="only keys below this prefix (default: everything)")
+    m.set_defaults(func=_guarded(cmd_migrate))
