@@ -162,6 +162,8 @@ class Config:
     log_level: str = "INFO"
     #: a single-tenant mount shows only this tenant's folder, as the mount root
     tenant: str | None = None
+    #: loopback port of the Prometheus /metrics endpoint (0: none)
+    metrics_port: int = 0
 
     def provider_for(self, type_: str | None, size: int) -> str:
         """Routing is first match wins, so the order of rules in the file is the priority."""
@@ -332,7 +334,7 @@ class _Map:
 
 
 _TOP_KEYS = ("default_provider", "providers", "routing_rules", "layout", "max_file_size",
-             "cache", "fuse", "log_level", "tenant")
+             "cache", "fuse", "log_level", "tenant", "metrics_port")
 _S3_KEYS = ("type", "bucket", "endpoint_url", "region", "prefix", "public_url_base",
             "access_key_id", "secret_access_key", "session_token", "path_style", "presign_expiry",
             "multipart_threshold", "multipart_chunksize", "connect_timeout", "read_timeout",
@@ -533,6 +535,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         fuse=_fuse(raw.get("fuse"), source),
         log_level=top.get("log_level", _choice(*LOG_LEVELS, fold=str.upper), "INFO"),
         tenant=_tenant(top.get("tenant", _str, None), source, layout),
+        metrics_port=top.get("metrics_port", _bounded(_int, 0, 65535), 0),
     )
 
 

@@ -35,28 +35,39 @@ def shown(path: object) -> str:
     return repr(path)[1:-1] if isinstance(path, str) else str(path)
 
 
+#: calls and errno answers per FUSE operation, for status and metrics (one dict increment a call)
+OP_CALLS: dict[str, int] = {}
+OP_ERRORS: dict[str, int] = {}
+
+
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     """Translate core exceptions into FuseOSError, logging each failure once."""
 
     name = func.__name__
+    OP_CALLS[name] = OP_ERRORS[name] = 0
 
     @functools.wraps(func)
     def wrapper(self: "StorefsOperations", *args: Any) -> Any:
+        OP_CALLS[name] += 1
         try:
             return func(self, *args)
         except StorefsError as e:
+            OP_ERRORS[name] += 1
             if e.errno not in QUIET_ERRNOS and not e.quiet:
                 log.warning("%s %s: %s (%s)", name, shown(args[0]) if args else "", shown(str(e)),
                             errno.errorcode.get(e.errno, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
         except mfusepy.FuseOSError:
+            OP_ERRORS[name] += 1
             raise
         except OSError as e:
+            OP_ERRORS[name] += 1
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
             if code not in QUIET_ERRNOS:
                 log.warning("%s %s: %s", name, shown(args[0]) if args else "", shown(str(e)))
             raise mfusepy.FuseOSError(code) from None
         except Exception:
+            OP_ERRORS[name] += 1
             log.exception("%s %s failed unexpectedly", name, shown(args[0]) if args else "")
             raise mfusepy.FuseOSError(errno.EIO) from None
 

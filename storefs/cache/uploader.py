@@ -49,6 +49,7 @@ class Uploader:
         self._stopping = False
         self.uploaded = 0
         self.failures = 0
+        self.retries = 0  # operations run again after a failed attempt
 
     def start(self) -> None:
         for i in range(self._workers):
@@ -142,6 +143,9 @@ class Uploader:
                 elif wait > 0:
                     retry_in = wait
                 else:
+                    if self._attempts.get(key):
+                        with self._cond:
+                            self.retries += 1
                     self._rec.sync(key)
                     self._attempts.pop(key, None)
                     with self._cond:

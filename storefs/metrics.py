@@ -1,0 +1,117 @@
+"""The counters of a running mount: one snapshot for `status --json`, and a Prometheus endpoint.
+
+The endpoint is the standard library's http.server writing the Prometheus text format
+(version 0.0.4), bound to 127.0.0.1 only: a dozen metric lines do not earn a dependency,
+and every scrape reads the same snapshot `storefs status --json` prints.
+"""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# status field -> (metric name, type, help); counters end in _total, as Prometheus expects
+_SCALARS = (
+    ("bytes_read", "storefs_read_bytes_total", "counter", "Bytes returned to readers of the mount."),
+    ("bytes_written", "storefs_written_bytes_total", "counter", "Bytes written into the mount."),
+    ("bytes_fetched", "storefs_fetched_bytes_total", "counter", "Bytes fetched from providers into the cache."),
+    ("read_calls", "storefs_read_calls_total", "counter", "FUSE read requests."),
+    ("write_calls", "storefs_write_calls_total", "counter", "FUSE write requests."),
+    ("uploads_done", "storefs_uploads_total", "counter", "Changes carried to a provider."),
+    ("upload_failures", "storefs_upload_failures_total", "counter", "Failed upload attempts (each is retried)."),
+    ("upload_retries", "storefs_upload_retries_total", "counter", "Upload attempts that followed a failure."),
+    ("cache_evictions", "storefs_cache_evictions_total", "counter", "Clean cached copies dropped to keep the cache bounded."),
+    ("queue", "storefs_uploads_queued", "gauge", "Changes scheduled or being uploaded."),
+    ("uploading", "storefs_uploads_in_flight", "gauge", "Uploads under way."),
+    ("pending", "storefs_pending_changes", "gauge", "Changes not yet in their provider."),
+    ("dirty_files", "storefs_dirty_files", "gauge", "Files whose content is not yet in their provider."),
+    ("dirty_bytes", "storefs_dirty_bytes", "gauge", "Bytes of those files."),
+    ("open_files", "storefs_open_files", "gauge", "Files open through the mount."),
+    ("cached_files", "storefs_cached_files", "gauge", "Files with data in the cache."),
+    ("cache_bytes", "storefs_cache_bytes", "gauge", "Bytes used by the cache folder."),
+    ("cache_max_bytes", "storefs_cache_max_bytes", "gauge", "The cache size limit (cache.max_size)."),
+    ("cache_free_bytes", "storefs_cache_free_bytes", "gauge", "Free bytes on the cache disk."),
+    ("cache_hit_ratio", "storefs_cache_hit_ratio", "gauge", "Share of bytes read that needed no provider fetch."),
+)
+
+
+def hit_ratio(bytes_read: int, bytes_fetched: int) -> float:
+    """Share of the bytes read that were already cached (read-ahead can fetch more than is read)."""
+    if bytes_read <= 0:
+        return 1.0
+    return max(0.0, 1.0 - bytes_fetched / bytes_read)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(st: dict) -> str:
+    """The Prometheus text exposition of a status snapshot."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}"
+                   for labels, value in samples)
+
+    family("storefs_info", "gauge", "The mount this daemon serves.",
+           [(f'{{mountpoint="{_label(str(st.get("mountpoint", "")))}",pid="{st.get("pid", "")}"}}', 1)])
+    for field, name, kind, help_ in _SCALARS:
+        if field in st:
+            family(name, kind, help_, [("", st[field])])
+    for field, name, help_ in (("operations", "storefs_operations_total", "FUSE requests, per operation."),
+                               ("operation_errors", "storefs_operation_errors_total",
+                                "FUSE requests answered with an errno (ENOENT included), per operation.")):
+        ops = st.get(field) or {}
+        family(name, "counter", help_, [(f'{{op="{_label(op)}"}}', n) for op, n in sorted(ops.items())])
+    return "\n".join(out) + "\n"
+
+
+class MetricsServer:
+    """GET /metrics on 127.0.0.1:port; binds at construction, so a taken port stops the mount early."""
+
+    def __init__(self, port: int, snapshot: Callable[[], dict]) -> None:
+        class _Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "storefs serves /metrics only")
+                    return
+                try:
+                    body = render(snapshot()).encode()
+                except Exception:  # a scrape must not take the daemon down
+                    log.exception("building /metrics failed")
+                    self.send_error(500)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                log.debug("metrics: " + format, *args)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._serving = False
+
+    def start(self) -> None:
+        """Serve in a daemon thread (called from FUSE init: no thread before the fork)."""
+        self._serving = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="storefs-metrics", daemon=True).start()
+        log.info("metrics on http://127.0.0.1:%d/metrics", self.port)
+
+    def stop(self) -> None:
+        if self._serving:  # shutdown() waits for serve_forever, which never ran otherwise
+            self._server.shutdown()
+        self._server.server_close()
