@@ -81,7 +81,7 @@ class Progress:
         """Bytes per second over the last RATE_WINDOW seconds (over the whole run once closed)."""
         now = time.monotonic()
         t0, b0 = (self._start, 0) if self._closed else self._samples[0]
-        return (self.bytes_done - b0) / (now - t0) if now - t0 > 0.05 else 0.0
+        return (self.bytes_done - b0) / (now - t0) if now > t0 else 0.0
 
     def line(self) -> str:
         """The current state in words: '12/30 files, 1.2 MiB/3.0 MiB, 5.1 MiB/s, 4s left'."""

@@ -1,0 +1,181 @@
+"""The pieces of the operator commands that need no mount: parsing, the cleanup plan, progress, state, walks."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+from datetime import datetime
+
+import pytest
+
+from storefs.admin.cleanup import plan
+from storefs.admin.common import Artifact, UsageError, normalize_prefix, parse_age, parse_when
+from storefs.admin.migrate import MigrationState, _parents
+from storefs.admin.progress import Progress, format_duration, format_size
+from storefs.providers import ObjectInfo, ObjectMeta
+from storefs.providers.local import TMP_PREFIX, LocalProvider
+
+
+@pytest.mark.parametrize("text, seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45s", 45),
+                                           ("2w", 14 * 86400), ("1.5h", 5400), (" 7d ", 7 * 86400)])
+def test_ages(text, seconds):
+    assert parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "d", "30x", "-1d", "", "1 day"])
+def test_bad_ages_name_the_value(text):
+    with pytest.raises(UsageError, match=re.escape(repr(text))) as e:
+        parse_age(text)
+    assert e.value.exit_code == 2
+
+
+def test_dates_local_time_and_until_a_whole_day():
+    assert parse_when("2024-12-30", "--since") == datetime(2024, 12, 30).timestamp()
+    assert parse_when("2024-12-30", "--until", end_of_day=True) == datetime(2024, 12, 31).timestamp()
+    assert parse_when("2024-12-30T14:30", "--until", end_of_day=True) == datetime(2024, 12, 30, 14, 30).timestamp()
+    assert parse_when("2024-12-30T00:00:00+00:00", "--since") == 1735516800
+    with pytest.raises(UsageError, match="--since: not an ISO date.*'30/12/2024'"):
+        parse_when("30/12/2024", "--since")
+
+
+def test_prefixes():
+    assert normalize_prefix("/t1/image/") == "t1/image"
+    assert normalize_prefix("") == ""
+    for bad in ("t1//image", "t1/../t2", "./t1"):
+        with pytest.raises(UsageError):
+            normalize_prefix(bad)
+
+
+def _art(key: str, mtime: float) -> Artifact:
+    a = Artifact(key)
+    a.files[key + "/x.png"] = ("local", ObjectInfo(key=key + "/x.png", size=1, mtime=mtime))
+    return a
+
+
+def test_plan_keeps_newest_n_per_board_and_everything_young():
+    now = 1_000_000.0
+    found = {a.key: a for a in [_art("t/image/b1/a1", now - 100), _art("t/image/b1/a2", now - 200),
+                                _art("t/image/b1/a3", now - 300), _art("t/image/b1/a4", now - 5),
+                                _art("t/image/b2/z1", now - 400)]}
+    doomed, kept = plan(found, cutoff=now - 50, keep_count=1)
+    assert [a.key for a in doomed] == ["t/image/b1/a1", "t/image/b1/a2", "t/image/b1/a3"]
+    assert kept == 2  # a4 (newest of b1, and young), z1 (newest of b2)
+    doomed, kept = plan(found, cutoff=now - 250, keep_count=0)
+    assert [a.key for a in doomed] == ["t/image/b1/a3", "t/image/b2/z1"] and kept == 3
+    empty = Artifact("t/image/b3/e")
+    empty.folder_mtime = now - 1000
+    assert [a.key for a in plan({"e": empty}, now, 0)[0]] == ["t/image/b3/e"]
+
+
+def test_sizes_and_durations():
+    assert [format_size(n) for n in (0, 1023, 1024, 1536 * 1024, 5 << 30, 3 << 50)] == \
+        ["0 B", "1023 B", "1.0 KiB", "1.5 MiB", "5.0 GiB", "3.0 PiB"]
+    assert [format_duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
+
+
+def test_progress_plain_lines_when_not_a_terminal():
+    out = io.StringIO()
+    p = Progress("migrate", total_files=4, total_bytes=4096, stream=out, tty=False, interval=0)
+    p.add(files=1, nbytes=1024)
+    p.set(files_done=4, bytes_done=4096)
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("migrate: 1/4 files, 1.0 KiB/4.0 KiB, ")
+    assert lines[-1].startswith("migrate: 4/4 files, 4.0 KiB/4.0 KiB, ") and "/s" in lines[-1]
+    assert "\r" not in out.getvalue()
+
+
+def test_progress_bar_redraws_one_line_on_a_terminal():
+    out = io.StringIO()
+    p = Progress("copy", total_files=2, total_bytes=2 << 20, stream=out, tty=True, interval=0)
+    p.add(files=1, nbytes=1 << 20)
+    p.close()
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n") and text.startswith("\rcopy: [")
+    assert "] 100% 2/2 files" not in text and " 50% 1/2 files, 1.0 MiB/2.0 MiB" in text
+
+
+def test_progress_draws_at_most_every_interval():
+    out = io.StringIO()
+    p = Progress("x", stream=out, tty=False, interval=60)
+    for _ in range(1000):
+        p.add(files=1, nbytes=10)
+    assert out.getvalue() == ""
+    p.close()
+    assert out.getvalue().startswith("x: 1000 files, 9.8 KiB")
+
+
+def test_state_counts_copies_and_survives_reopening(tmp_path):
+    path = str(tmp_path / "state.db")
+    st = MigrationState(path)
+    src = ObjectInfo(key="a/b", size=3, mtime=1.5, etag="e1")
+    st.copying("a/b", src, "sha")
+    st.verified("a/b")
+    st.copying("a/b", src, "sha")  # a second send
+    st.close()
+    row = MigrationState(path).get("a/b")
+    assert (row.size, row.etag, row.mtime, row.sha256, row.state, row.copies) == (3, "e1", 1.5, "sha", "copying", 2)
+
+
+def test_parents():
+    assert _parents("a/b/c") == ["a/", "a/b/"]
+    assert _parents("a/b/") == ["a/"]
+    assert _parents("x") == []
+
+
+def test_local_walk_and_read_stream(tmp_path):
+    prov = LocalProvider("local", str(tmp_path / "data"))
+    prov.check()
+    src = tmp_path / "src"
+    src.write_bytes(b"0123456789" * 1000)
+    meta = ObjectMeta(mtime=time.time())
+    for key in ("t/image/b/a/x.png", "t/image/b/a/sub/y.png", "t/video/b/v/z.mp4"):
+        prov.put_file(key, str(src), meta)
+    prov.make_dir("t/image/b/empty/", ObjectMeta(mtime=time.time(), mode=0o40755))
+    (tmp_path / "data/t/image/b/a" / (TMP_PREFIX + "junk")).write_bytes(b"half written")
+    os.symlink("/etc", tmp_path / "data/t/image/b/link")
+    found = {(i.key, i.is_dir) for i in prov.walk("t/image/")}
+    assert found == {("t/image/b/", True), ("t/image/b/a/", True), ("t/image/b/a/x.png", False),
+                     ("t/image/b/a/sub/", True), ("t/image/b/a/sub/y.png", False), ("t/image/b/empty/", True)}
+    assert len(list(prov.walk(""))) == 12  # 9 folders, 3 files
+    chunks = list(prov.read_stream("t/video/b/v/z.mp4", chunk_size=4096))
+    assert [len(c) for c in chunks] == [4096, 4096, 1808] and b"".join(chunks) == src.read_bytes()
+
+
+def test_two_providers_merge_like_the_mount_and_cleanup_removes_every_copy(tmp_path, capsys):
+    """A key on both providers counts once (the default provider's copy); cleanup deletes both copies."""
+    import json
+
+    import yaml
+
+    from storefs.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"default_provider": "a", "cache": {"dir": str(tmp_path / "cache")}, "providers": {
+        "a": {"type": "local", "base_path": str(tmp_path / "a")},
+        "b": {"type": "local", "base_path": str(tmp_path / "b")}}}))
+    old = time.time() - 10 * 86400
+    for root, key, size in (("a", "t/image/b1/x/1.png", 10), ("b", "t/image/b1/x/1.png", 99),
+                            ("b", "t/image/b1/y/2.png", 20), ("a", "t/image/b1/z/3.png", 30)):
+        p = tmp_path / root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * size)
+        os.utime(p, (old, old))
+
+    assert main(["stats", "-c", str(cfg), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["total"]["files"] == 3 and st["total"]["bytes"] == 60 and st["total"]["artifacts"] == 3
+    assert st["providers"] == {"a": {"files": 2, "bytes": 40}, "b": {"files": 1, "bytes": 20, "shadowed": 1}}
+    assert main(["ls", "-c", str(cfg), "t/image", "--json"]) == 0
+    rows = {r["artifact"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (rows["t/image/b1/x"]["bytes"], rows["t/image/b1/x"]["providers"]) == (10, ["a"])
+    assert rows["t/image/b1/y"]["providers"] == ["b"]
+
+    assert main(["cleanup", "-c", str(cfg), "t/image/b1", "--older-than", "1d", "--keep-count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("deleted t/image/b1/") == 2
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("[ab]/**/*.png"))
+    assert len(left) == 1 and "/x/" not in left[0], left  # both copies of x went, with its folders
+    assert not (tmp_path / "a/t/image/b1/x").exists() and not (tmp_path / "b/t/image/b1/x").exists()
