@@ -1,4 +1,4 @@
-"""Command line: storefs mount | unmount | status | flush."""
+"""Command line: storefs mount | unmount | status | flush | url | install-helper."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import time
 
 from . import __version__
 from .admin import add_commands
-from .config import Config, load_config, with_tenant
-from .control import NotRunning, request
+from .admin.progress import Progress
+from .config import LOG_LEVELS, Config, load_config, parse_duration, with_tenant
+from .control import NotRunning, find_mount, request
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -161,36 +162,54 @@ def _run_background(cfg: Config, mnt: str, level: str, log_file: str) -> int:
     raise CliError(f"the daemon did not come up; see {log_file}")
 
 
-def _progress_printer(quiet: bool):
-    state = {"t": time.monotonic(), "done": None}
+class _FlushProgress:
+    """What a flush has left, as a bar on a terminal or plain lines: files (changes) and bytes, with the rate."""
 
-    def show(st: dict) -> None:
-        if quiet:
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.files_done = self.bytes_done = 0
+        self.left: tuple[int, int] | None = None
+        self.errors_shown: set[str] = set()
+
+    def show(self, st: dict) -> None:
+        if self.quiet:
             return
-        now = time.monotonic()
-        done = st.get("uploads_done", 0)
-        rate = ""
-        if state["done"] is not None and now > state["t"]:
-            rate = f", {(done - state['done']) / (now - state['t']):.1f} ops/s"
-        state["t"], state["done"] = now, done
-        print(f"storefs: {st.get('pending', 0)} changes left ({st.get('dirty_files', 0)} files, "
-              f"{_human(st.get('dirty_bytes', 0))}){rate}", file=sys.stderr, flush=True)
+        files, nbytes = st.get("pending", 0), st.get("dirty_bytes", 0)
+        if self.bar is None:
+            tty = sys.stderr.isatty()
+            self.bar = Progress(self.label, stream=sys.stderr, tty=tty, interval=None if tty else 2.0)
+        if self.left is not None:  # new writes during the flush grow the totals, never shrink what is done
+            self.files_done += max(0, self.left[0] - files)
+            self.bytes_done += max(0, self.left[1] - nbytes)
+        self.left = (files, nbytes)
+        self.bar.total_files = self.files_done + files
+        self.bar.total_bytes = self.bytes_done + nbytes
+        self.bar.set(files_done=self.files_done, bytes_done=self.bytes_done)
         for err in st.get("errors", [])[:3]:
-            print(f"  retrying {err['key']}: {err['error']}", file=sys.stderr, flush=True)
+            if err["key"] not in self.errors_shown:
+                self.errors_shown.add(err["key"])
+                print(f"{chr(10) if self.bar.tty else ''}  retrying {err['key']}: {err['error']}",
+                      file=sys.stderr, flush=True)
 
-    return show
+    def close(self, final: dict) -> None:
+        if self.bar is not None:
+            self.show(final)
+            self.bar.close()
 
 
-def _flush(mnt: str, timeout: float | None, quiet: bool = False) -> dict:
-    show = _progress_printer(quiet)
+def _flush(mnt: str, timeout: float | None, quiet: bool = False, label: str = "storefs flush") -> dict:
+    progress = _FlushProgress(label, quiet)
     final: dict = {}
     for msg in request(mnt, {"cmd": "flush", "timeout": timeout}, timeout=None):
         if "progress" in msg:
-            show(msg["progress"])
+            progress.show(msg["progress"])
         if msg.get("final"):
             final = msg
     if "error" in final:
         raise CliError(final["error"])
+    progress.close(final)
     return final
 
 
@@ -217,7 +236,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
                   "journal and are uploaded at the next mount.", file=sys.stderr)
             return 0
         raise CliError(f"{mnt} is not a storefs mount") from None
-    final = _flush(mnt, args.timeout)
+    final = _flush(mnt, args.timeout, label="storefs unmount")
     if not final.get("done") and not args.force:
         raise CliError(f"{final.get('pending')} changes still pending after {args.timeout}s; not unmounting "
                        "(they are safe in the journal: use --force to unmount anyway)")
@@ -268,6 +287,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_url(args: argparse.Namespace) -> int:
+    try:
+        expires = parse_duration(args.expires, "--expires", "")
+        wait = parse_duration(args.wait, "--wait", "")
+    except ConfigError as e:
+        raise CliError(f"{e.source}: {e.reason}") from None
+    if not 1 <= expires <= 7 * 86400:
+        raise CliError("--expires: between 1s and 7d (the longest a presigned S3 URL lives)")
+    try:
+        mnt, rel = find_mount(args.path)
+        answer = next(iter(request(mnt, {"cmd": "url", "path": rel, "expires": expires, "wait": wait},
+                                   timeout=wait + 30)))
+    except NotRunning as e:
+        raise CliError(str(e)) from None
+    if "error" in answer:
+        raise CliError(f"{args.path}: {answer['error']}")
+    print(answer["url"])
+    return 0
+
+
+def cmd_install_helper(args: argparse.Namespace) -> int:
+    from .mount_helper import install
+    try:
+        done = install(args.dir, remove=args.remove)
+    except OSError as e:
+        raise CliError(f"cannot write the helper into {args.dir}: {e.strerror or e} (run it as root)") from None
+    for line in done:
+        print(f"storefs: {line}", file=sys.stderr)
+    return 0
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storefs", description="Mount an artifact store as a directory.")
     p.add_argument("--version", action="version", version=f"storefs {__version__}")
@@ -276,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount the store (returns once the mount is usable)")
     m.add_argument("-c", "--config", help="YAML config file (default: the embedded local-folder config)")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    m.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: config log_level)")
+    m.add_argument("--log-level", type=_log_level, help="DEBUG, INFO, WARNING, ERROR (default: config log_level)")
     m.add_argument("--log-file", help="log file (default: CACHE_DIR/storefs.log in the background)")
     m.add_argument("--tenant", help="show only this tenant's folder, as the mount root (config key: tenant)")
     m.add_argument("mountpoint")
@@ -297,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=float, default=None)
     f.add_argument("mountpoint")
     f.set_defaults(func=cmd_flush)
+
+    r = sub.add_parser("url", help="the public or presigned URL of a file in a mount (uploads it first)")
+    r.add_argument("--expires", default="1h", help="lifetime of a presigned URL: 30m, 1h, 7d (default 1h)")
+    r.add_argument("--wait", default="60s", help="how long to wait for the file's upload (default 60s)")
+    r.add_argument("path")
+    r.set_defaults(func=cmd_url)
+
+    h = sub.add_parser("install-helper", help="install mount.fuse.storefs, for /etc/fstab and mount -t fuse.storefs")
+    h.add_argument("--dir", default="/sbin", help="where mount(8) looks for helpers (default /sbin)")
+    h.add_argument("--remove", action="store_true", help="remove the helpers instead")
+    h.set_defaults(func=cmd_install_helper)
 
     add_commands(sub)  # stats, ls, cleanup, migrate (storefs.admin)
     return p

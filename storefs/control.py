@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import threading
@@ -18,13 +19,39 @@ from typing import Callable, Iterator
 log = logging.getLogger(__name__)
 
 
-def socket_path(mountpoint: str) -> str:
+def socket_path(mountpoint: str, base: str | None = None) -> str:
     """Where the daemon of mountpoint listens; derived from its real path, so any CLI finds it."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    base = base or os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     folder = os.path.join(base, f"storefs-{os.getuid()}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     digest = hashlib.sha256(os.path.realpath(mountpoint).encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return os.path.join(folder, f"{digest}.sock")
+
+
+def _socket_paths(mountpoint: str) -> list[str]:
+    """A daemon started by mount(8) or systemd has no XDG_RUNTIME_DIR, a login shell has one: try both."""
+    paths = [socket_path(mountpoint)]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        paths.append(socket_path(mountpoint, "/tmp"))
+    return paths
+
+
+def find_mount(path: str) -> tuple[str, str]:
+    """The storefs mountpoint holding path and path relative to it ('/a/b'); NotRunning if none does."""
+    target = os.path.realpath(path)
+    best = ""
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 3 or fields[2] != "fuse.storefs":
+                continue
+            mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best = mnt
+    if not best:
+        raise NotRunning(f"{path} is not in a storefs mount")
+    rel = os.path.relpath(target, best)
+    return best, "/" if rel == "." else "/" + rel
 
 
 Handler = Callable[[dict, Callable[[dict], None]], dict]
@@ -87,14 +114,16 @@ class NotRunning(Exception):
 
 def request(mountpoint: str, req: dict, timeout: float | None = 30.0) -> Iterator[dict]:
     """Send one request to the daemon of mountpoint and yield its answer lines."""
-    path = socket_path(mountpoint)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError) as e:
-        s.close()
-        raise NotRunning(f"no storefs daemon answers for {mountpoint}") from e
+    for path in _socket_paths(mountpoint):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+    else:
+        raise NotRunning(f"no storefs daemon answers for {mountpoint}")
     with s, s.makefile("rb") as f:
         s.sendall((json.dumps(req) + "\n").encode())
         for line in f:

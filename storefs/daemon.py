@@ -10,6 +10,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
+import subprocess
+import threading
 import time
 from typing import Callable
 
@@ -17,14 +20,17 @@ from .cache.datafiles import DataFiles
 from .cache.journal import Journal
 from .config import Config
 from .control import ControlServer, socket_path
-from .errors import StorefsError
+from .errors import NotFound, StorefsError
 from .layout import Layout
+from .metrics import MetricsServer, hit_ratio
 from .namespace import Namespace
 from .providers.factory import make_providers
 
 log = logging.getLogger(__name__)
 
 EXIT_FLUSH_TIMEOUT = 30.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+URL_WAIT = 60.0  # how long `storefs url` waits for the file's upload by default
 
 
 class DaemonError(Exception):
@@ -46,6 +52,92 @@ def lock_cache(cache_dir: str) -> int:
     return fd
 
 
+class StopOnSignal:
+    """SIGTERM, SIGINT and SIGHUP unmount the mount, so the FUSE loop ends and the final uploads run.
+
+    The signals are blocked in the main thread before libfuse starts (every later thread
+    inherits that) and taken by one thread with sigwait: libfuse's own handler would end
+    the loop with an error code, and a Python handler never runs while the main thread is
+    inside libfuse. A second signal exits at once; the journal keeps what is not uploaded.
+    """
+
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.received: str | None = None
+
+    def block(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def unblock(self) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def start(self) -> None:
+        threading.Thread(target=self._wait, name="storefs-signals", daemon=True).start()
+
+    def _wait(self) -> None:
+        while True:
+            name = signal.Signals(signal.sigwait(STOP_SIGNALS)).name
+            if self.received is not None:
+                log.warning("%s again: exiting now; changes not uploaded stay in the journal for the next mount", name)
+                os._exit(1)
+            self.received = name
+            log.info("%s: unmounting %s, then finishing pending uploads", name, self.mountpoint)
+            self._unmount()
+
+    def _unmount(self) -> None:
+        res = subprocess.run(["fusermount3", "-u", self.mountpoint], capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        if "busy" in res.stderr.lower():
+            log.warning("%s is busy: detached it lazily; the daemon finishes once the last program using it "
+                        "lets go", self.mountpoint)
+            res = subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True, text=True)
+        if res.returncode != 0:
+            log.error("unmounting %s failed: %s", self.mountpoint, res.stderr.strip() or res.returncode)
+
+
+def _metrics_server(cfg: Config, snapshot: Callable[[], dict]) -> MetricsServer | None:
+    """The /metrics endpoint when metrics_port is set, bound before mounting so a taken port is refused."""
+    if not cfg.metrics_port:
+        return None
+    try:
+        return MetricsServer(cfg.metrics_port, snapshot)
+    except OSError as e:
+        raise DaemonError(f"{cfg.source}: metrics_port: cannot listen on 127.0.0.1:{cfg.metrics_port}: "
+                          f"{e.strerror or e}") from None
+
+
+def mount_key(ns: Namespace, path: str) -> str:
+    """The key of a path below the mount (a single-tenant mount's root is the tenant's folder)."""
+    path = "/" + path.strip("/")
+    if path == "/":
+        return ns.root
+    return f"{ns.root}{path}" if ns.root else path[1:]
+
+
+def file_url(ns: Namespace, path: str, expires: float, wait: float) -> dict:
+    """The URL of the file at a mount path; a file not uploaded yet is flushed first, so the URL works."""
+    key = mount_key(ns, path)
+    try:
+        if ns.getattr(key).is_dir:
+            return {"error": "a directory: only files have URLs"}
+    except NotFound:
+        return {"error": "no such file"}
+    if ns.getxattr(key, "user.storefs.state") != b"clean":
+        ns.flush_all(wait)
+        if ns.getxattr(key, "user.storefs.state") != b"clean":
+            if any(e.key == key for e in ns.waiting()[1]):
+                return {"error": "still open for writing: its URL would serve older content"}
+            last = next((e["error"] for e in ns.status()["errors"] if e["key"] == key), None)
+            return {"error": f"not uploaded yet after {wait:g}s"
+                             + (f" (last error: {last})" if last else "") + "; try again after `storefs flush`"}
+    provider = ns.getxattr(key, "user.storefs.provider").decode()
+    url = ns.providers[provider].url(key, max(1, int(expires)))
+    if url is None:
+        return {"error": f"provider {provider} has no URLs for its objects"}
+    return {"url": url, "provider": provider, "key": key}
+
+
 def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> None:
     """Mount and serve until unmounted; ready(None) once usable, ready(message) if it cannot start."""
     mountpoint = os.path.realpath(mountpoint)
@@ -58,6 +150,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 p.check()
             except StorefsError as e:
                 raise DaemonError(f"{cfg.source}: providers.{name}: {e}") from None
+        metrics = _metrics_server(cfg, lambda: status())
         journal = Journal(os.path.join(cfg.cache.dir, "journal.db"))
         data = DataFiles(cfg.cache.dir)
         ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)
@@ -72,6 +165,9 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         if cmd == "flush":
             ok = ns.flush_all(req.get("timeout"), lambda st: send({"progress": st}))
             return {"done": ok, **status()}
+        if cmd == "url":
+            return file_url(ns, str(req.get("path", "")), float(req.get("expires") or 3600),
+                             float(req.get("wait") or URL_WAIT))
         if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
             with ns._lock:
                 rows = ns.index.pending()
@@ -80,21 +176,32 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
 
     def status() -> dict:
         used, free = data.usage()
+        st = ns.status()
         return {"pid": os.getpid(), "mountpoint": mountpoint, "config": cfg.source, "cache_dir": cfg.cache.dir,
                 "cache_bytes": used, "cache_free_bytes": free, "cache_max_bytes": cfg.cache.max_size,
-                "providers": {n: p.kind for n, p in providers.items()}, **ns.status()}
+                "providers": {n: p.kind for n, p in providers.items()}, **st,
+                "operations": {k: n for k, n in OP_CALLS.items() if n},
+                "operation_errors": {k: n for k, n in OP_ERRORS.items() if n},
+                "upload_retries": ns.uploader.retries,
+                "cache_hit_ratio": round(hit_ratio(st["bytes_read"], st["bytes_fetched"]), 4),
+                "metrics_url": f"http://127.0.0.1:{metrics.port}/metrics" if metrics else None}
 
     control = ControlServer(socket_path(mountpoint), handle)
+    stopper = StopOnSignal(mountpoint)
 
     def on_init() -> None:
         nonlocal started
         control.start()
+        stopper.start()
+        if metrics:
+            metrics.start()
         started = True
         log.info("mounted %s (config %s, cache %s)", mountpoint, cfg.source, cfg.cache.dir)
         ready(None)
 
-    from .fs import StorefsOperations, mount  # mfusepy loads libfuse here, in the final process
+    from .fs import OP_CALLS, OP_ERRORS, StorefsOperations, mount  # mfusepy loads libfuse here, in the final process
     ops = StorefsOperations(ns, on_init=on_init)
+    stopper.block()
     try:
         mount(ops, mountpoint, fsname=f"storefs:{cfg.default_provider}")
     except Exception as e:
@@ -112,6 +219,10 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 log.warning("%d changes still pending after %.0fs; they stay in the journal for the next mount",
                             left, time.monotonic() - t0)
             control.stop()
+        else:
+            stopper.unblock()  # no thread takes them: a stop signal acts as usual again
+        if metrics:
+            metrics.stop()
         ns.stop()
         journal.close()
         for p in providers.values():
