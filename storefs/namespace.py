@@ -188,7 +188,7 @@ class Namespace:
             file_gone = e is not None and clean is None
             dir_gone = d is not None
         try:
-            r = self.remote.lookup(key)
+            r = self.remote.lookup(key, need_meta=clean is None)
         except ProviderUnavailable:
             if clean is not None:
                 return Found(is_dir=False, entry=clean)
@@ -332,11 +332,12 @@ class Namespace:
             raise NotFound(key)
         if not f.is_dir:
             raise NotADirectory(key)
-        if self.readdir(key):
+        names = self.readdir(key)
+        if names:
+            log.debug("rmdir %s: not empty, holds %s", key, sorted(names)[:5])
             raise NotEmpty(key)
         with self._lock:
             self._drop_dir(key, f)
-        self.remote.forget(key)
 
     def _drop_dir(self, key: str, f: Found) -> None:
         """Remove the empty folder key locally, leaving a tombstone if a provider has it."""
@@ -378,13 +379,11 @@ class Namespace:
                       mtime=time.time(), mode=stat.S_IFREG | (mode & 0o7777), uid=uid, gid=gid,
                       generation=(old.generation + 1) if old else 1,
                       remote=bool(old and (old.remote or self.uploader.is_busy(key))))
-            try:
-                self.index.put(e)
-            except BaseException:
-                os.close(fd)
-                self.data.remove(name)
-                raise
+            # journaled at the first flush (close): a crash before that loses a file nobody
+            # closed, as on a disk, and the recovery sweep removes its orphaned data file
+            self.index.put(e, persist=False)
             node = OpenFile(e, fd, None, self.chunk_size)
+            node.dirty = True
             self._nodes[key] = node
             self._just_deleted.pop(key, None)
             return self._new_handle(node, True)
@@ -550,7 +549,7 @@ class Namespace:
         os.fsync(h.node.fd)
         self.index.journal.sync()
         if self.cfg.cache.fsync == "upload" and not h.node.unlinked:
-            self._wait_clean(h.node.entry.key, timeout=None)
+            self.wait_uploaded(h.node.entry.key, timeout=None)
 
     def release(self, fh: int) -> None:
         with self._lock:
@@ -593,7 +592,6 @@ class Namespace:
             raise IsADirectory(key)
         with self._lock, self.index.transaction():
             self._unlink_locked(key, f)
-        self.remote.forget(key)
 
     def _unlink_locked(self, key: str, f: Found) -> None:
         node = self._nodes.pop(key, None)
@@ -627,7 +625,6 @@ class Namespace:
             if node is not None:
                 node.hidden_key = hidden
                 self._nodes[hidden] = node
-        self.remote.forget(old)
 
     def _keep_parent(self, key: str) -> None:
         """A folder emptied by unlink or rename stays, as on a disk; on an object store
@@ -685,8 +682,6 @@ class Namespace:
                 self._move_tree(old, new, src, moves)
             else:
                 self._move_file(old, new, src)
-        for k in (old, new):
-            self.remote.forget(k)
 
     def _move_file(self, old: str, new: str, src: Found) -> None:
         node = self._nodes.pop(old, None)
@@ -757,7 +752,6 @@ class Namespace:
         for path, is_dir, f in reversed([(old, True, src)] + moves):
             if is_dir:
                 self._drop_dir(path, f)
-            self.remote.forget(path)
 
     # ---- metadata ---------------------------------------------------------------
 
@@ -1020,7 +1014,18 @@ class Namespace:
                 else:
                     cur.remote = True
                     self.index.put(cur)
-        self.remote.forget(key)
+        pname = provider or e.provider
+        if gone:
+            self.remote.forget(key)
+        elif op in TOMBSTONES:
+            self.remote.record(key, None)
+        elif info is not None:
+            self.remote.record(key, (pname, info))
+        elif op == OP_MKDIR:
+            self.remote.record(key, (pname, ObjectInfo(key=key.rstrip("/") + "/", size=0, mtime=e.mtime,
+                                                       is_dir=True, mode=e.mode, uid=e.uid, gid=e.gid)))
+        else:
+            self.remote.forget(key)
 
     def _note_deleted(self, key: str) -> None:
         """Remember a delete that landed, for as long as a listing fetched before it may be served."""
@@ -1042,8 +1047,9 @@ class Namespace:
                 e.state = "dirty"
             self.index.put(e)
 
-    def _wait_clean(self, key: str, timeout: float | None) -> None:
-        """Block until key has reached its provider (fsync: upload)."""
+    def wait_uploaded(self, key: str, timeout: float | None) -> None:
+        """Block until key has reached its provider (fsync: upload, and `storefs url`), uploading
+        it now; ProviderError if that fails three times or takes longer than timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._quiet_until.pop(key, None)

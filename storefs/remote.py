@@ -8,6 +8,7 @@ here: the namespace overlays the journal on top of this view.
 from __future__ import annotations
 
 import logging
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 
 MAX_LISTINGS = 256
 MAX_HEADS = 50_000
+#: a lookup of an unknown name lists its folder when the folder holds no more than this; bigger
+#: folders get one HEAD per name (listing 100,000 keys to answer for one is no bargain)
+LOOKUP_LISTING_MAX = 1000
+#: a cached listing this big is expired, not copied, when storefs changes a name in it
+MAX_LISTING_UPDATE = 5000
+#: how long storefs' own changes are kept for listings fetched while they landed (a long listing of
+#: a big folder may run this long)
+RECORD_KEEP = 120.0
 #: after a provider failed to answer, lookups skip it this long instead of waiting on it again
 DOWN_FOR = 5.0
 MAX_DOWN_FOR = 30.0
@@ -38,6 +47,13 @@ class RemoteView:
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._epochs: dict[str, int] = {}  # bumped by forget(), so a listing racing a change is not cached as fresh
+        self._big: dict[str, float] = {}  # folders too big to list for a lookup, until when
+        # storefs' own recent changes by folder and name: laid over listings fetched while they landed
+        self._recorded: dict[str, dict[str, tuple[float, tuple[str, ObjectInfo] | None]]] = {}
+        self._recorded_pruned = 0.0
+        # object stores answer a LIST as fast as a HEAD: a folder's listing then answers every
+        # lookup in it, absent names included, for the price of one request
+        self._list_lookups = any(p.lookup_by_listing for p in providers.values())
 
     def is_down(self, pname: str) -> bool:
         """Whether pname failed to answer a moment ago (callers then use what they know)."""
@@ -67,6 +83,12 @@ class RemoteView:
 
     def listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]]:
         """Children of the folder prefix by name ('x' or 'sub/'), with the provider holding each."""
+        merged = self._listing(prefix, None)
+        assert merged is not None
+        return merged
+
+    def _listing(self, prefix: str, limit: int | None) -> dict[str, tuple[str, ObjectInfo]] | None:
+        """listing(), or None when limit is given and a provider holds more children than that."""
         now = time.monotonic()
         with self._lock:
             hit = self._listings.get(prefix)
@@ -76,9 +98,16 @@ class RemoteView:
         merged: dict[str, tuple[str, ObjectInfo]] = {}
         with self._lock:
             epoch = self._epochs.get(prefix, 0)
+            started = time.monotonic()
         try:
             for pname in reversed(self.order):  # earlier providers overwrite later ones
-                for info in self._call(pname, lambda p=pname: list(self.providers[p].list(prefix))):
+                infos = self._call(pname, lambda p=pname: list(itertools.islice(
+                    self.providers[p].list(prefix), None if limit is None else limit + 1)))
+                if limit is not None and len(infos) > limit:
+                    with self._lock:
+                        self._big[prefix] = time.monotonic() + self.ttl
+                    return None
+                for info in infos:
                     name = info.name + ("/" if info.is_dir else "")
                     merged[name] = (pname, info)
         except ProviderUnavailable:
@@ -86,9 +115,14 @@ class RemoteView:
                 return hit[1]
             raise
         with self._lock:
-            # a change that landed while we listed makes this listing old already: keep it
-            # for outages, but do not serve it as fresh
+            # another program's change noticed while we listed makes this listing old already:
+            # keep it for outages, but do not serve it as fresh; storefs' own changes are known
             fresh = self._epochs.get(prefix, 0) == epoch
+            self._prune()
+            # a change recorded before the fetch began is in it already; a later one may not be
+            since = {n: v for n, v in self._recorded.get(prefix, {}).items() if v[0] >= started}
+            if since:
+                merged = self._overlay(merged, since)
             # the TTL runs from when the listing is complete: a big folder takes longer than it
             self._listings[prefix] = (time.monotonic() + self.ttl if fresh else 0.0, merged)
             self._listings.move_to_end(prefix)
@@ -101,8 +135,12 @@ class RemoteView:
             hit = self._listings.get(prefix)
             return hit[1] if hit and hit[0] > time.monotonic() else None
 
-    def lookup(self, key: str) -> tuple[str, ObjectInfo] | None:
-        """The file or folder at key ('a/b/x', never with a trailing '/'), or None."""
+    def lookup(self, key: str, need_meta: bool = True) -> tuple[str, ObjectInfo] | None:
+        """The file or folder at key ('a/b/x', never with a trailing '/'), or None.
+
+        need_meta=False accepts a listing's answer for a file (size and etag, no mode or
+        mtime on object stores): enough to check a cached copy, and no HEAD to pay.
+        """
         parent, _, name = key.rpartition("/")
         prefix = parent + "/" if parent else ""
         listing = self._cached_listing(prefix)
@@ -111,33 +149,35 @@ class RemoteView:
             hit = self._heads.get(key)
             if hit and hit[0] > now:
                 return hit[1]
-        if listing is not None:
-            found = listing.get(name) or listing.get(name + "/")
-            if found is None or found[1].is_dir or self.providers[found[0]].listing_has_metadata:
-                return found
-            # listings of object stores carry no mtime/mode: one HEAD, then cached like any other
-            try:
-                info = self._call(found[0], self.providers[found[0]].head, key)
-            except NotFound:
-                return None
-            except ProviderUnavailable:
-                return found
-            with self._lock:
-                self._heads[key] = (now + self.ttl, (found[0], info))
-            return found[0], info
+            big = self._big.get(prefix, 0.0) > now
         found: tuple[str, ObjectInfo] | None = None
         try:
-            for pname in self.order:
-                p = self.providers[pname]
+            if listing is None and self._list_lookups and not big:
+                listing = self._listing(prefix, LOOKUP_LISTING_MAX)
+            if listing is not None:
+                found = listing.get(name) or listing.get(name + "/")
+                if (found is None or found[1].is_dir or not need_meta
+                        or self.providers[found[0]].listing_has_metadata):
+                    return found
+                # listings of object stores carry no mtime/mode: one HEAD, then cached like any other
                 try:
-                    found = (pname, self._call(pname, p.head, key))
-                    break
+                    found = (found[0], self._call(found[0], self.providers[found[0]].head, key))
                 except NotFound:
-                    pass
-                if self._call(pname, p.dir_exists, key + "/"):
-                    found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
-                    break
+                    found = None
+            else:
+                for pname in self.order:
+                    p = self.providers[pname]
+                    try:
+                        found = (pname, self._call(pname, p.head, key))
+                        break
+                    except NotFound:
+                        pass
+                    if self._call(pname, p.dir_exists, key + "/"):
+                        found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
+                        break
         except ProviderUnavailable:
+            if listing is not None:
+                return listing.get(name) or listing.get(name + "/")
             if hit:
                 return hit[1]
             with self._lock:  # an expired listing still knows what was there a moment ago
@@ -151,20 +191,77 @@ class RemoteView:
                 self._heads.popitem(last=False)
         return found
 
+    def record(self, key: str, found: tuple[str, ObjectInfo] | None) -> None:
+        """storefs itself just changed key in a provider (found: what is there now, None: gone).
+
+        What it knows is fresher than any cached listing, so the listing of its folder is
+        updated rather than dropped, and a listing being fetched meanwhile gets the change
+        laid over it: the next lookup in that folder costs no request.
+        """
+        key = key.rstrip("/")
+        parent, _, name = key.rpartition("/")
+        prefix = parent + "/" if parent else ""
+        now = time.monotonic()
+        with self._lock:
+            if found is None and len(self.order) > 1:
+                self._heads.pop(key, None)  # another provider may hold the key too
+                self._forget_listing(prefix)
+            else:
+                self._heads[key] = (now + self.ttl, found)
+                self._recorded.setdefault(prefix, {})[name] = (now, found)
+                hit = self._listings.get(prefix)
+                if hit is not None:
+                    if len(hit[1]) > MAX_LISTING_UPDATE:
+                        self._listings[prefix] = (0.0, hit[1])
+                    else:
+                        self._listings[prefix] = (hit[0], self._overlay(hit[1], {name: (now, found)}))
+            self._forget_listing(key + "/")
+            self._prune()
+
+    @staticmethod
+    def _overlay(listing: dict[str, tuple[str, ObjectInfo]],
+                 changes: dict[str, tuple[float, tuple[str, ObjectInfo] | None]]) -> dict[str, tuple[str, ObjectInfo]]:
+        """A copy of listing with storefs' own changes applied (a reader may be walking the original)."""
+        out = dict(listing)
+        for name, (_, found) in changes.items():
+            out.pop(name, None)
+            out.pop(name + "/", None)
+            if found is not None:
+                out[name + ("/" if found[1].is_dir else "")] = found
+        return out
+
+    def _forget_listing(self, prefix: str) -> None:
+        hit = self._listings.get(prefix)
+        if hit is not None:  # expired, not dropped: while a provider is away it still answers
+            self._listings[prefix] = (0.0, hit[1])
+        self._epochs[prefix] = self._epochs.get(prefix, 0) + 1
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        if now > self._recorded_pruned + 10.0:
+            keep_after = now - RECORD_KEEP
+            self._recorded = {p: kept for p, names in self._recorded.items()
+                              if (kept := {n: v for n, v in names.items() if v[0] > keep_after})}
+            self._recorded_pruned = now
+        if len(self._epochs) > 4 * MAX_LISTINGS:
+            self._epochs.clear()  # a fetch under way then caches as expired: harmless
+        if len(self._big) > MAX_LISTINGS:
+            self._big = {k: t for k, t in self._big.items() if t > now}
+
     def forget(self, key: str) -> None:
-        """Drop what is cached about key and its folder, after storefs itself changed it."""
+        """Drop what is cached about key and its folder, after another program changed it."""
         key = key.rstrip("/")
         parent, _, _ = key.rpartition("/")
+        prefix = parent + "/" if parent else ""
         with self._lock:
-            for cache, k in ((self._heads, key), (self._listings, parent + "/" if parent else ""),
-                             (self._listings, key + "/")):
-                hit = cache.get(k)
-                if hit is not None:  # expired, not dropped: while a provider is away it still answers
-                    cache[k] = (0.0, hit[1])  # type: ignore[index]
-            for prefix in (parent + "/" if parent else "", key + "/"):
-                self._epochs[prefix] = self._epochs.get(prefix, 0) + 1
-            if len(self._epochs) > 4 * MAX_LISTINGS:
-                self._epochs.clear()  # a fetch under way then caches as expired: harmless
+            self._big.pop(prefix, None)
+            hit = self._heads.get(key)
+            if hit is not None:
+                self._heads[key] = (0.0, hit[1])
+            for p in (prefix, key + "/"):
+                self._forget_listing(p)
+                self._recorded.get(p, {}).pop(key.rpartition("/")[2], None)
+            self._prune()
 
     def forget_all(self) -> None:
         with self._lock:

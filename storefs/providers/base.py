@@ -55,6 +55,8 @@ class Provider(abc.ABC):
     kind: str
     #: whether list() yields each file's mtime/mode/uid/gid (object stores need a head per file)
     listing_has_metadata: bool = True
+    #: whether one listing of a folder is cheaper than asking for a name or two in it (round trips)
+    lookup_by_listing: bool = False
 
     @abc.abstractmethod
     def check(self) -> None:
