@@ -133,7 +133,7 @@ class CacheConfig:
     dir: str
     max_size: int = 20 * GiB
     writeback_delay: float = 2.0
-    uploaders: int = 4
+    uploaders: int = 16
     fsync: str = "local"
     retry_max_delay: float = 60.0
     chunk_size: int = 4 * MiB        # unit of ranged reads into the cache
@@ -146,7 +146,7 @@ class FuseConfig:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     negative_timeout: float = 0.5
-    dir_cache_ttl: float = 5.0
+    dir_cache_ttl: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,11 @@ class EntryIndex:
     def get(self, key: str) -> Entry | None:
         return self.entries.get(key)
 
-    def put(self, e: Entry) -> None:
-        """Persist e and index it (replacing the row of the same key)."""
-        self.journal.put(e)
+    def put(self, e: Entry, persist: bool = True) -> None:
+        """Persist e and index it (replacing the row of the same key); persist=False indexes
+        only, for a state no crash needs to bring back (a file created but not yet closed)."""
+        if persist:
+            self.journal.put(e)
         old = self.entries.get(e.key)
         if old is not None:
             self._drop(old)

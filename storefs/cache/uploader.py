@@ -38,7 +38,10 @@ class Uploader:
         self._rec = reconciler
         self._workers = max(1, workers)
         self._max_backoff = max_backoff
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # workers wait here for due work
+        # flush's progress loop waits here: a finished operation wakes it, never the idle workers
+        self._changed = threading.Condition(self._cond)
+        self._timer_taken = False  # one idle worker sleeps until the next due time; the rest until woken
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
         self._in_flight: set[str] = set()
@@ -62,6 +65,7 @@ class Uploader:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._changed.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -74,8 +78,10 @@ class Uploader:
             if keep_earlier and old is not None and old <= due:
                 return
             self._due[key] = due
+            sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._seq), key))
-            self._cond.notify()
+            if sooner:  # the worker timed on the next due time must wake earlier
+                self._cond.notify_all()
 
     def hurry(self) -> None:
         """Drop every quiet delay: flush and unmount want everything now (backoffs stay)."""
@@ -102,7 +108,7 @@ class Uploader:
     def wait_change(self, timeout: float) -> None:
         """Sleep until some operation finishes (or timeout), for flush's progress loop."""
         with self._cond:
-            self._cond.wait(timeout)
+            self._changed.wait(timeout)
 
     def _backoff(self, attempts: int) -> float:
         return min(self._max_backoff, 0.25 * (2 ** min(attempts, 16))) * random.uniform(0.5, 1.0)
@@ -125,9 +131,17 @@ class Uploader:
                     _, _, key = heapq.heappop(self._heap)
                     del self._due[key]
                     self._in_flight.add(key)
+                    if self._heap:
+                        self._cond.notify()  # the next key may be due too, or needs a timed watcher
                     return key
-                timeout = (self._heap[0][0] - now) if self._heap else None
-                self._cond.wait(timeout)
+                if self._timer_taken or not self._heap:
+                    self._cond.wait()
+                else:
+                    self._timer_taken = True
+                    try:
+                        self._cond.wait(self._heap[0][0] - now)
+                    finally:
+                        self._timer_taken = False
             return None
 
     def _run(self) -> None:
@@ -175,5 +189,8 @@ class Uploader:
                     old = self._due.get(key)
                     if old is None or due < old:
                         self._due[key] = due
+                        sooner = not self._heap or due < self._heap[0][0]
                         heapq.heappush(self._heap, (due, next(self._seq), key))
-                self._cond.notify_all()
+                        if sooner:
+                            self._cond.notify_all()
+                self._changed.notify_all()

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import random
 import re
 import stat
@@ -188,6 +189,7 @@ class S3Provider(Provider):
 
     kind = "s3"
     listing_has_metadata = False
+    lookup_by_listing = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -432,14 +434,22 @@ class S3Provider(Provider):
         return self._read(self._what(key), fetch)
 
     def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
-        """Streamed upload (multipart, parts in parallel, above the threshold), then one HEAD for the etag."""
+        """One PUT below the multipart threshold (the transfer manager's threads cost more than
+        a small file's upload); above it, parts in parallel and then one HEAD for the etag."""
         extra = {"ContentType": meta.content_type, "Metadata": metadata_for(meta)}
         full = self._key(key)
         try:
+            with open(src_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < int(self.cfg.multipart_threshold):
+                    r = self._client.put_object(Bucket=self.bucket, Key=full, Body=f, ContentLength=size, **extra)
+                    return self._info_from_meta(key, size, r.get("ETag"), meta)
             self._client.upload_file(src_path, self.bucket, full, ExtraArgs=extra, Config=self._transfer)
             r = self._client.head_object(Bucket=self.bucket, Key=full)
         except (BotoCoreError, ClientError, S3UploadFailedError) as e:
             raise self._error(e, self._what(key)) from e
+        except OSError as e:
+            raise errors.ProviderError(f"{self._what(key)}: cannot read the cache file: {e.strerror or e}") from e
         return self._info_from_meta(key, int(r.get("ContentLength", 0)), r.get("ETag"), meta)
 
     def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
