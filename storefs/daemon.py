@@ -116,7 +116,7 @@ def mount_key(ns: Namespace, path: str) -> str:
 
 
 def file_url(ns: Namespace, path: str, expires: float, wait: float) -> dict:
-    """The URL of the file at a mount path; a file not uploaded yet is flushed first, so the URL works."""
+    """The URL of the file at a mount path; a file not uploaded yet is uploaded first, so the URL works."""
     key = mount_key(ns, path)
     try:
         if ns.getattr(key).is_dir:
@@ -124,10 +124,13 @@ def file_url(ns: Namespace, path: str, expires: float, wait: float) -> dict:
     except NotFound:
         return {"error": "no such file"}
     if ns.getxattr(key, "user.storefs.state") != b"clean":
-        ns.flush_all(wait)
+        if any(e.key == key for e in ns.waiting()[1]):
+            return {"error": "still open for writing: its URL would serve older content"}
+        try:
+            ns.wait_uploaded(key, wait)
+        except StorefsError:
+            pass  # told below, with the reason
         if ns.getxattr(key, "user.storefs.state") != b"clean":
-            if any(e.key == key for e in ns.waiting()[1]):
-                return {"error": "still open for writing: its URL would serve older content"}
             last = next((e["error"] for e in ns.status()["errors"] if e["key"] == key), None)
             return {"error": f"not uploaded yet after {wait:g}s"
                              + (f" (last error: {last})" if last else "") + "; try again after `storefs flush`"}

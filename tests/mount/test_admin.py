@@ -129,6 +129,8 @@ def test_bad_arguments_name_the_value_and_touch_nothing(store):
 # -- cleanup --------------------------------------------------------------------------------
 
 def test_cleanup_keeps_the_newest_n_per_board(store):
+    store.extra_config["fuse"] = {"dir_cache_ttl": "5s"}  # the mount sees the deletions within it
+    store.remount()
     now = time.time()
     ages = {"b1": {"fresh": 0, "d10": 10, "d20": 20, "d30": 30, "d40": 40, "d50": 50},
             "b2": {"d90": 90, "d100": 100}}

@@ -505,6 +505,8 @@ def test_server_outage(store, seaweed, tmp_path, s3_options):
 @QUICK_RETRIES
 def test_outage_keeps_what_the_mount_knew(store, seaweed, s3_options):
     """An outage longer than the listing TTL: what the mount listed, cached or wrote stays usable."""
+    store.extra_config["fuse"] = {"dir_cache_ttl": "5s"}  # an outage longer than it stays short
+    store.remount()
     c, b = s3(store), bucket(store)
     mnt = store.mnt
     pre = "t1/image/b1/pre"
