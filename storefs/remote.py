@@ -215,7 +215,8 @@ class RemoteView:
                         self._listings[prefix] = (0.0, hit[1])
                     else:
                         self._listings[prefix] = (hit[0], self._overlay(hit[1], {name: (now, found)}))
-            self._forget_listing(key + "/")
+            if found is None or not found[1].is_dir:  # a folder's marker landing leaves its children as they are
+                self._forget_listing(key + "/")
             self._prune()
 
     @staticmethod
