@@ -28,6 +28,10 @@ MAX_LISTING_UPDATE = 5000
 #: how long storefs' own changes are kept for listings fetched while they landed (a long listing of
 #: a big folder may run this long)
 RECORD_KEEP = 120.0
+#: a name missing from a cached listing older than this is checked with a new listing of its folder
+#: (at most once per folder per this long): a file another client just uploaded opens by its path
+#: within seconds, while listings keep answering everything else for their whole TTL
+MISS_RECHECK = 2.0
 #: after a provider failed to answer, lookups skip it this long instead of waiting on it again
 DOWN_FOR = 5.0
 MAX_DOWN_FOR = 30.0
@@ -43,6 +47,7 @@ class RemoteView:
         self.negative_ttl = negative_ttl
         self._lock = threading.Lock()
         self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
+        self._fetched: dict[str, float] = {}  # when each cached listing's fetch began
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -87,12 +92,13 @@ class RemoteView:
         assert merged is not None
         return merged
 
-    def _listing(self, prefix: str, limit: int | None) -> dict[str, tuple[str, ObjectInfo]] | None:
+    def _listing(self, prefix: str, limit: int | None,
+                 refresh: bool = False) -> dict[str, tuple[str, ObjectInfo]] | None:
         """listing(), or None when limit is given and a provider holds more children than that."""
         now = time.monotonic()
         with self._lock:
             hit = self._listings.get(prefix)
-            if hit and hit[0] > now:
+            if hit and hit[0] > now and not refresh:
                 self._listings.move_to_end(prefix)
                 return hit[1]
         merged: dict[str, tuple[str, ObjectInfo]] = {}
@@ -125,9 +131,10 @@ class RemoteView:
                 merged = self._overlay(merged, since)
             # the TTL runs from when the listing is complete: a big folder takes longer than it
             self._listings[prefix] = (time.monotonic() + self.ttl if fresh else 0.0, merged)
+            self._fetched[prefix] = started
             self._listings.move_to_end(prefix)
             while len(self._listings) > MAX_LISTINGS:
-                self._listings.popitem(last=False)
+                self._fetched.pop(self._listings.popitem(last=False)[0], None)
         return merged
 
     def _cached_listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
@@ -154,6 +161,9 @@ class RemoteView:
         try:
             if listing is None and self._list_lookups and not big:
                 listing = self._listing(prefix, LOOKUP_LISTING_MAX)
+            elif (listing is not None and self._list_lookups and name not in listing
+                  and name + "/" not in listing and now - self._fetched.get(prefix, now) > MISS_RECHECK):
+                listing = self._listing(prefix, LOOKUP_LISTING_MAX, refresh=True)
             if listing is not None:
                 found = listing.get(name) or listing.get(name + "/")
                 if (found is None or found[1].is_dir or not need_meta
@@ -165,16 +175,7 @@ class RemoteView:
                 except NotFound:
                     found = None
             else:
-                for pname in self.order:
-                    p = self.providers[pname]
-                    try:
-                        found = (pname, self._call(pname, p.head, key))
-                        break
-                    except NotFound:
-                        pass
-                    if self._call(pname, p.dir_exists, key + "/"):
-                        found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
-                        break
+                found = self._head_lookup(key)
         except ProviderUnavailable:
             if listing is not None:
                 return listing.get(name) or listing.get(name + "/")
@@ -190,6 +191,18 @@ class RemoteView:
             while len(self._heads) > MAX_HEADS:
                 self._heads.popitem(last=False)
         return found
+
+    def _head_lookup(self, key: str) -> tuple[str, ObjectInfo] | None:
+        """key asked of each provider in turn: a HEAD, then a folder probe."""
+        for pname in self.order:
+            p = self.providers[pname]
+            try:
+                return (pname, self._call(pname, p.head, key))
+            except NotFound:
+                pass
+            if self._call(pname, p.dir_exists, key + "/"):
+                return (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
+        return None
 
     def record(self, key: str, found: tuple[str, ObjectInfo] | None) -> None:
         """storefs itself just changed key in a provider (found: what is there now, None: gone).
@@ -268,3 +281,4 @@ class RemoteView:
         with self._lock:
             self._heads.clear()
             self._listings.clear()
+            self._fetched.clear()

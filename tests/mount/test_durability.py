@@ -301,10 +301,10 @@ def run_outage(store: StorefsMount, seaweed: Any, mode: str, seconds: float) -> 
     mnt = store.mnt
     c, b = store.backend.client, store.backend.bucket
     art = "t1/image/b1/outage"
-    (mnt / art).mkdir(parents=True)
     cold_key = "t1/image/b1/pre/cold.png"
     cold = payload("cold", 300_000)
-    c.put_object(Bucket=b, Key=cold_key, Body=cold)
+    c.put_object(Bucket=b, Key=cold_key, Body=cold)  # before the mount lists b1 (or it waits for the TTL)
+    (mnt / art).mkdir(parents=True)
     assert os.stat(mnt / cold_key).st_size == len(cold)  # the mount knows its metadata, never its data
     store.flush()
 
