@@ -26,6 +26,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 from .. import errors
 from ..config import S3ProviderConfig
 from .base import ObjectInfo, ObjectMeta, Provider
+from .s3_put import LeanPut, Refused
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class S3Provider(Provider):
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
         self.endpoint = _safe_endpoint(cfg.endpoint_url or self._client.meta.endpoint_url)
+        self._lean: LeanPut | None = LeanPut(self._client, self._session, self.bucket)
         self._transfer = TransferConfig(multipart_threshold=int(cfg.multipart_threshold),
                                         multipart_chunksize=int(cfg.multipart_chunksize),
                                         max_concurrency=8, use_threads=True)
@@ -442,8 +444,7 @@ class S3Provider(Provider):
             with open(src_path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < int(self.cfg.multipart_threshold):
-                    r = self._client.put_object(Bucket=self.bucket, Key=full, Body=f, ContentLength=size, **extra)
-                    return self._info_from_meta(key, size, r.get("ETag"), meta)
+                    return self._info_from_meta(key, size, self._put_small(full, f, size, extra), meta)
             self._client.upload_file(src_path, self.bucket, full, ExtraArgs=extra, Config=self._transfer)
             r = self._client.head_object(Bucket=self.bucket, Key=full)
         except (BotoCoreError, ClientError, S3UploadFailedError) as e:
@@ -451,6 +452,22 @@ class S3Provider(Provider):
         except OSError as e:
             raise errors.ProviderError(f"{self._what(key)}: cannot read the cache file: {e.strerror or e}") from e
         return self._info_from_meta(key, int(r.get("ContentLength", 0)), r.get("ETag"), meta)
+
+    def _put_small(self, full: str, f: Any, size: int, extra: dict[str, Any]) -> str | None:
+        """The ETag of one PUT: the lean path when the server takes it, else put_object (with retries)."""
+        if self._lean is not None:
+            try:
+                return self._lean.put(full, f, size, extra["ContentType"], extra["Metadata"])
+            except Refused as e:
+                if not e.busy:
+                    log.info("%s: the lean PUT path does not suit this server (%s); using the full client",
+                             self.name, e)
+                    self._lean = None
+            except BotoCoreError as e:  # cannot reach the server: the client's retries take over
+                log.debug("lean PUT of %s failed (%s); retrying with the full client", full, e)
+            f.seek(0)
+        r = self._client.put_object(Bucket=self.bucket, Key=full, Body=f, ContentLength=size, **extra)
+        return r.get("ETag")
 
     def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
         return self.copy(key, key, meta)

@@ -419,3 +419,47 @@ def _wait_served(srv, bucket: str, key: str, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
+
+
+def test_small_puts_errors_and_fallback_to_the_full_client(server, raw, base, tmp_path, caplog):
+    """Small files go by the lean PUT; every failure ends as the same storefs error as put_object's."""
+    src = write(tmp_path, b"payload")
+    bad = S3Provider(settings(server, secret_access_key="wrong-secret-value"))
+    with pytest.raises(errors.AccessDenied):
+        bad.put_file(base + "a", src, ObjectMeta(mtime=1.0))
+    down = S3Provider(settings(server, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2))
+    with pytest.raises(errors.ProviderUnavailable, match="cannot reach"):
+        down.put_file(base + "a", src, ObjectMeta(mtime=1.0))
+
+    class Answer:
+        def __init__(self, status: int, content: bytes) -> None:
+            self.status_code, self.content, self.headers = status, content, {}
+
+    class Http:
+        def __init__(self, status: int, content: bytes) -> None:
+            self.answer, self.calls = Answer(status, content), 0
+
+        def send(self, request):
+            request.body.read()  # as a real send would: the fallback must start from byte 0 again
+            self.calls += 1
+            return self.answer
+
+    p = S3Provider(settings(server))
+    p._lean._http = Http(404, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
+    with pytest.raises(errors.ProviderError, match=f"bucket {BUCKET} does not exist"):  # (SeaweedFS creates it)
+        p.put_file(base + "a", src, ObjectMeta(mtime=1.0))
+    p._lean._http = busy = Http(503, b"<Error><Code>SlowDown</Code></Error>")
+    meta = ObjectMeta(mtime=2.0, content_type="text/plain")
+    assert p.put_file(base + "busy.txt", src, meta).etag == hashlib.md5(b"payload").hexdigest()
+    assert busy.calls == 1 and p._lean is not None  # busy: the client retried this one, the lean path stays
+    p._lean._http = odd = Http(400, b"<Error><Code>AuthorizationHeaderMalformed</Code></Error>")
+    with caplog.at_level("INFO"):
+        p.put_file(base + "odd.txt", src, meta)
+        p.put_file(base + "odd2.txt", src, meta)
+    assert odd.calls == 1 and p._lean is None and "lean PUT path does not suit" in caplog.text
+    for k in ("busy.txt", "odd.txt", "odd2.txt"):
+        r = raw.get_object(Bucket=BUCKET, Key=base + k)
+        assert (r["Body"].read(), r["ContentType"], r["Metadata"]["mtime"]) == (b"payload", "text/plain",
+                                                                               "2.000000000")
+    for q in (bad, down, p):
+        q.close()
