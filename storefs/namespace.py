@@ -99,7 +99,9 @@ class Namespace:
         self.index = EntryIndex(journal)
         order = [config.default_provider] + [p for p in providers if p != config.default_provider]
         self.remote = RemoteView(providers, order, config.fuse.dir_cache_ttl, config.fuse.negative_timeout)
-        self.uploader = Uploader(self, config.cache.uploaders, config.cache.retry_max_delay)
+        self._changed_at = 0.0  # monotonic time of the last change through the file system
+        self.uploader = Uploader(self, config.cache.uploaders, config.cache.retry_max_delay,
+                                 idle=lambda: time.monotonic() - self._changed_at)
         self.delay = config.cache.writeback_delay
         self.chunk_size = config.cache.chunk_size
         self.readahead = config.cache.readahead
@@ -882,7 +884,8 @@ class Namespace:
     # ---- uploads (the uploader's Reconciler) --------------------------------------
 
     def _schedule(self, key: str) -> None:
-        self._quiet_until[key] = time.monotonic() + self.delay
+        self._changed_at = now = time.monotonic()
+        self._quiet_until[key] = now + self.delay
         self.uploader.schedule(key, self.delay)
 
     def due_in(self, key: str) -> float | None:

@@ -13,9 +13,14 @@ import logging
 import random
 import threading
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 log = logging.getLogger(__name__)
+
+#: a burst of file activity holds back uploads that are due (never retries, never a flush's) ...
+YIELD_QUIET = 0.05  # ... until the file system has been this quiet (seconds) ...
+YIELD_MAX = 5.0     # ... or the upload is this late: on 2 cores, boto3 and the FUSE threads share one
+                    # interpreter lock, and uploads running under a burst of creates halve its pace
 
 
 class Reconciler(Protocol):
@@ -34,8 +39,10 @@ class Reconciler(Protocol):
 class Uploader:
     """A pool of threads draining a schedule of keys, one operation per key at a time."""
 
-    def __init__(self, reconciler: Reconciler, workers: int = 4, max_backoff: float = 60.0) -> None:
+    def __init__(self, reconciler: Reconciler, workers: int = 4, max_backoff: float = 60.0,
+                 idle: Callable[[], float] | None = None) -> None:
         self._rec = reconciler
+        self._idle = idle  # seconds since the last change through the file system
         self._workers = max(1, workers)
         self._max_backoff = max_backoff
         self._cond = threading.Condition()  # workers wait here for due work
@@ -48,6 +55,7 @@ class Uploader:
         self._attempts: dict[str, int] = {}
         self._requeue_after_flight: set[str] = set()  # scheduled again while running
         self._seq = itertools.count()
+        self._hurried_at = float("-inf")  # keys due by then are a flush's: they never give way
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.uploaded = 0
@@ -87,6 +95,7 @@ class Uploader:
         """Drop every quiet delay: flush and unmount want everything now (backoffs stay)."""
         with self._cond:
             now = time.monotonic()
+            self._hurried_at = now
             for key, due in list(self._due.items()):
                 if due > now and not self._attempts.get(key):
                     self._due[key] = now
@@ -127,7 +136,8 @@ class Uploader:
                             self._requeue_after_flight.add(key)
                         continue
                     break
-                if self._heap and self._heap[0][0] <= now:
+                hold = self._hold(now) if self._heap and self._heap[0][0] <= now else 0.0
+                if self._heap and self._heap[0][0] <= now and hold <= 0.0:
                     _, _, key = heapq.heappop(self._heap)
                     del self._due[key]
                     self._in_flight.add(key)
@@ -139,10 +149,22 @@ class Uploader:
                 else:
                     self._timer_taken = True
                     try:
-                        self._cond.wait(self._heap[0][0] - now)
+                        self._cond.wait(hold or self._heap[0][0] - now)
                     finally:
                         self._timer_taken = False
             return None
+
+    def _hold(self, now: float) -> float:
+        """How long the due key on top should give way to file activity (0: run it now)."""
+        if self._idle is None:
+            return 0.0
+        due, _, key = self._heap[0]
+        if due <= self._hurried_at or now - due >= YIELD_MAX or self._attempts.get(key):
+            return 0.0
+        idle = self._idle()
+        if idle >= YIELD_QUIET:
+            return 0.0
+        return max(0.005, min(YIELD_QUIET - idle, due + YIELD_MAX - now))
 
     def _run(self) -> None:
         while True:

@@ -1,0 +1,124 @@
+"""Uploader scheduling: quiet delays, giving way to file activity, flush's hurry, retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from storefs.cache import uploader as uploader_mod
+from storefs.cache.uploader import Uploader
+
+
+class Recorder:
+    """A Reconciler that records when each key was synced, failing the first `fail` attempts."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.synced: dict[str, float] = {}
+        self.pending: set[str] = set()
+        self.fail = fail
+        self.done = threading.Event()
+
+    def due_in(self, key: str) -> float | None:
+        return 0.0 if key in self.pending else None
+
+    def sync(self, key: str) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise OSError("provider away")
+        self.pending.discard(key)
+        self.synced[key] = time.monotonic()
+        if not self.pending:
+            self.done.set()
+
+    def failed(self, key: str, error: BaseException, attempts: int) -> None:
+        pass
+
+
+class Activity:
+    """The file system's activity clock: busy() marks a change now."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def busy(self) -> None:
+        self.at = time.monotonic()
+
+    def idle(self) -> float:
+        return time.monotonic() - self.at
+
+
+def keep_busy(act: Activity, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        while not stop.is_set():
+            act.busy()
+            time.sleep(0.005)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_due_uploads_give_way_to_a_burst_then_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploader_mod, "YIELD_MAX", 30.0)
+    rec, act, stop = Recorder(), Activity(), threading.Event()
+    rec.pending = {"a", "b"}
+    up = Uploader(rec, workers=4, idle=act.idle)
+    up.start()
+    burst = keep_busy(act, stop)
+    try:
+        up.schedule("a", 0.0)
+        up.schedule("b", 0.0)
+        time.sleep(0.5)
+        assert rec.synced == {}  # the burst goes on: nothing uploads
+        stop.set()
+        burst.join()
+        quiet = time.monotonic()
+        assert rec.done.wait(5)
+        assert min(rec.synced.values()) >= quiet
+    finally:
+        stop.set()
+        up.stop()
+
+
+def test_giving_way_is_bounded_and_flush_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploader_mod, "YIELD_MAX", 0.4)
+    rec, act, stop = Recorder(), Activity(), threading.Event()
+    rec.pending = {"late", "flushed"}
+    up = Uploader(rec, workers=2, idle=act.idle)
+    up.start()
+    burst = keep_busy(act, stop)
+    try:
+        up.schedule("flushed", 10.0)  # a quiet delay flush drops
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        up.hurry()
+        up.schedule("late", 0.0)  # scheduled after the flush began: it gives way
+        deadline = time.monotonic() + 5
+        while "flushed" not in rec.synced and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rec.synced["flushed"] - t0 < 0.35  # hurried: it did not give way
+        assert rec.done.wait(5)
+        assert 0.35 <= rec.synced["late"] - t0 < 2.0  # gave way for YIELD_MAX, then ran under the burst
+    finally:
+        stop.set()
+        burst.join()
+        up.stop()
+
+
+def test_retries_do_not_give_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploader_mod, "YIELD_MAX", 30.0)
+    rec, act, stop = Recorder(fail=1), Activity(), threading.Event()
+    rec.pending = {"k"}
+    up = Uploader(rec, workers=1, idle=act.idle)
+    up.start()
+    up.schedule("k", 0.0)
+    time.sleep(0.05)  # first attempt fails at once (nothing was busy yet)
+    burst = keep_busy(act, stop)
+    try:
+        assert rec.done.wait(5)  # the retry (after its backoff) runs under the burst
+        assert up.retries == 1
+    finally:
+        stop.set()
+        burst.join()
+        up.stop()
