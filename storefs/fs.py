@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -84,6 +85,8 @@ class StorefsOperations(mfusepy.Operations):
     def __init__(self, ns: Namespace, on_init: Callable[[], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
         self.ns = ns
+        self._dir_handles = itertools.count(1)
+        self._dir_items: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
         self._on_init = on_init
         self._on_destroy = on_destroy
 
@@ -139,6 +142,24 @@ class StorefsOperations(mfusepy.Operations):
     @edge
     def readdir(self, path: str, fh: int) -> list[str]:
         return [".", "..", *self.ns.readdir(self._key(path))]
+
+    def opendir(self, path: str) -> int:
+        return next(self._dir_handles)
+
+    def releasedir(self, path: str, fh: int) -> int:
+        self._dir_items.pop(fh, None)
+        return 0
+
+    @edge
+    def readdir_plus(self, path: str, fh: int, fresh: bool) -> list[tuple[str, dict[str, int] | None]]:
+        """'.', '..' and the children, each with its stat where the core knows it without asking a
+        provider; kept per open folder so the kernel's follow-up requests page through one listing."""
+        items = None if fresh else self._dir_items.get(fh)
+        if items is None:
+            items = [(".", None), ("..", None)]
+            items += [(name, None if a is None else self._stat(a)) for name, a in self.ns.readdir_attrs(self._key(path))]
+            self._dir_items[fh] = items
+        return items
 
     @edge
     def mkdir(self, path: str, mode: int) -> int:
@@ -267,16 +288,19 @@ def _timespec_ns(ts: Any) -> int | None:
     return ts.tv_sec * 10**9 + ts.tv_nsec
 
 
+FUSE_READDIR_PLUS = 1 << 0  # the kernel asks for attributes with the names ...
+FUSE_FILL_DIR_PLUS = 1 << 1  # ... and this entry carries them
 #: libfuse threads that keep their Python thread state between requests
 _KEPT_THREADS: set[int] = set()
 
 
 class Fuse(mfusepy.FUSE):
-    """mfusepy's FUSE with four calls corrected.
+    """mfusepy's FUSE with five calls corrected.
 
     ftruncate gets its file handle (mfusepy drops it, which breaks ftruncate on an
     unlinked file), utimens sees UTIME_NOW / UTIME_OMIT as the flags they are, create
-    skips a signature inspection per call, and every request skips a Python thread state.
+    skips a signature inspection per call, every request skips a Python thread state,
+    and readdir answers readdirplus with attributes (mfusepy only passes names).
     """
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -297,6 +321,25 @@ class Fuse(mfusepy.FUSE):
         # mfusepy inspects the signature of operations.create on every call: half of its cost
         fi = fip.contents
         fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+        return 0
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        if not flags & FUSE_READDIR_PLUS:
+            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        # entries go with their offsets: libfuse 3.14 sends attributes given with offset 0 as
+        # plain names, and the kernel then looks every one of them up again
+        items = self.operations.readdir_plus(None if path is None else path.decode(self.encoding, self.errors),
+                                             fip.contents.fh, offset == 0)
+        st = mfusepy.c_stat()
+        size = ctypes.sizeof(st)
+        for i in range(offset, len(items)):
+            name, attrs = items[i]
+            ctypes.memset(ctypes.byref(st), 0, size)
+            if attrs is not None:
+                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            if filler(buf, name.encode(self.encoding, self.errors), st if attrs is not None else None, i + 1,
+                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
+                break  # the kernel's buffer is full: it asks again from this offset
         return 0
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:

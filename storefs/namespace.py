@@ -271,6 +271,42 @@ class Namespace:
         return self._attr(f)
 
     def readdir(self, key: str) -> list[str]:
+        return self._children(key)[0]
+
+    def readdir_attrs(self, key: str) -> list[tuple[str, Attr | None]]:
+        """Children with what getattr would answer for each, where that costs no request (None
+        otherwise): the kernel then stats a listed folder without a lookup per name."""
+        names, listing = self._children(key)
+        prefix = key + "/" if key else ""
+        out: list[tuple[str, Attr | None]] = []
+        for name in names:
+            k = prefix + name
+            with self._lock:  # the same order of evidence as _find
+                node = self._nodes.get(k)
+                e = self.index.get(k)
+                d = self.index.get(k + "/")
+                below = node is None and self.index.has_live_below(k + "/")
+            r = listing.get(name) or listing.get(name + "/")
+            f: Found | None = None
+            if node is not None:
+                f = Found(is_dir=False, entry=node.entry, node=node)
+            elif e is not None and not e.is_tombstone:
+                if e.pending or (r is not None and not r[1].is_dir and self._still_valid(e, r[1])):
+                    f = Found(is_dir=False, entry=e)
+            elif d is not None and not d.is_tombstone:
+                f = Found(is_dir=True, entry=d)
+            elif below:
+                f = Found(is_dir=True)
+            elif r is not None and e is None and d is None:
+                if r[1].is_dir:
+                    f = Found(is_dir=True, remote=r)
+                elif self.providers[r[0]].listing_has_metadata:
+                    f = Found(is_dir=False, remote=r)
+            out.append((name, None if f is None else self._attr(f)))
+        return out
+
+    def _children(self, key: str) -> tuple[list[str], dict[str, tuple[str, ObjectInfo]]]:
+        """The names in folder key, and the provider listing they were merged from."""
         f = self._find(key)
         if f is None:
             raise NotFound(key)
@@ -302,7 +338,7 @@ class Namespace:
         with self._lock:  # ... but not what was deleted meanwhile
             names.update(n.rstrip("/") for n in local
                          if not ((e := self.index.get(prefix + n)) is not None and e.is_tombstone))
-        return sorted(names)
+        return sorted(names), listing
 
     def _require_dir(self, key: str) -> None:
         f = self._find(key, offline_dir=True)

@@ -208,3 +208,34 @@ def test_rename_folder_inside_artifact(store, art):
     store.flush()
     assert store.provider_keys(ART) == [f"{ART}/d2/x/f"]
     assert not store.provider_exists(f"{ART}/d1")
+
+
+def test_listing_answers_stat_without_a_lookup_per_name(store, art):
+    """readdirplus: `ls -l` of a folder the mount knows costs one listing, not a lookup per
+    file, and shows exactly what stat shows, before and after a remount with an empty cache."""
+    for i in range(30):
+        create_file(art / f"f{i:02d}.bin", payload(f"plus{i}", 1000 + i))
+        os.chmod(art / f"f{i:02d}.bin", 0o600 + i % 8)
+    (art / "sub").mkdir()
+    os.utime(art / "f03.bin", (1_600_000_000, 1_600_000_000))
+    store.flush()
+
+    def listed() -> dict[str, tuple[int, int, int]]:
+        with os.scandir(art if art.exists() else store.mnt / ART) as it:
+            return {e.name: (e.stat().st_size, e.stat().st_mode, int(e.stat().st_mtime)) for e in it}
+
+    time.sleep(1.3)  # the kernel forgets what it knew (attr_timeout / entry_timeout 1 s)
+    before = store.status()["operations"].get("getattr", 0)
+    seen = listed()
+    looked_up = store.status()["operations"].get("getattr", 0) - before
+    assert looked_up < 10, f"{looked_up} lookups for a listed folder of 31 names"
+    assert seen["f03.bin"][2] == 1_600_000_000 and seen["f05.bin"][:2] == (1005, stat.S_IFREG | 0o605)
+    assert stat.S_ISDIR(seen["sub"][1])
+    for name, attrs in seen.items():
+        st = os.stat(art / name)
+        assert (st.st_size, st.st_mode, int(st.st_mtime)) == attrs, name
+    store.remount(empty_cache=True)
+    time.sleep(1.3)
+    again = listed()
+    assert stat.S_ISDIR(again.pop("sub")[1])  # (SeaweedFS keeps no metadata on folder markers)
+    assert again == {name: attrs for name, attrs in seen.items() if name != "sub"}
