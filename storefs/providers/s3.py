@@ -26,7 +26,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 from .. import errors
 from ..config import S3ProviderConfig
 from .base import ObjectInfo, ObjectMeta, Provider
-from .s3_put import LeanPut, Refused
+from .s3_lean import LeanS3, Refused
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,10 @@ class S3Provider(Provider):
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
         self.endpoint = _safe_endpoint(cfg.endpoint_url or self._client.meta.endpoint_url)
-        self._lean: LeanPut | None = LeanPut(self._client, self._session, self.bucket)
+        # the hot requests (small PUTs, listing pages) skip boto3's pipeline until a server refuses them
+        self._lean = True
+        self._lean_by_client = {id(c): LeanS3(c, self._session, self.bucket)
+                                for c in (self._client, self._meta_client, self._read_client)}
         self._transfer = TransferConfig(multipart_threshold=int(cfg.multipart_threshold),
                                         multipart_chunksize=int(cfg.multipart_chunksize),
                                         max_concurrency=8, use_threads=True)
@@ -330,8 +333,8 @@ class S3Provider(Provider):
             prefix += "/"
         if not prefix:
             return True
-        r = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(
-            Bucket=self.bucket, Prefix=self._key(prefix), MaxKeys=1), self._meta_budget)
+        r = self._read(self._what(prefix), lambda: self._list_page(
+            self._meta_client, {"Bucket": self.bucket, "Prefix": self._key(prefix), "MaxKeys": 1}), self._meta_budget)
         if r.get("KeyCount") or r.get("Contents") or r.get("CommonPrefixes"):
             return True
         # an emptied folder some servers (SeaweedFS) keep and list, but no prefix query finds
@@ -350,7 +353,7 @@ class S3Provider(Provider):
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/", "MaxKeys": 1000}
         seen: set[str] = set()
         while True:
-            page = self._read(self._what(prefix), lambda: self._meta_client.list_objects_v2(**args), self._meta_budget)
+            page = self._read(self._what(prefix), lambda: self._list_page(self._meta_client, args), self._meta_budget)
             for cp in page.get("CommonPrefixes") or ():
                 key = self._strip(cp["Prefix"])
                 if key not in seen:
@@ -382,7 +385,7 @@ class S3Provider(Provider):
         full = self._key(prefix)
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": 1000}
         while True:
-            page = self._read(self._what(prefix), lambda: self._read_client.list_objects_v2(**args))
+            page = self._read(self._what(prefix), lambda: self._list_page(self._read_client, args))
             for obj in page.get("Contents") or ():
                 if obj["Key"] == full:
                     continue  # the marker of prefix itself
@@ -453,21 +456,35 @@ class S3Provider(Provider):
             raise errors.ProviderError(f"{self._what(key)}: cannot read the cache file: {e.strerror or e}") from e
         return self._info_from_meta(key, int(r.get("ContentLength", 0)), r.get("ETag"), meta)
 
+    def _lean_call(self, client: Any, request: Callable[[LeanS3], Any]) -> tuple[bool, Any]:
+        """(True, answer) from the lean path, or (False, None): then the caller asks boto3."""
+        if not self._lean:
+            return False, None
+        try:
+            return True, request(self._lean_by_client[id(client)])
+        except Refused as e:
+            if not e.busy and self._lean:
+                log.info("%s: the lean request path does not suit this server (%s); using boto3's client",
+                         self.name, e)
+                self._lean = False
+        except BotoCoreError as e:  # cannot reach the server: the client's retries and errors take over
+            log.debug("%s: lean request failed (%s); asking boto3's client", self.name, e)
+        return False, None
+
     def _put_small(self, full: str, f: Any, size: int, extra: dict[str, Any]) -> str | None:
         """The ETag of one PUT: the lean path when the server takes it, else put_object (with retries)."""
-        if self._lean is not None:
-            try:
-                return self._lean.put(full, f, size, extra["ContentType"], extra["Metadata"])
-            except Refused as e:
-                if not e.busy:
-                    log.info("%s: the lean PUT path does not suit this server (%s); using the full client",
-                             self.name, e)
-                    self._lean = None
-            except BotoCoreError as e:  # cannot reach the server: the client's retries take over
-                log.debug("lean PUT of %s failed (%s); retrying with the full client", full, e)
-            f.seek(0)
+        done, etag = self._lean_call(self._client, lambda lean: lean.put(
+            full, f, size, extra["ContentType"], extra["Metadata"]))
+        if done:
+            return etag
+        f.seek(0)
         r = self._client.put_object(Bucket=self.bucket, Key=full, Body=f, ContentLength=size, **extra)
         return r.get("ETag")
+
+    def _list_page(self, client: Any, args: dict[str, Any]) -> dict[str, Any]:
+        """One ListObjectsV2 page: the lean path when the server takes it, else list_objects_v2."""
+        done, page = self._lean_call(client, lambda lean: lean.list_page(args))
+        return page if done else client.list_objects_v2(**args)
 
     def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
         return self.copy(key, key, meta)
