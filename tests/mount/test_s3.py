@@ -242,6 +242,26 @@ def test_plain_s3_objects_show_in_the_mount(store):
         assert n in names, names
 
 
+def test_new_object_from_another_client_opens_by_path_within_seconds(store):
+    """A folder the mount has just listed: an object another client puts there opens by its
+    path within ~3 s (a missing name re-lists its folder), long before the listing's 30 s TTL."""
+    c, b = s3(store), bucket(store)
+    art = "t1/image/b1/late"
+    (store.mnt / art).mkdir(parents=True)
+    (store.mnt / art / "mine.png").write_bytes(b"mine")
+    assert os.listdir(store.mnt / art) == ["mine.png"]  # the folder's listing is cached now
+    data = payload("late", 5000)
+    c.put_object(Bucket=b, Key=f"{art}/theirs.png", Body=data)
+    t0 = time.monotonic()
+    while not (store.mnt / art / "theirs.png").exists():
+        assert time.monotonic() - t0 < 6, "another client's object did not show by its path"
+        time.sleep(0.2)
+    assert (store.mnt / art / "theirs.png").read_bytes() == data
+    store.remount(empty_cache=True)
+    assert sorted(os.listdir(store.mnt / art)) == ["mine.png", "theirs.png"]
+    assert (store.mnt / art / "theirs.png").read_bytes() == data
+
+
 @pytest.mark.storefs_config(writeback_delay="30s")
 def test_state_xattr_dirty_then_clean(store):
     art = store.mnt / ART
