@@ -153,6 +153,7 @@ class Namespace:
         """Start the uploader threads (called from FUSE init, never before a fork)."""
         self.uploader.start()
         self.evictor.start()
+        self.remote.start()
         for name, p in self.providers.items():
             p.watch(lambda key, name=name: self.changed_outside(name, key))
         for e in self.index.pending():
@@ -161,6 +162,7 @@ class Namespace:
     def stop(self) -> None:
         self.uploader.stop()
         self.evictor.stop()
+        self.remote.stop()
         self._readahead.shutdown(wait=False, cancel_futures=True)
 
     # ---- lookups ----------------------------------------------------------------

@@ -32,6 +32,12 @@ RECORD_KEEP = 120.0
 #: (at most once per folder per this long): a file another client just uploaded opens by its path
 #: within seconds, while listings keep answering everything else for their whole TTL
 MISS_RECHECK = 2.0
+#: a listing in use since it was fetched is fetched again in the background this long before it
+#: expires (as a share of the TTL), so a folder being worked in never makes a request wait for its
+#: listing; a folder left alone is re-listed once more, then let expire
+REFRESH_AHEAD = 0.2
+#: background refreshes skip listings bigger than this (a 100,000-key folder is listed on demand)
+REFRESH_MAX_NAMES = 5000
 #: after a provider failed to answer, lookups skip it this long instead of waiting on it again
 DOWN_FOR = 5.0
 MAX_DOWN_FOR = 30.0
@@ -48,6 +54,9 @@ class RemoteView:
         self._lock = threading.Lock()
         self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
         self._fetched: dict[str, float] = {}  # when each cached listing's fetch began
+        self._used: dict[str, float] = {}  # when each cached listing last answered a request
+        self._halt = threading.Event()
+        self._refresher: threading.Thread | None = None
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -100,6 +109,7 @@ class RemoteView:
             hit = self._listings.get(prefix)
             if hit and hit[0] > now and not refresh:
                 self._listings.move_to_end(prefix)
+                self._used[prefix] = now
                 return hit[1]
         merged: dict[str, tuple[str, ObjectInfo]] = {}
         with self._lock:
@@ -134,13 +144,57 @@ class RemoteView:
             self._fetched[prefix] = started
             self._listings.move_to_end(prefix)
             while len(self._listings) > MAX_LISTINGS:
-                self._fetched.pop(self._listings.popitem(last=False)[0], None)
+                gone = self._listings.popitem(last=False)[0]
+                self._fetched.pop(gone, None)
+                self._used.pop(gone, None)
         return merged
 
     def _cached_listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
+        now = time.monotonic()
         with self._lock:
             hit = self._listings.get(prefix)
-            return hit[1] if hit and hit[0] > time.monotonic() else None
+            if hit and hit[0] > now:
+                self._used[prefix] = now
+                return hit[1]
+            return None
+
+    # ---- keeping listings in use fresh ------------------------------------------------
+
+    def start(self) -> None:
+        """Refresh listings in use before they expire, off the request path (object stores only)."""
+        if self._list_lookups and self.ttl > 0 and self._refresher is None:
+            self._halt.clear()
+            self._refresher = threading.Thread(target=self._refresh_loop, name="storefs-listings", daemon=True)
+            self._refresher.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+            self._refresher = None
+
+    def _refresh_loop(self) -> None:
+        tick = min(1.0, max(0.05, self.ttl * REFRESH_AHEAD / 3))
+        while not self._halt.wait(tick):
+            for prefix in self.due_refreshes():
+                if self._halt.is_set():
+                    return
+                try:
+                    self._listing(prefix, REFRESH_MAX_NAMES, refresh=True)
+                except ProviderUnavailable:
+                    break  # the provider is away: listings stay as they are until it answers
+                except Exception:  # noqa: BLE001 - a failed refresh leaves the listing to expire
+                    log.exception("background refresh of %r failed", prefix)
+
+    def due_refreshes(self) -> list[str]:
+        """Folders whose listing expires soon and answered a request since it was fetched."""
+        now = time.monotonic()
+        ahead = self.ttl * REFRESH_AHEAD
+        with self._lock:
+            return [prefix for prefix, (until, listing) in self._listings.items()
+                    if 0.0 < until - now <= ahead and len(listing) <= REFRESH_MAX_NAMES
+                    and self._used.get(prefix, 0.0) > self._fetched.get(prefix, now)
+                    and not any(self.is_down(p) for p in self.order)]
 
     def lookup(self, key: str, need_meta: bool = True) -> tuple[str, ObjectInfo] | None:
         """The file or folder at key ('a/b/x', never with a trailing '/'), or None.
@@ -282,3 +336,4 @@ class RemoteView:
             self._heads.clear()
             self._listings.clear()
             self._fetched.clear()
+            self._used.clear()

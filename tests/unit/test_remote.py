@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -81,3 +83,63 @@ def test_own_changes_update_the_cached_listing(view: tuple[RemoteView, ListingPr
     v.record("t/image/b/a/x.png", None)
     assert v.lookup("t/image/b/a/x.png") is None
     assert p.lists == 1
+
+
+def test_a_listing_in_use_is_refreshed_before_it_expires(
+        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    v, p, base = view
+    clock = [1000.0]
+    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
+    put(base, "t/image/b/a/1.png")
+    assert set(v.listing("t/image/b/a/")) == {"1.png"}
+    clock[0] += v.ttl * (1 - remote.REFRESH_AHEAD) - 1
+    assert v.due_refreshes() == []  # not used since it was fetched
+    assert v.lookup("t/image/b/a/1.png") is not None  # used
+    assert v.due_refreshes() == []  # not close to expiring yet
+    clock[0] += 2
+    assert v.due_refreshes() == ["t/image/b/a/"]
+    put(base, "t/image/b/a/2.png")  # another client adds a file
+    v._listing("t/image/b/a/", remote.REFRESH_MAX_NAMES, refresh=True)  # what the refresher does
+    assert p.lists == 2
+    assert v.due_refreshes() == []  # fresh again, and not used since
+    clock[0] += v.ttl - 1
+    assert set(v.listing("t/image/b/a/")) == {"1.png", "2.png"}  # from the cache, no request waits
+    assert p.lists == 2
+
+
+def test_a_listing_left_alone_is_not_refreshed(
+        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    v, p, base = view
+    clock = [1000.0]
+    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
+    v.listing("t/image/b/a/")
+    for step in range(1, 40):
+        clock[0] = 1000.0 + step
+        assert v.due_refreshes() == []
+
+
+def test_the_refresher_thread_keeps_a_used_listing_fresh(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    base.mkdir()
+    p = ListingProvider("s3", str(base))
+    listed_by: list[str] = []
+    real_list = p.list
+
+    def list_noting_thread(prefix: str) -> Iterator[ObjectInfo]:
+        listed_by.append(threading.current_thread().name)
+        return real_list(prefix)
+    p.list = list_noting_thread  # type: ignore[method-assign]
+    v = RemoteView({"s3": p}, ["s3"], ttl=1.5, negative_ttl=0.0)
+    v.start()
+    try:
+        v.listing("t/image/b/a/")
+        put(base, "t/image/b/a/new.png")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(listed_by) < 3:
+            v.listing("t/image/b/a/")  # keeps using it
+            time.sleep(0.05)
+        assert len(listed_by) >= 3
+        assert set(listed_by[1:]) == {"storefs-listings"}  # no request waited for a listing
+        assert "new.png" in v.listing("t/image/b/a/")
+    finally:
+        v.stop()
