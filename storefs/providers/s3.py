@@ -424,6 +424,9 @@ class S3Provider(Provider):
         rng = f"bytes={offset}-{offset + length - 1}"
 
         def fetch() -> bytes:
+            done, data = self._lean_call(self._read_client, lambda lean: lean.get_range(self._key(key), offset, length))
+            if done:
+                return data
             try:
                 r = self._read_client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
             except ClientError as e:
@@ -457,7 +460,11 @@ class S3Provider(Provider):
         return self._info_from_meta(key, int(r.get("ContentLength", 0)), r.get("ETag"), meta)
 
     def _lean_call(self, client: Any, request: Callable[[LeanS3], Any]) -> tuple[bool, Any]:
-        """(True, answer) from the lean path, or (False, None): then the caller asks boto3."""
+        """(True, answer) from the lean path, or (False, None): then the caller asks boto3.
+
+        Connection errors go to boto3's retries for uploads; reads (one attempt per client
+        call) get them raised, as boto3 would, for their caller's bounded retries.
+        """
         if not self._lean:
             return False, None
         try:
@@ -467,7 +474,10 @@ class S3Provider(Provider):
                 log.info("%s: the lean request path does not suit this server (%s); using boto3's client",
                          self.name, e)
                 self._lean = False
-        except BotoCoreError as e:  # cannot reach the server: the client's retries and errors take over
+        except BotoCoreError as e:
+            if client is not self._client:
+                raise  # reads make one attempt each: their caller retries within its deadline
+            # cannot reach the server: the client's retries and errors take over
             log.debug("%s: lean request failed (%s); asking boto3's client", self.name, e)
         return False, None
 
