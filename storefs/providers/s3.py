@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import os
@@ -556,8 +557,8 @@ class S3Provider(Provider):
     def make_dir(self, prefix: str, meta: ObjectMeta) -> None:
         marker = prefix if prefix.endswith("/") else prefix + "/"
         try:
-            self._client.put_object(Bucket=self.bucket, Key=self._key(marker), Body=b"",
-                                    ContentType=DIR_CONTENT_TYPE, Metadata=metadata_for(meta))
+            self._put_small(self._key(marker), io.BytesIO(b""), 0,
+                            {"ContentType": DIR_CONTENT_TYPE, "Metadata": metadata_for(meta)})
         except (BotoCoreError, ClientError) as e:
             raise self._error(e, self._what(marker)) from e
 

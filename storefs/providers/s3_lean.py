@@ -30,6 +30,7 @@ _PROBE = "storefs-probe-key"
 _ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+SMALL_BODY = 1 << 20  # bodies up to this size are read into memory before signing
 
 
 class Refused(Exception):
@@ -98,8 +99,13 @@ class LeanS3:
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         for name, value in metadata.items():
             headers["x-amz-meta-" + name] = value
+        # a small body goes as bytes: hashed for the signature and sent in one piece, not read
+        # through a file object twice in Python loops
+        data: BinaryIO | bytes = body.read() if size <= SMALL_BODY else body
+        if isinstance(data, bytes) and len(data) != size:
+            raise Refused(f"cache file changed size while uploading ({len(data)} != {size})", busy=True)
         request = AWSRequest(method="PUT", url=self._object_base() + quote(full_key, safe="/~"),
-                             headers=headers, data=body)
+                             headers=headers, data=data)
         return self._send(request, "PutObject").headers.get("ETag")
 
     def get_range(self, full_key: str, offset: int, length: int) -> bytes:
