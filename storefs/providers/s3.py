@@ -216,7 +216,7 @@ class S3Provider(Provider):
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
         self.endpoint = _safe_endpoint(cfg.endpoint_url or self._client.meta.endpoint_url)
-        # the hot requests (small PUTs, listing pages) skip boto3's pipeline until a server refuses them
+        # the hot requests (small PUTs, listing pages, ranged GETs) skip boto3's pipeline until a server refuses them
         self._lean = True
         self._lean_by_client = {id(c): LeanS3(c, self._session, self.bucket)
                                 for c in (self._client, self._meta_client, self._read_client)}
@@ -425,7 +425,8 @@ class S3Provider(Provider):
         rng = f"bytes={offset}-{offset + length - 1}"
 
         def fetch() -> bytes:
-            done, data = self._lean_call(self._read_client, lambda lean: lean.get_range(self._key(key), offset, length))
+            done, data = self._lean_call(self._read_client,
+                                         lambda lean: lean.get_range(self._key(key), offset, length))
             if done:
                 return data
             try:

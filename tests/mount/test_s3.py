@@ -262,6 +262,36 @@ def test_new_object_from_another_client_opens_by_path_within_seconds(store):
     assert (store.mnt / art / "theirs.png").read_bytes() == data
 
 
+def test_a_folder_in_use_is_listed_again_in_the_background(store):
+    """A folder being worked in is re-listed before its listing expires, off the request path.
+
+    Observable through the kernel: an object another client adds and deletes again around the
+    refresh is still in `ls` just after the first listing's TTL ran out, because the listing
+    answering then was fetched in the background (a listing fetched on demand would not have it).
+    """
+    ttl = 10.0
+    store.extra_config["fuse"] = {"dir_cache_ttl": f"{ttl:g}s"}
+    store.remount()
+    c, b = s3(store), bucket(store)
+    art = "t1/image/b1/busy"
+    (store.mnt / art).mkdir(parents=True)
+    (store.mnt / art / "mine.png").write_bytes(b"mine")
+    store.flush()
+    t0 = time.monotonic()
+    assert os.listdir(store.mnt / art) == ["mine.png"]  # listed (or kept current) from here on
+    c.put_object(Bucket=b, Key=f"{art}/passing.png", Body=b"x")
+    while time.monotonic() - t0 < ttl - 0.5:
+        assert "mine.png" in os.listdir(store.mnt / art)  # the folder stays in use
+        time.sleep(0.5)
+    c.delete_object(Bucket=b, Key=f"{art}/passing.png")
+    while time.monotonic() - t0 < ttl + 0.5:
+        time.sleep(0.1)
+    assert sorted(os.listdir(store.mnt / art)) == ["mine.png", "passing.png"]
+    store.remount(empty_cache=True)
+    assert os.listdir(store.mnt / art) == ["mine.png"]
+    assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
+
+
 @pytest.mark.storefs_config(writeback_delay="30s")
 def test_state_xattr_dirty_then_clean(store):
     art = store.mnt / ART

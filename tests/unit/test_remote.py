@@ -47,6 +47,14 @@ def view(tmp_path: Path) -> tuple[RemoteView, ListingProvider, Path]:
     return RemoteView({"s3": p}, ["s3"], ttl=30.0, negative_ttl=0.0), p, base
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """remote's monotonic clock, moved by the test."""
+    now = [1000.0]
+    monkeypatch.setattr(remote.time, "monotonic", lambda: now[0])
+    return now
+
+
 def test_one_listing_answers_every_name_in_a_folder(view: tuple[RemoteView, ListingProvider, Path]) -> None:
     v, p, base = view
     put(base, "t/image/b/a/1.png")
@@ -57,10 +65,8 @@ def test_one_listing_answers_every_name_in_a_folder(view: tuple[RemoteView, List
 
 
 def test_a_name_missing_from_an_older_listing_is_checked_again(
-        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
     v, p, base = view
-    clock = [1000.0]
-    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
     assert v.lookup("t/image/b/a/late.png") is None
     put(base, "t/image/b/a/late.png")  # another client uploads it
     clock[0] += remote.MISS_RECHECK / 2
@@ -86,10 +92,8 @@ def test_own_changes_update_the_cached_listing(view: tuple[RemoteView, ListingPr
 
 
 def test_a_listing_in_use_is_refreshed_before_it_expires(
-        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
     v, p, base = view
-    clock = [1000.0]
-    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
     put(base, "t/image/b/a/1.png")
     assert set(v.listing("t/image/b/a/")) == {"1.png"}
     clock[0] += v.ttl * (1 - remote.REFRESH_AHEAD) - 1
@@ -108,10 +112,8 @@ def test_a_listing_in_use_is_refreshed_before_it_expires(
 
 
 def test_a_listing_left_alone_is_not_refreshed(
-        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
     v, p, base = view
-    clock = [1000.0]
-    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
     v.listing("t/image/b/a/")
     for step in range(1, 40):
         clock[0] = 1000.0 + step

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
@@ -59,14 +61,27 @@ def keep_busy(act: Activity, stop: threading.Event) -> threading.Thread:
     return t
 
 
-def test_due_uploads_give_way_to_a_burst_then_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uploader_mod, "YIELD_MAX", 30.0)
-    rec, act, stop = Recorder(), Activity(), threading.Event()
-    rec.pending = {"a", "b"}
-    up = Uploader(rec, workers=4, idle=act.idle)
+@contextlib.contextmanager
+def uploading_during_a_burst(rec: Recorder,
+                             workers: int) -> Iterator[tuple[Uploader, threading.Event, threading.Thread]]:
+    """A started uploader while a burst of file activity goes on (until the event is set)."""
+    act, stop = Activity(), threading.Event()
+    up = Uploader(rec, workers=workers, idle=act.idle)
     up.start()
     burst = keep_busy(act, stop)
     try:
+        yield up, stop, burst
+    finally:
+        stop.set()
+        burst.join()
+        up.stop()
+
+
+def test_due_uploads_give_way_to_a_burst_then_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uploader_mod, "YIELD_MAX", 30.0)
+    rec = Recorder()
+    rec.pending = {"a", "b"}
+    with uploading_during_a_burst(rec, workers=4) as (up, stop, burst):
         up.schedule("a", 0.0)
         up.schedule("b", 0.0)
         time.sleep(0.5)
@@ -76,19 +91,13 @@ def test_due_uploads_give_way_to_a_burst_then_run(monkeypatch: pytest.MonkeyPatc
         quiet = time.monotonic()
         assert rec.done.wait(5)
         assert min(rec.synced.values()) >= quiet
-    finally:
-        stop.set()
-        up.stop()
 
 
 def test_giving_way_is_bounded_and_flush_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uploader_mod, "YIELD_MAX", 0.4)
-    rec, act, stop = Recorder(), Activity(), threading.Event()
+    rec = Recorder()
     rec.pending = {"late", "flushed"}
-    up = Uploader(rec, workers=2, idle=act.idle)
-    up.start()
-    burst = keep_busy(act, stop)
-    try:
+    with uploading_during_a_burst(rec, workers=2) as (up, _stop, _burst):
         up.schedule("flushed", 10.0)  # a quiet delay flush drops
         time.sleep(0.1)
         t0 = time.monotonic()
@@ -100,10 +109,6 @@ def test_giving_way_is_bounded_and_flush_never_waits(monkeypatch: pytest.MonkeyP
         assert rec.synced["flushed"] - t0 < 0.35  # hurried: it did not give way
         assert rec.done.wait(5)
         assert 0.35 <= rec.synced["late"] - t0 < 2.0  # gave way for YIELD_MAX, then ran under the burst
-    finally:
-        stop.set()
-        burst.join()
-        up.stop()
 
 
 def test_retries_do_not_give_way(monkeypatch: pytest.MonkeyPatch) -> None:
