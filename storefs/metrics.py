@@ -21,6 +21,8 @@ _SCALARS = (
     ("bytes_read", "storefs_read_bytes_total", "counter", "Bytes returned to readers of the mount."),
     ("bytes_written", "storefs_written_bytes_total", "counter", "Bytes written into the mount."),
     ("bytes_fetched", "storefs_fetched_bytes_total", "counter", "Bytes fetched from providers into the cache."),
+    ("bytes_warmed", "storefs_warmed_bytes_total", "counter",
+     "Cached bytes read into the page cache ahead of random readers."),
     ("read_calls", "storefs_read_calls_total", "counter", "FUSE read requests."),
     ("write_calls", "storefs_write_calls_total", "counter", "FUSE write requests."),
     ("uploads_done", "storefs_uploads_total", "counter", "Changes carried to a provider."),

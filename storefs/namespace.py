@@ -22,7 +22,7 @@ from .cache.datafiles import DataFiles
 from .cache.index import EntryIndex
 from .cache.journal import (OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR,
                             TOMBSTONES, Entry, Journal)
-from .cache.openfile import OpenFile
+from .cache.openfile import OpenFile, default_warm_limit
 from .cache.eviction import Evictor
 from .cache.uploader import Uploader
 from .config import Config
@@ -105,6 +105,7 @@ class Namespace:
         self.delay = config.cache.writeback_delay
         self.chunk_size = config.cache.chunk_size
         self.readahead = config.cache.readahead
+        self.warm_limit = default_warm_limit()
         self.root = config.tenant or ""  # the key of the mount root (a single-tenant mount)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mounted_at = time.time()  # the mtime of folders no provider dates (as rclone shows them)
@@ -117,7 +118,8 @@ class Namespace:
         self._just_deleted: dict[str, float] = {}  # keys whose delete landed a moment ago
         self._deleted_pruned = 0.0
         self._readahead = ThreadPoolExecutor(max_workers=8, thread_name_prefix="storefs-readahead")
-        self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0, "write_calls": 0, "read_calls": 0}
+        self.counters = {"bytes_written": 0, "bytes_read": 0, "bytes_fetched": 0, "bytes_warmed": 0,
+                         "write_calls": 0, "read_calls": 0}
         self._recover()
         self.evictor = Evictor(self, config.cache.max_size, lambda: self.data.usage()[0], config.cache.space_wait,
                                after_pass=self.index.journal.restore_ballast)
@@ -473,9 +475,13 @@ class Namespace:
             fd = self.data.create(e.data_name, e.size)
             n = (e.size + self.chunk_size - 1) // self.chunk_size
             e.chunks = bytes(n) if n else None
-        node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead, self.readahead)
+        node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead, self.readahead,
+                        self.warm_limit, self._count_warmed)
         self._nodes[key] = node
         return node
+
+    def _count_warmed(self, n: int) -> None:
+        self.counters["bytes_warmed"] += n
 
     @staticmethod
     def _still_valid(e: Entry, info: ObjectInfo) -> bool:

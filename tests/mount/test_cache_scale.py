@@ -8,7 +8,8 @@
    with ENOSPC after space_wait; earlier files stay intact and reach the provider on flush;
 3. two mounts on one bucket see each other's creates, overwrites and deletes within the TTLs;
 4. a local provider's folder changed by other programs is seen at once (watchdog);
-5. ranged reads fetch only the chunks read; a sequential read fetches the object once;
+5. ranged reads fetch only the chunks read; a sequential read fetches the object once; a
+   wholly cached file read at random is read once into the page cache;
 6. a folder of 10,000 keys lists whole (os.listdir, ls -f), and nothing is listed at mount.
 """
 
@@ -18,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import random
 import stat
 import subprocess
 import time
@@ -578,6 +580,64 @@ def test_range_reads_fetch_only_what_is_read(store):
     print(f"after a sequential read: fetched {fetched / MiB:.2f} MiB of a {size // MiB} MiB file")
     assert size <= fetched <= size + CHUNK, f"fetched {fetched / MiB:.2f} MiB for a {size // MiB} MiB file"
     assert st["errors"] == []
+
+
+def _random_reads(path: Path, data: bytes, n: int, seed: int, span: int = 0) -> None:
+    rng = random.Random(seed)
+    span = span or len(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # 4 KiB per request, as fio asks
+        for _ in range(n):
+            off = rng.randrange(span // (4 * KiB)) * 4 * KiB
+            assert os.pread(fd, 4 * KiB, off) == data[off:off + 4 * KiB], f"wrong bytes at {off}"
+    finally:
+        os.close(fd)
+
+
+def _evict_page_cache(folder: Path, sync: bool) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                if sync:  # dirty pages cannot be dropped
+                    os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def test_random_reads_of_a_cached_file_are_warmed_into_memory(store):
+    art = store.path(ART)
+    art.mkdir(parents=True)
+    size = 12 * MiB + 123
+    data = payload("warm", size)
+    write_blocks(art / "weights.bin", data)
+    store.flush()
+    store.remount(empty_cache=True)
+
+    # uncached: the reads fetch chunks (and read-ahead the rest); once the file is whole
+    # in the cache, the random reads that follow have it read into memory
+    _random_reads(art / "weights.bin", data, 200, seed=1)
+    with open(art / "weights.bin", "rb") as f:
+        assert sha256(f.read()) == sha256(data)
+    # as after a while or a reboot: the data on the cache disk only, not in memory
+    _evict_page_cache(store.cache, sync=True)
+    _evict_page_cache(art, sync=False)
+    _random_reads(art / "weights.bin", data, 200, seed=2)
+    deadline = time.monotonic() + 10
+    while store.status()["bytes_warmed"] < size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = store.status()
+    assert st["bytes_warmed"] == size, f"warmed {st['bytes_warmed']} of {size} bytes"
+    _random_reads(art / "weights.bin", data, 200, seed=3)
+    assert store.status()["bytes_warmed"] == size, "read into memory again, though it was there"
+    assert st["errors"] == []
+
+    store.remount(empty_cache=True)
+    _random_reads(art / "weights.bin", data, 50, seed=4)
+    with open(art / "weights.bin", "rb") as f:
+        assert sha256(f.read()) == sha256(data)
 
 
 # --------------------------------------------------------------------------- 6. 10,000 keys

@@ -1,0 +1,159 @@
+"""OpenFile's page-cache warm-up for random readers of wholly cached files."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from storefs.cache import openfile
+from storefs.cache.journal import Entry
+from storefs.cache.openfile import WARM_AFTER, OpenFile
+
+SIZE = 3 * 1024 * 1024 + 777
+
+
+class Warmed:
+    """Records each warm-up's byte count; `event` is set at the first."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.event = threading.Event()
+
+    def __call__(self, n: int) -> None:
+        self.calls.append(n)
+        self.event.set()
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    ex = ThreadPoolExecutor(max_workers=2)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, bytes]:
+    content = random.Random(3).randbytes(SIZE)
+    path = tmp_path / "cached.bin"
+    path.write_bytes(content)
+    evict(path)
+    return path, content
+
+
+def evict(path: Path) -> None:
+    """Drop the file's clean pages from the page cache, as if it had not been read lately."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def open_cached(path: Path, pool: ThreadPoolExecutor | None, warmed: Warmed, *, limit: int = 1 << 40,
+                readahead: int = 8, chunks: bytes | None = None) -> OpenFile:
+    e = Entry("t/image/b/a/x.bin", "local", size=SIZE, chunks=chunks)  # 4 chunks of 1 MiB
+    return OpenFile(e, os.open(path, os.O_RDWR), None, chunk_size=1024 * 1024, pool=pool, readahead=readahead, warm_limit=limit,
+                    on_warmed=warmed)
+
+
+def random_reads(f: OpenFile, content: bytes, n: int, rng: random.Random, span: int = SIZE) -> None:
+    for _ in range(n):
+        off = rng.randrange(0, span - 4096)
+        assert f.read(4096, off) == content[off:off + 4096]
+
+
+def test_random_reads_warm_the_whole_file_once(data: tuple[Path, bytes], pool: ThreadPoolExecutor) -> None:
+    path, content = data
+    warmed = Warmed()
+    f = open_cached(path, pool, warmed)
+    rng = random.Random(1)
+    random_reads(f, content, WARM_AFTER - 1, rng)
+    assert not warmed.event.wait(0.3), "warmed before enough random reads"
+    random_reads(f, content, 1, rng)
+    assert warmed.event.wait(10), "32 random reads did not warm the file"
+    random_reads(f, content, 5 * WARM_AFTER, rng)
+    pool.shutdown(wait=True)
+    assert warmed.calls == [SIZE], "the whole file, once per open"
+    f.close()
+
+
+def test_a_file_already_in_memory_is_not_read_again(data: tuple[Path, bytes]) -> None:
+    path, content = data
+    for attempt in range(2):
+        warmed, pool = Warmed(), ThreadPoolExecutor(1)
+        f = open_cached(path, pool, warmed)
+        random_reads(f, content, WARM_AFTER, random.Random(attempt))
+        pool.shutdown(wait=True)
+        f.close()
+        if attempt == 0:
+            assert warmed.calls == [SIZE]
+        else:  # the first open left it in the page cache
+            assert warmed.calls == []
+
+
+def test_sequential_reads_never_warm(data: tuple[Path, bytes], pool: ThreadPoolExecutor) -> None:
+    path, content = data
+    warmed = Warmed()
+    f = open_cached(path, pool, warmed)
+    for _ in range(3):  # reading it again from the top is still sequential
+        for off in range(0, SIZE, 4096):
+            assert f.read(4096, off) == content[off:off + 4096]
+    pool.shutdown(wait=True)
+    assert warmed.calls == []
+    f.close()
+
+
+@pytest.mark.parametrize("case", ["over the limit", "readahead off", "partly cached"])
+def test_no_warm_up(case: str, data: tuple[Path, bytes], pool: ThreadPoolExecutor) -> None:
+    path, content = data
+    warmed = Warmed()
+    if case == "over the limit":
+        f = open_cached(path, pool, warmed, limit=SIZE - 1)
+    elif case == "readahead off":
+        f = open_cached(path, pool, warmed, readahead=0)
+    else:  # the first chunk is cached, the rest is not: the reader stays in the first
+        f = open_cached(path, pool, warmed, chunks=bytes([1]) + bytes(3))
+    random_reads(f, content, 4 * WARM_AFTER, random.Random(2), span=f.chunk_size)
+    pool.shutdown(wait=True)
+    assert warmed.calls == []
+    f.close()
+
+
+def test_close_stops_a_warm_up(data: tuple[Path, bytes], pool: ThreadPoolExecutor,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """After close the descriptor's number can belong to another file: no read may follow."""
+    path, content = data
+    monkeypatch.setattr(openfile, "WARM_BLOCK", 4096)
+    started, go_on = threading.Event(), threading.Event()
+    calls: list[bool] = []           # one per preadv: was the file closed when it was made?
+    real_preadv = os.preadv
+    f: OpenFile
+
+    def slow_preadv(fd: int, bufs: list, off: int, *flags: int) -> int:
+        if flags:  # the probe for pages already in memory
+            return real_preadv(fd, bufs, off, *flags)
+        calls.append(f._closed)
+        started.set()
+        go_on.wait(10)
+        return real_preadv(fd, bufs, off)
+
+    monkeypatch.setattr(openfile.os, "preadv", slow_preadv)
+    warmed = Warmed()
+    f = open_cached(path, pool, warmed)
+    random_reads(f, content, WARM_AFTER, random.Random(4))
+    assert started.wait(10)
+    f.close()
+    other = os.open(path, os.O_RDONLY)  # the lowest free number: the one just closed
+    assert other == f.fd
+    go_on.set()
+    pool.shutdown(wait=True)
+    os.close(other)
+    assert calls[0] is False and True not in calls, f"{calls.count(True)} reads after close"
+    assert sum(warmed.calls) < SIZE
