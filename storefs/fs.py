@@ -46,7 +46,7 @@ OP_ERRORS: dict[str, int] = {}
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     """Translate core exceptions into FuseOSError, logging each failure once."""
 
-    name = func.__name__
+    name = {"read_buf": "read"}.get(func.__name__, func.__name__)  # counted under the kernel's name
     OP_CALLS[name] = OP_ERRORS[name] = 0
 
     @functools.wraps(func)
@@ -102,6 +102,8 @@ class StorefsOperations(mfusepy.Operations):
             conn_info.max_write = MAX_IO
             conn_info.max_read = MAX_IO
             conn_info.max_readahead = MAX_IO
+            # reads reach /dev/fuse by splice from the cache file where the kernel allows it
+            conn_info.want |= conn_info.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
         if config_3 is not None:
             fc = self.ns.cfg.fuse
             config_3.attr_timeout = fc.attr_timeout
@@ -184,8 +186,9 @@ class StorefsOperations(mfusepy.Operations):
         return self.ns.open(self._key(path), flags)
 
     @edge
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.ns.read(fh, size, offset)
+    def read_buf(self, path: str | None, size: int, offset: int, fh: int) -> tuple[int, int]:
+        """(descriptor, length) of the bytes: libfuse reads or splices them, no Python copy."""
+        return self.ns.read_source(fh, size, offset)
 
     @edge
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -288,6 +291,36 @@ def _timespec_ns(ts: Any) -> int | None:
     return ts.tv_sec * 10**9 + ts.tv_nsec
 
 
+class _FuseBuf(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
+                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
+
+
+class _FuseBufvec(ctypes.Structure):
+    """libfuse's struct fuse_bufvec with its one inline fuse_buf (mfusepy declares a pointer)."""
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
+                ("buf", _FuseBuf * 1)]
+
+
+FUSE_BUF_IS_FD, FUSE_BUF_FD_SEEK, FUSE_BUF_FD_RETRY = 1 << 1, 1 << 2, 1 << 3
+FUSE_CAP_SPLICE_WRITE, FUSE_CAP_SPLICE_MOVE = 1 << 7, 1 << 8
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+
+
+def _fd_bufvec(fd: int, offset: int, size: int) -> int:
+    """A malloc'd bufvec for `size` bytes of fd at offset; libfuse frees it after the reply."""
+    addr = _libc.malloc(ctypes.sizeof(_FuseBufvec))
+    if not addr:
+        raise MemoryError("malloc of a fuse_bufvec failed")
+    v = _FuseBufvec.from_address(addr)
+    v.count, v.idx, v.off = 1, 0, 0
+    b = v.buf[0]
+    b.size, b.flags, b.mem, b.fd, b.pos = size, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY, None, fd, offset
+    return addr
+
+
 FUSE_READDIR_PLUS = 1 << 0  # the kernel asks for attributes with the names ...
 FUSE_FILL_DIR_PLUS = 1 << 1  # ... and this entry carries them
 #: libfuse threads that keep their Python thread state between requests
@@ -312,6 +345,12 @@ class Fuse(mfusepy.FUSE):
             ctypes.pythonapi.PyGILState_Ensure()
             _KEPT_THREADS.add(ident)
         return super()._wrapper(func, *args, **kwargs)
+
+    def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
+        # mfusepy would decode the path and its fuse_bufvec has the wrong layout
+        fd, n = self.operations.read_buf(None, size, offset, fip.contents.fh)
+        bufpp[0] = ctypes.cast(_fd_bufvec(fd, offset, n), type(bufpp[0]))
+        return 0
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None

@@ -25,8 +25,11 @@ DEFAULT_CHUNK = 4 * 1024 * 1024
 #: chunks fetched ahead of a sequential reader (grows from 1 to this)
 MAX_READAHEAD = 8
 
-#: non-sequential reads of a wholly cached file before it is read into the page cache
+#: reads of a wholly cached file, each further than SEQ_WINDOW from where the one before it
+#: ended, before it is read into the page cache (a sequential reader's requests arrive a few
+#: out of order: libfuse serves them on several threads)
 WARM_AFTER = 32
+SEQ_WINDOW = 4 * 1024 * 1024
 WARM_BLOCK = 1024 * 1024
 #: pages sampled with RWF_NOWAIT to find a file already in memory
 WARM_PROBES = 32
@@ -161,15 +164,23 @@ class OpenFile:
         with self._lock:
             self._present = None
 
-    def read(self, size: int, offset: int) -> bytes:
+    def _before_read(self, size: int, offset: int) -> None:
         if self._present is not None:
             self.ensure(offset, size)
-        elif offset != self._read_end and self._warm_left > 0:
+        elif self._warm_left > 0 and abs(offset - self._read_end) > SEQ_WINDOW:
             self._warm_left -= 1
             if self._warm_left == 0 and 0 < self.size <= self._warm_limit:
                 self._pool.submit(self._warm)  # type: ignore[union-attr]
         self._read_end = offset + size
+
+    def read(self, size: int, offset: int) -> bytes:
+        self._before_read(size, offset)
         return os.pread(self.fd, size, offset)
+
+    def read_source(self, size: int, offset: int) -> tuple[int, int]:
+        """Where a read's bytes are (descriptor, length): libfuse copies or splices them itself."""
+        self._before_read(size, offset)
+        return self.fd, max(0, min(size, self.size - offset))
 
     def _in_memory(self) -> bool:
         """Whether the page cache holds the file already (an earlier open warmed it): a sample."""

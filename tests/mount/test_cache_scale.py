@@ -610,7 +610,7 @@ def _evict_page_cache(folder: Path, sync: bool) -> None:
 def test_random_reads_of_a_cached_file_are_warmed_into_memory(store):
     art = store.path(ART)
     art.mkdir(parents=True)
-    size = 12 * MiB + 123
+    size = 24 * MiB + 123
     data = payload("warm", size)
     write_blocks(art / "weights.bin", data)
     store.flush()
