@@ -506,12 +506,6 @@ class Namespace:
             raise StorefsError(f"bad file handle {fh}", code=9)  # EBADF
         return h
 
-    def read(self, fh: int, size: int, offset: int) -> bytes:
-        data = self._handle(fh).node.read(size, offset)
-        self.counters["bytes_read"] += len(data)
-        self.counters["read_calls"] += 1
-        return data
-
     def read_source(self, fh: int, size: int, offset: int) -> tuple[int, int]:
         """A read as (descriptor, length) of cached bytes, for the FUSE edge to send without copying."""
         fd, n = self._handle(fh).node.read_source(size, offset)

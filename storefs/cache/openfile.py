@@ -1,6 +1,7 @@
 """A cache data file held open by FUSE handles: reads, writes and chunk fetches.
 
-Reads and writes are one os.pread/os.pwrite on a shared descriptor, without a lock.
+Writes are one os.pwrite on a shared descriptor, without a lock; reads hand libfuse the
+descriptor and range, and it preads or splices them itself.
 Bytes not cached yet are fetched from the provider chunk by chunk, so reading the head
 of a large object never downloads all of it. A wholly cached file read at random is read
 once, in the background, into the kernel's page cache, so that random readers (mmap'd
@@ -31,6 +32,9 @@ MAX_READAHEAD = 8
 WARM_AFTER = 32
 SEQ_WINDOW = 4 * 1024 * 1024
 WARM_BLOCK = 1024 * 1024
+#: cached bytes asked of the disk ahead of a sequential reader, in asks of DISK_STEP
+DISK_AHEAD = 16 * 1024 * 1024
+DISK_STEP = 1024 * 1024
 #: pages sampled with RWF_NOWAIT to find a file already in memory
 WARM_PROBES = 32
 
@@ -75,6 +79,7 @@ class OpenFile:
         self._warm_limit = warm_limit
         self._warm_left = WARM_AFTER if self._pool is not None and warm_limit > 0 else 0
         self._read_end = 0          # where the last read ended: the next sequential offset
+        self._disk_next = 0         # the cache file is asked of the disk up to here
         self._closed = False
         self._on_warmed = on_warmed
 
@@ -167,15 +172,22 @@ class OpenFile:
     def _before_read(self, size: int, offset: int) -> None:
         if self._present is not None:
             self.ensure(offset, size)
-        elif self._warm_left > 0 and abs(offset - self._read_end) > SEQ_WINDOW:
-            self._warm_left -= 1
-            if self._warm_left == 0 and 0 < self.size <= self._warm_limit:
-                self._pool.submit(self._warm)  # type: ignore[union-attr]
+        elif abs(offset - self._read_end) > SEQ_WINDOW:
+            if self._warm_left > 0:
+                self._warm_left -= 1
+                if self._warm_left == 0 and 0 < self.size <= self._warm_limit:
+                    self._pool.submit(self._warm)  # type: ignore[union-attr]
+        elif offset + size + DISK_AHEAD // 2 > self._disk_next:
+            self._ask_disk(offset + size)
         self._read_end = offset + size
 
-    def read(self, size: int, offset: int) -> bytes:
-        self._before_read(size, offset)
-        return os.pread(self.fd, size, offset)
+    def _ask_disk(self, end: int) -> None:
+        """Have the kernel read the cache file ahead of a sequential reader (it caps each ask)."""
+        start, stop = max(self._disk_next, end), min(end + DISK_AHEAD, self.size)
+        while start < stop:
+            os.posix_fadvise(self.fd, start, DISK_STEP, os.POSIX_FADV_WILLNEED)
+            start += DISK_STEP
+        self._disk_next = max(self._disk_next, stop)
 
     def read_source(self, size: int, offset: int) -> tuple[int, int]:
         """Where a read's bytes are (descriptor, length): libfuse copies or splices them itself."""

@@ -64,12 +64,18 @@ def open_cached(path: Path, pool: ThreadPoolExecutor | None, warmed: Warmed, *, 
                     on_warmed=warmed)
 
 
+def read(f: OpenFile, size: int, offset: int) -> bytes:
+    """A read as the FUSE edge serves it: read_source says where, libfuse preads."""
+    fd, n = f.read_source(size, offset)
+    return os.pread(fd, n, offset)
+
+
 def random_reads(f: OpenFile, content: bytes, n: int, rng: random.Random, span: int = SIZE) -> None:
     """n 4 KiB reads, each in the other outer quarter of the span from the one before (far apart)."""
     q = span // 4
     for i in range(n):
         off = rng.randrange(0, q - 4096) + (0 if i % 2 else 3 * q)
-        assert f.read(4096, off) == content[off:off + 4096]
+        assert read(f, 4096, off) == content[off:off + 4096]
 
 
 def test_random_reads_warm_the_whole_file_once(data: tuple[Path, bytes], pool: ThreadPoolExecutor) -> None:
@@ -116,7 +122,7 @@ def test_sequential_reads_never_warm(data: tuple[Path, bytes], pool: ThreadPoolE
             group = offsets[i:i + 8]
             rng.shuffle(group)
             for off in group:
-                assert f.read(block, off) == content[off:off + block]
+                assert read(f, block, off) == content[off:off + block]
     pool.shutdown(wait=True)
     assert warmed.calls == []
     f.close()
@@ -169,3 +175,47 @@ def test_close_stops_a_warm_up(data: tuple[Path, bytes], pool: ThreadPoolExecuto
     os.close(other)
     assert calls[0] is False and True not in calls, f"{calls.count(True)} reads after close"
     assert sum(warmed.calls) < SIZE
+
+
+def test_a_sequential_reader_has_the_disk_read_ahead(data: tuple[Path, bytes], pool: ThreadPoolExecutor,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """WILLNEED asks run 16 MiB ahead of the reader, each range once, never past the end."""
+    path, content = data
+    asked: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, off: int, n: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_WILLNEED:
+            asked.append((off, n))
+        real(fd, off, n, advice)
+
+    monkeypatch.setattr(openfile.os, "posix_fadvise", record)
+    f = open_cached(path, pool, Warmed())
+    block = 128 * 1024
+    for off in range(0, SIZE, block):
+        assert read(f, block, off) == content[off:off + block]
+        if off == 0:
+            assert asked and asked[0][0] == block and asked[-1][0] + asked[-1][1] >= block + openfile.DISK_AHEAD
+        assert max(o + n for o, n in asked) >= min(off + block + openfile.DISK_AHEAD // 2, SIZE)
+    starts = [o for o, _ in asked]
+    assert starts == sorted(set(starts)), "a range asked twice"
+    assert max(starts) < SIZE
+    f.close()
+
+
+def test_random_and_uncached_reads_ask_nothing_ahead(data: tuple[Path, bytes], pool: ThreadPoolExecutor,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path, content = data
+    asked: list[int] = []
+    monkeypatch.setattr(openfile.os, "posix_fadvise", lambda fd, off, n, advice: asked.append(off))
+    # partly cached (the first chunk alone, no read-ahead to complete it): reads go by chunks
+    f = open_cached(path, None, Warmed(), chunks=bytes([1]) + bytes(2), readahead=0)
+    for off in range(0, 12 * MiB, 256 * 1024):
+        assert read(f, 256 * 1024, off) == content[off:off + 256 * 1024]
+    f.close()
+    g = open_cached(path, pool, Warmed())
+    monkeypatch.setattr(OpenFile, "_warm", lambda self: None)
+    read(g, 4096, 3 * SIZE // 4)  # the first read is not near where a previous one ended
+    random_reads(g, content, 3 * WARM_AFTER, random.Random(6))
+    g.close()
+    assert asked == []
