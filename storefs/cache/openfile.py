@@ -200,7 +200,7 @@ class OpenFile:
         rng = random.Random(self.fd)
         try:
             for _ in range(WARM_PROBES):
-                if os.preadv(self.fd, [page], rng.randrange(0, self.size), os.RWF_NOWAIT) <= 0:
+                if self._closed or os.preadv(self.fd, [page], rng.randrange(0, self.size), os.RWF_NOWAIT) <= 0:
                     return False
         except OSError:  # EAGAIN: that page is on disk only; or no RWF_NOWAIT here
             return False

@@ -9,7 +9,8 @@
 3. two mounts on one bucket see each other's creates, overwrites and deletes within the TTLs;
 4. a local provider's folder changed by other programs is seen at once (watchdog);
 5. ranged reads fetch only the chunks read; a sequential read fetches the object once; a
-   wholly cached file read at random is read once into the page cache;
+   wholly cached file read at random is read once into the page cache, and one read in
+   order has the cache file read 16 MiB ahead of it;
 6. a folder of 10,000 keys lists whole (os.listdir, ls -f), and nothing is listed at mount.
 """
 
@@ -582,14 +583,13 @@ def test_range_reads_fetch_only_what_is_read(store):
     assert st["errors"] == []
 
 
-def _random_reads(path: Path, data: bytes, n: int, seed: int, span: int = 0) -> None:
+def _random_reads(path: Path, data: bytes, n: int, seed: int) -> None:
     rng = random.Random(seed)
-    span = span or len(data)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # 4 KiB per request, as fio asks
         for _ in range(n):
-            off = rng.randrange(span // (4 * KiB)) * 4 * KiB
+            off = rng.randrange(len(data) // (4 * KiB)) * 4 * KiB
             assert os.pread(fd, 4 * KiB, off) == data[off:off + 4 * KiB], f"wrong bytes at {off}"
     finally:
         os.close(fd)
@@ -637,6 +637,50 @@ def test_random_reads_of_a_cached_file_are_warmed_into_memory(store):
     store.remount(empty_cache=True)
     _random_reads(art / "weights.bin", data, 50, seed=4)
     with open(art / "weights.bin", "rb") as f:
+        assert sha256(f.read()) == sha256(data)
+
+
+def _in_memory(path: Path, offset: int) -> bool:
+    """Whether the page at offset of path is in the page cache (a read that may not wait for the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(4 * KiB)], offset, os.RWF_NOWAIT) > 0
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_sequential_reader_of_a_cached_file_has_the_disk_read_ahead(store):
+    art = store.path(ART)
+    art.mkdir(parents=True)
+    size = 40 * MiB
+    data = payload("ahead", size)
+    write_blocks(art / "clip.mp4", data)
+    store.flush()
+    store.remount(empty_cache=True)
+    with open(art / "clip.mp4", "rb") as f:  # fetched whole into the cache
+        assert sha256(f.read()) == sha256(data)
+    cached = [p for p in (store.cache / "data").rglob("*") if p.is_file() and p.stat().st_size == size]
+    assert len(cached) == 1, cached
+    _evict_page_cache(store.cache, sync=True)
+    _evict_page_cache(art, sync=False)
+    assert not _in_memory(cached[0], 12 * MiB)
+
+    with open(art / "clip.mp4", "rb") as f:  # the first MiB, in order
+        assert f.read(MiB) == data[:MiB]
+        deadline = time.monotonic() + 5
+        while True:  # the asks are asynchronous: the disk reads may still be under way
+            ahead = [_in_memory(cached[0], off * MiB) for off in (6, 10, 15)]
+            if all(ahead) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert all(ahead), f"cache file pages at 6, 10, 15 MiB in memory: {ahead}"
+        assert not _in_memory(cached[0], 34 * MiB), "read far more than 16 MiB ahead"
+        assert sha256(f.read()) == sha256(data[MiB:])
+
+    store.remount(empty_cache=True)
+    with open(art / "clip.mp4", "rb") as f:
         assert sha256(f.read()) == sha256(data)
 
 

@@ -60,8 +60,8 @@ def evict(path: Path) -> None:
 def open_cached(path: Path, pool: ThreadPoolExecutor | None, warmed: Warmed, *, limit: int = 1 << 40,
                 readahead: int = 8, chunks: bytes | None = None) -> OpenFile:
     e = Entry("t/image/b/a/x.bin", "local", size=SIZE, chunks=chunks)  # 3 chunks of 12 MiB
-    return OpenFile(e, os.open(path, os.O_RDWR), None, chunk_size=12 * MiB, pool=pool, readahead=readahead, warm_limit=limit,
-                    on_warmed=warmed)
+    return OpenFile(e, os.open(path, os.O_RDWR), None, chunk_size=12 * MiB, pool=pool, readahead=readahead,
+                    warm_limit=limit, on_warmed=warmed)
 
 
 def read(f: OpenFile, size: int, offset: int) -> bytes:
