@@ -153,6 +153,7 @@ class Namespace:
 
     def start(self) -> None:
         """Start the uploader threads (called from FUSE init, never before a fork)."""
+        self.data.start()
         self.uploader.start()
         self.evictor.start()
         self.remote.start()
@@ -166,6 +167,7 @@ class Namespace:
         self.evictor.stop()
         self.remote.stop()
         self._readahead.shutdown(wait=False, cancel_futures=True)
+        self.data.stop()
 
     # ---- lookups ----------------------------------------------------------------
 
@@ -415,8 +417,7 @@ class Namespace:
             return fh
         with self._lock:
             old = self.index.get(key)
-            name = self.data.new_name(key)
-            fd = self.data.create(name)
+            name, fd = self.data.create()
             e = Entry(key, self._route(key, 0), kind="file", state="dirty", op=OP_PUT, data_name=name,
                       mtime=time.time(), mode=stat.S_IFREG | (mode & 0o7777), uid=uid, gid=gid,
                       generation=(old.generation + 1) if old else 1,
@@ -471,8 +472,7 @@ class Namespace:
         if e.data_name and self.data.exists(e.data_name):
             fd = self.data.open(e.data_name)
         else:
-            e.data_name = self.data.new_name(key)
-            fd = self.data.create(e.data_name, e.size)
+            e.data_name, fd = self.data.create(e.size)
             n = (e.size + self.chunk_size - 1) // self.chunk_size
             e.chunks = bytes(n) if n else None
         node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead, self.readahead,
@@ -1019,8 +1019,7 @@ class Namespace:
 
     def _stage(self, source: Provider, key: str, size: int) -> str:
         """Copy an object into a scratch cache file (its name returned), for another provider."""
-        name = self.data.new_name(key)
-        fd = self.data.create(name, size)
+        name, fd = self.data.create(size)
         try:
             for off in range(0, size, self.chunk_size):
                 os.pwrite(fd, source.get_range(key, off, min(self.chunk_size, size - off)), off)

@@ -11,7 +11,9 @@
 5. ranged reads fetch only the chunks read; a sequential read fetches the object once; a
    wholly cached file read at random is read once into the page cache, and one read in
    order has the cache file read 16 MiB ahead of it;
-6. a folder of 10,000 keys lists whole (os.listdir, ls -f), and nothing is listed at mount.
+6. creates take cache data files made ahead of time; the unused ones go at unmount, and
+   those a kill -9 left behind at the next mount;
+7. a folder of 10,000 keys lists whole (os.listdir, ls -f), and nothing is listed at mount.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import errno
 import hashlib
 import os
 import random
+import sqlite3
 import stat
 import subprocess
 import time
@@ -684,7 +687,56 @@ def test_a_sequential_reader_of_a_cached_file_has_the_disk_read_ahead(store):
         assert sha256(f.read()) == sha256(data)
 
 
-# --------------------------------------------------------------------------- 6. 10,000 keys
+# --------------------------------------------------------------------------- 6. data files made ahead
+
+
+def _data_files(store: StorefsMount) -> set[str]:
+    return {p.name for p in (store.cache / "data").rglob("*") if p.is_file()}
+
+
+def _journaled_data_files(store: StorefsMount) -> set[str]:
+    with contextlib.closing(sqlite3.connect(store.cache / "journal.db")) as db:
+        return {row[0] for row in db.execute("SELECT data_name FROM entries WHERE data_name IS NOT NULL")}
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_creates_take_data_files_made_ahead_and_none_outlives_the_mount(store):
+    """New files' cache data goes into files made ahead of time (a create then allocates no
+    inode); the unused ones go at unmount, and those a kill -9 leaves behind at the next mount."""
+    art = store.path(ART)
+    art.mkdir(parents=True)
+    _wait_for("no data files made ahead", lambda: len(_data_files(store)) >= 16)
+    ahead = _data_files(store)
+    files = {f"f{i:02d}.bin": payload(f"ahead{i}", 1000 + i) for i in range(20)}
+    for name, data in files.items():
+        (art / name).write_bytes(data)
+    used = ahead - _data_files(store)
+    assert not used, "a data file made ahead disappeared"
+    store.flush()
+    # the files written use data files that were there before they were created
+    assert len(_journaled_data_files(store) & ahead) == len(files)
+
+    store.kill9()
+    left = _data_files(store) - _journaled_data_files(store)
+    assert left, "the killed daemon left no unused data files behind (nothing to check)"
+    store.start()
+    _wait_for("the sweep at mount", lambda: not (left & _data_files(store)))
+    assert {n: (art / n).read_bytes() for n in files} == files
+
+    store.unmount()
+    assert _data_files(store) == _journaled_data_files(store), "unused data files left after unmount"
+    store.start()
+    store.remount(empty_cache=True)
+    assert {n: (art / n).read_bytes() for n in files} == files
+
+
+# --------------------------------------------------------------------------- 7. 10,000 keys
 
 
 def _fill(store: StorefsMount, folder: str, names: list[str]) -> None:

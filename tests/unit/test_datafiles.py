@@ -1,0 +1,110 @@
+"""Cache data files: creates take a file made ahead of time, and no ready file outlives the mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from storefs.cache.datafiles import DataFiles
+from storefs.errors import CacheFull
+
+from test_namespace import make_ns, mkdirs, write_file
+
+
+def on_disk(d: DataFiles) -> set[str]:
+    return d.names()
+
+
+def wait_ready(d: DataFiles, n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(on_disk(d)) < n:
+        assert time.monotonic() < deadline, f"{len(on_disk(d))} ready files, expected {n}"
+        time.sleep(0.01)
+
+
+def test_creates_take_ready_files_which_are_made_again(tmp_path: Path) -> None:
+    d = DataFiles(str(tmp_path), spares=8)
+    d.start()
+    try:
+        wait_ready(d, 8)
+        made = []
+        for _ in range(12):  # more than are ready: the rest are refilled, or made on the spot
+            name, fd = d.create()
+            os.write(fd, b"bytes")
+            made.append((name, fd))
+        assert d.taken >= 8
+        assert len({name for name, _ in made}) == 12
+        for name, fd in made:
+            assert os.pread(fd, 10, 0) == b"bytes"
+            assert os.path.getsize(d.path(name)) == 5
+            os.close(fd)
+        wait_ready(d, 12 + 4)  # refilled to at least half again
+    finally:
+        d.stop()
+
+
+def test_a_sparse_create_from_a_ready_file_has_its_size(tmp_path: Path) -> None:
+    d = DataFiles(str(tmp_path), spares=4)
+    d.start()
+    try:
+        wait_ready(d, 4)
+        name, fd = d.create(3 << 20)
+        assert d.taken == 1
+        assert os.fstat(fd).st_size == 3 << 20 and os.fstat(fd).st_blocks == 0
+        os.close(fd)
+    finally:
+        d.stop()
+
+
+def test_stop_deletes_the_ready_files_and_keeps_the_used_ones(tmp_path: Path) -> None:
+    d = DataFiles(str(tmp_path), spares=6)
+    d.start()
+    wait_ready(d, 6)
+    name, fd = d.create()
+    os.close(fd)
+    d.stop()
+    assert on_disk(d) == {name}
+
+
+def test_without_the_thread_creates_make_their_own_files(tmp_path: Path) -> None:
+    d = DataFiles(str(tmp_path), spares=0)
+    d.start()
+    name, fd = d.create(10)
+    os.close(fd)
+    assert d.taken == 0 and on_disk(d) == {name}
+    d.stop()
+
+
+def test_a_full_disk_is_reported_by_the_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = DataFiles(str(tmp_path), spares=4)
+
+    def full(*args: object, **kw: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "open", full)
+    d.start()  # the filler finds no room and waits
+    with pytest.raises(CacheFull):
+        d.create()
+    d.stop()
+    monkeypatch.undo()
+    assert on_disk(d) == set()
+
+
+def test_ready_files_left_by_a_crash_are_swept_at_the_next_start(tmp_path: Path) -> None:
+    ns, _ = make_ns(tmp_path, delay="1h")
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    write_file(ns, "t/image/b/a/kept", b"kept")
+    wait_ready(ns.data, ns.data.spares)  # the kept file and the ready ones
+    # no stop(): the process "dies" with its ready files on disk
+    ns2, p2 = make_ns(tmp_path, delay="0s")
+    assert on_disk(ns2.data) == {ns2.index.get("t/image/b/a/kept").data_name}
+    ns2.start()
+    assert ns2.flush_all(20)
+    assert (tmp_path / "data/t/image/b/a/kept").read_bytes() == b"kept"
+    ns2.stop()
+    assert on_disk(ns2.data) == {ns2.index.get("t/image/b/a/kept").data_name}
