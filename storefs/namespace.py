@@ -366,6 +366,8 @@ class Namespace:
                       mtime=time.time(), mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid,
                       remote=bool(old and old.remote), generation=(old.generation + 1) if old else 1)
             self.index.put(e)
+        if old is None:
+            self.remote.known_empty(key)
         self._schedule(e.key)
 
     def rmdir(self, key: str) -> None:

@@ -143,11 +143,14 @@ class RemoteView:
             self._listings[prefix] = (time.monotonic() + self.ttl if fresh else 0.0, merged)
             self._fetched[prefix] = started
             self._listings.move_to_end(prefix)
-            while len(self._listings) > MAX_LISTINGS:
-                gone = self._listings.popitem(last=False)[0]
-                self._fetched.pop(gone, None)
-                self._used.pop(gone, None)
+            self._trim()
         return merged
+
+    def _trim(self) -> None:
+        while len(self._listings) > MAX_LISTINGS:
+            gone = self._listings.popitem(last=False)[0]
+            self._fetched.pop(gone, None)
+            self._used.pop(gone, None)
 
     def _cached_listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
         now = time.monotonic()
@@ -257,6 +260,23 @@ class RemoteView:
             if self._call(pname, p.dir_exists, key + "/"):
                 return (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
         return None
+
+    def known_empty(self, key: str) -> None:
+        """storefs just made folder key, which no provider had: its listing is empty, no request needed.
+
+        A new artifact folder's first file then costs no listing; a name another client puts
+        there meanwhile is found by the miss recheck, as in any listing older than MISS_RECHECK.
+        """
+        prefix = key.rstrip("/") + "/"
+        if not self._list_lookups or any(self.is_down(p) for p in self.order):
+            return  # a provider that does not answer gave no evidence that the folder is new
+        now = time.monotonic()
+        with self._lock:
+            if prefix in self._listings:
+                return
+            self._listings[prefix] = (now + self.ttl, {})
+            self._fetched[prefix] = now
+            self._trim()
 
     def record(self, key: str, found: tuple[str, ObjectInfo] | None) -> None:
         """storefs itself just changed key in a provider (found: what is there now, None: gone).

@@ -292,6 +292,33 @@ def test_a_folder_in_use_is_listed_again_in_the_background(store):
     assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
 
 
+def test_a_folder_made_through_the_mount_costs_no_listing(store):
+    """A new artifact folder is known empty: its first files are created without listing it.
+
+    Observable through the kernel: an object another client puts there right after the mkdir
+    is not found by its path at once (storefs asked nothing: a listing would have it), and is
+    found once the folder's empty listing is older than the 2 s miss recheck.
+    """
+    c, b = s3(store), bucket(store)
+    art = "t1/image/b1/fresh"
+    (store.mnt / art).mkdir(parents=True)
+    t0 = time.monotonic()
+    c.put_object(Bucket=b, Key=f"{art}/theirs.png", Body=b"theirs")
+    for i in range(5):
+        (store.mnt / art / f"mine{i}.png").write_bytes(b"mine%d" % i)
+    assert not (store.mnt / art / "theirs.png").exists(), "the new folder was listed"
+    assert time.monotonic() - t0 < 1.5, "too slow to tell a listing from the miss recheck"
+    while not (store.mnt / art / "theirs.png").exists():
+        assert time.monotonic() - t0 < 6, "another client's object did not show by its path"
+        time.sleep(0.2)
+    store.flush()
+    assert sorted(k.rpartition("/")[2] for k in store.provider_keys(art + "/")) == \
+        ["mine0.png", "mine1.png", "mine2.png", "mine3.png", "mine4.png", "theirs.png"]
+    store.remount(empty_cache=True)
+    assert sorted(os.listdir(store.mnt / art)) == [f"mine{i}.png" for i in range(5)] + ["theirs.png"]
+    assert (store.mnt / art / "mine3.png").read_bytes() == b"mine3"
+
+
 @pytest.mark.storefs_config(writeback_delay="30s")
 def test_state_xattr_dirty_then_clean(store):
     art = store.mnt / ART

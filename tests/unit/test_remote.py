@@ -80,6 +80,35 @@ def test_a_name_missing_from_an_older_listing_is_checked_again(
     assert p.lists == 2
 
 
+def test_a_folder_made_here_is_known_empty_until_the_miss_recheck(
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+    v, p, base = view
+    v.known_empty("t/image/b/new")
+    for i in range(20):
+        assert v.lookup(f"t/image/b/new/f{i}.png") is None
+    assert v.listing("t/image/b/new/") == {}
+    assert p.lists == 0 and p.heads == 0
+    put(base, "t/image/b/new/theirs.png")  # another client writes into it
+    clock[0] += remote.MISS_RECHECK + 0.1
+    assert v.lookup("t/image/b/new/theirs.png") is not None  # found as in any older listing
+    assert p.lists == 1
+
+
+def test_a_folder_already_listed_or_made_while_the_provider_is_down_is_not_assumed_empty(
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+    v, p, base = view
+    put(base, "t/image/b/old/1.png")
+    assert set(v.listing("t/image/b/old/")) == {"1.png"}
+    v.known_empty("t/image/b/old")
+    assert set(v.listing("t/image/b/old/")) == {"1.png"}
+    v._down_until["s3"] = clock[0] + 5  # the provider did not answer a moment ago
+    v.known_empty("t/image/b/other")
+    clock[0] += 6
+    put(base, "t/image/b/other/1.png")
+    assert v.lookup("t/image/b/other/1.png") is not None
+    assert p.lists == 2
+
+
 def test_own_changes_update_the_cached_listing(view: tuple[RemoteView, ListingProvider, Path]) -> None:
     v, p, base = view
     assert v.lookup("t/image/b/a/x.png") is None
