@@ -1125,6 +1125,16 @@ class Namespace:
                 (held if node is not None and node.writers > 0 else ready).append(e)
             return ready, held
 
+    def _ready_count(self) -> int:
+        """len(waiting()[0]) from counters and the open files, not a scan of every entry."""
+        with self._lock:
+            held = 0
+            for key, node in self._nodes.items():
+                if node.writers > 0:
+                    e = self.index.get(key)
+                    held += e is not None and e.pending
+            return self.index.pending_count() - held
+
     def flush_all(self, timeout: float | None, progress: Callable[[dict], None] | None = None) -> bool:
         """Wait until every closed change has reached its provider; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1132,18 +1142,21 @@ class Namespace:
             self._flushing += 1
         try:
             self.uploader.hurry()
-            last = 0.0
+            last = scanned = 0.0
             while True:
-                ready, held = self.waiting()
-                if not ready:
-                    return True
+                # woken by every finished upload: a count, and the full scan that decides only
+                # when the count says done or at most 5 times a second
                 now = time.monotonic()
+                if self._ready_count() <= 0 or now - scanned >= 0.2:
+                    if not self.waiting()[0]:
+                        return True
+                    self.uploader.hurry()  # changes closed meanwhile skip their quiet delay too
+                    scanned = now
                 if progress is not None and now - last >= 0.5:
                     progress(self.status())
                     last = now
                 if deadline is not None and now > deadline:
                     return False
-                self.uploader.hurry()
                 self.uploader.wait_change(0.2)
         finally:
             with self._lock:

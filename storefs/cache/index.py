@@ -129,6 +129,10 @@ class EntryIndex:
     def is_copy_source(self, key: str) -> bool:
         return self._copy_sources.get(key, 0) > 0
 
+    def pending_count(self) -> int:
+        """How many entries are pending, without a scan (every key lies below the root '')."""
+        return self._pending_below.get("", 0)
+
     def pending(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.pending]
 

@@ -224,3 +224,23 @@ def test_crash_in_the_middle_of_a_folder_rename_loses_nothing(tmp_path: Path) ->
         assert (tmp_path / f"data/t/image/b2/a/f{i}").read_bytes() == f"v{i}".encode()
         assert not (tmp_path / f"data/t/image/b/a/f{i}").exists()
     ns2.stop()
+
+
+def test_the_count_flush_polls_matches_the_scan(tmp_path: Path) -> None:
+    """flush_all wakes at every finished upload and asks a count: it must agree with waiting()."""
+    ns, p = make_ns(tmp_path, delay="1h")
+    mkdirs(ns, "t/image/b/a")
+    for i in range(5):
+        write_file(ns, f"t/image/b/a/f{i}", b"x")
+    fh = ns.open("t/image/b/a/f0", os.O_RDWR)
+    ns.write(fh, b"held open", 0)
+    ns.unlink("t/image/b/a/f1")  # never uploaded: nothing left to do for it
+    ns.chmod("t/image/b/a", 0o700)
+    # f2-f4 and the four folders; f0 is held open for writing
+    assert ns._ready_count() == len(ns.waiting()[0]) == 7
+    ns.release(fh)
+    assert ns._ready_count() == len(ns.waiting()[0]) == 8
+    ns.start()
+    assert ns.flush_all(20)
+    assert ns._ready_count() == len(ns.waiting()[0]) == 0
+    ns.stop()
