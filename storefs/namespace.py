@@ -328,6 +328,7 @@ class Namespace:
             if not (f.entry is not None or self.index.has_live_below(prefix)):
                 raise
             listing = {}  # a folder this mount made: what the journal knows is all there is
+        self.remote.prefetch_below(prefix, listing)
         for name in listing:
             with self._lock:
                 e = self.index.get(prefix + name)

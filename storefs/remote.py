@@ -12,6 +12,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import NotFound, ProviderUnavailable
 from .providers.base import ObjectInfo, Provider
@@ -41,6 +42,12 @@ REFRESH_MAX_NAMES = 5000
 #: after a provider failed to answer, lookups skip it this long instead of waiting on it again
 DOWN_FOR = 5.0
 MAX_DOWN_FOR = 30.0
+#: a folder's listing, once read, has its first subfolders listed in the background, this many
+#: at a time: a walk (find, du, rsync, ls -R) lists them next, one round trip each, in turn
+PREFETCH_SUBFOLDERS = 64
+PREFETCH_THREADS = 8
+#: a request for a listing being fetched in the background waits for it this long at most
+PREFETCH_WAIT = 5.0
 
 
 class RemoteView:
@@ -57,6 +64,8 @@ class RemoteView:
         self._used: dict[str, float] = {}  # when each cached listing last answered a request
         self._halt = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetching: dict[str, threading.Event] = {}  # set when that folder's background listing ends
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -111,6 +120,14 @@ class RemoteView:
                 self._listings.move_to_end(prefix)
                 self._used[prefix] = now
                 return hit[1]
+            ahead = None if refresh else self._prefetching.get(prefix)
+        if ahead is not None and ahead.wait(PREFETCH_WAIT):  # a walk caught up with its read-ahead
+            with self._lock:
+                hit = self._listings.get(prefix)
+                if hit and hit[0] > time.monotonic():
+                    self._listings.move_to_end(prefix)
+                    self._used[prefix] = now
+                    return hit[1]
         merged: dict[str, tuple[str, ObjectInfo]] = {}
         with self._lock:
             epoch = self._epochs.get(prefix, 0)
@@ -164,17 +181,68 @@ class RemoteView:
     # ---- keeping listings in use fresh ------------------------------------------------
 
     def start(self) -> None:
-        """Refresh listings in use before they expire, off the request path (object stores only)."""
+        """Refresh listings in use before they expire, and list subfolders ahead of a walk, off the
+        request path (object stores only)."""
         if self._list_lookups and self.ttl > 0 and self._refresher is None:
             self._halt.clear()
             self._refresher = threading.Thread(target=self._refresh_loop, name="storefs-listings", daemon=True)
             self._refresher.start()
+            self._prefetcher = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="storefs-prefetch")
 
     def stop(self) -> None:
         self._halt.set()
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=False, cancel_futures=True)
+            self._prefetcher = None
+        for prefix in list(self._prefetching):  # cancelled ones: nobody may wait on them
+            self._prefetched(prefix)
         if self._refresher is not None:
             self._refresher.join(timeout=5)
             self._refresher = None
+
+    def prefetch_below(self, prefix: str, listing: dict[str, tuple[str, ObjectInfo]]) -> None:
+        """A folder's listing was read: list its first subfolders not cached yet, in the background.
+
+        Such listings are not marked in use, so they expire unless a request reads them.
+        """
+        pool = self._prefetcher
+        if pool is None or any(self.is_down(p) for p in self.order):
+            return
+        now = time.monotonic()
+        with self._lock:
+            todo = []
+            for name in listing:
+                if name.endswith("/"):
+                    sub = prefix + name
+                    hit = self._listings.get(sub)
+                    if (hit is None or hit[0] <= now) and sub not in self._prefetching \
+                            and self._big.get(sub, 0.0) <= now:
+                        todo.append(sub)
+                        self._prefetching[sub] = threading.Event()
+                        if len(todo) >= PREFETCH_SUBFOLDERS:
+                            break
+        for sub in todo:
+            try:
+                pool.submit(self._prefetch, sub)
+            except RuntimeError:  # shut down meanwhile (unmount)
+                self._prefetched(sub)
+
+    def _prefetch(self, prefix: str) -> None:
+        try:
+            if not self._halt.is_set():
+                self._listing(prefix, LOOKUP_LISTING_MAX, refresh=True)  # bigger ones: HEADs anyway
+        except ProviderUnavailable:
+            pass  # a request that needs the listing asks again, and reports the outage
+        except Exception:  # noqa: BLE001 - a failed prefetch leaves the listing to be fetched on demand
+            log.exception("background listing of %r failed", prefix)
+        finally:
+            self._prefetched(prefix)
+
+    def _prefetched(self, prefix: str) -> None:
+        with self._lock:
+            done = self._prefetching.pop(prefix, None)
+        if done is not None:
+            done.set()
 
     def _refresh_loop(self) -> None:
         tick = min(1.0, max(0.05, self.ttl * REFRESH_AHEAD / 3))

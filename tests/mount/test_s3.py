@@ -319,6 +319,32 @@ def test_a_folder_made_through_the_mount_costs_no_listing(store):
     assert (store.mnt / art / "mine3.png").read_bytes() == b"mine3"
 
 
+def test_a_listed_folder_has_its_subfolders_listed_ahead_of_a_walk(store):
+    """Reading a folder lists its subfolders in the background, so a walk finds them listed.
+
+    Observable through the kernel: an object another client adds to a subfolder after the
+    parent was read (and the background listings ran) is not in that subfolder's `ls` (a
+    listing fetched on demand would have it); the walk sees every other file, and all of them
+    after a remount with an empty cache.
+    """
+    c, b = s3(store), bucket(store)
+    board = "t1/image/walked"
+    keys = [f"{board}/a{i:02d}/f{j}.png" for i in range(20) for j in range(3)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: c.put_object(Bucket=b, Key=k, Body=k.encode()), keys))
+    assert len(os.listdir(store.mnt / board)) == 20
+    time.sleep(1.0)  # the background listings of the 20 subfolders
+    c.put_object(Bucket=b, Key=f"{board}/a07/late.png", Body=b"late")
+    seen = sorted(str(Path(d, f).relative_to(store.mnt)) for d, _, files in os.walk(store.mnt / board)
+                  for f in files)
+    assert seen == sorted(keys), "the walk did not find the subfolders listed ahead of it"
+    store.remount(empty_cache=True)
+    seen = sorted(str(Path(d, f).relative_to(store.mnt)) for d, _, files in os.walk(store.mnt / board)
+                  for f in files)
+    assert seen == sorted(keys + [f"{board}/a07/late.png"])
+    assert (store.mnt / board / "a07" / "f2.png").read_bytes() == f"{board}/a07/f2.png".encode()
+
+
 @pytest.mark.storefs_config(writeback_delay="30s")
 def test_state_xattr_dirty_then_clean(store):
     art = store.mnt / ART

@@ -109,6 +109,55 @@ def test_a_folder_already_listed_or_made_while_the_provider_is_down_is_not_assum
     assert p.lists == 2
 
 
+def _settle(v: RemoteView, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while v._prefetching:
+        assert time.monotonic() < deadline, "background listings still running"
+        time.sleep(0.01)
+
+
+def test_reading_a_folder_lists_its_subfolders_in_the_background(
+        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    v, p, base = view
+    monkeypatch.setattr(remote, "PREFETCH_SUBFOLDERS", 5)
+    for i in range(8):
+        put(base, f"t/image/b/a{i}/f.png")
+    v.start()
+    try:
+        listing = v.listing("t/image/b/")
+        v.prefetch_below("t/image/b/", listing)
+        _settle(v)
+        assert p.lists == 1 + 5
+        v.prefetch_below("t/image/b/", listing)  # the other 3; the 5 cached ones are not asked again
+        _settle(v)
+        assert p.lists == 9
+        v.prefetch_below("t/image/b/", listing)
+        _settle(v)
+        assert p.lists == 9
+        assert v.due_refreshes() == []  # never marked in use: they expire unless read
+        for i in range(8):  # a walk finds them listed: no request
+            assert set(v.listing(f"t/image/b/a{i}/")) == {"f.png"}
+            assert v.lookup(f"t/image/b/a{i}/f.png") is not None
+        assert p.lists == 9
+    finally:
+        v.stop()
+
+
+def test_no_background_listing_while_the_provider_is_down(
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+    v, p, base = view
+    put(base, "t/image/b/a/f.png")
+    v.start()
+    try:
+        listing = v.listing("t/image/b/")
+        v._down_until["s3"] = clock[0] + 5
+        v.prefetch_below("t/image/b/", listing)
+        _settle(v)
+        assert p.lists == 1
+    finally:
+        v.stop()
+
+
 def test_own_changes_update_the_cached_listing(view: tuple[RemoteView, ListingProvider, Path]) -> None:
     v, p, base = view
     assert v.lookup("t/image/b/a/x.png") is None
