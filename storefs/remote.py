@@ -66,6 +66,7 @@ class RemoteView:
         self._refresher: threading.Thread | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
         self._prefetching: dict[str, threading.Event] = {}  # set when that folder's background listing ends
+        self._prefetched_for: dict[str, float] = {}  # parents whose subfolders were listed ahead, until when
         self._heads: OrderedDict[str, tuple[float, tuple[str, ObjectInfo] | None]] = OrderedDict()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -210,6 +211,10 @@ class RemoteView:
             return
         now = time.monotonic()
         with self._lock:
+            # once per parent per TTL: an `ls` run again and again never lists subfolders in a loop
+            if self._prefetched_for.get(prefix, 0.0) > now:
+                return
+            self._prefetched_for[prefix] = now + self.ttl
             todo = []
             for name in listing:
                 if name.endswith("/"):
@@ -403,6 +408,8 @@ class RemoteView:
             self._epochs.clear()  # a fetch under way then caches as expired: harmless
         if len(self._big) > MAX_LISTINGS:
             self._big = {k: t for k, t in self._big.items() if t > now}
+        if len(self._prefetched_for) > MAX_LISTINGS:
+            self._prefetched_for = {k: t for k, t in self._prefetched_for.items() if t > now}
 
     def forget(self, key: str) -> None:
         """Drop what is cached about key and its folder, after another program changed it."""
