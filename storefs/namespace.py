@@ -418,9 +418,9 @@ class Namespace:
             fh = self.open(key, os.O_RDWR)
             self.truncate(key, 0, fh)
             return fh
+        name, fd = self.data.create()  # outside the lock: with no file ready, the disk makes one
         with self._lock:
             old = self.index.get(key)
-            name, fd = self.data.create()
             e = Entry(key, self._route(key, 0), kind="file", state="dirty", op=OP_PUT, data_name=name,
                       mtime=time.time(), mode=stat.S_IFREG | (mode & 0o7777), uid=uid, gid=gid,
                       generation=(old.generation + 1) if old else 1,

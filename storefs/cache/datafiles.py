@@ -38,7 +38,7 @@ class DataFiles:
         self._cond = threading.Condition()
         self._halt = False
         self._filler: threading.Thread | None = None
-        self.taken = 0  # creates served by a ready file, for tests and status
+        self.taken = 0  # creates served by a ready file (tests check the thread keeps up)
 
     @staticmethod
     def new_name() -> str:
