@@ -216,7 +216,7 @@ class S3Provider(Provider):
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
         self.endpoint = _safe_endpoint(cfg.endpoint_url or self._client.meta.endpoint_url)
-        # the hot requests (small PUTs, listing pages, ranged GETs) skip boto3's pipeline until a server refuses them
+        # the hot requests (small PUTs, listing pages, ranged GETs) skip boto3 until a server refuses them
         self._lean = True
         self._lean_by_client = {id(c): LeanS3(c, self._session, self.bucket)
                                 for c in (self._client, self._meta_client, self._read_client)}
@@ -578,6 +578,8 @@ class S3Provider(Provider):
             raise self._error(e, self._what(key)) from e
 
     def close(self) -> None:
+        for lean in self._lean_by_client.values():
+            lean.close()
         for client in (self._client, self._read_client, self._meta_client, self._check_client):
             try:
                 client.close()

@@ -16,10 +16,11 @@ from urllib.parse import quote
 
 import pytest
 from boto3.exceptions import S3UploadFailedError
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError, ReadTimeoutError
 
 from storefs import errors
 from storefs.providers.base import ObjectMeta
+from storefs.providers.s3_http import Answer
 from storefs.providers.s3 import (S3Provider, S3Settings, decode_value, encode_value, format_mtime, parse_mode,
                                   parse_mtime, xattr_metadata_key)
 try:
@@ -241,12 +242,13 @@ def test_markers_and_implicit_dirs(s3, raw, base, tmp_path):
     sent = []
     hook = lambda params, **kw: sent.append(params["headers"])  # noqa: E731
     lean = s3._lean_by_client[id(s3._client)]
+    lean._resolve()
     real = lean._http
 
     class Recording:
-        def send(self, request):
-            sent.append(dict(request.headers))
-            return real.send(request)
+        def request(self, method, target, headers, body=None, limit=None):
+            sent.append(dict(headers))
+            return real.request(method, target, headers, body, limit)
     lean._http = Recording()
     s3._client.meta.events.register("before-call.s3.PutObject", hook)  # the boto3 path, if it is taken
     try:
@@ -440,19 +442,18 @@ def test_small_puts_errors_and_fallback_to_the_full_client(server, raw, base, tm
     with pytest.raises(errors.ProviderUnavailable, match="cannot reach"):
         down.put_file(base + "a", src, ObjectMeta(mtime=1.0))
 
-    class Answer:
-        def __init__(self, status: int, content: bytes) -> None:
-            self.status_code, self.content, self.headers = status, content, {}
-
     class Http:
         def __init__(self, status: int, content: bytes) -> None:
-            self.answer, self.calls = Answer(status, content), 0
+            self.answer, self.calls = Answer(status, {}, content), 0
 
-        def send(self, request):
-            if hasattr(request.body, "read"):
-                request.body.read()  # as a real send would: the fallback must start from byte 0 again
+        def request(self, method, target, headers, body=None, limit=None):
+            if hasattr(body, "read"):
+                body.read()  # as a real send would: the fallback must start from byte 0 again
             self.calls += 1
             return self.answer
+
+        def close(self) -> None:
+            pass
 
     p = S3Provider(settings(server))
     p._lean_by_client[id(p._client)]._http = Http(404, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
@@ -520,25 +521,21 @@ def test_lean_ranged_get_reads_what_boto3_reads(s3, raw, base):
 
 def test_lean_ranged_get_cut_off_or_busy_is_retried(s3, raw, base):
     """A body cut off mid-way is retried within the read deadline; a busy answer goes to boto3 once."""
-    import urllib3
-
     data = bytes(range(200)) * 500
     raw.put_object(Bucket=BUCKET, Key=base + "x.bin", Body=data)
     lean = s3._lean_by_client[id(s3._read_client)]
+    lean._resolve()
     real = lean._http
 
     class CutOff:
         def __init__(self) -> None:
             self.calls = 0
 
-        def send(self, request):
+        def request(self, *args, **kwargs):
             self.calls += 1
-            answer = real.send(request)
-            if self.calls == 1:
-                def broken(*_a, **_k):
-                    raise urllib3.exceptions.ProtocolError("connection broken mid-body")
-                answer.raw.read = broken
-            return answer
+            if self.calls == 1:  # as the connections report a body cut off mid-way
+                raise IncompleteReadError(actual_bytes=1000, expected_bytes=50_000)
+            return real.request(*args, **kwargs)
 
     lean._http = cut = CutOff()
     try:
@@ -549,11 +546,10 @@ def test_lean_ranged_get_cut_off_or_busy_is_retried(s3, raw, base):
 
     class Busy:
         calls = 0
-        status_code, headers, content = 503, {}, b"<Error><Code>SlowDown</Code></Error>"
 
-        def send(self, request):
+        def request(self, *args, **kwargs):
             Busy.calls += 1
-            return self
+            return Answer(503, {}, b"<Error><Code>SlowDown</Code></Error>")
 
     lean._http = Busy()
     try:

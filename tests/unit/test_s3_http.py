@@ -1,0 +1,220 @@
+"""The lean requests' connections against a local HTTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+from botocore.exceptions import (ConnectionClosedError, EndpointConnectionError, IncompleteReadError,
+                                 ReadTimeoutError)
+
+from storefs.providers.s3_http import Connections, TooLarge
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive unless told otherwise
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _chunked(self, pieces: list[bytes]) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for p in pieces:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(p), p))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def do_GET(self) -> None:
+        self.requests_here = getattr(self, "requests_here", 0) + 1
+        self.server.seen.append((self.client_address[1], self.path, dict(self.headers)))
+        if self.path == "/ok":
+            self._answer(200, b"hello")
+        elif self.path == "/chunked":
+            self._chunked([b"one ", b"two ", b"three"])
+        elif self.path == "/cut":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            self.close_connection = True
+        elif self.path == "/slow":
+            time.sleep(1.5)
+            self._answer(200, b"late")
+        elif self.path == "/big":
+            self._answer(200, b"b" * 10_000)
+        elif self.path == "/big-chunked":
+            self._chunked([b"c" * 4000] * 3)
+        elif self.path == "/error":
+            self._answer(404, b"<Error><Code>NoSuchKey</Code>" + b" " * 5000 + b"</Error>")
+        elif self.path == "/then-close":
+            self._answer(200, b"bye")
+            self.wfile.flush()
+            self.close_connection = True  # closes without saying so: the pooled connection goes stale
+        elif self.path == "/drop-later":
+            if self.requests_here > 1:  # a kept-alive connection the server drops as the request arrives
+                self.close_connection = True
+                return
+            self._answer(200, b"first")
+        else:
+            self._answer(404, b"")
+
+    def do_PUT(self) -> None:
+        n = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(n)
+        self.server.seen.append((self.client_address[1], self.path, dict(self.headers)))
+        self._answer(200, b"", {"ETag": '"%s"' % hashlib.md5(body).hexdigest()})
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.seen = []
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def url(srv) -> str:
+    return f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+def test_connections_are_kept_and_shared(server):
+    c = Connections(url(server), 2.0, 2.0)
+    for _ in range(5):
+        a = c.request("GET", "/ok", {"host": c.host})
+        assert (a.status, a.body) == (200, b"hello") and a.headers["content-length"] == "5"
+    assert len({port for port, _, _ in server.seen}) == 1  # one connection for five requests in a row
+    answers = []
+
+    def get() -> None:
+        answers.append(c.request("GET", "/ok", {"host": c.host}).body)
+    threads = [threading.Thread(target=get) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [b"hello"] * 8
+    assert server.seen[0][2]["host"] == f"127.0.0.1:{server.server_address[1]}"
+    c.close()
+
+
+def test_bodies_chunked_and_from_files(server, tmp_path):
+    c = Connections(url(server), 2.0, 2.0)
+    assert c.request("GET", "/chunked", {"host": c.host}).body == b"one two three"
+    data = bytes(range(256)) * 12_000  # 3 MiB: sent in blocks from the file
+    f = io.BytesIO(b"head" + data)
+    f.seek(4)
+    a = c.request("PUT", "/obj", {"host": c.host, "content-length": str(len(data))}, f)
+    assert a.headers["etag"] == '"%s"' % hashlib.md5(data).hexdigest()
+    a = c.request("PUT", "/small", {"host": c.host, "content-length": "3"}, b"abc")
+    assert a.headers["etag"] == '"%s"' % hashlib.md5(b"abc").hexdigest()
+    assert len({port for port, _, _ in server.seen}) == 1
+    c.close()
+
+
+def test_a_connection_the_server_closed_is_replaced_before_or_during_the_request(server, caplog):
+    c = Connections(url(server), 2.0, 2.0)
+    assert c.request("GET", "/then-close", {"host": c.host}).body == b"bye"
+    time.sleep(0.2)  # the server has closed it by now: seen as closed before sending, so nothing is sent twice
+    with caplog.at_level("DEBUG", logger="storefs.providers.s3_http"):
+        assert c.request("GET", "/ok", {"host": c.host}).body == b"hello"
+    assert "closed by the server" not in caplog.text
+    # the kept connection again: the server drops it on receipt, and the request goes again on a new one
+    assert c.request("GET", "/drop-later", {"host": c.host}).body == b"first"
+    seen = [(port, path) for port, path, _ in server.seen]
+    assert [path for _, path in seen] == ["/then-close", "/ok", "/drop-later", "/drop-later"]
+    ports = [port for port, _ in seen]
+    assert len(set(ports)) == 3 and ports[1] == ports[2] and ports[3] not in ports[:3]
+    c.close()
+
+
+def test_failures_are_botocores_exceptions(server):
+    c = Connections(url(server), 2.0, 0.5)
+    with pytest.raises(IncompleteReadError):
+        c.request("GET", "/cut", {"host": c.host})
+    with pytest.raises(ReadTimeoutError):
+        c.request("GET", "/slow", {"host": c.host})
+    assert c.request("GET", "/ok", {"host": c.host}).body == b"hello"  # and the pool still works
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = Connections(f"http://127.0.0.1:{port}", 1.0, 1.0)
+    with pytest.raises(EndpointConnectionError):
+        down.request("GET", "/ok", {"host": down.host})
+    # a server that accepts and then closes at once, on a fresh connection: no second try
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+
+        def close_all() -> None:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                conn.recv(65536)
+                conn.close()
+        t = threading.Thread(target=close_all, daemon=True)
+        t.start()
+        rude = Connections(f"http://127.0.0.1:{listener.getsockname()[1]}", 1.0, 1.0)
+        with pytest.raises(ConnectionClosedError):
+            rude.request("GET", "/ok", {"host": rude.host})
+    c.close()
+
+
+def test_a_limit_stops_oversized_bodies_but_not_errors(server):
+    c = Connections(url(server), 2.0, 2.0)
+    with pytest.raises(TooLarge):
+        c.request("GET", "/big", {"host": c.host}, limit=100)
+    with pytest.raises(TooLarge):
+        c.request("GET", "/big-chunked", {"host": c.host}, limit=100)
+    assert len(c.request("GET", "/big-chunked", {"host": c.host}, limit=12_000).body) == 12_000
+    a = c.request("GET", "/error", {"host": c.host}, limit=100)
+    assert a.status == 404 and b"NoSuchKey" in a.body
+    assert c.request("GET", "/ok", {"host": c.host}, limit=5).body == b"hello"
+    c.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_https_verifies_as_told(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.seen = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        origin = f"https://127.0.0.1:{srv.server_address[1]}"
+        trusted = Connections(origin, 2.0, 2.0, verify=str(cert))
+        assert trusted.request("GET", "/ok", {"host": trusted.host}).body == b"hello"
+        assert trusted.request("GET", "/ok", {"host": trusted.host}).body == b"hello"
+        assert Connections(origin, 2.0, 2.0, verify=False).request("GET", "/ok", {"host": "x"}).body == b"hello"
+        with pytest.raises(EndpointConnectionError):  # not a CA the system trusts
+            Connections(origin, 2.0, 2.0, verify=True).request("GET", "/ok", {"host": "x"})
+        trusted.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
