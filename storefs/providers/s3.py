@@ -216,7 +216,7 @@ class S3Provider(Provider):
         self._check_client = self._make_client(min(cfg.connect_timeout, 3.0), min(cfg.read_timeout, 4.0),
                                                {"total_max_attempts": 2})
         self.endpoint = _safe_endpoint(cfg.endpoint_url or self._client.meta.endpoint_url)
-        # the hot requests (small PUTs, listing pages, ranged GETs) skip boto3 until a server refuses them
+        # the hot requests (small PUTs, listing pages, HEADs, ranged GETs) skip boto3 until a server refuses them
         self._lean = True
         self._lean_by_client = {id(c): LeanS3(c, self._session, self.bucket)
                                 for c in (self._client, self._meta_client, self._read_client)}
@@ -323,8 +323,12 @@ class S3Provider(Provider):
     def _head(self, key: str) -> dict[str, Any]:
         if not key or key.endswith("/"):
             raise errors.NotFound(self._what(key))  # folder markers are not files
-        return self._read(self._what(key),
-                          lambda: self._meta_client.head_object(Bucket=self.bucket, Key=self._key(key)), self._meta_budget)
+        return self._read(self._what(key), lambda: self._head_object(self._key(key)), self._meta_budget)
+
+    def _head_object(self, full: str) -> dict[str, Any]:
+        """One HEAD by the meta client: the lean path when the server takes it, else head_object."""
+        done, r = self._lean_call(self._meta_client, lambda lean: lean.head(full))
+        return r if done else self._meta_client.head_object(Bucket=self.bucket, Key=full)
 
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, self._head(key))
@@ -340,8 +344,7 @@ class S3Provider(Provider):
             return True
         # an emptied folder some servers (SeaweedFS) keep and list, but no prefix query finds
         try:
-            self._read(self._what(prefix), lambda: self._meta_client.head_object(
-                Bucket=self.bucket, Key=self._key(prefix)), self._meta_budget)
+            self._read(self._what(prefix), lambda: self._head_object(self._key(prefix)), self._meta_budget)
             return True
         except errors.NotFound:
             return False

@@ -496,6 +496,47 @@ def test_lean_listing_reads_what_boto3_reads(s3, raw, base):
     assert s3.dir_exists(base + "sub dir/") and not s3.dir_exists(base + "nothing/")
 
 
+def test_lean_head_reads_what_boto3_reads(s3, raw, base, tmp_path):
+    """A HEAD answers the same ObjectInfo by the lean path as by head_object, and misses alike."""
+    meta = ObjectMeta(mtime=1_700_000_000.5, mode=0o100640, uid=12, gid=34, content_type="image/png",
+                      xattrs={"user.note": b"caf\xc3\xa9 \x00bin", "user.plain": b"v"})
+    names = ["plain.png", "with space.png", "plus+sign.png", "ümlaut-日本.png", "q?mark=1.png"]
+    for n in names:
+        s3.put_file(base + n, write(tmp_path, b"head me"), meta)
+    raw.put_object(Bucket=BUCKET, Key=base + "foreign.txt", Body=b"x" * 10, ContentType="text/plain",
+                   Metadata={"mtime": "1600000000", "owner": "someone"})  # another client's object
+    raw.put_object(Bucket=BUCKET, Key=base + "emptied/", Body=b"")
+    assert s3._lean
+    lean_meta = s3._lean_by_client[id(s3._meta_client)]
+    lean_meta._resolve()
+    real, sent = lean_meta._http, []
+
+    class Counting:
+        def request(self, method, *args, **kwargs):
+            sent.append(method)
+            return real.request(method, *args, **kwargs)
+    lean_meta._http = Counting()
+    try:
+        lean = {n: s3.head(base + n) for n in names + ["foreign.txt"]}
+        with pytest.raises(errors.NotFound):
+            s3.head(base + "missing.png")
+        assert s3.dir_exists(base + "emptied/")
+    finally:
+        lean_meta._http = real
+    assert sent.count("HEAD") >= len(names) + 2  # every HEAD, the miss too, went by the lean path
+    s3._lean = False
+    try:
+        assert {n: s3.head(base + n) for n in names + ["foreign.txt"]} == lean
+    finally:
+        s3._lean = True
+    assert s3._lean  # a miss is an answer, not a reason to give up the lean path
+    got = lean["with space.png"]
+    assert (got.size, got.mtime, got.mode, got.uid, got.gid, got.content_type) == \
+        (7, 1_700_000_000.5, 0o100640, 12, 34, "image/png")
+    assert got.xattrs == meta.xattrs and got.etag == hashlib.md5(b"head me").hexdigest()
+    assert lean["foreign.txt"].mtime == 1_600_000_000 and lean["foreign.txt"].content_type == "text/plain"
+
+
 def test_lean_ranged_get_reads_what_boto3_reads(s3, raw, base):
     """Ranges, ends and names that URL encoding mangles read the same by the lean GET as by get_object."""
     data = bytes(range(256)) * 40
