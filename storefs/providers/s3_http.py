@@ -29,6 +29,16 @@ BLOCK = 1 << 20  # a file body is sent in reads of this size (http.client's defa
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or spoke out of turn).
+
+    poll, not select: a daemon holding many files open has sockets numbered past select's 1024.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class TooLarge(Exception):
     """The answer's body is over the caller's limit: not read, and its connection closed."""
 
@@ -90,9 +100,7 @@ class Connections:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self._connect(), False
-            sock = conn.sock
-            # an idle connection with something to read has been closed (or spoken to) by the server
-            if sock is not None and not select.select([sock], [], [], 0)[0]:
+            if conn.sock is not None and not _readable(conn.sock):
                 return conn, True
             conn.close()
 

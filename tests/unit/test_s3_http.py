@@ -149,6 +149,30 @@ def test_a_connection_the_server_closed_is_replaced_before_or_during_the_request
     c.close()
 
 
+def test_kept_connections_with_descriptor_numbers_past_select_s_limit(server):
+    """A daemon holding many files open gets sockets numbered past 1024, where select() cannot look."""
+    import os
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1200:
+        pytest.skip("cannot open enough descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        c = Connections(url(server), 2.0, 2.0)
+        for _ in range(3):
+            assert c.request("GET", "/ok", {"host": c.host}).body == b"hello"
+        assert c._idle and c._idle[0].sock.fileno() > 1024
+        assert len({port for port, _, _ in server.seen}) == 1
+        c.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_failures_are_botocores_exceptions(server):
     c = Connections(url(server), 2.0, 0.5)
     with pytest.raises(IncompleteReadError):
