@@ -345,6 +345,47 @@ def test_a_listed_folder_has_its_subfolders_listed_ahead_of_a_walk(store):
     assert (store.mnt / board / "a07" / "f2.png").read_bytes() == f"{board}/a07/f2.png".encode()
 
 
+def test_reads_and_uploads_go_on_while_the_daemon_holds_over_a_thousand_files_open(store):
+    """Sockets the daemon opens while it holds 1,100 cache files are numbered past 1024, where
+    select() cannot look: kept connections must still be checked and used again."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1400:
+        pytest.skip("the descriptor limit is too low to hold 1,100 files open")
+    c, b = s3(store), bucket(store)
+    board = "t1/image/manyopen"
+    keys = [f"{board}/a{i // 100:02d}/f{i:04d}.png" for i in range(1100)]
+    blobs = {f"{board}/read/x{j}.bin": payload(f"blob{j}", 300_000 + j) for j in range(4)}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: c.put_object(Bucket=b, Key=k, Body=k.encode()), keys))
+        list(pool.map(lambda kv: c.put_object(Bucket=b, Key=kv[0], Body=kv[1]), blobs.items()))
+    store.remount(empty_cache=True)  # no kept connection yet for reads
+    held = [open(store.mnt / k, "rb") for k in keys]
+    try:
+        assert held[7].read() == keys[7].encode()
+        assert len(os.listdir(f"/proc/{store.pid}/fd")) > 1100  # the daemon holds them too
+        # uncached reads: the first makes a connection, numbered past 1024; the next ones reuse it
+        for k, data in blobs.items():
+            assert (store.mnt / k).read_bytes() == data
+        new = store.mnt / board / "new" / "after.png"
+        new.parent.mkdir()
+        new.write_bytes(b"written while 1,100 files are open")
+        store.flush()
+        st = store.status()
+        # a failed request can pass unseen (the kernel's read-ahead drops its EIO, and the next
+        # request makes a new connection), so the daemon's own counts must show none
+        assert not st["operation_errors"].get("read") and not st["upload_failures"], st
+    finally:
+        for f in held:
+            f.close()
+    assert c.get_object(Bucket=b, Key=f"{board}/new/after.png")["Body"].read() == \
+        b"written while 1,100 files are open"
+    store.remount(empty_cache=True)
+    for k, data in blobs.items():
+        assert (store.mnt / k).read_bytes() == data
+    assert (store.mnt / keys[1099]).read_bytes() == keys[1099].encode()
+
+
 @pytest.mark.storefs_config(writeback_delay="30s")
 def test_state_xattr_dirty_then_clean(store):
     art = store.mnt / ART
