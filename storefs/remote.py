@@ -33,6 +33,9 @@ RECORD_KEEP = 120.0
 #: (at most once per folder per this long): a file another client just uploaded opens by its path
 #: within seconds, while listings keep answering everything else for their whole TTL
 MISS_RECHECK = 2.0
+#: a folder whose listing answered a miss since it was fetched (files being created there) is listed
+#: again in the background this long before its next miss would have to wait for the recheck
+RECHECK_AHEAD = 0.5
 #: a listing in use since it was fetched is fetched again in the background this long before it
 #: expires (as a share of the TTL), so a folder being worked in never makes a request wait for its
 #: listing; a folder left alone is re-listed once more, then let expire
@@ -62,6 +65,7 @@ class RemoteView:
         self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
         self._fetched: dict[str, float] = {}  # when each cached listing's fetch began
         self._used: dict[str, float] = {}  # when each cached listing last answered a request
+        self._missed: dict[str, float] = {}  # when each cached listing last answered that a name is absent
         self._halt = threading.Event()
         self._refresher: threading.Thread | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
@@ -169,6 +173,7 @@ class RemoteView:
             gone = self._listings.popitem(last=False)[0]
             self._fetched.pop(gone, None)
             self._used.pop(gone, None)
+            self._missed.pop(gone, None)
 
     def _cached_listing(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
         now = time.monotonic()
@@ -250,8 +255,9 @@ class RemoteView:
             done.set()
 
     def _refresh_loop(self) -> None:
-        tick = min(1.0, max(0.05, self.ttl * REFRESH_AHEAD / 3))
+        tick = max(0.05, min(1.0, self.ttl * REFRESH_AHEAD / 3, RECHECK_AHEAD / 2))
         while not self._halt.wait(tick):
+            self._recheck_ahead()
             for prefix in self.due_refreshes():
                 if self._halt.is_set():
                     return
@@ -261,6 +267,36 @@ class RemoteView:
                     break  # the provider is away: listings stay as they are until it answers
                 except Exception:  # noqa: BLE001 - a failed refresh leaves the listing to expire
                     log.exception("background refresh of %r failed", prefix)
+
+    def _recheck_ahead(self) -> None:
+        """List again, in the background, the folders files are being created in, before a miss
+        there has to wait for its recheck (a create's lookup of its new name is such a miss)."""
+        pool = self._prefetcher
+        if pool is None:
+            return
+        todo = self.due_rechecks()
+        with self._lock:
+            todo = [prefix for prefix in todo if prefix not in self._prefetching]
+            for prefix in todo:
+                self._prefetching[prefix] = threading.Event()
+        for prefix in todo:
+            try:
+                pool.submit(self._prefetch, prefix)
+            except RuntimeError:  # shut down meanwhile (unmount)
+                self._prefetched(prefix)
+
+    def due_rechecks(self) -> list[str]:
+        """Folders whose listing answered a miss since it was fetched and is nearly old enough to
+        be rechecked at the next one."""
+        now = time.monotonic()
+        if any(self.is_down(p) for p in self.order):
+            return []
+        with self._lock:
+            return [prefix for prefix, missed in self._missed.items()
+                    if missed > (fetched := self._fetched.get(prefix, now))
+                    and now - fetched >= MISS_RECHECK - RECHECK_AHEAD
+                    and (hit := self._listings.get(prefix)) is not None and hit[0] > now
+                    and len(hit[1]) <= LOOKUP_LISTING_MAX]  # bigger folders: a HEAD per name
 
     def due_refreshes(self) -> list[str]:
         """Folders whose listing expires soon and answered a request since it was fetched."""
@@ -293,9 +329,12 @@ class RemoteView:
                 listing = self._listing(prefix, LOOKUP_LISTING_MAX)
             elif (listing is not None and self._list_lookups and name not in listing
                   and name + "/" not in listing and now - self._fetched.get(prefix, now) > MISS_RECHECK):
-                listing = self._listing(prefix, LOOKUP_LISTING_MAX, refresh=True)
+                listing = self._recheck(prefix)
             if listing is not None:
                 found = listing.get(name) or listing.get(name + "/")
+                if found is None:
+                    with self._lock:
+                        self._missed[prefix] = now
                 if (found is None or found[1].is_dir or not need_meta
                         or self.providers[found[0]].listing_has_metadata):
                     return found
@@ -321,6 +360,19 @@ class RemoteView:
             while len(self._heads) > MAX_HEADS:
                 self._heads.popitem(last=False)
         return found
+
+    def _recheck(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
+        """A new listing of prefix for a miss: the one being fetched in the background, if any."""
+        with self._lock:
+            ahead = self._prefetching.get(prefix)
+        if ahead is not None and ahead.wait(PREFETCH_WAIT):
+            now = time.monotonic()
+            with self._lock:
+                hit = self._listings.get(prefix)
+                if hit and hit[0] > now and now - self._fetched.get(prefix, 0.0) <= MISS_RECHECK:
+                    self._used[prefix] = now
+                    return hit[1]
+        return self._listing(prefix, LOOKUP_LISTING_MAX, refresh=True)
 
     def _head_lookup(self, key: str) -> tuple[str, ObjectInfo] | None:
         """key asked of each provider in turn: a HEAD, then a folder probe."""
@@ -408,6 +460,8 @@ class RemoteView:
             self._epochs.clear()  # a fetch under way then caches as expired: harmless
         if len(self._big) > MAX_LISTINGS:
             self._big = {k: t for k, t in self._big.items() if t > now}
+        if len(self._missed) > MAX_LISTINGS:
+            self._missed = {k: t for k, t in self._missed.items() if k in self._listings}
         if len(self._prefetched_for) > MAX_LISTINGS:
             self._prefetched_for = {k: t for k, t in self._prefetched_for.items() if t > now}
 
@@ -432,3 +486,4 @@ class RemoteView:
             self._listings.clear()
             self._fetched.clear()
             self._used.clear()
+            self._missed.clear()

@@ -274,6 +274,37 @@ def test_new_object_from_another_client_opens_by_path_within_seconds(store):
     assert (store.mnt / art / "theirs.png").read_bytes() == data
 
 
+def test_a_folder_files_are_being_created_in_is_listed_again_in_the_background(store):
+    """Creating files in a folder is a stream of misses (each new name's lookup); their folder is
+    re-listed in the background before one of them would wait for the 2 s miss recheck.
+
+    Observable through the kernel: an object another client puts in the folder while files are
+    being created there is in `ls` soon after the creates stop, though `ls` trusts the listing for
+    its whole 30 s TTL: the listing answering was fetched in the background. Without that,
+    the listing is still the empty one the folder started with, and `ls` does not show it.
+    """
+    c, b = s3(store), bucket(store)
+    art = "t1/image/b1/making"
+    t0 = time.monotonic()
+    (store.mnt / art).mkdir(parents=True)  # known empty: no listing asked
+    written: dict[str, bytes] = {}
+    while time.monotonic() - t0 < 1.2:  # well within the 2 s miss recheck: no lookup waits for one
+        name = f"f{len(written):03d}.png"
+        written[name] = payload(name, 3000)
+        (store.mnt / art / name).write_bytes(written[name])
+        if len(written) == 3:
+            c.put_object(Bucket=b, Key=f"{art}/theirs.png", Body=b"theirs")
+        time.sleep(0.05)
+    while time.monotonic() - t0 < 3.5:  # the background listing is due at 1.5 s
+        time.sleep(0.1)
+    assert sorted(os.listdir(store.mnt / art)) == sorted([*written, "theirs.png"])
+    assert (store.mnt / art / "theirs.png").read_bytes() == b"theirs"
+    store.remount(empty_cache=True)
+    assert sorted(os.listdir(store.mnt / art)) == sorted([*written, "theirs.png"])
+    for name, data in written.items():
+        assert (store.mnt / art / name).read_bytes() == data
+
+
 def test_a_folder_in_use_is_listed_again_in_the_background(store):
     """A folder being worked in is re-listed before its listing expires, off the request path.
 

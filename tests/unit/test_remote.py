@@ -94,6 +94,79 @@ def test_a_folder_made_here_is_known_empty_until_the_miss_recheck(
     assert p.lists == 1
 
 
+def _view_noting_threads(base: Path, ttl: float) -> tuple[RemoteView, list[str]]:
+    """A view whose provider notes the thread each listing is asked from."""
+    base.mkdir()
+    p = ListingProvider("s3", str(base))
+    listed_by: list[str] = []
+    real_list = p.list
+
+    def list_noting_thread(prefix: str) -> Iterator[ObjectInfo]:
+        listed_by.append(threading.current_thread().name)
+        return real_list(prefix)
+    p.list = list_noting_thread  # type: ignore[method-assign]
+    return RemoteView({"s3": p}, ["s3"], ttl=ttl, negative_ttl=0.0), listed_by
+
+
+def test_a_folder_files_are_being_created_in_is_due_for_a_recheck_ahead_of_its_misses(
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    v, p, base = view
+    monkeypatch.setattr(remote, "LOOKUP_LISTING_MAX", 2)
+    for i in range(3):
+        put(base, f"t/image/b/big/{i}.png")
+    assert len(v.listing("t/image/b/big/")) == 3  # read whole by `ls`; too big to list for a lookup
+    v.known_empty("t/image/b/new")
+    put(base, "t/image/b/quiet/1.png")
+    assert v.lookup("t/image/b/quiet/1.png") is not None  # listed, then only hits: never due
+    for _ in range(3):
+        clock[0] += 0.4
+        assert v.lookup(f"t/image/b/new/f{clock[0]}.png") is None  # a create's lookup of its new name
+        assert v.lookup(f"t/image/b/big/f{clock[0]}.png") is None
+        assert v.lookup("t/image/b/quiet/1.png") is not None
+    assert v.due_rechecks() == []  # 1.2 s old: not nearly due yet
+    clock[0] = 1000.0 + remote.MISS_RECHECK - remote.RECHECK_AHEAD
+    assert v.due_rechecks() == ["t/image/b/new/"]  # not the big folder: its lookups are HEADs
+    put(base, "t/image/b/new/theirs.png")  # another client writes into it
+    v._listing("t/image/b/new/", remote.LOOKUP_LISTING_MAX, refresh=True)  # what the background does
+    assert p.lists == 3
+    assert v.due_rechecks() == []  # no miss since that listing
+    clock[0] += remote.MISS_RECHECK
+    assert v.due_rechecks() == []  # creates stopped: no more listings
+    assert v.lookup("t/image/b/new/theirs.png") is not None
+    assert v.lookup("t/image/b/new/another.png") is None  # a miss, but the listing is young
+    assert p.lists == 3
+    v._down_until["s3"] = clock[0] + 5
+    clock[0] += remote.MISS_RECHECK
+    assert v.due_rechecks() == []  # nothing is asked of a provider that just failed
+
+
+def test_creates_in_a_folder_never_wait_for_its_miss_recheck(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "MISS_RECHECK", 1.0)
+    monkeypatch.setattr(remote, "RECHECK_AHEAD", 0.6)
+    base = tmp_path / "data"
+    v, listed_by = _view_noting_threads(base, ttl=30.0)
+    v.start()
+    try:
+        v.known_empty("t/image/b/new")
+        t0, i, theirs_seen = time.monotonic(), 0, None
+        while time.monotonic() - t0 < 4 * remote.MISS_RECHECK:
+            i += 1
+            assert v.lookup(f"t/image/b/new/f{i}.png") is None  # creating file after file
+            if i == 10:
+                put(base, "t/image/b/new/theirs.png")  # another client writes into it
+                put_at = time.monotonic()
+            if theirs_seen is None and i > 10 and v.lookup("t/image/b/new/theirs.png") is not None:
+                theirs_seen = time.monotonic() - put_at
+            time.sleep(0.01)
+        assert len(listed_by) >= 3, listed_by  # listed again and again while files were created
+        assert all(name.startswith("storefs-prefetch") for name in listed_by), listed_by  # none waited
+        assert theirs_seen is not None and theirs_seen < remote.MISS_RECHECK + 0.5, theirs_seen
+    finally:
+        v.stop()
+
+
 def test_a_folder_already_listed_or_made_while_the_provider_is_down_is_not_assumed_empty(
         view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
     v, p, base = view
@@ -197,16 +270,7 @@ def test_a_listing_left_alone_is_not_refreshed(
 
 def test_the_refresher_thread_keeps_a_used_listing_fresh(tmp_path: Path) -> None:
     base = tmp_path / "data"
-    base.mkdir()
-    p = ListingProvider("s3", str(base))
-    listed_by: list[str] = []
-    real_list = p.list
-
-    def list_noting_thread(prefix: str) -> Iterator[ObjectInfo]:
-        listed_by.append(threading.current_thread().name)
-        return real_list(prefix)
-    p.list = list_noting_thread  # type: ignore[method-assign]
-    v = RemoteView({"s3": p}, ["s3"], ttl=1.5, negative_ttl=0.0)
+    v, listed_by = _view_noting_threads(base, ttl=1.5)
     v.start()
     try:
         v.listing("t/image/b/a/")
