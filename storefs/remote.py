@@ -281,9 +281,15 @@ class RemoteView:
                 self._prefetching[prefix] = threading.Event()
         for prefix in todo:
             try:
-                pool.submit(self._prefetch, prefix)
+                pool.submit(self._recheck_in_background, prefix)
             except RuntimeError:  # shut down meanwhile (unmount)
                 self._prefetched(prefix)
+
+    def _recheck_in_background(self, prefix: str) -> None:
+        self._prefetch(prefix)
+        with self._lock:  # still a folder in use: refreshed before it expires, as before the recheck
+            if prefix in self._listings:
+                self._used[prefix] = time.monotonic()
 
     def due_rechecks(self) -> list[str]:
         """Folders whose listing answered a miss since it was fetched and is nearly old enough to

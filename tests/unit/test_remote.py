@@ -128,14 +128,25 @@ def test_a_folder_files_are_being_created_in_is_due_for_a_recheck_ahead_of_its_m
     clock[0] = 1000.0 + remote.MISS_RECHECK - remote.RECHECK_AHEAD
     assert v.due_rechecks() == ["t/image/b/new/"]  # not the big folder: its lookups are HEADs
     put(base, "t/image/b/new/theirs.png")  # another client writes into it
-    v._listing("t/image/b/new/", remote.LOOKUP_LISTING_MAX, refresh=True)  # what the background does
+    real_list = p.list
+
+    def list_taking_time(prefix: str) -> Iterator[ObjectInfo]:
+        clock[0] += 0.01
+        return real_list(prefix)
+    monkeypatch.setattr(p, "list", list_taking_time)
+    v._recheck_in_background("t/image/b/new/")  # what the refresher thread hands its pool
     assert p.lists == 3
     assert v.due_rechecks() == []  # no miss since that listing
     clock[0] += remote.MISS_RECHECK
     assert v.due_rechecks() == []  # creates stopped: no more listings
+    clock[0] += v.ttl * (1 - remote.REFRESH_AHEAD)
+    # still a folder in use: refreshed once more before it expires (a walk after the creates finds it)
+    assert "t/image/b/new/" in v.due_refreshes()
+    v._listing("t/image/b/new/", remote.REFRESH_MAX_NAMES, refresh=True)  # what the refresher does
+    assert p.lists == 4
     assert v.lookup("t/image/b/new/theirs.png") is not None
     assert v.lookup("t/image/b/new/another.png") is None  # a miss, but the listing is young
-    assert p.lists == 3
+    assert p.lists == 4
     v._down_until["s3"] = clock[0] + 5
     clock[0] += remote.MISS_RECHECK
     assert v.due_rechecks() == []  # nothing is asked of a provider that just failed
