@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from .errors import NotFound, ProviderUnavailable
 from .providers.base import ObjectInfo, Provider
@@ -231,11 +232,15 @@ class RemoteView:
                         self._prefetching[sub] = threading.Event()
                         if len(todo) >= PREFETCH_SUBFOLDERS:
                             break
-        for sub in todo:
+        self._submit(pool, todo, self._prefetch)
+
+    def _submit(self, pool: ThreadPoolExecutor, prefixes: list[str], task: Callable[[str], None]) -> None:
+        """Hand background listings (already marked in _prefetching) to the pool."""
+        for prefix in prefixes:
             try:
-                pool.submit(self._prefetch, sub)
-            except RuntimeError:  # shut down meanwhile (unmount)
-                self._prefetched(sub)
+                pool.submit(task, prefix)
+            except RuntimeError:  # shut down meanwhile (unmount): nobody may wait on it
+                self._prefetched(prefix)
 
     def _prefetch(self, prefix: str) -> None:
         try:
@@ -279,11 +284,7 @@ class RemoteView:
             todo = [prefix for prefix in todo if prefix not in self._prefetching]
             for prefix in todo:
                 self._prefetching[prefix] = threading.Event()
-        for prefix in todo:
-            try:
-                pool.submit(self._recheck_in_background, prefix)
-            except RuntimeError:  # shut down meanwhile (unmount)
-                self._prefetched(prefix)
+        self._submit(pool, todo, self._recheck_in_background)
 
     def _recheck_in_background(self, prefix: str) -> None:
         self._prefetch(prefix)
