@@ -147,6 +147,8 @@ class FuseConfig:
     entry_timeout: float = 1.0
     negative_timeout: float = 0.5
     dir_cache_ttl: float = 30.0
+    #: the kernel's read-ahead for the mount, in bytes (0: the kernel's own, 128 KiB)
+    read_ahead: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -273,11 +275,16 @@ def _choice(*options: str, fold: Callable[[str], str] = str.lower) -> Conv[str]:
     return conv
 
 
+def _num(x: float) -> str:
+    """A bound as written: whole byte counts in full, not as 2.68435e+08."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _bounded(conv: Conv[T], lo: float, hi: float = math.inf) -> Conv[T]:
     def check(value: object, source: str, key: str) -> T:
         n = conv(value, source, key)
         if not lo <= n <= hi:  # type: ignore[operator]
-            span = f"at least {lo:g}" if hi == math.inf else f"between {lo:g} and {hi:g}"
+            span = f"at least {_num(lo)}" if hi == math.inf else f"between {_num(lo)} and {_num(hi)}"
             raise ConfigError(source, key, f"must be {span}, got {_shown(value)}")
         return n
     return check
@@ -497,10 +504,13 @@ def _cache(value: object, source: str) -> CacheConfig:
         **{name: m.get(name, conv, getattr(CacheConfig, name)) for name, conv in _CACHE_CONV.items()})
 
 
+_FUSE_CONV: dict[str, Conv[Any]] = {"read_ahead": _bounded(parse_size, 0, 1024 * MiB)}
+
+
 def _fuse(value: object, source: str) -> FuseConfig:
     names = tuple(f.name for f in dataclasses.fields(FuseConfig))
     m = _Map(value, source, "fuse", names)
-    return FuseConfig(**{n: m.get(n, parse_duration, getattr(FuseConfig, n)) for n in names})
+    return FuseConfig(**{n: m.get(n, _FUSE_CONV.get(n, parse_duration), getattr(FuseConfig, n)) for n in names})
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:

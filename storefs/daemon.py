@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable
 
+from .bdi import set_read_ahead
 from .cache.datafiles import DataFiles
 from .cache.journal import Journal
 from .config import Config
@@ -194,6 +195,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
 
     def on_init() -> None:
         nonlocal started
+        set_read_ahead(mountpoint, cfg.fuse.read_ahead)
         control.start()
         stopper.start()
         if metrics:

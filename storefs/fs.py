@@ -101,7 +101,9 @@ class StorefsOperations(mfusepy.Operations):
         if conn_info is not None:
             conn_info.max_write = MAX_IO
             conn_info.max_read = MAX_IO
-            conn_info.max_readahead = MAX_IO
+            # the kernel keeps the smaller of this and the mount's read-ahead, which the daemon
+            # raises in on_init, before this reply (storefs.bdi)
+            conn_info.max_readahead = self.ns.cfg.fuse.read_ahead or MAX_IO
             # reads reach /dev/fuse by splice from the cache file where the kernel allows it
             conn_info.want |= conn_info.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
         if config_3 is not None:

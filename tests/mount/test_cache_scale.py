@@ -19,8 +19,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import random
 import sqlite3
@@ -550,14 +552,20 @@ def test_local_changes_outside_are_seen_at_once(store):
 # --------------------------------------------------------------------------- 5. ranged reads
 
 
-def test_range_reads_fetch_only_what_is_read(store):
+def _only_in_the_provider(store: StorefsMount, name: str, seed: str, size: int) -> tuple[Path, bytes]:
+    """A file written through the mount, uploaded, then remounted with an empty cache."""
     art = store.path(ART)
     art.mkdir(parents=True)
-    size = 64 * MiB
-    data = payload("ranged", size)
-    write_blocks(art / "big.bin", data)
+    data = payload(seed, size)
+    write_blocks(art / name, data)
     store.flush()
     store.remount(empty_cache=True)
+    return art, data
+
+
+def test_range_reads_fetch_only_what_is_read(store):
+    size = 64 * MiB
+    art, data = _only_in_the_provider(store, "big.bin", "ranged", size)
     st = store.status()
     assert st["bytes_fetched"] == 0 and st["cached_files"] == 0, st
 
@@ -611,13 +619,8 @@ def _evict_page_cache(folder: Path, sync: bool) -> None:
 
 
 def test_random_reads_of_a_cached_file_are_warmed_into_memory(store):
-    art = store.path(ART)
-    art.mkdir(parents=True)
     size = 24 * MiB + 123
-    data = payload("warm", size)
-    write_blocks(art / "weights.bin", data)
-    store.flush()
-    store.remount(empty_cache=True)
+    art, data = _only_in_the_provider(store, "weights.bin", "warm", size)
 
     # uncached: the reads fetch chunks (and read-ahead the rest); once the file is whole
     # in the cache, the random reads that follow have it read into memory
@@ -643,25 +646,29 @@ def test_random_reads_of_a_cached_file_are_warmed_into_memory(store):
         assert sha256(f.read()) == sha256(data)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+
+
 def _in_memory(path: Path, offset: int) -> bool:
-    """Whether the page at offset of path is in the page cache (a read that may not wait for the disk)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.preadv(fd, [bytearray(4 * KiB)], offset, os.RWF_NOWAIT) > 0
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    """Whether the page at offset of path is in the page cache, asked with mincore: a read
+    with RWF_NOWAIT would start the disk read itself and, on a fast disk, see its page."""
+    page = mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * 1)()
+    # a private map is writable for ctypes, and mincore sees the file's pages until one is written
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), page, access=mmap.ACCESS_COPY,
+                                          offset=offset - offset % page) as m:
+        start = ctypes.c_char.from_buffer(m)  # an export of the map: dropped before it closes
+        rc = _libc.mincore(ctypes.addressof(start), page, vec)
+        del start
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), "mincore failed")
+    return bool(vec[0] & 1)
 
 
 def test_a_sequential_reader_of_a_cached_file_has_the_disk_read_ahead(store):
-    art = store.path(ART)
-    art.mkdir(parents=True)
     size = 40 * MiB
-    data = payload("ahead", size)
-    write_blocks(art / "clip.mp4", data)
-    store.flush()
-    store.remount(empty_cache=True)
+    art, data = _only_in_the_provider(store, "clip.mp4", "ahead", size)
     with open(art / "clip.mp4", "rb") as f:  # fetched whole into the cache
         assert sha256(f.read()) == sha256(data)
     cached = [p for p in (store.cache / "data").rglob("*") if p.is_file() and p.stat().st_size == size]
@@ -685,6 +692,39 @@ def test_a_sequential_reader_of_a_cached_file_has_the_disk_read_ahead(store):
     store.remount(empty_cache=True)
     with open(art / "clip.mp4", "rb") as f:
         assert sha256(f.read()) == sha256(data)
+
+
+def _kernel_read_ahead_kib(mnt: Path) -> int:
+    dev = os.stat(mnt).st_dev
+    return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read_text())
+
+
+def _reads_for_dd(store: StorefsMount, path: Path, data: bytes) -> int:
+    """FUSE read requests the kernel sends for a `dd bs=1M` of path, with nothing in memory."""
+    _evict_page_cache(store.cache, sync=True)
+    _evict_page_cache(path.parent, sync=False)
+    before = store.status()["operations"].get("read", 0)
+    copy = store.root / "dd.out"
+    run(["dd", f"if={path}", f"of={copy}", "bs=1M", "status=none"])
+    reads = store.status()["operations"].get("read", 0) - before
+    assert sha256(copy.read_bytes()) == sha256(data)
+    return reads
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may raise a mount's read-ahead")
+def test_a_sequential_reader_gets_the_kernel_read_ahead_in_1_mib_requests(store):
+    """The kernel's 128 KiB read-ahead would split each 1 MiB read into eight requests in a row."""
+    size = 24 * MiB
+    art, data = _only_in_the_provider(store, "take.wav", "kernel-ahead", size)
+    assert _kernel_read_ahead_kib(store.mnt) == 4096  # fuse.read_ahead's default, 4 MiB
+    cold = _reads_for_dd(store, art / "take.wav", data)  # fetched from the provider
+    warm = _reads_for_dd(store, art / "take.wav", data)  # from the cache disk
+    assert cold <= 36 and warm <= 36, f"{cold} and {warm} read requests for 24 MiB"
+
+    store.extra_config["fuse"] = {"read_ahead": 0}  # the kernel's own
+    store.remount(empty_cache=True)
+    assert _kernel_read_ahead_kib(store.mnt) < 1024
+    assert _reads_for_dd(store, art / "take.wav", data) >= 96
 
 
 # --------------------------------------------------------------------------- 6. data files made ahead

@@ -136,6 +136,7 @@ def test_full_file(tmp_path, monkeypatch) -> None:
     assert cfg.max_file_size.limit_for(None) == GiB
     assert cfg.cache.writeback_delay == 0.5 and cfg.cache.max_size == 20 * GiB
     assert cfg.fuse.attr_timeout == 2.0 and cfg.fuse.entry_timeout == 1.0
+    assert cfg.fuse.read_ahead == 4 * MiB
 
 
 def test_routing_first_match_wins(tmp_path, monkeypatch) -> None:
@@ -284,6 +285,8 @@ def test_unknown_key(tmp_path, text, key) -> None:
     (MINIMAL + "cache: {writeback_delay: soon}\n", "cache.writeback_delay", "expected a duration"),
     (MINIMAL + "cache: {fsync: always}\n", "cache.fsync", "expected one of local, upload"),
     (MINIMAL + "cache: {uploaders: 0}\n", "cache.uploaders", "must be between 1 and 64"),
+    (MINIMAL + "fuse: {read_ahead: 2GiB}\n", "fuse.read_ahead", "must be between 0 and 1073741824"),
+    (MINIMAL + "fuse: {read_ahead: 4s}\n", "fuse.read_ahead", "expected a size"),
     (MINIMAL + "routing_rules: {provider: local}\n", "routing_rules", "expected a list"),
     (MINIMAL + "routing_rules: [{provider: local}, {match: {size_gt: lots}, provider: local}]\n",
      "routing_rules[1].match.size_gt", "expected a size"),
