@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 MAX_IO = 1 << 20
+#: libfuse splices a read reply from the cache file only if the reply plus 3 pages fits its
+#: pipe, which may not outgrow the kernel's pipe-max-size (1 MiB by default) without
+#: CAP_SYS_RESOURCE; a 1 MiB read would not, and libfuse would copy it through a malloc'd buffer
+MAX_READ = MAX_IO - 16 * 1024
 
 
 
@@ -100,7 +104,7 @@ class StorefsOperations(mfusepy.Operations):
         """Big requests and kernel-side attribute caching; threads start only now (after any fork)."""
         if conn_info is not None:
             conn_info.max_write = MAX_IO
-            conn_info.max_read = MAX_IO
+            conn_info.max_read = MAX_READ
             # the kernel keeps the smaller of this and the mount's read-ahead, which the daemon
             # raises in on_init, before this reply (storefs.bdi)
             conn_info.max_readahead = self.ns.cfg.fuse.read_ahead or MAX_IO
@@ -400,5 +404,5 @@ def mount(ops: StorefsOperations, mountpoint: str, fsname: str) -> None:
         subtype="storefs",
         default_permissions=True,
         auto_cache=True,
-        max_read=MAX_IO,
+        max_read=MAX_READ,
     )
