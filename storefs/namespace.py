@@ -106,6 +106,7 @@ class Namespace:
         self.chunk_size = config.cache.chunk_size
         self.readahead = config.cache.readahead
         self.warm_limit = default_warm_limit()
+        self.seq_window = 2 * config.fuse.read_ahead  # how far out of order a sequential reader's requests come
         self.root = config.tenant or ""  # the key of the mount root (a single-tenant mount)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mounted_at = time.time()  # the mtime of folders no provider dates (as rclone shows them)
@@ -479,7 +480,7 @@ class Namespace:
             n = (e.size + self.chunk_size - 1) // self.chunk_size
             e.chunks = bytes(n) if n else None
         node = OpenFile(e, fd, self._fetcher(e), self.chunk_size, self._readahead, self.readahead,
-                        self.warm_limit, self._count_warmed)
+                        self.warm_limit, self._count_warmed, self.seq_window)
         self._nodes[key] = node
         return node
 

@@ -26,9 +26,10 @@ DEFAULT_CHUNK = 4 * 1024 * 1024
 #: chunks fetched ahead of a sequential reader (grows from 1 to this)
 MAX_READAHEAD = 8
 
-#: reads of a wholly cached file, each further than SEQ_WINDOW from where the one before it
-#: ended, before it is read into the page cache (a sequential reader's requests arrive a few
-#: out of order: libfuse serves them on several threads)
+#: reads of a wholly cached file, each further than the sequential window (at least
+#: SEQ_WINDOW) from where the one before it ended, before it is read into the page cache (a
+#: sequential reader's requests arrive out of order by up to the kernel's read-ahead, twice
+#: over: libfuse serves them on several threads)
 WARM_AFTER = 32
 SEQ_WINDOW = 4 * 1024 * 1024
 WARM_BLOCK = 1024 * 1024
@@ -56,7 +57,8 @@ class OpenFile:
 
     def __init__(self, entry: Entry, fd: int, fetch: Fetch | None, chunk_size: int = DEFAULT_CHUNK,
                  pool: Executor | None = None, readahead: int = MAX_READAHEAD,
-                 warm_limit: int = 0, on_warmed: Callable[[int], None] | None = None) -> None:
+                 warm_limit: int = 0, on_warmed: Callable[[int], None] | None = None,
+                 seq_window: int = SEQ_WINDOW) -> None:
         self.entry = entry
         self.fd = fd
         self.size = entry.size
@@ -78,6 +80,7 @@ class OpenFile:
         self._ahead = 0
         self._warm_limit = warm_limit
         self._warm_left = WARM_AFTER if self._pool is not None and warm_limit > 0 else 0
+        self._seq_window = max(SEQ_WINDOW, seq_window)
         self._read_end = 0          # where the last read ended: the next sequential offset
         self._disk_next = 0         # the cache file is asked of the disk up to here
         self._closed = False
@@ -172,7 +175,7 @@ class OpenFile:
     def _before_read(self, size: int, offset: int) -> None:
         if self._present is not None:
             self.ensure(offset, size)
-        elif abs(offset - self._read_end) > SEQ_WINDOW:
+        elif abs(offset - self._read_end) > self._seq_window:
             if self._warm_left > 0:
                 self._warm_left -= 1
                 if self._warm_left == 0 and 0 < self.size <= self._warm_limit:

@@ -58,10 +58,10 @@ def evict(path: Path) -> None:
 
 
 def open_cached(path: Path, pool: ThreadPoolExecutor | None, warmed: Warmed, *, limit: int = 1 << 40,
-                readahead: int = 8, chunks: bytes | None = None) -> OpenFile:
+                readahead: int = 8, chunks: bytes | None = None, seq_window: int = 0) -> OpenFile:
     e = Entry("t/image/b/a/x.bin", "local", size=SIZE, chunks=chunks)  # 3 chunks of 12 MiB
     return OpenFile(e, os.open(path, os.O_RDWR), None, chunk_size=12 * MiB, pool=pool, readahead=readahead,
-                    warm_limit=limit, on_warmed=warmed)
+                    warm_limit=limit, on_warmed=warmed, seq_window=seq_window)
 
 
 def read(f: OpenFile, size: int, offset: int) -> bytes:
@@ -107,6 +107,18 @@ def test_a_file_already_in_memory_is_not_read_again(data: tuple[Path, bytes]) ->
             assert warmed.calls == []
 
 
+def _read_in_shuffled_groups(f: OpenFile, content: bytes, block: int, group: int, passes: int) -> None:
+    """Sequential passes whose requests come in shuffled groups, as libfuse's threads hand them over."""
+    rng = random.Random(5)
+    for _ in range(passes):  # reading it again from the top is still sequential
+        offsets = list(range(0, SIZE, block))
+        for i in range(0, len(offsets), group):
+            batch = offsets[i:i + group]
+            rng.shuffle(batch)
+            for off in batch:
+                assert read(f, block, off) == content[off:off + block]
+
+
 def test_sequential_reads_never_warm(data: tuple[Path, bytes], pool: ThreadPoolExecutor,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Not even when libfuse's threads hand the requests over a few out of order."""
@@ -114,18 +126,24 @@ def test_sequential_reads_never_warm(data: tuple[Path, bytes], pool: ThreadPoolE
     monkeypatch.setattr(OpenFile, "_in_memory", lambda self: False)  # the reads themselves fill it
     warmed = Warmed()
     f = open_cached(path, pool, warmed)
-    rng = random.Random(5)
-    block = 256 * 1024
-    for _ in range(3):  # reading it again from the top is still sequential
-        offsets = list(range(0, SIZE, block))
-        for i in range(0, len(offsets), 8):
-            group = offsets[i:i + 8]
-            rng.shuffle(group)
-            for off in group:
-                assert read(f, block, off) == content[off:off + block]
+    _read_in_shuffled_groups(f, content, 256 * 1024, 8, 3)
     pool.shutdown(wait=True)
     assert warmed.calls == []
     f.close()
+
+
+def test_the_sequential_window_spans_twice_the_kernel_read_ahead(data: tuple[Path, bytes],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a 4 MiB read-ahead the kernel has up to 8 MiB of 1 MiB requests out at once."""
+    path, content = data
+    monkeypatch.setattr(OpenFile, "_in_memory", lambda self: False)
+    for window, warms in ((8 * MiB, False), (0, True)):  # 0: the 4 MiB floor, too narrow here
+        warmed, pool = Warmed(), ThreadPoolExecutor(1)
+        f = open_cached(path, pool, warmed, seq_window=window)
+        _read_in_shuffled_groups(f, content, MiB, 8, 8)
+        pool.shutdown(wait=True)
+        assert bool(warmed.calls) == warms, (window, warmed.calls)
+        f.close()
 
 
 @pytest.mark.parametrize("case", ["over the limit", "readahead off", "partly cached"])
