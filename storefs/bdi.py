@@ -4,8 +4,8 @@ With 128 KiB the kernel splits a sequential reader's 1 MiB reads into eight requ
 that it sends one after the other, so a read of a cached file waits on the daemon eight
 times per MiB and never has more than one request in flight. Raising the mount's
 read-ahead (its backing device's `read_ahead_kb` in sysfs) lets the kernel ask for up to
-that much ahead in 1 MiB requests, several at a time. Only root may write it; other users
-keep the kernel's default, and say so once in the log.
+that much ahead in requests of up to `max_read` (1008 KiB), several at a time. Only root
+may write it; other users keep the kernel's default, and say so once in the log.
 """
 
 from __future__ import annotations

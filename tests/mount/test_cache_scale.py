@@ -714,7 +714,7 @@ def _reads_for_dd(store: StorefsMount, path: Path, data: bytes) -> int:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may raise a mount's read-ahead")
-def test_a_sequential_reader_gets_the_kernel_read_ahead_in_1_mib_requests(store):
+def test_a_sequential_reader_gets_the_kernel_read_ahead_in_large_requests(store):
     """The kernel's 128 KiB read-ahead would split each 1 MiB read into eight requests in a row."""
     size = 24 * MiB
     art, data = _only_in_the_provider(store, "take.wav", "kernel-ahead", size)
