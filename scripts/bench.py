@@ -19,6 +19,9 @@ Systems (each mount gets a fresh, empty cache folder; peers keep their defaults 
   floor    storefs' own FUSE edge (storefs.fs: mfusepy, its mount options and init) on a core
            that only keeps bytes in memfds (scripts/floorfs.py): how fast a small-file workload
            can go through this FUSE stack at all; small-file workloads only, not a peer
+  overlay  fuse-overlayfs (C, libfuse's low-level API; Debian) over a plain folder on the same
+           disk: what a FUSE round trip costs a daemon that is not in Python; small-file
+           workloads only, not a peer
 
 "In the bucket": for storefs, rclone and s3fs, the bucket is polled with boto3 (HEAD of the
 big object until it has the full size; a listing until the number of objects under the
@@ -82,8 +85,9 @@ MB = 1e6
 SMALL = 64 * 1024
 FOLDERS = 50
 PATTERN = 16 * MiB              # the big file repeats a random 16 MiB pattern
-ALL_SYSTEMS = ("storefs", "rclone", "juicefs", "s3fs", "raw", "floor")
+ALL_SYSTEMS = ("storefs", "rclone", "juicefs", "s3fs", "raw", "floor", "overlay")
 PEERS = ("rclone", "juicefs", "s3fs")
+REFERENCES = ("floor", "overlay")  # not peers: what the FUSE stack allows at all (small files)
 WORKLOADS = ("write", "cold_read", "warm_read", "rand_read", "create", "walk", "read_files", "rm", "tar")
 
 # key, label, unit, higher is better
@@ -450,8 +454,33 @@ class Floor(ForegroundDaemon):
         return time.monotonic()
 
 
+class Overlay(ForegroundDaemon):
+    name, binary, package, version_args = "overlay", "fuse-overlayfs", "fuse-overlayfs (Debian)", ["--version"]
+    setup_note = ("fuse-overlayfs -f -o lowerdir=<empty>,upperdir=<fresh folder per mount>: a C FUSE "
+                  "daemon over the disk; small files only")
+    big_files = False
+    has_bucket = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.lower = os.path.join(self.ctx.work, "overlay-lower")
+        os.makedirs(self.lower, exist_ok=True)
+
+    def command(self, mode: str, cache: str) -> tuple[list[str], dict[str, str] | None]:
+        upper, work = os.path.join(cache, "upper"), os.path.join(cache, "work")
+        os.makedirs(upper)
+        os.makedirs(work)
+        return [self.exe, "-f", "-o", f"lowerdir={self.lower},upperdir={upper},workdir={work}", self.root], None
+
+    def wait_object(self, key: str, size: int, timeout: float = 900) -> float:
+        return time.monotonic()
+
+    def wait_count(self, prefix: str, n: int, timeout: float = 900) -> float:
+        return time.monotonic()
+
+
 SYSTEM_CLASSES: dict[str, type[System]] = {"storefs": Storefs, "rclone": Rclone, "juicefs": Juicefs,
-                                           "s3fs": S3fs, "raw": Raw, "floor": Floor}
+                                           "s3fs": S3fs, "raw": Raw, "floor": Floor, "overlay": Overlay}
 
 
 class RssSampler(threading.Thread):
@@ -775,7 +804,7 @@ class Bench:
             self.small(rnd)
             peaks = self.sampler.take()
             for s in self.live():
-                if s.name in peaks and s.name not in ("raw", "floor"):
+                if s.name in peaks and s.name not in ("raw", "floor", "overlay"):
                     self.record(rnd, s, "rss_mib", peaks[s.name] / MiB)
             self.each(rnd, "unmount", lambda s: s.unmount())
         self.sampler.halt.set()
@@ -819,17 +848,16 @@ def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
         out[metric] = {"best_peer": best,
                        "vs_best_peer": better(metric, sv, peers[best]) if sv and best else None,
                        "vs_raw": better(metric, sv, vals["raw"]) if sv and vals.get("raw") else None,
-                       "vs_floor": better(metric, sv, vals["floor"]) if sv and vals.get("floor") else None,
-                       "floor_vs_best_peer": (better(metric, vals["floor"], peers[best])
-                                              if vals.get("floor") and best else None)}
+                       "vs_floor": better(metric, sv, vals["floor"]) if sv and vals.get("floor") else None}
+        for ref in REFERENCES:
+            out[metric][f"{ref}_vs_best_peer"] = better(metric, vals[ref], peers[best]) if vals.get(ref) and best else None
     return out
 
 
 def table(med: dict[str, dict[str, float]], rat: dict[str, dict[str, Any]], systems: list[str]) -> str:
-    floor = "floor" in systems
+    extra = (["vs_floor"] if "floor" in systems else []) + [f"{r}_vs_best_peer" for r in REFERENCES if r in systems]
     head = ["workload", "unit", *systems, "storefs vs best peer", "storefs vs raw"]
-    if floor:
-        head += ["storefs vs floor", "floor vs best peer"]
+    head += [k.replace("vs_floor", "storefs vs floor").replace("_vs_best_peer", " vs best peer") for k in extra]
     lines = []
     for key, label, unit, hb in METRICS:
         if key not in med:
@@ -838,8 +866,7 @@ def table(med: dict[str, dict[str, float]], rat: dict[str, dict[str, Any]], syst
         vbp = f"{r['vs_best_peer']:.2f}x ({r['best_peer']})" if r["vs_best_peer"] else "-"
         vraw = f"{r['vs_raw']:.2f}x" if r["vs_raw"] else "-"
         row = [label, unit + (" ↑" if hb else " ↓"), *[fmt(med[key].get(s)) for s in systems], vbp, vraw]
-        if floor:
-            row += [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("vs_floor", "floor_vs_best_peer")]
+        row += [f"{r[k]:.2f}x" if r.get(k) else "-" for k in extra]
         lines.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
@@ -862,7 +889,7 @@ def chart(path: str, med: dict[str, dict[str, float]], systems: list[str], title
     fig, ax = plt.subplots(figsize=(max(10, 1.1 * len(keys) + 2), 5.5))
     width = 0.8 / max(1, len(systems))
     colors = {"storefs": "#d62728", "rclone": "#1f77b4", "juicefs": "#2ca02c", "s3fs": "#9467bd", "raw": "#7f7f7f",
-              "floor": "#bcbd22"}
+              "floor": "#bcbd22", "overlay": "#17becf"}
     for i, s in enumerate(systems):
         xs, ys = [], []
         for j, k in enumerate(keys):

