@@ -55,6 +55,8 @@ class EntryIndex:
         if persist:
             self.journal.put(e)
         old = self.entries.get(e.key)
+        if old is e and e.__dict__.get("_indexed") == self._snapshot(e):
+            return  # the same row again (a close after the create): the folder indexes stand
         if old is not None:
             self._drop(old)
         self._add(e)
@@ -83,7 +85,11 @@ class EntryIndex:
         if e.op == OP_COPY and e.copy_src:
             self._copy_sources[e.copy_src] += 1
         # snapshot what was indexed, so _drop undoes exactly that even if e mutates later
-        e.__dict__["_indexed"] = (e.is_tombstone, e.pending, e.copy_src if e.op == OP_COPY else None)
+        e.__dict__["_indexed"] = self._snapshot(e)
+
+    @staticmethod
+    def _snapshot(e: Entry) -> tuple[bool, bool, str | None]:
+        return e.is_tombstone, e.pending, e.copy_src if e.op == OP_COPY else None
 
     def _drop(self, e: Entry) -> None:
         was_tomb, was_pending, copy_src = e.__dict__.pop("_indexed", (e.is_tombstone, e.pending, None))
