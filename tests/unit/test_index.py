@@ -1,0 +1,66 @@
+"""The folder indexes stay right whichever way an entry is put again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storefs.cache.index import EntryIndex
+from storefs.cache.journal import OP_COPY, OP_DELETE, OP_PUT, Entry, Journal
+
+
+def _counts(ix: EntryIndex) -> tuple[dict, dict, dict]:
+    return ({p: dict(c) for p, c in ix._children.items()}, dict(ix._pending_below), dict(ix._copy_sources))
+
+
+def test_putting_an_entry_again_keeps_the_indexes_and_writes_the_row(tmp_path: Path) -> None:
+    """A create indexes the row unjournaled and its close puts the same object again: the close
+    must journal it and leave the indexes as one put of it would; any change in what is indexed
+    (pending or not, tombstone, copy source) must still re-index."""
+    ix = EntryIndex(Journal(str(tmp_path / "j.db")))
+    e = Entry("t/image/b/a/x.png", "local", state="dirty", op=OP_PUT, size=1)
+    ix.put(e, persist=False)
+    once = _counts(ix)
+    assert once[0]["t/image/b/a/"] == {"x.png": 1} and once[1][""] == 1
+    assert EntryIndex(Journal(str(tmp_path / "j.db"))).get(e.key) is None
+
+    e.size = 5
+    ix.put(e)
+    ix.put(e)
+    assert _counts(ix) == once
+    again = EntryIndex(Journal(str(tmp_path / "j.db")))
+    assert again.get(e.key).size == 5 and _counts(again) == once
+
+    e.op, e.state = None, "clean"  # uploaded: no longer pending
+    ix.put(e)
+    assert _counts(ix) == ({}, {}, {})
+
+    e.op, e.state = OP_DELETE, "dirty"  # a tombstone is pending but no child
+    ix.put(e)
+    assert _counts(ix)[0] == {} and _counts(ix)[1][""] == 1
+
+    e.op, e.copy_src = OP_COPY, "t/image/b/a/y.png"
+    ix.put(e)
+    assert _counts(ix)[2] == {"t/image/b/a/y.png": 1} and _counts(ix)[0]["t/image/b/a/"] == {"x.png": 1}
+    e.copy_src = "t/image/b/a/z.png"
+    ix.put(e)
+    assert _counts(ix)[2] == {"t/image/b/a/z.png": 1}
+
+    ix.remove(e.key)
+    assert _counts(ix) == ({}, {}, {})
+
+
+def test_a_close_after_the_create_does_not_walk_the_folders_again(tmp_path: Path, monkeypatch) -> None:
+    """Each close of a new file puts its row again; re-indexing it walked every ancestor folder
+    twice (drop and add), a tenth of a small file's time in the daemon."""
+    import storefs.cache.index as index
+
+    walks: list[str] = []
+    real = index.ancestors
+    monkeypatch.setattr(index, "ancestors", lambda key: walks.append(key) or real(key))
+    ix = EntryIndex(Journal(str(tmp_path / "j.db")))
+    e = Entry("t/image/b/a/x.png", "local", state="dirty", op=OP_PUT)
+    ix.put(e, persist=False)
+    walks.clear()
+    e.size = 9
+    ix.put(e)
+    assert walks == []
