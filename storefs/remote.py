@@ -7,6 +7,7 @@ here: the namespace overlays the journal on top of this view.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import itertools
 import threading
@@ -39,8 +40,13 @@ MISS_RECHECK = 2.0
 RECHECK_AHEAD = 0.5
 #: a listing in use since it was fetched is fetched again in the background this long before it
 #: expires (as a share of the TTL), so a folder being worked in never makes a request wait for its
-#: listing; a folder left alone is re-listed once more, then let expire
+#: listing
 REFRESH_AHEAD = 0.2
+#: ... and so is a folder left alone, for this many TTLs after it last answered a request (a job
+#: writes a batch, and a walk, rsync or `ls -R` comes a minute later), then it is let expire
+KEEP_WARM_TTLS = 4.0
+#: at most this many folders are kept fresh for having been used lately (the most recent)
+KEEP_WARM_MAX = 256
 #: background refreshes skip listings bigger than this (a 100,000-key folder is listed on demand)
 REFRESH_MAX_NAMES = 5000
 #: after a provider failed to answer, lookups skip it this long instead of waiting on it again
@@ -306,14 +312,26 @@ class RemoteView:
                     and len(hit[1]) <= LOOKUP_LISTING_MAX]  # bigger folders: a HEAD per name
 
     def due_refreshes(self) -> list[str]:
-        """Folders whose listing expires soon and answered a request since it was fetched."""
+        """Folders whose listing expires soon and that answered a request since it was fetched,
+        or within KEEP_WARM_TTLS of now (then only the KEEP_WARM_MAX used last)."""
         now = time.monotonic()
-        ahead = self.ttl * REFRESH_AHEAD
+        ahead, warm = self.ttl * REFRESH_AHEAD, self.ttl * KEEP_WARM_TTLS
+        if any(self.is_down(p) for p in self.order):
+            return []
         with self._lock:
-            return [prefix for prefix, (until, listing) in self._listings.items()
-                    if 0.0 < until - now <= ahead and len(listing) <= REFRESH_MAX_NAMES
-                    and self._used.get(prefix, 0.0) > self._fetched.get(prefix, now)
-                    and not any(self.is_down(p) for p in self.order)]
+            due, left = [], []
+            for prefix, (until, listing) in self._listings.items():
+                if not (0.0 < until - now <= ahead and len(listing) <= REFRESH_MAX_NAMES):
+                    continue
+                used = self._used.get(prefix, 0.0)
+                if used > self._fetched.get(prefix, now):
+                    due.append(prefix)
+                elif used and now - used <= warm:
+                    left.append((used, prefix))
+            if left:
+                recent = heapq.nlargest(KEEP_WARM_MAX, self._used.values())[-1]
+                due += [prefix for used, prefix in left if used >= recent]
+            return due
 
     def lookup(self, key: str, need_meta: bool = True) -> tuple[str, ObjectInfo] | None:
         """The file or folder at key ('a/b/x', never with a trailing '/'), or None.

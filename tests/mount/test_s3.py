@@ -335,6 +335,39 @@ def test_a_folder_in_use_is_listed_again_in_the_background(store):
     assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
 
 
+def test_a_folder_used_lately_stays_listed_after_it_is_left_alone(store):
+    """A job writes a batch and leaves; a walk comes later: the folder's listing was kept fresh
+    in the background meanwhile (remote.KEEP_WARM_TTLS), so the walk waits for no listing.
+
+    Observable through the kernel: an object another client adds, and deletes again after the
+    second background refresh, is still in `ls` once the first refresh's listing has expired;
+    a folder left alone used to be re-listed only once, and `ls` would list it anew, without it.
+    """
+    ttl = 20.0
+    store.extra_config["fuse"] = {"dir_cache_ttl": f"{ttl:g}s"}
+    store.remount()
+    c, b = s3(store), bucket(store)
+    art = "t1/image/b1/batch"
+    (store.mnt / art).mkdir(parents=True)
+    made = time.monotonic()  # the folder's listing counts as fetched now (known empty)
+    (store.mnt / art / "mine.png").write_bytes(b"mine")
+    store.flush()
+    assert os.listdir(store.mnt / art) == ["mine.png"]  # its last use; left alone from here
+    c.put_object(Bucket=b, Key=f"{art}/passing.png", Body=b"x")
+    assert time.monotonic() - made < 1.0, "too slow to place the background listings"
+    # background listings: one 1.5 s after the mkdir (the create's miss), then each 0.8 ttl
+    # (16 s) later; the second refresh's is at 33.5-34.5 s, the first's expires at 37.5-38.5 s
+    while time.monotonic() - made < 35.5:
+        time.sleep(0.2)
+    c.delete_object(Bucket=b, Key=f"{art}/passing.png")
+    while time.monotonic() - made < 39.5:
+        time.sleep(0.2)
+    assert sorted(os.listdir(store.mnt / art)) == ["mine.png", "passing.png"]
+    store.remount(empty_cache=True)
+    assert os.listdir(store.mnt / art) == ["mine.png"]
+    assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
+
+
 def test_a_folder_made_through_the_mount_costs_no_listing(store):
     """A new artifact folder is known empty: its first files are created without listing it.
 

@@ -279,6 +279,35 @@ def test_a_listing_left_alone_is_not_refreshed(
         assert v.due_refreshes() == []
 
 
+def test_a_folder_used_lately_is_kept_listed_for_a_while_then_let_expire(
+        view: tuple[RemoteView, ListingProvider, Path], clock: list[float],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job writes a batch and a walk comes a minute later: the folders it used stay listed for
+    KEEP_WARM_TTLS TTLs after their last use (never older than the TTL), then expire, so an
+    idle mount stops asking; only the KEEP_WARM_MAX folders used last are kept so."""
+    v, p, base = view
+    monkeypatch.setattr(remote, "KEEP_WARM_MAX", 2)
+    for name in ("a", "b", "c"):
+        put(base, f"t/image/b/{name}/1.png")
+        assert v.lookup(f"t/image/b/{name}/1.png") is not None  # fetched ...
+        assert v.lookup(f"t/image/b/{name}/1.png") is not None  # ... then used
+        clock[0] += 1
+    last_use = clock[0] - 1  # c's
+    refreshes = 0
+    while clock[0] < last_use + v.ttl * (remote.KEEP_WARM_TTLS + 2):
+        clock[0] += 0.25
+        due = v.due_refreshes()
+        assert "t/image/b/a/" not in due  # the third folder used last: not kept warm
+        for prefix in due:
+            v._listing(prefix, remote.REFRESH_MAX_NAMES, refresh=True)  # what the refresher does
+            refreshes += prefix == "t/image/b/c/"
+    # refreshed about every 0.8 TTL for KEEP_WARM_TTLS TTLs, then left to expire
+    assert int(remote.KEEP_WARM_TTLS / (1 - remote.REFRESH_AHEAD)) - 1 <= refreshes <= int(remote.KEEP_WARM_TTLS) + 1
+    with v._lock:
+        assert v._listings["t/image/b/c/"][0] < clock[0]  # expired now: no request while idle
+        assert v._listings["t/image/b/a/"][0] < clock[0]
+
+
 def test_the_refresher_thread_keeps_a_used_listing_fresh(tmp_path: Path) -> None:
     base = tmp_path / "data"
     v, listed_by = _view_noting_threads(base, ttl=1.5)
