@@ -461,6 +461,10 @@ class Overlay(ForegroundDaemon):
     big_files = False
     has_bucket = False
 
+    def version(self) -> str:
+        out = run([self.exe or self.binary, "--version"], timeout=60).stdout
+        return next((ln for ln in out.splitlines() if ln.startswith("fuse-overlayfs")), "unavailable")
+
     def setup(self) -> None:
         super().setup()
         self.lower = os.path.join(self.ctx.work, "overlay-lower")
