@@ -430,12 +430,23 @@ class Raw(System):
         return f"folder on {r.stdout.strip() or '?'}"
 
 
-class Floor(ForegroundDaemon):
+class Reference(ForegroundDaemon):
+    """Not a peer: a daemon that shows what the FUSE stack allows at all; small files, no bucket."""
+
+    big_files = False
+    has_bucket = False
+
+    def wait_object(self, key: str, size: int, timeout: float = 900) -> float:
+        return time.monotonic()
+
+    def wait_count(self, prefix: str, n: int, timeout: float = 900) -> float:
+        return time.monotonic()
+
+
+class Floor(Reference):
     name = "floor"
     setup_note = ("storefs.fs (the edge, mount options and init of storefs) on an in-memory core "
                   "(scripts/floorfs.py): the ceiling of this FUSE stack; small files only")
-    big_files = False
-    has_bucket = False
 
     def setup(self) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -447,19 +458,11 @@ class Floor(ForegroundDaemon):
     def command(self, mode: str, cache: str) -> tuple[list[str], dict[str, str] | None]:
         return [sys.executable, os.path.join(ROOT, "scripts", "floorfs.py"), self.root], None
 
-    def wait_object(self, key: str, size: int, timeout: float = 900) -> float:
-        return time.monotonic()
 
-    def wait_count(self, prefix: str, n: int, timeout: float = 900) -> float:
-        return time.monotonic()
-
-
-class Overlay(ForegroundDaemon):
+class Overlay(Reference):
     name, binary, package, version_args = "overlay", "fuse-overlayfs", "fuse-overlayfs (Debian)", ["--version"]
     setup_note = ("fuse-overlayfs -f -o lowerdir=<empty>,upperdir=<fresh folder per mount>: a C FUSE "
                   "daemon over the disk; small files only")
-    big_files = False
-    has_bucket = False
 
     def version(self) -> str:
         out = run([self.exe or self.binary, "--version"], timeout=60).stdout
@@ -475,12 +478,6 @@ class Overlay(ForegroundDaemon):
         os.makedirs(upper)
         os.makedirs(work)
         return [self.exe, "-f", "-o", f"lowerdir={self.lower},upperdir={upper},workdir={work}", self.root], None
-
-    def wait_object(self, key: str, size: int, timeout: float = 900) -> float:
-        return time.monotonic()
-
-    def wait_count(self, prefix: str, n: int, timeout: float = 900) -> float:
-        return time.monotonic()
 
 
 SYSTEM_CLASSES: dict[str, type[System]] = {"storefs": Storefs, "rclone": Rclone, "juicefs": Juicefs,
@@ -808,7 +805,7 @@ class Bench:
             self.small(rnd)
             peaks = self.sampler.take()
             for s in self.live():
-                if s.name in peaks and s.name not in ("raw", "floor", "overlay"):
+                if s.name in peaks and s.name != "raw" and s.name not in REFERENCES:
                     self.record(rnd, s, "rss_mib", peaks[s.name] / MiB)
             self.each(rnd, "unmount", lambda s: s.unmount())
         self.sampler.halt.set()
