@@ -42,6 +42,16 @@ WARM_PROBES = 32
 MISSING, PRESENT = 0, 1
 
 
+class _Fetching:
+    """One chunk being fetched: waiters share its outcome, failure included."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 def default_warm_limit() -> int:
     """Largest file worth holding in the page cache for a random reader: an eighth of RAM."""
     try:
@@ -74,7 +84,7 @@ class OpenFile:
         self._max_ahead = readahead
         self._present = bytearray(entry.chunks) if entry.chunks is not None else None
         self._lock = threading.Lock()
-        self._inflight: dict[int, threading.Event] = {}
+        self._inflight: dict[int, _Fetching] = {}
         self._queued: set[int] = set()  # chunks handed to the read-ahead pool, not started yet
         self._next_seq = -1         # chunk a sequential reader will want next
         self._ahead = 0
@@ -95,36 +105,39 @@ class OpenFile:
 
     def _get_chunk(self, i: int) -> None:
         """Make chunk i present, fetching it unless another thread already is."""
-        while True:
-            with self._lock:
-                present = self._present
-                if present is None or i >= len(present) or present[i] == PRESENT:
-                    return
-                ev = self._inflight.get(i)
-                if ev is None:
-                    ev = self._inflight[i] = threading.Event()
-                    mine = True
-                else:
-                    mine = False
-            if not mine:
-                ev.wait()
-                continue  # present now, or the fetcher failed and we try ourselves
-            try:
-                start = i * self.chunk_size
-                want = min(self.chunk_size, self.size - start)
-                if want > 0:
-                    os.pwrite(self.fd, self._fetch(start, want), start)  # type: ignore[misc]
-                with self._lock:
-                    if self._present is not None:
-                        self._present[i] = PRESENT
-                        if all(self._present):
-                            self._present = None
-                    self.chunks_changed = True
-            finally:
-                with self._lock:
-                    self._inflight.pop(i, None)
-                ev.set()
+        with self._lock:
+            present = self._present
+            if present is None or i >= len(present) or present[i] == PRESENT:
+                return
+            flight = self._inflight.get(i)
+            mine = flight is None
+            if flight is None:
+                flight = self._inflight[i] = _Fetching()
+        if not mine:
+            # the fetch already retried for as long as the provider allows: trying again here
+            # would make each of the kernel's parallel reads of a chunk wait out its own deadline
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
             return
+        try:
+            start = i * self.chunk_size
+            want = min(self.chunk_size, self.size - start)
+            if want > 0:
+                os.pwrite(self.fd, self._fetch(start, want), start)  # type: ignore[misc]
+            with self._lock:
+                if self._present is not None:
+                    self._present[i] = PRESENT
+                    if all(self._present):
+                        self._present = None
+                self.chunks_changed = True
+        except BaseException as e:
+            flight.error = e
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(i, None)
+            flight.done.set()
 
     def _prefetch(self, i: int) -> None:
         self._queued.discard(i)

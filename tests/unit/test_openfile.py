@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +15,7 @@ import pytest
 from storefs.cache import openfile
 from storefs.cache.journal import Entry
 from storefs.cache.openfile import WARM_AFTER, OpenFile
+from storefs.errors import ProviderUnavailable
 
 MiB = 1024 * 1024
 SIZE = 24 * MiB + 777
@@ -237,3 +239,56 @@ def test_random_and_uncached_reads_ask_nothing_ahead(data: tuple[Path, bytes], p
     random_reads(g, content, 3 * WARM_AFTER, random.Random(6))
     g.close()
     assert asked == []
+
+
+@pytest.mark.parametrize("outcome", ["fails", "succeeds"])
+def test_readers_of_a_chunk_being_fetched_share_the_fetch_and_its_outcome(
+        tmp_path: Path, outcome: str) -> None:
+    # the kernel sends a cold read as several requests at once; each waiting out a provider
+    # deadline of its own made one failing read take that deadline several times over
+    content = random.Random(8).randbytes(SIZE)
+    calls: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def fetch(offset: int, length: int) -> bytes:
+        calls.append(offset)
+        started.set()
+        assert release.wait(10)
+        if outcome == "fails":
+            raise ProviderUnavailable("cannot reach the server (gave up after 5 attempts)")
+        return content[offset:offset + length]
+
+    path = tmp_path / "cold.bin"
+    path.write_bytes(bytes(SIZE))
+    e = Entry("t/image/b/a/x.bin", "s3", size=SIZE, chunks=bytes(3))
+    f = OpenFile(e, os.open(path, os.O_RDWR), fetch, chunk_size=12 * MiB, pool=None, readahead=0)
+    results: list[bytes | BaseException] = []
+
+    def reader(off: int) -> None:
+        try:
+            results.append(read(f, 64 * 1024, off))
+        except ProviderUnavailable as err:
+            results.append(err)
+
+    first = threading.Thread(target=reader, args=(0,))
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=reader, args=(off,)) for off in (1 * MiB, 2 * MiB, 3 * MiB)]
+    for t in others:
+        t.start()
+    time.sleep(0.2)  # the others are waiting on the first one's fetch
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert calls == [0], "one fetch of the chunk, not one per reader"
+    assert len(results) == 4
+    if outcome == "fails":
+        assert all(isinstance(r, ProviderUnavailable) for r in results), results
+        calls.clear()
+        release.set()  # a later read tries again: the failure is not remembered
+        with pytest.raises(ProviderUnavailable):
+            read(f, 4096, 0)
+        assert calls == [0]
+    else:
+        assert sorted(results) == sorted(content[off:off + 64 * 1024] for off in range(0, 4 * MiB, MiB))
+    f.close()
