@@ -620,7 +620,7 @@ class Namespace:
                     del self._nodes[k]
             if node.unlinked:
                 if self.index.get(e.key) is not e:
-                    self.data.remove(e.data_name)
+                    self.data.discard(e.data_name)
                 return
             changed = node.dirty or node.chunks_changed or self.index.get(e.key) is not e
             if node.dirty:  # written but never flushed (flush is optional in FUSE)
@@ -651,7 +651,7 @@ class Namespace:
         e = self.index.get(key)
         remote = f.remote is not None or (e is not None and (e.remote or self.uploader.is_busy(key)))
         if e is not None and node is None:
-            self.data.remove(e.data_name)
+            self.data.discard(e.data_name)
         if remote:
             provider = e.provider if e else f.remote[0]  # type: ignore[index]
             self.index.put(Entry(key, provider, kind="file", state="dirty", op=OP_DELETE, remote=True,

@@ -7,6 +7,8 @@ Creating a file is the slow part of a small file's create(2): the filesystem all
 an inode, and ext4 without a journal skips every inode freed in the last minutes (a cache
 that evicts and deletes has many) reading inode tables as it goes, ~0.3 ms a file. A
 background thread keeps a few empty data files ready, so a create takes one of those.
+Deleting one costs about as much (ext4 frees its blocks and inode), so the same thread
+deletes the data files of unlinked files, and `rm -r` does not wait for it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class DataFiles:
         os.makedirs(self.root, exist_ok=True)
         self.spares = spares
         self._ready: collections.deque[tuple[str, int]] = collections.deque()
+        self._doomed: collections.deque[str] = collections.deque()  # to delete, in the background
         self._cond = threading.Condition()
         self._halt = False
         self._filler: threading.Thread | None = None
@@ -88,7 +91,7 @@ class DataFiles:
         self._filler.start()
 
     def stop(self) -> None:
-        """Stop refilling and delete the files still unused."""
+        """Stop refilling and delete the files still unused, and those discarded."""
         with self._cond:
             self._halt = True
             self._cond.notify()
@@ -97,18 +100,44 @@ class DataFiles:
             self._filler = None
         with self._cond:
             left, self._ready = list(self._ready), collections.deque()
+            doomed, self._doomed = list(self._doomed), collections.deque()
         for name, fd in left:
             os.close(fd)
+            self.remove(name)
+        for name in doomed:
+            self.remove(name)
+
+    def discard(self, name: str | None) -> None:
+        """Delete a data file soon, off the caller's path; a crash first leaves it to the recovery sweep."""
+        if not name:
+            return
+        with self._cond:
+            if self._filler is not None and not self._halt:
+                self._doomed.append(name)
+                self._cond.notify()
+                return
+        self.remove(name)
+
+    def _reap(self) -> None:
+        while True:
+            with self._cond:
+                if not self._doomed:
+                    return
+                name = self._doomed.popleft()
             self.remove(name)
 
     def _fill_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._halt and len(self._ready) >= self.spares // 2:
+                while not self._halt and len(self._ready) >= self.spares // 2 and not self._doomed:
                     self._cond.wait()
                 if self._halt:
                     return
+            self._reap()
+            with self._cond:
                 want = self.spares - len(self._ready)
+                if want <= self.spares // 2:
+                    continue
             for _ in range(want):
                 try:
                     made = self._make()
@@ -122,7 +151,7 @@ class DataFiles:
                         return
                     self._ready.append(made)
             with self._cond:  # nothing to do until a create takes one or the disk has room again
-                if not self._halt and len(self._ready) < self.spares // 2:
+                if not self._halt and len(self._ready) < self.spares // 2 and not self._doomed:
                     self._cond.wait(1.0)
 
     def open(self, name: str) -> int:

@@ -778,6 +778,28 @@ def test_creates_take_data_files_made_ahead_and_none_outlives_the_mount(store):
     assert {n: (art / n).read_bytes() for n in files} == files
 
 
+def test_rm_r_leaves_no_data_file_behind(store):
+    """rm -r does not wait for the cache data files to go, but they go, and nothing comes back."""
+    board = store.path(ART).parent
+    arts = [board / f"a{i}" for i in range(3)]
+    for a in arts:
+        a.mkdir(parents=True)
+        for j in range(10):
+            (a / f"f{j}.bin").write_bytes(payload(f"rm{a.name}{j}", 3000 + j))
+    store.flush()
+    cached = _journaled_data_files(store)
+    assert len(cached) >= 30
+    run(["rm", "-r", str(board)])
+    assert not board.exists()
+    _wait_for("data files of removed files still in the cache", lambda: not (cached & _data_files(store)))
+    store.unmount()
+    assert _data_files(store) == _journaled_data_files(store), "data files left after unmount"
+    store.start()
+    store.remount(empty_cache=True)
+    assert not board.exists()
+    assert not any(store.path(ART).parent.parent.iterdir()), "a removed folder came back"
+
+
 # --------------------------------------------------------------------------- 7. 10,000 keys
 
 

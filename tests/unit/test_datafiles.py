@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -108,3 +109,50 @@ def test_ready_files_left_by_a_crash_are_swept_at_the_next_start(tmp_path: Path)
     assert (tmp_path / "data/t/image/b/a/kept").read_bytes() == b"kept"
     ns2.stop()
     assert on_disk(ns2.data) == {ns2.index.get("t/image/b/a/kept").data_name}
+
+
+def test_unlinked_files_lose_their_data_files_on_the_background_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # deleting a data file costs as much as making one: rm -r should not wait for it
+    removed: list[tuple[str, str]] = []
+    remove = DataFiles.remove
+
+    def recording(self: DataFiles, name: str | None) -> None:
+        removed.append((threading.current_thread().name, name or ""))
+        remove(self, name)
+
+    monkeypatch.setattr(DataFiles, "remove", recording)
+    ns, _ = make_ns(tmp_path, delay="1h")
+    ns.start()
+    mkdirs(ns, "t/image/b/a")
+    names = []
+    for i in range(5):
+        write_file(ns, f"t/image/b/a/f{i}", b"x" * 1000)
+        names.append(ns.index.get(f"t/image/b/a/f{i}").data_name)
+    for i in range(5):
+        ns.unlink(f"t/image/b/a/f{i}")
+    deadline = time.monotonic() + 10
+    while set(names) & on_disk(ns.data):
+        assert time.monotonic() < deadline, "data files of unlinked files still on disk"
+        time.sleep(0.01)
+    assert sorted(n for t, n in removed if n in names) == sorted(names)
+    assert {t for t, n in removed if n in names} == {"storefs-datafiles"}
+    ns.stop()
+
+
+def test_stop_deletes_the_data_files_discarded_but_not_deleted_yet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = DataFiles(str(tmp_path), spares=4)
+    monkeypatch.setattr(d, "_reap", lambda: None)  # the thread is behind
+    d.start()
+    name, fd = d.create()
+    os.close(fd)
+    d.discard(name)
+    assert name in on_disk(d)
+    d.stop()
+    assert on_disk(d) == set()
+    other = DataFiles(str(tmp_path), spares=0)  # no thread: deleted at once
+    name, fd = other.create()
+    os.close(fd)
+    other.discard(name)
+    assert on_disk(other) == set()
