@@ -305,6 +305,21 @@ def test_a_folder_files_are_being_created_in_is_listed_again_in_the_background(s
         assert (store.mnt / art / name).read_bytes() == data
 
 
+def _folder_with_listing_ttl(store: StorefsMount, ttl: float, art: str) -> tuple[Any, str]:
+    """Remount with listings cached for ttl and make the folder art: an S3 client and its bucket."""
+    store.extra_config["fuse"] = {"dir_cache_ttl": f"{ttl:g}s"}
+    store.remount()
+    c, b = s3(store), bucket(store)
+    (store.mnt / art).mkdir(parents=True)  # last: a caller may time from the mkdir
+    return c, b
+
+
+def _only_mine_after_an_empty_cache_remount(store: StorefsMount, art: str) -> None:
+    store.remount(empty_cache=True)
+    assert os.listdir(store.mnt / art) == ["mine.png"]
+    assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
+
+
 def test_a_folder_in_use_is_listed_again_in_the_background(store):
     """A folder being worked in is re-listed before its listing expires, off the request path.
 
@@ -312,12 +327,8 @@ def test_a_folder_in_use_is_listed_again_in_the_background(store):
     refresh is still in `ls` just after the first listing's TTL ran out, because the listing
     answering then was fetched in the background (a listing fetched on demand would not have it).
     """
-    ttl = 10.0
-    store.extra_config["fuse"] = {"dir_cache_ttl": f"{ttl:g}s"}
-    store.remount()
-    c, b = s3(store), bucket(store)
-    art = "t1/image/b1/busy"
-    (store.mnt / art).mkdir(parents=True)
+    ttl, art = 10.0, "t1/image/b1/busy"
+    c, b = _folder_with_listing_ttl(store, ttl, art)
     (store.mnt / art / "mine.png").write_bytes(b"mine")
     store.flush()
     t0 = time.monotonic()
@@ -330,9 +341,7 @@ def test_a_folder_in_use_is_listed_again_in_the_background(store):
     while time.monotonic() - t0 < ttl + 0.5:
         time.sleep(0.1)
     assert sorted(os.listdir(store.mnt / art)) == ["mine.png", "passing.png"]
-    store.remount(empty_cache=True)
-    assert os.listdir(store.mnt / art) == ["mine.png"]
-    assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
+    _only_mine_after_an_empty_cache_remount(store, art)
 
 
 def test_a_folder_used_lately_stays_listed_after_it_is_left_alone(store):
@@ -343,12 +352,8 @@ def test_a_folder_used_lately_stays_listed_after_it_is_left_alone(store):
     second background refresh, is still in `ls` once the first refresh's listing has expired;
     a folder left alone used to be re-listed only once, and `ls` would list it anew, without it.
     """
-    ttl = 20.0
-    store.extra_config["fuse"] = {"dir_cache_ttl": f"{ttl:g}s"}
-    store.remount()
-    c, b = s3(store), bucket(store)
-    art = "t1/image/b1/batch"
-    (store.mnt / art).mkdir(parents=True)
+    ttl, art = 20.0, "t1/image/b1/batch"
+    c, b = _folder_with_listing_ttl(store, ttl, art)
     made = time.monotonic()  # the folder's listing counts as fetched now (known empty)
     (store.mnt / art / "mine.png").write_bytes(b"mine")
     store.flush()
@@ -363,9 +368,7 @@ def test_a_folder_used_lately_stays_listed_after_it_is_left_alone(store):
     while time.monotonic() - made < 39.5:
         time.sleep(0.2)
     assert sorted(os.listdir(store.mnt / art)) == ["mine.png", "passing.png"]
-    store.remount(empty_cache=True)
-    assert os.listdir(store.mnt / art) == ["mine.png"]
-    assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
+    _only_mine_after_an_empty_cache_remount(store, art)
 
 
 def test_a_folder_made_through_the_mount_costs_no_listing(store):
