@@ -16,13 +16,16 @@ import time
 from . import __version__
 from .admin import add_commands
 from .admin.progress import Progress
-from .config import LOG_LEVELS, Config, load_config, parse_duration, with_tenant
-from .control import NotRunning, find_mount, request
+from .config import LOG_LEVELS, Config, FuseConfig, load_config, parse_duration, with_mount_options, with_tenant
+from .control import NotRunning, UnsafeFolder, find_mount, request
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 60.0
+FUSE_CONF = "/etc/fuse.conf"
+USER_ALLOW_OTHER = "user_allow_other"
+LOG_FILE_MODE = 0o600
 
 
 class CliError(Exception):
@@ -37,9 +40,19 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def open_log_file(path: str) -> int:
+    """The log file, appended to, readable by the daemon's user only (it names every file touched)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, LOG_FILE_MODE)
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o777 != LOG_FILE_MODE:
+        os.fchmod(fd, LOG_FILE_MODE)
+    return fd
+
+
 def _setup_logging(level: str, log_file: str | None) -> None:
     # names from the kernel may hold undecodable bytes (surrogates): a log line must never fail
     if log_file:
+        os.close(open_log_file(log_file))  # created 0600 before logging opens it with the umask's mode
         handler: logging.Handler = logging.FileHandler(log_file, errors="backslashreplace")
     else:
         sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
@@ -72,16 +85,56 @@ def _check_fuse() -> None:
         raise CliError("libfuse3 is not installed: install the 'fuse3' package (apt-get install fuse3)")
 
 
-def cmd_mount(args: argparse.Namespace) -> int:
+def fuse_conf_allows_other(path: str = FUSE_CONF) -> bool:
+    """Whether fuse.conf has the user_allow_other line fusermount3 looks for (a missing file has none)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(line.split("#", 1)[0].strip() == USER_ALLOW_OTHER for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def check_allow_other(fuse: FuseConfig, euid: int | None = None, conf: str = FUSE_CONF) -> None:
+    """Refuse before mounting what fusermount3 would refuse inside libfuse, with what to do about it."""
+    euid = os.geteuid() if euid is None else euid
+    wanted = [name for name in ("allow_other", "allow_root") if getattr(fuse, name)]
+    if not wanted or euid == 0:
+        return
+    try:
+        allowed = fuse_conf_allows_other(conf)
+    except OSError as e:
+        raise CliError(f"{wanted[0]}: cannot read {conf}: {e.strerror or e}") from None
+    if not allowed:
+        raise CliError(f"{wanted[0]} needs the line `{USER_ALLOW_OTHER}` in {conf} when the mount is not made "
+                       f"by root: add it as root (echo {USER_ALLOW_OTHER} >> {conf}), or mount as root, "
+                       f"or drop {wanted[0]}")
+
+
+def _mount_config(args: argparse.Namespace) -> Config:
+    """The config file (or the embedded default), then --tenant and -o on top: the command line wins."""
     try:
         cfg = load_config(os.path.abspath(args.config) if args.config else None)
         if args.tenant:
             cfg = with_tenant(cfg, args.tenant)
     except ConfigError as e:
         raise CliError(f"bad config: {e}") from None
+    try:
+        return with_mount_options(cfg, args.options or [])
+    except ConfigError as e:
+        raise CliError(f"bad mount option: {e}") from None
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    cfg = _mount_config(args)
+    check_allow_other(cfg.fuse)
     mnt = os.path.abspath(args.mountpoint)
     _check_mountpoint(mnt)
     _check_fuse()
+    from .daemon import DaemonError, prepare_cache_folder
+    try:
+        prepare_cache_folder(cfg.cache.dir)
+    except (DaemonError, OSError) as e:
+        raise CliError(str(e)) from None
     level = args.log_level or cfg.log_level
     if args.foreground:
         _setup_logging(level, args.log_file)
@@ -115,7 +168,7 @@ def _run_background(cfg: Config, mnt: str, level: str, log_file: str) -> int:
         os.close(r)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
-        logfd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        logfd = open_log_file(log_file)
         os.dup2(devnull, 0)
         os.dup2(logfd, 1)
         os.dup2(logfd, 2)
@@ -276,6 +329,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"mountpoint:   {st['mountpoint']} (daemon pid {st['pid']})")
     print(f"config:       {st['config']}")
+    print(f"access:       {'read-only (nothing is uploaded)' if st.get('read_only') else 'read-write'}"
+          + (f"; options {','.join(st['mount_options'])}" if st.get("mount_options") else ""))
     print(f"providers:    {', '.join(f'{n} ({k})' for n, k in st['providers'].items())}")
     print(f"pending:      {st['pending']} changes, {st['dirty_files']} dirty files "
           f"({_human(st['dirty_bytes'])}), {st['uploading']} uploading")
@@ -336,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log-level", type=_log_level, help="DEBUG, INFO, WARNING, ERROR (default: config log_level)")
     m.add_argument("--log-file", help="log file (default: CACHE_DIR/storefs.log in the background)")
     m.add_argument("--tenant", help="show only this tenant's folder, as the mount root (config key: tenant)")
+    m.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
+                   help="mount options, over the config's fuse: section (repeatable): allow_other, allow_root, "
+                        "ro, rw, uid=USER, gid=GROUP, umask=022, file_mode=0644, dir_mode=0755, relatime, "
+                        "strictatime, noatime, default_permissions (always on), attr_timeout=1s, "
+                        "entry_timeout=, negative_timeout=, dir_cache_ttl=, read_ahead=")
     m.add_argument("mountpoint")
     m.set_defaults(func=cmd_mount)
 
@@ -374,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CliError as e:
+    except (CliError, UnsafeFolder) as e:
         print(f"storefs: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,9 +24,11 @@ Every mistake is a ConfigError naming the file (or "environment"), the dotted ke
 from __future__ import annotations
 
 import dataclasses
+import grp
 import logging
 import math
 import os
+import pwd
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -47,6 +49,15 @@ DEFAULT_LEVELS = ("tenant", "type", "board", "artifact")
 DEFAULT_TYPES = ("image", "video", "audio", "model", "metadata")
 DEFAULT_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ATIME_MODES = ("relatime", "strictatime", "noatime")
+MAX_MODE = 0o7777
+MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "unchanged" to chown, never an owner
+DEFAULT_FILE_MODE = 0o644
+DEFAULT_DIR_MODE = 0o755
+#: with a umask, rclone's bases: files 0666, folders 0777, minus the umask
+UMASK_FILE_BASE = 0o666
+UMASK_DIR_BASE = 0o777
+OPTIONS_SOURCE = "-o"
 
 _SIZE_UNITS = {"": 1, "b": 1}
 for _i, _p in enumerate("kmgt", 1):
@@ -149,6 +160,37 @@ class FuseConfig:
     dir_cache_ttl: float = 30.0
     #: the kernel's read-ahead for the mount, in bytes (0: the kernel's own, 128 KiB)
     read_ahead: int = 4 * 1024 * 1024
+    #: other users may use the mount (a non-root daemon needs user_allow_other in /etc/fuse.conf)
+    allow_other: bool = False
+    #: root may use the mount too (never together with allow_other)
+    allow_root: bool = False
+    #: every change answers EROFS; nothing is uploaded (option `ro`; `rw` clears it)
+    read_only: bool = False
+    #: owner shown for objects without uid metadata (default: the daemon's)
+    uid: int | None = None
+    gid: int | None = None
+    #: applied to file_mode/dir_mode defaults (rclone semantics)
+    umask: int | None = None
+    #: mode bits shown for files without mode metadata (default 0o644)
+    file_mode: int | None = None
+    #: mode bits shown for folders without mode metadata (default 0o755)
+    dir_mode: int | None = None
+    #: relatime | strictatime | noatime
+    atime: str = "relatime"
+
+    def default_file_mode(self) -> int:
+        """Permission bits of a file that carries no mode metadata, as rclone derives them."""
+        if self.umask is None:
+            return DEFAULT_FILE_MODE if self.file_mode is None else self.file_mode
+        base = UMASK_FILE_BASE if self.file_mode is None else self.file_mode
+        return base & ~self.umask & MAX_MODE
+
+    def default_dir_mode(self) -> int:
+        """Permission bits of a folder that carries no mode metadata, as rclone derives them."""
+        if self.umask is None:
+            return DEFAULT_DIR_MODE if self.dir_mode is None else self.dir_mode
+        base = UMASK_DIR_BASE if self.dir_mode is None else self.dir_mode
+        return base & ~self.umask & MAX_MODE
 
 
 @dataclass(frozen=True)
@@ -264,6 +306,45 @@ def _bucket(value: object, source: str, key: str) -> str:
         raise ConfigError(source, key, f"bad bucket name {text!r}: 3 to 63 letters, digits, '.', "
                                        "'-' or '_', starting and ending with a letter or digit")
     return text
+
+
+def _mode(value: object, source: str, key: str) -> int:
+    """Modes are octal ("022", "0640", "0o755") in strings; a YAML number is taken as it reads it (0640 is octal)."""
+    n: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if text and all(c in "01234567" for c in text):
+            n = int(text, 8)
+    if n is None:
+        raise ConfigError(source, key, f"expected an octal mode such as 022, 0640 or 0755, got {_shown(value)}")
+    if not 0 <= n <= MAX_MODE:
+        raise ConfigError(source, key, f"must be between 0 and 07777 (octal), got {_shown(value)}")
+    return n
+
+
+def _owner(kind: str) -> Conv[int]:
+    """A uid (or gid) as a number, or a user (or group) name looked up on this host."""
+    lookup: Callable[[str], int] = ((lambda name: pwd.getpwnam(name).pw_uid) if kind == "user"
+                                    else (lambda name: grp.getgrnam(name).gr_gid))
+
+    def conv(value: object, source: str, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(source, key, f"expected a {kind} name or number, got {_kind(value)}")
+        text = str(value).strip()
+        if text.isdigit():
+            n = int(text)
+            if n > MAX_ID:
+                raise ConfigError(source, key, f"must be between 0 and {MAX_ID}, got {_shown(value)}")
+            return n
+        if isinstance(value, int):
+            raise ConfigError(source, key, f"must be between 0 and {MAX_ID}, got {_shown(value)}")
+        try:
+            return lookup(text)
+        except KeyError:
+            raise ConfigError(source, key, f"no {kind} named {text!r} on this host") from None
+    return conv
 
 
 def _choice(*options: str, fold: Callable[[str], str] = str.lower) -> Conv[str]:
@@ -504,13 +585,88 @@ def _cache(value: object, source: str) -> CacheConfig:
         **{name: m.get(name, conv, getattr(CacheConfig, name)) for name, conv in _CACHE_CONV.items()})
 
 
-_FUSE_CONV: dict[str, Conv[Any]] = {"read_ahead": _bounded(parse_size, 0, 1024 * MiB)}
+_FUSE_CONV: dict[str, Conv[Any]] = {
+    "read_ahead": _bounded(parse_size, 0, 1024 * MiB),
+    "allow_other": _bool,
+    "allow_root": _bool,
+    "read_only": _bool,
+    "uid": _owner("user"),
+    "gid": _owner("group"),
+    "umask": _mode,
+    "file_mode": _mode,
+    "dir_mode": _mode,
+    "atime": _choice(*ATIME_MODES),
+}
+_FUSE_NAMES = tuple(f.name for f in dataclasses.fields(FuseConfig))
+#: -o options without a value -> (FuseConfig field, value); default_permissions is always on
+OPTION_FLAGS: dict[str, tuple[str, Any] | None] = {
+    "allow_other": ("allow_other", True),
+    "allow_root": ("allow_root", True),
+    "ro": ("read_only", True),
+    "rw": ("read_only", False),
+    **{mode: ("atime", mode) for mode in ATIME_MODES},
+    "default_permissions": None,
+}
+
+
+#: the key=value options named in messages (every fuse: key is also taken as key=value)
+VALUE_OPTIONS = ("uid", "gid", "umask", "file_mode", "dir_mode", "attr_timeout", "entry_timeout",
+                 "negative_timeout", "dir_cache_ttl", "read_ahead")
+
+
+def _check_fuse(fuse: FuseConfig, source: str, key: str) -> FuseConfig:
+    """Settings that make sense alone but not together."""
+    if fuse.allow_other and fuse.allow_root:
+        raise ConfigError(source, key, "allow_other and allow_root exclude each other "
+                                       "(allow_other already lets root in)")
+    return fuse
 
 
 def _fuse(value: object, source: str) -> FuseConfig:
-    names = tuple(f.name for f in dataclasses.fields(FuseConfig))
-    m = _Map(value, source, "fuse", names)
-    return FuseConfig(**{n: m.get(n, _FUSE_CONV.get(n, parse_duration), getattr(FuseConfig, n)) for n in names})
+    m = _Map(value, source, "fuse", _FUSE_NAMES)
+    fuse = FuseConfig(**{n: m.get(n, _FUSE_CONV.get(n, parse_duration), getattr(FuseConfig, n))
+                         for n in _FUSE_NAMES})
+    return _check_fuse(fuse, source, "fuse")
+
+
+def parse_mount_options(groups: list[str], source: str = OPTIONS_SOURCE) -> dict[str, Any]:
+    """mount(8)-style `-o a,b=c` groups -> FuseConfig field values; later options win, like mount(8)."""
+    out: dict[str, Any] = {}
+    for group in groups:
+        for opt in (o.strip() for o in group.split(",")):
+            if not opt:
+                continue
+            name, eq, value = opt.partition("=")
+            name = name.strip()
+            if not eq and name in OPTION_FLAGS:
+                flag = OPTION_FLAGS[name]
+                if flag is not None:
+                    out[flag[0]] = flag[1]
+            elif eq and name in _FUSE_NAMES:
+                out[name] = _FUSE_CONV.get(name, parse_duration)(value.strip(), source, name)
+            else:
+                raise ConfigError(source, opt, f"unknown option (storefs takes {', '.join(OPTION_FLAGS)}, "
+                                               f"{', '.join(n + '=' for n in VALUE_OPTIONS)})")
+    return out
+
+
+def mount_options(fuse: FuseConfig) -> list[str]:
+    """The sharing options in effect, as `-o` would write them (for `storefs status`)."""
+    out = [name for name in ("allow_other", "allow_root") if getattr(fuse, name)]
+    out.append("ro" if fuse.read_only else "rw")
+    out += [f"{name}={getattr(fuse, name)}" for name in ("uid", "gid") if getattr(fuse, name) is not None]
+    out += [f"{name}={getattr(fuse, name):04o}" for name in ("umask", "file_mode", "dir_mode")
+            if getattr(fuse, name) is not None]
+    return out + [fuse.atime]
+
+
+def with_mount_options(cfg: Config, groups: list[str], source: str = OPTIONS_SOURCE) -> Config:
+    """The config with `-o` options on top of its fuse: section (the command line wins over the file)."""
+    values = parse_mount_options(groups, source)
+    if not values:
+        return cfg
+    fuse = dataclasses.replace(cfg.fuse, **values)
+    return dataclasses.replace(cfg, fuse=_check_fuse(fuse, source, "allow_other"))
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:

@@ -19,8 +19,8 @@ from typing import Callable
 from .bdi import set_read_ahead
 from .cache.datafiles import DataFiles
 from .cache.journal import Journal
-from .config import Config
-from .control import ControlServer, socket_path
+from .config import Config, mount_options
+from .control import ControlServer, UnsafeFolder, make_private_folder, socket_path
 from .errors import NotFound, StorefsError
 from .layout import Layout
 from .metrics import MetricsServer, hit_ratio
@@ -32,15 +32,28 @@ log = logging.getLogger(__name__)
 EXIT_FLUSH_TIMEOUT = 30.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 URL_WAIT = 60.0  # how long `storefs url` waits for the file's upload by default
+#: the cache folder may be readable by others (an old cache made 0755), never writable
+CACHE_FORBIDDEN_BITS = 0o022
 
 
 class DaemonError(Exception):
     """The mount cannot start; the message says why."""
 
 
+def prepare_cache_folder(cache_dir: str) -> None:
+    """Create the cache folder 0700, or refuse one that another user owns or may write into.
+
+    The journal in it decides what gets uploaded where, so nobody else may plant files there.
+    """
+    try:
+        make_private_folder(os.path.realpath(cache_dir), "cache folder", forbidden=CACHE_FORBIDDEN_BITS)
+    except UnsafeFolder as e:
+        raise DaemonError(str(e)) from None
+
+
 def lock_cache(cache_dir: str) -> int:
     """Keep a second daemon off the same cache folder (its journal would be corrupted)."""
-    os.makedirs(cache_dir, exist_ok=True)
+    prepare_cache_folder(cache_dir)
     fd = os.open(os.path.join(cache_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -147,6 +160,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
     mountpoint = os.path.realpath(mountpoint)
     started = False
     try:
+        control_path = socket_path(mountpoint)
         lock_fd = lock_cache(cfg.cache.dir)
         providers = make_providers(cfg)
         for name, p in providers.items():
@@ -158,7 +172,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         journal = Journal(os.path.join(cfg.cache.dir, "journal.db"))
         data = DataFiles(cfg.cache.dir)
         ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)
-    except (StorefsError, DaemonError, OSError) as e:
+    except (StorefsError, DaemonError, OSError, UnsafeFolder) as e:
         ready(str(e))
         return
 
@@ -183,6 +197,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         st = ns.status()
         return {"pid": os.getpid(), "mountpoint": mountpoint, "config": cfg.source, "cache_dir": cfg.cache.dir,
                 "cache_bytes": used, "cache_free_bytes": free, "cache_max_bytes": cfg.cache.max_size,
+                "read_only": cfg.fuse.read_only, "mount_options": mount_options(cfg.fuse),
                 "providers": {n: p.kind for n, p in providers.items()}, **st,
                 "operations": {k: n for k, n in OP_CALLS.items() if n},
                 "operation_errors": {k: n for k, n in OP_ERRORS.items() if n},
@@ -190,7 +205,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 "cache_hit_ratio": round(hit_ratio(st["bytes_read"], st["bytes_fetched"]), 4),
                 "metrics_url": f"http://127.0.0.1:{metrics.port}/metrics" if metrics else None}
 
-    control = ControlServer(socket_path(mountpoint), handle)
+    control = ControlServer(control_path, handle)
     stopper = StopOnSignal(mountpoint)
 
     def on_init() -> None:

@@ -1,12 +1,15 @@
 """mount.storefs: what mount(8) runs for a `fuse.storefs` file system, so /etc/fstab works.
 
-    /etc/fstab:  /etc/storefs/config.yaml  /mnt/store  fuse.storefs  defaults,_netdev,tenant=acme  0 0
-    shell:       mount -t fuse.storefs /etc/storefs/config.yaml /mnt/store -o log_level=debug
+    /etc/fstab:  /etc/storefs/config.yaml  /mnt/store  fuse.storefs  defaults,_netdev,allow_other,tenant=acme  0 0
+    shell:       mount -t fuse.storefs /etc/storefs/config.yaml /mnt/store -o ro,uid=www-data,log_level=debug
 
 mount(8) looks for /sbin/mount.fuse.storefs and runs it as `SOURCE MOUNTPOINT [-sfnv]
 [-N NS] [-o OPTIONS] [-t TYPE]`. SOURCE is the config file (`storefs` or `none`: the
-embedded default). storefs's own options become `storefs mount` flags; the generic mount
-options (defaults, _netdev, nofail, x-systemd.* ...) are mount(8)'s and systemd's business.
+embedded default). tenant, log_level and log_file become `storefs mount` flags; the mount
+options (allow_other, ro, uid=, umask=, noatime ...) go to `storefs mount -o` unchanged;
+the generic options (defaults, _netdev, nofail, x-systemd.* ...) are mount(8)'s and
+systemd's business. `rw` is ignored too: mount(8) gives it to every helper that is not
+asked for `ro`, so it must not undo `read_only: true` in the config.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import os
 import shlex
 import sys
 
+from .config import parse_mount_options
+from .errors import ConfigError
+
 HELPER_NAMES = ("mount.fuse.storefs", "mount.storefs")
 #: storefs options -> `storefs mount` flags
 FLAGS = {"tenant": "--tenant", "log_level": "--log-level", "log_file": "--log-file"}
-#: options of mount(8), systemd and fuse that mean nothing to storefs
+#: options of mount(8), systemd and fuse that mean nothing to storefs (the kernel's FUSE mounts
+#: are nosuid and nodev whatever fstab says)
 GENERIC = frozenset("""defaults _netdev auto noauto nofail rw user users nouser owner group exec noexec suid
-    nosuid dev nodev atime noatime relatime norelatime strictatime nostrictatime diratime nodiratime
-    lazytime nolazytime async sync dirsync silent loud""".split())
+    nosuid dev nodev atime norelatime nostrictatime diratime nodiratime lazytime nolazytime async sync dirsync
+    silent loud""".split())
 GENERIC_PREFIXES = ("x-", "comment=", "user=", "helper=")
 
 EXIT_USAGE = 1   # mount(8): incorrect invocation
@@ -30,6 +37,17 @@ EXIT_FAILED = 32  # mount(8): mount failure
 
 class UsageError(Exception):
     """A mount(8) argument or option storefs cannot take; the message says which and why."""
+
+
+def _is_mount_option(opt: str) -> bool:
+    """Whether `storefs mount -o` takes opt (the value is checked too: a bad uid= fails here, before mounting)."""
+    try:
+        parse_mount_options([opt])
+    except ConfigError as e:
+        if e.reason.startswith("unknown option"):
+            return False
+        raise UsageError(f"option {opt}: {e.reason}") from None
+    return True
 
 
 def mount_args(argv: list[str]) -> tuple[list[str], bool]:
@@ -53,24 +71,29 @@ def mount_args(argv: list[str]) -> tuple[list[str], bool]:
         else:
             positional.append(arg)
     if len(positional) != 2:
-        raise UsageError("usage: mount.storefs CONFIG MOUNTPOINT [-o tenant=T,log_level=L,log_file=F]")
+        raise UsageError("usage: mount.storefs CONFIG MOUNTPOINT [-o allow_other,ro,uid=U,tenant=T,log_level=L,...]")
     source, mountpoint = positional
     args = ["mount"]
     if source not in ("storefs", "none"):
         args += ["-c", source]
+    passed: list[str] = []
     for opt in filter(None, (o.strip() for o in options)):
         name, eq, value = opt.partition("=")
         if name in FLAGS and eq and value:
             args += [FLAGS[name], value]
         elif opt in GENERIC or opt.startswith(GENERIC_PREFIXES):
             continue
-        elif opt == "ro":
-            raise UsageError("option ro: storefs mounts are read-write only")
+        elif _is_mount_option(opt):
+            passed.append(opt)
         elif sloppy:
             print(f"mount.storefs: ignoring unknown option {opt} (-s)", file=sys.stderr)
         else:
             known = ", ".join(f"{k}=..." for k in FLAGS)
-            raise UsageError(f"unknown option {opt!r} (storefs takes {known}; generic mount options are ignored)")
+            raise UsageError(f"unknown option {opt!r} (storefs takes {known}, the options of `storefs mount -o` "
+                             "such as allow_other, ro, uid=, gid=, umask=, file_mode=, dir_mode=, noatime; "
+                             "generic mount options are ignored)")
+    if passed:
+        args += ["-o", ",".join(passed)]
     return args + [mountpoint], fake
 
 

@@ -68,13 +68,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     c.add_argument("prefix", help="e.g. t1 or t1/image/board1")
     c.set_defaults(func=_guarded(cmd_cleanup))
 
-    m = sub.add_parser("migrate", help="copy every key from one provider to another, verified and resumable")
+    m = sub.add_parser("migrate", help="copy every key from one provider to another, verified and resumable",
+                       description="Copy every key from one provider to another, verified and resumable. "
+                                   "To a local provider, setuid and setgid bits in object metadata are dropped "
+                                   "(never a setuid file from a bucket), and the files belong to the user who "
+                                   "runs the migration; root keeps the objects' uid/gid with --keep-owner.")
     config_option(m)
     m.add_argument("--from", dest="source", required=True, metavar="P", help="source provider name")
     m.add_argument("--to", dest="dest", required=True, metavar="Q", help="destination provider name")
     m.add_argument("--delete-source", action="store_true", help="delete each source key once its copy is verified")
     m.add_argument("--state", metavar="FILE",
                    help="resume state (default: CACHE_DIR/migrate-P-to-Q.db)")
+    m.add_argument("--keep-owner", action="store_true",
+                   help="to a local provider: give files the uid/gid of their object metadata (root only; "
+                        "without it they belong to you). Setuid/setgid bits are dropped either way")
     m.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help=f"parallel copies (default {DEFAULT_JOBS})")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     m.add_argument("prefix", nargs="?", default="", help="only keys below this prefix (default: everything)")

@@ -6,6 +6,11 @@ row 'verified' -> source deleted (only with --delete-source). The state file (SQ
 outlives a kill -9: on the next run a verified key whose source is unchanged (size, etag,
 mtime of the listing) is skipped, and a key left 'copying' is checked on the destination and
 marked verified without a second copy when the bytes are already there.
+
+To a local provider, object metadata never makes a setuid or setgid file or folder (the bits
+are dropped), and the files are owned by whoever runs the migration: the uid/gid metadata is
+applied only by root, and only with --keep-owner (anyone who can write an object could
+otherwise plant a root-owned setuid program on this host).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import sys
 import tempfile
 import threading
@@ -36,6 +42,8 @@ DEFAULT_JOBS = 4
 DIR_MODE = 0o040755
 FILE_MODE = 0o100644
 MTIME_SLACK = 0.001  # S3 keeps microseconds of an mtime, a local disk nanoseconds
+#: mode bits object metadata never sets on a local destination
+PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 
 
 class VerifyError(StorefsError):
@@ -121,10 +129,13 @@ class Migration:
     """One run: the key list of the source, the worker threads, the state file and the counters."""
 
     def __init__(self, store: Store, src: str, dst: str, state: MigrationState, tmp_dir: str,
-                 delete_source: bool, progress: Progress | None) -> None:
+                 delete_source: bool, progress: Progress | None, keep_owner: bool = False) -> None:
         self.store = store
         self.src_name, self.dst_name = src, dst
         self.src, self.dst = store.providers[src], store.providers[dst]
+        #: a local destination makes real files: no setuid/setgid, owners only as asked by root
+        self.to_host = self.dst.kind == "local"
+        self.keep_owner = keep_owner
         self.state = state
         self.tmp_dir = tmp_dir
         self.delete_source = delete_source
@@ -143,8 +154,19 @@ class Migration:
         head = self.src.head(key)
         if head.size != listed.size or (listed.etag and head.etag and head.etag != listed.etag):
             raise StorefsError(f"{key} changed on {self.src_name} while migrating (run again to copy it)")
-        return head, ObjectMeta(mtime=head.mtime, mode=head.mode or FILE_MODE, uid=head.uid, gid=head.gid,
+        uid, gid = self._owner(head.uid, head.gid)
+        return head, ObjectMeta(mtime=head.mtime, mode=self._mode(head.mode or FILE_MODE), uid=uid, gid=gid,
                                 content_type=content_type(self.store, head), xattrs=dict(head.xattrs))
+
+    def _mode(self, mode: int) -> int:
+        """The mode the destination gets: on a local provider never setuid or setgid."""
+        return mode & ~PRIVILEGE_BITS if self.to_host else mode
+
+    def _owner(self, uid: int | None, gid: int | None) -> tuple[int | None, int | None]:
+        """The owner the destination gets: on a local provider only with --keep-owner (checked to be root)."""
+        if self.to_host and not self.keep_owner:
+            return None, None
+        return uid, gid
 
     def _verify(self, key: str, head: ObjectInfo, sha256: str) -> bool:
         """Whether the destination holds the source's bytes (read back) and mtime."""
@@ -212,8 +234,9 @@ class Migration:
             if d.key in implied:
                 continue
             try:
-                self.dst.make_dir(d.key, ObjectMeta(mtime=d.mtime or time.time(), mode=d.mode or DIR_MODE,
-                                                    content_type="application/x-directory"))
+                uid, gid = self._owner(d.uid, d.gid) if self.keep_owner else (None, None)
+                self.dst.make_dir(d.key, ObjectMeta(mtime=d.mtime or time.time(), mode=self._mode(d.mode or DIR_MODE),
+                                                    uid=uid, gid=gid, content_type="application/x-directory"))
                 self._count("folders")
             except StorefsError as e:
                 print(f"storefs: migrate folder {d.key}: {e}", file=sys.stderr)
@@ -259,6 +282,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     prefix = normalize_prefix(args.prefix)
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be 1 or more, got {args.jobs}")
+    if args.keep_owner and os.geteuid() != 0:
+        raise UsageError("--keep-owner: only root may give files to other users (run it as root, or without "
+                         "--keep-owner: the files then belong to you)")
     with Store.open(args.config) as store:
         store.provider(args.source, "--from")
         store.provider(args.dest, "--to")
@@ -285,7 +311,8 @@ def _run(store: Store, args: argparse.Namespace, prefix: str, path: str) -> int:
     os.makedirs(tmp_dir, exist_ok=True)
     state = MigrationState(path)
     progress = None if args.quiet else Progress("migrate", len(files), total)
-    run = Migration(store, args.source, args.dest, state, tmp_dir, args.delete_source, progress)
+    run = Migration(store, args.source, args.dest, state, tmp_dir, args.delete_source, progress,
+                    keep_owner=args.keep_owner)
     interrupted = False
     t0 = time.monotonic()
     try:

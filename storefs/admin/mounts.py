@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 
 from ..config import Config, LocalProviderConfig, S3ProviderConfig, load_config
+from ..control import UnsafeFolder, check_private_folder, socket_folders
 from ..errors import ConfigError
 from .common import AdminError
 
@@ -34,10 +35,21 @@ class RunningMount:
 
 
 def socket_dirs() -> list[str]:
-    """Where daemons put their sockets (storefs.control.socket_path): the runtime dir, else /tmp."""
-    uid = os.getuid()
-    dirs = [os.path.join(d, f"storefs-{uid}") for d in (os.environ.get("XDG_RUNTIME_DIR"), "/tmp") if d]
-    return list(dict.fromkeys(dirs))
+    """Where this user's daemons put their sockets (storefs.control.socket_folders), the ones that exist.
+
+    A folder that is not private (another owner, a link, a wide mode) is refused, not skipped:
+    a cleanup that could not ask a mount what it has pending must not delete anything.
+    """
+    found = []
+    for folder in socket_folders():
+        try:
+            check_private_folder(folder, "control socket folder")
+        except FileNotFoundError:
+            continue
+        except UnsafeFolder as e:
+            raise AdminError(f"{e}; nothing deleted") from None
+        found.append(folder)
+    return found
 
 
 def ask(path: str, req: dict, timeout: float = ASK_TIMEOUT) -> dict:

@@ -1,7 +1,10 @@
 """Cache data files, with random names and never the key itself.
 
 A name from a bucket can therefore never make storefs write outside the cache folder,
-and a rename is one journal update: the data file keeps its name.
+and a rename is one journal update: the data file keeps its name. Names read back from the
+journal are checked before any use: only the plain 64-hex-digit names made here are taken
+(a journal edited to hold '../x' or '/etc/shadow' reads as a missing data file, logged once).
+The folders are made 0700 and the files 0600, whatever the umask.
 
 Creating a file is the slow part of a small file's create(2): the filesystem allocates
 an inode, and ext4 without a journal skips every inode freed in the last minutes (a cache
@@ -17,6 +20,7 @@ import collections
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -27,6 +31,22 @@ log = logging.getLogger(__name__)
 
 #: empty data files kept ready for creates; refilled once fewer than half are left
 SPARES = 64
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+#: the names new_name() makes (and the sha256 hex digests earlier versions made)
+NAME_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class BadDataName(StorefsError):
+    """A data-file name that storefs never makes (from a damaged or planted journal): never used as a path."""
+
+
+def check_name(name: str) -> str:
+    """name itself when it is a plain data-file name; BadDataName for anything that could leave the folder."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise BadDataName(f"refusing cache data file name {name!r}: not a name storefs makes "
+                          "(64 hex digits, no '/' or '..')")
+    return name
 
 
 class DataFiles:
@@ -34,7 +54,8 @@ class DataFiles:
 
     def __init__(self, root: str, spares: int = SPARES) -> None:
         self.root = os.path.join(root, "data")
-        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.root, mode=FOLDER_MODE, exist_ok=True)
+        self._refused: set[str] = set()  # bad names already logged
         self.spares = spares
         self._ready: collections.deque[tuple[str, int]] = collections.deque()
         self._doomed: collections.deque[str] = collections.deque()  # to delete, in the background
@@ -49,17 +70,34 @@ class DataFiles:
         return secrets.token_hex(32)
 
     def path(self, name: str) -> str:
+        """Where the data file of name lives; BadDataName for a name that is not one storefs makes."""
+        check_name(name)
         return os.path.join(self.root, name[:2], name)
+
+    def _valid(self, name: str) -> bool:
+        """Whether name may be used; a bad one is logged once (it reads as a missing data file)."""
+        try:
+            check_name(name)
+        except BadDataName as e:
+            if name not in self._refused:
+                self._refused.add(name)
+                log.error("%s: the cache journal is damaged or was tampered with", e)
+            return False
+        return True
+
+    def _create_file(self, p: str) -> int:
+        """A new file, 0600 whatever the umask (O_EXCL: never one planted before)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            return os.open(p, flags, FILE_MODE)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(p), mode=FOLDER_MODE, exist_ok=True)
+            return os.open(p, flags, FILE_MODE)
 
     def _make(self) -> tuple[str, int]:
         name = self.new_name()
-        p = self.path(name)
         try:
-            try:
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(p), exist_ok=True)
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = self._create_file(self.path(name))
         except OSError as e:
             raise _cache_error(e, "create") from e
         return name, fd
@@ -109,7 +147,7 @@ class DataFiles:
 
     def discard(self, name: str | None) -> None:
         """Delete a data file soon, off the caller's path; a crash first leaves it to the recovery sweep."""
-        if not name:
+        if not name or not self._valid(name):
             return
         with self._cond:
             if self._filler is not None and not self._halt:
@@ -155,19 +193,25 @@ class DataFiles:
                     self._cond.wait(1.0)
 
     def open(self, name: str) -> int:
+        """A read-write descriptor of the data file (never through a symlink); BadDataName for a bad name."""
+        self._valid(name)
         try:
-            return os.open(self.path(name), os.O_RDWR | os.O_CLOEXEC)
+            return os.open(self.path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as e:
             raise _cache_error(e, "open") from e
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(self.path(name))
+        """Whether the data file is there; a bad name is never there (it is logged once)."""
+        return self._valid(name) and os.path.exists(self.path(name))
 
     def size(self, name: str) -> int:
+        """Bytes in the data file; BadDataName for a bad name."""
+        self._valid(name)
         return os.stat(self.path(name)).st_size
 
     def remove(self, name: str | None) -> None:
-        if not name:
+        """Delete the data file if there; a bad name deletes nothing (logged once)."""
+        if not name or not self._valid(name):
             return
         try:
             os.unlink(self.path(name))
@@ -177,7 +221,12 @@ class DataFiles:
     def copy(self, src: str, dst: str) -> None:
         """Duplicate a data file (for a copy of a file that is open elsewhere)."""
         try:
-            shutil.copyfile(self.path(src), self.path(dst))
+            src_path, dst_path = self.path(src), self.path(dst)
+            try:
+                os.close(self._create_file(dst_path))  # 0600 first: copyfile keeps the mode of a file it truncates
+            except FileExistsError:
+                pass  # made by create(): already 0600
+            shutil.copyfile(src_path, dst_path)
         except OSError as e:
             raise _cache_error(e, "copy") from e
 
@@ -192,11 +241,11 @@ class DataFiles:
         return used, st.f_bavail * st.f_frsize
 
     def names(self) -> set[str]:
-        """Every data file on disk, to find orphans left by a crash."""
+        """Every data file on disk, to find orphans left by a crash (files of other names are left alone)."""
         out = set()
         for sub in os.scandir(self.root):
-            if sub.is_dir():
-                out.update(f.name for f in os.scandir(sub.path))
+            if sub.is_dir(follow_symlinks=False):
+                out.update(f.name for f in os.scandir(sub.path) if NAME_RE.fullmatch(f.name))
         return out
 
 

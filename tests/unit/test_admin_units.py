@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import time
 from datetime import datetime
 
@@ -136,10 +137,14 @@ def test_local_walk_and_read_stream(tmp_path):
     prov.make_dir("t/image/b/empty/", ObjectMeta(mtime=time.time(), mode=0o40755))
     (tmp_path / "data/t/image/b/a" / (TMP_PREFIX + "junk")).write_bytes(b"half written")
     os.symlink("/etc", tmp_path / "data/t/image/b/link")
-    found = {(i.key, i.is_dir) for i in prov.walk("t/image/")}
+    walked = list(prov.walk("t/image/"))
+    found = {(i.key, i.is_dir) for i in walked}
+    # a planted link is a link object (issue 18: links are kept, as s3fs keeps them), never followed into /etc
     assert found == {("t/image/b/", True), ("t/image/b/a/", True), ("t/image/b/a/x.png", False),
-                     ("t/image/b/a/sub/", True), ("t/image/b/a/sub/y.png", False), ("t/image/b/empty/", True)}
-    assert len(list(prov.walk(""))) == 12  # 9 folders, 3 files
+                     ("t/image/b/a/sub/", True), ("t/image/b/a/sub/y.png", False), ("t/image/b/empty/", True),
+                     ("t/image/b/link", False)}
+    assert stat.S_ISLNK(next(i for i in walked if i.key == "t/image/b/link").mode or 0)
+    assert len(list(prov.walk(""))) == 13  # 9 folders, 3 files, 1 link
     chunks = list(prov.read_stream("t/video/b/v/z.mp4", chunk_size=4096))
     assert [len(c) for c in chunks] == [4096, 4096, 1808] and b"".join(chunks) == src.read_bytes()
 
@@ -179,3 +184,73 @@ def test_two_providers_merge_like_the_mount_and_cleanup_removes_every_copy(tmp_p
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("[ab]/**/*.png"))
     assert len(left) == 1 and "/x/" not in left[0], left  # both copies of x went, with its folders
     assert not (tmp_path / "a/t/image/b1/x").exists() and not (tmp_path / "b/t/image/b1/x").exists()
+
+
+# ---- migrate to a local provider: no setuid/setgid from metadata, owners only for root on request ----------
+
+OTHER_UID = 65534
+
+
+def _migrate_setup(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "t1/image/b1/a1").mkdir(parents=True)
+    (src / "t1/image/b1/empty").mkdir(parents=True)
+    dst.mkdir()
+    prog = src / "t1/image/b1/a1/tool.png"
+    prog.write_bytes(b"#!/bin/sh\necho root\n")
+    plain = src / "t1/image/b1/a1/plain.png"
+    plain.write_bytes(b"plain")
+    os.chmod(plain, 0o640)
+    if os.geteuid() == 0:
+        os.chown(prog, OTHER_UID, OTHER_UID)
+        os.chown(src / "t1/image/b1/empty", OTHER_UID, OTHER_UID)
+    os.chmod(prog, 0o6755)  # setuid + setgid, after chown (which clears them)
+    os.chmod(src / "t1/image/b1/empty", 0o2775)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"default_provider: src\nproviders:\n  src: {{type: local, base_path: {src}}}\n"
+                   f"  dst: {{type: local, base_path: {dst}}}\ncache: {{dir: {tmp_path / 'cache'}}}\n")
+    return str(cfg), dst
+
+
+def _migrate(cfg: str, *extra: str) -> int:
+    from storefs.cli import main
+    return main(["migrate", "-c", cfg, "--from", "src", "--to", "dst", "-q", *extra])
+
+
+def test_migrate_to_local_drops_setuid_setgid_and_owners(tmp_path):
+    cfg, dst = _migrate_setup(tmp_path)
+    assert _migrate(cfg) == 0
+    tool = os.stat(dst / "t1/image/b1/a1/tool.png")
+    assert stat.S_IMODE(tool.st_mode) == 0o755, oct(tool.st_mode)
+    assert (tool.st_uid, tool.st_gid) == (os.geteuid(), os.getegid()), "owners only with --keep-owner"
+    assert stat.S_IMODE(os.stat(dst / "t1/image/b1/a1/plain.png").st_mode) == 0o640  # other bits kept
+    folder = os.stat(dst / "t1/image/b1/empty")
+    assert stat.S_IMODE(folder.st_mode) == 0o775 and folder.st_uid == os.geteuid()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files to other users")
+def test_migrate_keep_owner_as_root_applies_owners_never_setuid(tmp_path):
+    cfg, dst = _migrate_setup(tmp_path)
+    assert _migrate(cfg, "--keep-owner") == 0
+    tool = os.stat(dst / "t1/image/b1/a1/tool.png")
+    assert (tool.st_uid, tool.st_gid) == (OTHER_UID, OTHER_UID)
+    assert stat.S_IMODE(tool.st_mode) == 0o755
+    folder = os.stat(dst / "t1/image/b1/empty")
+    assert folder.st_uid == OTHER_UID and stat.S_IMODE(folder.st_mode) == 0o775
+
+
+def test_migrate_keep_owner_is_refused_to_a_non_root_user(tmp_path, monkeypatch, capsys):
+    cfg, dst = _migrate_setup(tmp_path)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert _migrate(cfg, "--keep-owner") == 2
+    assert "--keep-owner: only root may give files to other users" in capsys.readouterr().err
+    assert not list(dst.iterdir())
+
+
+def test_migrate_help_documents_the_rules(capsys):
+    from storefs.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["migrate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "setuid and setgid bits in object metadata are dropped" in out
+    assert "--keep-owner" in out and "root only" in out

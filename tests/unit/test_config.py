@@ -348,3 +348,64 @@ def test_missing_variable_names_key_and_variable(tmp_path, monkeypatch) -> None:
 def test_secret_values_are_not_echoed(tmp_path) -> None:
     err = error(tmp_path, "providers: {s: {type: s3, bucket: abc, access_key_id: k, secret_access_key: [hunter2]}}\n")
     assert err.key == "providers.s.secret_access_key" and "hunter2" not in str(err)
+
+
+# ---- fuse: the sharing options ---------------------------------------------------------------
+
+
+def test_fuse_sharing_defaults(tmp_path) -> None:
+    fuse = load_config(write(tmp_path, MINIMAL)).fuse
+    assert (fuse.allow_other, fuse.allow_root, fuse.read_only) == (False, False, False)
+    assert (fuse.uid, fuse.gid, fuse.umask, fuse.file_mode, fuse.dir_mode) == (None,) * 5
+    assert fuse.atime == "relatime"
+    assert (fuse.default_file_mode(), fuse.default_dir_mode()) == (0o644, 0o755)
+
+
+def test_fuse_sharing_keys(tmp_path) -> None:
+    import grp
+    import pwd
+    user, group = pwd.getpwuid(65534).pw_name, grp.getgrgid(0).gr_name
+    fuse = load_config(write(tmp_path, MINIMAL + f"fuse: {{allow_other: true, read_only: yes, uid: {user}, "
+                             f'gid: {group}, umask: "027", file_mode: 0640, dir_mode: "0o750", atime: noatime}}\n'
+                       )).fuse
+    assert (fuse.allow_other, fuse.allow_root, fuse.read_only) == (True, False, True)
+    assert (fuse.uid, fuse.gid) == (65534, 0)
+    assert (fuse.umask, fuse.file_mode, fuse.dir_mode) == (0o027, 0o640, 0o750)  # YAML reads 0640 as octal
+    assert fuse.atime == "noatime"
+    assert (fuse.default_file_mode(), fuse.default_dir_mode()) == (0o640, 0o750)
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode, files, folders", [
+    ("022", None, None, 0o644, 0o755),   # rclone: 0666 and 0777 minus the umask
+    ("077", None, None, 0o600, 0o700),
+    ("002", None, None, 0o664, 0o775),
+    ("022", "0666", "0777", 0o644, 0o755),
+    (None, "0600", "0700", 0o600, 0o700),
+])
+def test_umask_applies_to_the_default_modes(tmp_path, umask, file_mode, dir_mode, files, folders) -> None:
+    keys = {k: v for k, v in (("umask", umask), ("file_mode", file_mode), ("dir_mode", dir_mode)) if v}
+    fuse = load_config(write(tmp_path, MINIMAL + "fuse: {" + ", ".join(f'{k}: "{v}"' for k, v in keys.items())
+                             + "}\n")).fuse
+    assert (fuse.default_file_mode(), fuse.default_dir_mode()) == (files, folders)
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ("fuse: {allow_other: sometimes}\n", "fuse.allow_other", "expected true or false"),
+    ("fuse: {read_only: 2}\n", "fuse.read_only", "expected true or false"),
+    ("fuse: {uid: nosuchuser-storefs}\n", "fuse.uid", "no user named 'nosuchuser-storefs'"),
+    ("fuse: {gid: nosuchgroup-storefs}\n", "fuse.gid", "no group named 'nosuchgroup-storefs'"),
+    ("fuse: {uid: -1}\n", "fuse.uid", "must be between 0 and 4294967294"),
+    ("fuse: {uid: 4294967295}\n", "fuse.uid", "must be between 0 and 4294967294"),
+    ("fuse: {gid: [1]}\n", "fuse.gid", "expected a group name or number"),
+    ("fuse: {umask: '0999'}\n", "fuse.umask", "expected an octal mode"),
+    ("fuse: {umask: 'u=rwx'}\n", "fuse.umask", "expected an octal mode"),
+    ("fuse: {file_mode: '17777'}\n", "fuse.file_mode", "between 0 and 07777"),
+    ("fuse: {dir_mode: -1}\n", "fuse.dir_mode", "between 0 and 07777"),
+    ("fuse: {dir_mode: true}\n", "fuse.dir_mode", "expected an octal mode"),
+    ("fuse: {atime: sometimes}\n", "fuse.atime", "expected one of relatime, strictatime, noatime"),
+    ("fuse: {allow_other: true, allow_root: true}\n", "fuse", "allow_other and allow_root exclude each other"),
+])
+def test_wrong_fuse_values(tmp_path, text, key, reason) -> None:
+    err = error(tmp_path, MINIMAL + text)
+    assert err.key == key
+    assert reason in err.reason

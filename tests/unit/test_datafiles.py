@@ -156,3 +156,111 @@ def test_stop_deletes_the_data_files_discarded_but_not_deleted_yet(
     os.close(fd)
     other.discard(name)
     assert on_disk(other) == set()
+
+
+# ---- host security: names read back from the journal, file modes ----------------------------------
+
+BAD_NAMES = ["../../victim", "/etc/passwd", "..", "ab/../../x", "a" * 64 + "/x", "A" * 64, "0" * 63, "",
+             "0" * 64 + "\n", "./" + "0" * 62]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_names_are_never_used_as_paths(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
+    from storefs.cache.datafiles import BadDataName, check_name
+    d = DataFiles(str(tmp_path / "cache"), spares=0)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    with pytest.raises(BadDataName, match="refusing cache data file name"):
+        check_name(name)
+    with pytest.raises(BadDataName):
+        d.path(name)
+    if name:  # an empty name is "no data file", as before
+        assert d.exists(name) is False
+        d.remove(name)
+        d.discard(name)
+        with pytest.raises(BadDataName):
+            d.open(name)
+        with pytest.raises(BadDataName):
+            d.size(name)
+        refusals = [r for r in caplog.records if "refusing cache data file name" in r.getMessage()]
+        assert len(refusals) == 1, "a bad name is logged once, however often it is used"
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_good_names_pass_and_older_sha256_names_too(tmp_path: Path) -> None:
+    import hashlib
+
+    from storefs.cache.datafiles import check_name
+    d = DataFiles(str(tmp_path), spares=0)
+    name, fd = d.create()
+    os.close(fd)
+    assert check_name(name) == name and d.exists(name)
+    old = hashlib.sha256(b"key\0salt").hexdigest()  # what earlier versions named data files
+    assert check_name(old) == old
+
+
+def test_data_files_and_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        d = DataFiles(str(tmp_path / "cache"), spares=0)
+        name, fd = d.create()
+        os.write(fd, b"abc")
+        os.close(fd)
+        d.copy(name, d.new_name())
+    finally:
+        os.umask(old)
+    for dirpath, dirs, files in os.walk(d.root):
+        assert os.stat(dirpath).st_mode & 0o777 == 0o700, dirpath
+        for f in files:
+            assert os.stat(os.path.join(dirpath, f)).st_mode & 0o777 == 0o600, f
+
+
+def test_a_data_file_replaced_by_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    from storefs.errors import StorefsError
+    d = DataFiles(str(tmp_path / "cache"), spares=0)
+    name, fd = d.create()
+    os.close(fd)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    os.unlink(d.path(name))
+    os.symlink(victim, d.path(name))
+    with pytest.raises(StorefsError):
+        d.open(name)
+
+
+def test_journal_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    from storefs.cache.journal import Entry, Journal
+    (tmp_path / "c").mkdir()
+    stale = tmp_path / "c" / "journal.db-wal"  # left 0644 by an older storefs
+    old = os.umask(0)
+    try:
+        j = Journal(str(tmp_path / "c" / "journal.db"))
+        j.put(Entry("t/image/b/a/x.png", "local"))
+        assert not stale.exists() or stale.stat().st_mode & 0o777 == 0o600
+        made = sorted(p.name for p in (tmp_path / "c").iterdir())
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "c").iterdir()}
+        j.close()
+    finally:
+        os.umask(old)
+    assert {"journal.db", "journal.db-wal", "journal.db-shm"} <= set(made)
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_recovery_reads_a_planted_name_as_missing_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A journal edited to point outside the cache: the mount comes up, nothing outside is touched."""
+    from storefs.cache.journal import OP_PUT, Entry, Journal
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "cache").mkdir()
+    j = Journal(str(tmp_path / "cache" / "journal.db"))
+    j.put(Entry("t/image/b/a/dirty.png", "local", state="dirty", op=OP_PUT, data_name="../../victim", size=7))
+    j.put(Entry("t/image/b/a/clean.png", "local", data_name=str(victim), size=7, remote=True))
+    j.close()
+    ns, _p = make_ns(tmp_path)
+    try:
+        assert ns.index.get("t/image/b/a/dirty.png") is None, "a dirty entry without data is dropped"
+        refusals = [r for r in caplog.records if "refusing cache data file name" in r.getMessage()]
+        assert refusals and len({r.getMessage() for r in refusals}) == len(refusals), "each bad name logged once"
+    finally:
+        ns.stop()
+    assert victim.read_bytes() == b"keep me"
