@@ -9,7 +9,11 @@ from typing import Callable, Iterable, Iterator
 
 @dataclass
 class ObjectMeta:
-    """What storefs stores beside an object's bytes (s3fs/rclone-compatible on S3)."""
+    """What storefs stores beside an object's bytes (s3fs/rclone-compatible on S3).
+
+    mode always carries the file type: S_IFREG, S_IFLNK (the bytes are the link target),
+    S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK (zero bytes; rdev for devices) or S_IFDIR.
+    """
 
     mtime: float
     mode: int = 0o100644
@@ -17,6 +21,12 @@ class ObjectMeta:
     gid: int | None = None
     content_type: str = "application/octet-stream"
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    #: status change time; stored on object stores, a local disk keeps its own
+    ctime: float | None = None
+    #: access time; None leaves it to the backend (a new local file takes mtime)
+    atime: float | None = None
+    #: device number of a character or block device node (mode S_IFCHR/S_IFBLK)
+    rdev: int | None = None
 
 
 @dataclass
@@ -33,6 +43,10 @@ class ObjectInfo:
     etag: str | None = None
     content_type: str | None = None
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    ctime: float | None = None
+    atime: float | None = None
+    #: device number of a character or block device node, else None
+    rdev: int | None = None
 
     @property
     def name(self) -> str:
@@ -96,11 +110,15 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def make_dir(self, prefix: str, meta: ObjectMeta) -> None:
-        """Persist an empty directory (a marker object 'prefix/' on object stores)."""
+        """Persist a directory (a marker object 'prefix/' on object stores) or replace an existing one's metadata."""
 
     @abc.abstractmethod
     def remove_dir(self, prefix: str) -> None:
         """Remove the directory marker of prefix; no error if there is none."""
+
+    def head_dir(self, prefix: str) -> ObjectInfo | None:
+        """Metadata of folder prefix ('a/b/'): mode, uid, gid, mtime, ctime, atime, xattrs; None when unknown."""
+        return None
 
     def walk(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every file and folder at any depth below prefix ('' or 'a/b/'), streamed, in no promised order.

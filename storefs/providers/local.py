@@ -1,4 +1,11 @@
-"""A folder on a local disk as a provider: keys are file paths below base_path."""
+"""A folder on a local disk as a provider: keys are file paths below base_path.
+
+Every key is resolved by walking from a held descriptor of base_path one component at a
+time with O_NOFOLLOW, and every operation is made relative to its parent folder's
+descriptor, so no symlink (planted in the folder or made through the mount) can make
+storefs read, write or delete outside base_path. Symlinks, FIFOs, sockets and device
+nodes are stored as the real thing; a symlink's target is kept as uninterpreted bytes.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,11 @@ import logging
 import os
 import secrets
 import stat
+import threading
+import weakref
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from ..errors import AccessDenied, NotEmpty, NotFound, ProviderError, StorefsError
 from .base import ObjectInfo, ObjectMeta, Provider
@@ -19,8 +28,43 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".storefs-tmp."
 CHUNK = 1 << 20
+#: a symlink target longer than this cannot be stored (Linux PATH_MAX counts the final NUL)
+LINK_TARGET_MAX = 4095
+#: mode of the parent folders put_file creates (before the umask), as mkdir -p does
+NEW_DIR_MODE = 0o755
+#: where a held descriptor is reached by path (xattrs and chmod have no *at form that never follows)
+PROC_FD = "/proc/self/fd"
 _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+#: a folder reached only as a place to resolve names in (no read permission needed)
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a folder to list or fsync
+_DIR_READ_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: an entry pinned without opening it (a FIFO would block, a device would be opened)
+_NODE_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: reopening a pinned regular file for reading through its /proc magic link (so no O_NOFOLLOW)
+_REOPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+#: reads that leave the file's atime alone (only its owner or root may ask)
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SETID = stat.S_ISUID | stat.S_ISGID
+#: zero-byte objects whose mode carries their type
+_NODE_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+_DEVICE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK})
+#: types whose st_size is the object's size (a link's is its target's length)
+_SIZED_TYPES = frozenset({stat.S_IFREG, stat.S_IFLNK})
+_IFMT = 0o170000
+
+
+class _Attrs(NamedTuple):
+    """What a write applies to the new entry (the file type comes from the caller's choice of writer)."""
+
+    mode: int
+    uid: int | None
+    gid: int | None
+    atime_ns: int
+    mtime_ns: int
+    xattrs: dict[str, bytes]
 
 
 def _to_ns(mtime: float) -> int:
@@ -33,8 +77,19 @@ def _user_xattr(name: str) -> bool:
     return name.startswith("user.") and not name.startswith("user.storefs.")
 
 
+def _fd_path(fd: int, name: str | None = None) -> str:
+    """The /proc path of a held descriptor (or of name inside the folder it holds): pinned, never re-resolved."""
+    return f"{PROC_FD}/{fd}" if name is None else f"{PROC_FD}/{fd}/{name}"
+
+
+def _close(fd: int) -> None:
+    """Close a descriptor of ours; a failure to close one only opened for lookups changes nothing."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 class LocalProvider(Provider):
-    """Objects as plain files, written atomically (temp file + rename) with their metadata."""
+    """Objects as plain files, links and nodes, written atomically (temp entry + rename) with their metadata."""
 
     kind = "local"
 
@@ -43,33 +98,97 @@ class LocalProvider(Provider):
         self.base = os.path.realpath(os.path.expanduser(base_path))
         self._base_slash = self.base.rstrip("/") + "/"
         self._xattr_warned = False
+        self._base_fd: int | None = None
+        self._base_lock = threading.Lock()
 
-    # -- paths and errors -------------------------------------------------------------
+    # -- keys, descriptors and errors -------------------------------------------------------
 
-    def _path(self, key: str) -> str:
-        """The file or folder of key, refusing anything that could land outside base_path."""
+    def _parts(self, key: str) -> list[str]:
+        """The path components of a key ('' is the root), refusing anything that could leave base_path."""
         if not isinstance(key, str) or key.startswith("/") or "\0" in key:
             raise ProviderError(f"local provider {self.name}: refusing key {key!r}")
+        if not key:
+            return []
         parts = key[:-1].split("/") if key.endswith("/") else key.split("/")
-        if key and any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) for p in parts):
+        if any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) for p in parts):
             raise ProviderError(f"local provider {self.name}: refusing key {key!r}")
-        path = os.path.join(self.base, *parts) if key else self.base
-        parent = os.path.realpath(os.path.dirname(path)) if key else self.base
-        if parent != self.base and not parent.startswith(self._base_slash):
-            raise ProviderError(f"local provider {self.name}: key {key!r} resolves outside {self.base}")
-        return path
+        return parts
 
-    def _file_path(self, key: str) -> str:
-        """The path of a file key; a folder key here is a caller's bug, not a missing object."""
+    def _file_parts(self, key: str) -> list[str]:
+        """The components of a file key; a folder key here is a caller's bug, not a missing object."""
         if not key or key.endswith("/"):
             raise ProviderError(f"local provider {self.name}: {key!r} is not a file key")
-        return self._path(key)
+        return self._parts(key)
 
-    def _dir_path(self, prefix: str) -> str:
-        """The path of a folder key other than the root, which storefs never creates or removes."""
+    def _dir_parts(self, prefix: str) -> list[str]:
+        """The components of a folder other than the root, which storefs never creates or removes."""
         if not prefix.strip("/"):
             raise ProviderError(f"local provider {self.name}: refusing to change the root folder")
-        return self._path(prefix)
+        return self._parts(prefix)
+
+    def _root(self) -> int:
+        """The held O_PATH descriptor of base_path, opened once: every key is resolved from it."""
+        fd = self._base_fd
+        if fd is not None:
+            return fd
+        with self._base_lock:
+            if self._base_fd is None:
+                try:
+                    fd = os.open(self.base, _DIR_FLAGS)
+                except OSError as e:
+                    raise ProviderError(f"local provider {self.name}: base_path {self.base} cannot be opened: "
+                                        f"{e.strerror or e}") from e
+                # kept for the provider's life: closing it under a running call could hand its number to another file
+                weakref.finalize(self, _close, fd)
+                self._base_fd = fd
+            return self._base_fd
+
+    def _open_dir(self, parts: Sequence[str], flags: int = _DIR_FLAGS, create: bool = False) -> int:
+        """A new descriptor of the folder parts, walked from base_path without following any symlink.
+
+        A symlink or a file on the way fails with ENOTDIR (callers read it as not found); with
+        create, missing folders are made (mkdirat) on the way, as put_file needs.
+        """
+        fd = self._root()
+        if not parts:
+            return os.open(".", flags, dir_fd=fd)
+        owned = -1
+        last = len(parts) - 1
+        try:
+            for i, name in enumerate(parts):
+                want = flags if i == last else _DIR_FLAGS
+                try:
+                    nxt = os.open(name, want, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, NEW_DIR_MODE, dir_fd=fd)
+                    nxt = os.open(name, want, dir_fd=fd)
+                if owned >= 0:
+                    os.close(owned)
+                fd = owned = nxt
+            return owned
+        except BaseException:
+            if owned >= 0:
+                _close(owned)
+            raise
+
+    @contextlib.contextmanager
+    def _parent(self, key: str, create: bool = False) -> Iterator[tuple[int, str]]:
+        """(descriptor of the parent folder, last name) of a file key, with errors mapped for key."""
+        parts = self._file_parts(key)
+        with self._mapped(key):
+            try:
+                pfd = self._open_dir(parts[:-1], create=create)
+            except OSError as e:
+                if create and e.errno in (errno.ENOTDIR, errno.ELOOP, errno.EEXIST):
+                    raise ProviderError(f"local provider {self.name}: {key}: a parent is not a folder") from e
+                raise
+            try:
+                yield pfd, parts[-1]
+            finally:
+                os.close(pfd)
 
     def _error(self, e: OSError, key: str) -> StorefsError:
         """One errno -> storefs error table, so every method fails the same way."""
@@ -86,12 +205,22 @@ class LocalProvider(Provider):
         except OSError as e:
             raise self._error(e, key) from e
 
-    # -- xattrs ----------------------------------------------------------------------
-
-    def _read_xattrs(self, path: str) -> dict[str, bytes]:
-        """The user.* attributes of a file (not a symlink); none where the FS has no xattrs."""
+    @staticmethod
+    def _fsync_dir(pfd: int) -> None:
+        """Make a rename in the folder durable (the held descriptor is O_PATH: fsync needs a readable one)."""
+        dfd = os.open(".", _DIR_READ_FLAGS, dir_fd=pfd)
         try:
-            names = [n for n in os.listxattr(path, follow_symlinks=False) if _user_xattr(n)]
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # -- xattrs, owner, mode --------------------------------------------------------------
+
+    def _read_xattrs(self, target: int | str, follow: bool = False) -> dict[str, bytes]:
+        """The user.* attributes of an open file or at a /proc descriptor path; none where the FS has no xattrs."""
+        kw = {} if isinstance(target, int) else {"follow_symlinks": follow}
+        try:
+            names = [n for n in os.listxattr(target, **kw) if _user_xattr(n)]
         except OSError as e:
             if e.errno in _NO_XATTRS:
                 return {}
@@ -99,12 +228,12 @@ class LocalProvider(Provider):
         out = {}
         for n in names:
             with contextlib.suppress(OSError):  # removed meanwhile
-                out[n] = os.getxattr(path, n, follow_symlinks=False)
+                out[n] = os.getxattr(target, n, **kw)
         return out
 
-    def _write_xattrs(self, target: int | str, xattrs: dict[str, bytes], replace: bool) -> None:
+    def _write_xattrs(self, target: int | str, xattrs: dict[str, bytes], replace: bool, follow: bool = False) -> None:
         """Set the user.* attributes (and drop the others when replacing); warn once without FS support."""
-        kw = {} if isinstance(target, int) else {"follow_symlinks": False}
+        kw = {} if isinstance(target, int) else {"follow_symlinks": follow}
         want = {k: v.encode() if isinstance(v, str) else bytes(v) for k, v in xattrs.items() if _user_xattr(k)}
         try:
             if replace:
@@ -126,20 +255,41 @@ class LocalProvider(Provider):
                             self.name, self.base)
 
     @staticmethod
-    def _chown(target: int | str, uid: int | None, gid: int | None) -> None:
-        """Owner is kept only where we may set it (root, or our own groups)."""
+    def _chown(target: int | str, uid: int | None, gid: int | None, dir_fd: int | None = None,
+               follow: bool = False) -> bool:
+        """Owner is kept only where we may set it (root, or our own groups); whether it was applied."""
         if uid is None or gid is None:
-            return
+            return False
         try:
             if isinstance(target, int):
                 os.fchown(target, uid, gid)
             else:
-                os.chown(target, uid, gid, follow_symlinks=False)
+                os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow)
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EACCES, errno.EINVAL):
                 raise
+            return False
+        return True
 
-    # -- Provider ----------------------------------------------------------------------
+    @staticmethod
+    def _disk_mode(mode: int, owner_applied: bool) -> int:
+        """Permission bits for the disk: setuid/setgid only when root applied the metadata's owner too."""
+        perm = stat.S_IMODE(mode)
+        if not (owner_applied and os.geteuid() == 0):
+            perm &= ~_SETID
+        return perm
+
+    @staticmethod
+    def _chmod_at(pfd: int, name: str, mode: int) -> None:
+        """chmod of name in the folder without following it: a symlink has no mode of its own and is skipped."""
+        fd = os.open(name, _NODE_FLAGS, dir_fd=pfd)
+        try:
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                os.chmod(_fd_path(fd), mode)  # the magic link reaches exactly the pinned inode
+        finally:
+            os.close(fd)
+
+    # -- Provider: reads --------------------------------------------------------------------
 
     def check(self) -> None:
         """Fail at mount time when the folder cannot hold objects."""
@@ -150,47 +300,83 @@ class LocalProvider(Provider):
             raise ProviderError(f"{where} cannot be created: {e.strerror or e}") from e
         if not os.path.isdir(self.base):
             raise ProviderError(f"{where} is not a directory")
-        probe = os.path.join(self.base, TMP_PREFIX + "probe-" + secrets.token_hex(8))
+        if not os.path.isdir(PROC_FD):
+            raise ProviderError(f"{where}: {PROC_FD} is missing (mount /proc): files are reached by descriptor")
+        base = self._root()
+        probe = TMP_PREFIX + "probe-" + secrets.token_hex(8)
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(probe, _TMP_FLAGS, 0o600, dir_fd=base)
             try:
                 os.write(fd, b"storefs")
             finally:
                 os.close(fd)
-            os.unlink(probe)
+            os.unlink(probe, dir_fd=base)
         except OSError as e:
             with contextlib.suppress(OSError):
-                os.unlink(probe)
+                os.unlink(probe, dir_fd=base)
             raise ProviderError(f"{where} is not writable: {e.strerror or e}") from e
 
-    def _info(self, key: str, st: os.stat_result, xattrs: dict[str, bytes] | None = None) -> ObjectInfo:
-        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime_ns / 1_000_000_000, mode=st.st_mode,
-                          uid=st.st_uid, gid=st.st_gid, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
-                          xattrs=xattrs or {})
+    @staticmethod
+    def _info(key: str, st: os.stat_result, xattrs: dict[str, bytes] | None = None) -> ObjectInfo:
+        """ObjectInfo of a file, link or node from its lstat (a link's size is its target's length)."""
+        mode, size, mtime_ns = st.st_mode, st.st_size, st.st_mtime_ns
+        fmt = mode & _IFMT  # list() calls this per entry: positional, in ObjectInfo's field order
+        return ObjectInfo(key, size if fmt in _SIZED_TYPES else 0, mtime_ns / 1_000_000_000, False, mode,
+                          st.st_uid, st.st_gid, f"{mtime_ns:x}-{size:x}", None, xattrs or {},
+                          st.st_ctime_ns / 1_000_000_000, st.st_atime_ns / 1_000_000_000,
+                          st.st_rdev if fmt in _DEVICE_TYPES else None)
+
+    @staticmethod
+    def _dir_info(key: str, st: os.stat_result, xattrs: dict[str, bytes] | None = None) -> ObjectInfo:
+        return ObjectInfo(key=key, size=0, is_dir=True, mtime=st.st_mtime_ns / 1_000_000_000, mode=st.st_mode,
+                          uid=st.st_uid, gid=st.st_gid, xattrs=xattrs or {},
+                          ctime=st.st_ctime_ns / 1_000_000_000, atime=st.st_atime_ns / 1_000_000_000)
+
+    def _head_at(self, pfd: int, name: str, key: str) -> ObjectInfo:
+        """lstat of name in the folder: files, links and nodes are objects, folders are not."""
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotFound(key)
+        xattrs = self._read_xattrs(_fd_path(pfd, name)) if stat.S_ISREG(st.st_mode) else None
+        return self._info(key, st, xattrs)
 
     def head(self, key: str) -> ObjectInfo:
-        """Stat without following symlinks: only regular files below base_path are objects."""
-        path = self._file_path(key)
+        """lstat, never following a link: a link is reported as one (S_IFLNK), nodes with their type."""
+        with self._parent(key) as (pfd, name), self._mapped(key):
+            return self._head_at(pfd, name, key)
+
+    def head_dir(self, prefix: str) -> ObjectInfo | None:
+        """The real folder's lstat and user.* xattrs; None when it is missing or is not a real folder."""
+        parts = self._parts(prefix)
+        key = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         with self._mapped(key):
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise NotFound(key)
-            return self._info(key, st, self._read_xattrs(path))
+            try:
+                fd = self._open_dir(parts)
+            except OSError as e:
+                if e.errno in _NOT_FOUND:
+                    return None
+                raise
+            try:
+                return self._dir_info(key, os.fstat(fd), self._read_xattrs(_fd_path(fd), follow=True))
+            finally:
+                os.close(fd)
 
     def dir_exists(self, prefix: str) -> bool:
-        """A real folder (not a symlink to one) stands for the prefix."""
+        """A real folder (not a symlink to one, nor below one) stands for the prefix."""
+        parts = self._parts(prefix)
         try:
-            return stat.S_ISDIR(os.lstat(self._path(prefix)).st_mode)
+            os.close(self._open_dir(parts))
+            return True
         except OSError:
             return False
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Files and folders of the folder, without xattrs (one getxattr per file is too slow)."""
+        """Files, folders, links and nodes of the folder, without xattrs (one getxattr per file is too slow)."""
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        path = self._path(prefix)
+        parts = self._parts(prefix)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = self._open_dir(parts, _DIR_READ_FLAGS)
         except OSError as e:
             if e.errno in _NOT_FOUND:
                 return
@@ -204,24 +390,43 @@ class LocalProvider(Provider):
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    if stat.S_ISREG(st.st_mode):
+                    if stat.S_ISDIR(st.st_mode):
+                        yield self._dir_info(prefix + entry.name + "/", st)
+                    else:
                         yield self._info(prefix + entry.name, st)
-                    elif stat.S_ISDIR(st.st_mode):
-                        yield ObjectInfo(key=prefix + entry.name + "/", size=0, is_dir=True,
-                                         mtime=st.st_mtime_ns / 1_000_000_000, mode=st.st_mode,
-                                         uid=st.st_uid, gid=st.st_gid)
         finally:
             os.close(fd)
 
-    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Sequential reads on one no-follow descriptor (get_range would reopen the file per piece)."""
-        path = self._file_path(key)
-        with self._mapped(key):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    def _open_regular(self, pfd: int, name: str, key: str) -> tuple[os.stat_result, int | None, bytes]:
+        """(lstat, descriptor, b"") of a regular file, (lstat, None, target) of a link, (lstat, None, b"") of a node.
+
+        The entry is pinned with O_PATH and typed by fstat before anything opens it for reading,
+        so a FIFO (which would block) or a device (which would be opened) never is.
+        """
+        pin = os.open(name, _NODE_FLAGS, dir_fd=pfd)
         try:
-            with self._mapped(key):
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise NotFound(key)
+            st = os.fstat(pin)
+            if stat.S_ISREG(st.st_mode):
+                # storefs reading the backing file is no access by a user: keep its atime where we may
+                quiet = _NOATIME if st.st_uid == os.geteuid() or os.geteuid() == 0 else 0
+                return st, os.open(_fd_path(pin), _REOPEN_FLAGS | quiet), b""
+            if stat.S_ISLNK(st.st_mode):
+                return st, None, os.readlink(b"", dir_fd=pin)  # the pinned link itself (readlinkat with "")
+            if stat.S_IFMT(st.st_mode) in _NODE_TYPES:
+                return st, None, b""
+            raise NotFound(key)
+        finally:
+            os.close(pin)
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Sequential reads on one descriptor (get_range would reopen the file per piece); a link yields its target."""
+        with self._parent(key) as (pfd, name), self._mapped(key):
+            _, fd, data = self._open_regular(pfd, name, key)
+        if fd is None:
+            if data:
+                yield data
+            return
+        try:
             while True:
                 with self._mapped(key):
                     data = os.read(fd, chunk_size)
@@ -232,13 +437,12 @@ class LocalProvider(Provider):
             os.close(fd)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        """pread on a no-follow descriptor; O_NONBLOCK so a FIFO planted in the folder cannot hang us."""
-        path = self._file_path(key)
-        with self._mapped(key):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        """pread of a regular file; a link's target bytes; b"" for a FIFO, socket or device (never opened)."""
+        with self._parent(key) as (pfd, name), self._mapped(key):
+            _, fd, data = self._open_regular(pfd, name, key)
+            if fd is None:
+                return data[offset:offset + length] if length > 0 else b""
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise NotFound(key)
                 chunks, got = [], 0
                 while got < length:
                     b = os.pread(fd, length - got, offset + got)
@@ -250,132 +454,242 @@ class LocalProvider(Provider):
             finally:
                 os.close(fd)
 
-    def _write(self, key: str, src_fd: int, mode: int, uid: int | None, gid: int | None,
-               mtime_ns: int, xattrs: dict[str, bytes]) -> ObjectInfo:
-        """Copy src_fd to a temp file beside key with its metadata, then rename: readers never see half."""
-        dst = self._file_path(key)
-        folder = os.path.dirname(dst)
-        with self._mapped(key):
+    # -- Provider: writes -------------------------------------------------------------------
+
+    def _replace(self, key: str, make: Callable[[int, str], None]) -> ObjectInfo:
+        """make(parent_fd, tmp_name) builds the new entry beside key; rename it over key and fsync the folder."""
+        with self._parent(key, create=True) as (pfd, name), self._mapped(key):
+            tmp = TMP_PREFIX + secrets.token_hex(8)
             try:
-                os.makedirs(folder, mode=0o755, exist_ok=True)
-            except OSError as e:
-                if e.errno in _NOT_FOUND or e.errno == errno.EEXIST:
-                    raise ProviderError(f"local provider {self.name}: {key}: a parent is not a folder") from e
-                raise
-            tmp = os.path.join(folder, TMP_PREFIX + secrets.token_hex(8))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    _copy_data(src_fd, fd)
-                    self._chown(fd, uid, gid)
-                    if xattrs:
-                        self._write_xattrs(fd, xattrs, replace=False)
-                    os.fchmod(fd, mode & 0o7777)
-                    os.fsync(fd)
-                    os.utime(fd, ns=(mtime_ns, mtime_ns))
-                finally:
-                    os.close(fd)
-                os.replace(tmp, dst)
+                make(pfd, tmp)
+                os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    os.unlink(tmp, dir_fd=pfd)
                 raise
-            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            self._fsync_dir(pfd)
+            return self._head_at(pfd, name, key)
+
+    def _write_regular(self, key: str, src_fd: int, a: _Attrs) -> ObjectInfo:
+        """Copy src_fd to a temp file beside key with its metadata, then rename: readers never see half."""
+        def make(pfd: int, tmp: str) -> None:
+            fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=pfd)
             try:
-                os.fsync(dfd)
+                _copy_data(src_fd, fd)
+                owned = self._chown(fd, a.uid, a.gid)
+                if a.xattrs:
+                    self._write_xattrs(fd, a.xattrs, replace=False)
+                os.fchmod(fd, self._disk_mode(a.mode, owned))
+                os.fsync(fd)
+                os.utime(fd, ns=(a.atime_ns, a.mtime_ns))
             finally:
-                os.close(dfd)
-        return self.head(key)
+                os.close(fd)
+
+        return self._replace(key, make)
+
+    def _write_link(self, key: str, target: bytes, a: _Attrs) -> ObjectInfo:
+        """A real symlink holding target as given, made under a temp name and renamed over key (atomic)."""
+        if not target:
+            raise ProviderError(f"local provider {self.name}: {key}: a symlink needs a target")
+        if b"\0" in target or len(target) > LINK_TARGET_MAX:
+            raise ProviderError(f"local provider {self.name}: {key}: a symlink target cannot hold NUL "
+                                f"or pass {LINK_TARGET_MAX} bytes")
+
+        def make(pfd: int, tmp: str) -> None:
+            os.symlink(target, os.fsencode(tmp), dir_fd=pfd)
+            self._chown(tmp, a.uid, a.gid, dir_fd=pfd)
+            os.utime(tmp, ns=(a.atime_ns, a.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+        return self._replace(key, make)
+
+    def _write_node(self, key: str, kind: int, rdev: int, a: _Attrs) -> ObjectInfo:
+        """A real FIFO, socket or device node (devices need root: AccessDenied otherwise)."""
+        def make(pfd: int, tmp: str) -> None:
+            if kind == stat.S_IFIFO:
+                os.mkfifo(tmp, 0o600, dir_fd=pfd)
+            else:
+                os.mknod(tmp, kind | 0o600, rdev if kind in _DEVICE_TYPES else 0, dir_fd=pfd)
+            owned = self._chown(tmp, a.uid, a.gid, dir_fd=pfd)
+            self._chmod_at(pfd, tmp, self._disk_mode(a.mode, owned))
+            os.utime(tmp, ns=(a.atime_ns, a.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+        try:
+            return self._replace(key, make)
+        except AccessDenied as e:
+            if kind in _DEVICE_TYPES:
+                raise AccessDenied(f"local provider {self.name}: {key}: device nodes can only be made "
+                                   "by root") from e
+            raise
 
     def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
-        """Atomic store of a cache file under key, streamed, never read whole into memory."""
+        """Atomic store of a cache file under key, streamed; a symlink's target is the file's bytes."""
+        kind = stat.S_IFMT(meta.mode)
+        mtime_ns = _to_ns(meta.mtime)
+        a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime is None else _to_ns(meta.atime),
+                   mtime_ns, meta.xattrs)
+        if kind in _NODE_TYPES:
+            return self._write_node(key, kind, meta.rdev or 0, a)
+        if kind not in (0, stat.S_IFREG, stat.S_IFLNK):
+            raise ProviderError(f"local provider {self.name}: {key}: cannot store file type {kind:#o} as a file")
         try:
             src_fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+            target = os.read(src_fd, LINK_TARGET_MAX + 1) if kind == stat.S_IFLNK else b""
         except OSError as e:
             raise ProviderError(f"local provider {self.name}: {key}: cannot read source file: "
                                 f"{e.strerror or e}") from e
         try:
-            return self._write(key, src_fd, meta.mode, meta.uid, meta.gid, _to_ns(meta.mtime), meta.xattrs)
+            if kind == stat.S_IFLNK:
+                return self._write_link(key, target, a)
+            return self._write_regular(key, src_fd, a)
         finally:
             os.close(src_fd)
 
     def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
-        """chmod/chown/utime/xattrs in place; a read-only mode is applied after the xattrs that need u+w."""
-        path = self._file_path(key)
-        mode = meta.mode & 0o7777
-        with self._mapped(key):
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+        """chown/chmod/utime/xattrs in place; a link takes owner and times only, a node no xattrs."""
+        with self._parent(key) as (pfd, name), self._mapped(key):
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
                 raise NotFound(key)
-            self._chown(path, meta.uid, meta.gid)
-            os.chmod(path, mode | 0o200)
-            self._write_xattrs(path, meta.xattrs, replace=True)
-            if not mode & 0o200:
-                os.chmod(path, mode)
-            ns = _to_ns(meta.mtime)
-            os.utime(path, ns=(ns, ns), follow_symlinks=False)
-        return self.head(key)
+            owned = self._chown(name, meta.uid, meta.gid, dir_fd=pfd)
+            if stat.S_ISREG(st.st_mode):
+                mode = self._disk_mode(meta.mode, owned)
+                self._chmod_at(pfd, name, mode | stat.S_IWUSR)  # xattrs need u+w: a read-only mode comes after
+                self._write_xattrs(_fd_path(pfd, name), meta.xattrs, replace=True)
+                if not mode & stat.S_IWUSR:
+                    self._chmod_at(pfd, name, mode)
+            elif not stat.S_ISLNK(st.st_mode):
+                self._chmod_at(pfd, name, self._disk_mode(meta.mode, owned))
+            atime_ns = st.st_atime_ns if meta.atime is None else _to_ns(meta.atime)
+            os.utime(name, ns=(atime_ns, _to_ns(meta.mtime)), dir_fd=pfd, follow_symlinks=False)
+            return self._head_at(pfd, name, key)
 
     def copy(self, src: str, dst: str, meta: ObjectMeta | None = None) -> ObjectInfo:
-        """Byte copy through a temp file; without meta the source's mode, owner, mtime and xattrs go along."""
-        path = self._file_path(src)
-        with self._mapped(src):
-            src_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        """Copy of what src is (file bytes, a link, a node); without meta its mode, owner, times and xattrs go along."""
+        with self._parent(src) as (pfd, name), self._mapped(src):
+            st, fd, target = self._open_regular(pfd, name, src)
+            kind = stat.S_IFMT(st.st_mode)
+            try:
+                xattrs = self._read_xattrs(fd) if fd is not None and meta is None else {}
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
         try:
-            with self._mapped(src):
-                st = os.fstat(src_fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise NotFound(src)
-                xattrs = self._read_xattrs(path) if meta is None else meta.xattrs
             if meta is None:
-                return self._write(dst, src_fd, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xattrs)
-            return self._write(dst, src_fd, meta.mode, meta.uid, meta.gid, _to_ns(meta.mtime), xattrs)
+                a = _Attrs(st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, xattrs)
+            else:
+                mtime_ns = _to_ns(meta.mtime)
+                a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime is None else _to_ns(meta.atime),
+                           mtime_ns, meta.xattrs)
+            if kind == stat.S_IFLNK:
+                return self._write_link(dst, target, a)
+            if fd is None:
+                return self._write_node(dst, kind, st.st_rdev, a)
+            return self._write_regular(dst, fd, a)
         finally:
-            os.close(src_fd)
+            if fd is not None:
+                os.close(fd)
 
     def delete(self, key: str) -> None:
-        """Unlink only the file: its folder stays, as an emptied folder does on a local disk."""
-        path = self._file_path(key)
+        """Unlink the entry itself (a link, never its target); its folder stays, as on a local disk."""
         try:
-            os.unlink(path)
+            with self._parent(key) as (pfd, name):
+                os.unlink(name, dir_fd=pfd)
+        except NotFound:
+            return
         except OSError as e:
             if e.errno not in _NOT_FOUND:
                 raise self._error(e, key) from e
 
     def make_dir(self, prefix: str, meta: ObjectMeta) -> None:
-        """A real folder with the directory's mode and mtime."""
-        path = self._dir_path(prefix)
-        ns = _to_ns(meta.mtime)
+        """A real folder with the directory's mode, owner, times and user.* xattrs (replaced when it exists)."""
+        parts = self._dir_parts(prefix)
         with self._mapped(prefix):
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise ProviderError(f"local provider {self.name}: {prefix} is not a folder")
-            self._chown(path, meta.uid, meta.gid)
-            os.chmod(path, meta.mode & 0o7777)
-            os.utime(path, ns=(ns, ns), follow_symlinks=False)
+            try:
+                pfd = self._open_dir(parts[:-1], create=True)
+            except OSError as e:
+                if e.errno in (errno.ENOTDIR, errno.ELOOP, errno.EEXIST):
+                    raise ProviderError(f"local provider {self.name}: {prefix}: a parent is not a folder") from e
+                raise
+            try:
+                created = True
+                try:
+                    os.mkdir(parts[-1], 0o700, dir_fd=pfd)  # private until its own mode is applied
+                except FileExistsError:
+                    created = False
+                try:
+                    fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=pfd)
+                except OSError as e:
+                    if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                        raise ProviderError(f"local provider {self.name}: {prefix} is not a folder") from e
+                    raise
+            finally:
+                os.close(pfd)
+            try:
+                self._apply_dir_meta(fd, meta, created)
+            finally:
+                os.close(fd)
+
+    def _apply_dir_meta(self, fd: int, meta: ObjectMeta, created: bool) -> None:
+        """Owner, mode, xattrs and times of the pinned folder fd (by its /proc path, which never re-resolves)."""
+        path = _fd_path(fd)
+        owned = self._chown(path, meta.uid, meta.gid, follow=True)
+        mode = self._disk_mode(meta.mode, owned)
+        os.chmod(path, mode | stat.S_IWUSR)  # xattrs need u+w: a read-only mode comes after
+        self._write_xattrs(path, meta.xattrs, replace=True, follow=True)
+        if not mode & stat.S_IWUSR:
+            os.chmod(path, mode)
+        mtime_ns = _to_ns(meta.mtime)
+        if meta.atime is not None:
+            atime_ns = _to_ns(meta.atime)
+        else:
+            atime_ns = mtime_ns if created else os.fstat(fd).st_atime_ns
+        os.utime(path, ns=(atime_ns, mtime_ns))
 
     def remove_dir(self, prefix: str) -> None:
-        """rmdir, clearing our own stale temp files first; real entries make it NotEmpty."""
-        path = self._dir_path(prefix)
-        for attempt in (1, 2):
+        """rmdir, clearing our own stale temp entries first; real entries make it NotEmpty."""
+        parts = self._dir_parts(prefix)
+        with self._mapped(prefix):
             try:
-                os.rmdir(path)
-                return
+                pfd = self._open_dir(parts[:-1])
             except OSError as e:
                 if e.errno in _NOT_FOUND:
                     return
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise self._error(e, prefix) from e
-            if attempt == 2:
-                raise NotEmpty(prefix)
-            with self._mapped(prefix), os.scandir(path) as it:
+                raise
+        try:
+            for attempt in (1, 2):
+                try:
+                    os.rmdir(parts[-1], dir_fd=pfd)
+                    return
+                except OSError as e:
+                    if e.errno in _NOT_FOUND:
+                        return
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise self._error(e, prefix) from e
+                if attempt == 2:
+                    raise NotEmpty(prefix)
+                with self._mapped(prefix):
+                    self._clear_temps(pfd, parts[-1])
+        finally:
+            os.close(pfd)
+
+    @staticmethod
+    def _clear_temps(pfd: int, name: str) -> None:
+        """Unlink the temp entries an interrupted write left in folder name (files, links, nodes)."""
+        fd = os.open(name, _DIR_READ_FLAGS, dir_fd=pfd)
+        try:
+            with os.scandir(fd) as it:
                 for entry in it:
-                    if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                    if entry.name.startswith(TMP_PREFIX) and not entry.is_dir(follow_symlinks=False):
                         with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.path)
+                            os.unlink(entry.name, dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def url(self, key: str, expires: int = 3600) -> str | None:
         """file:// URL of the file, for tools that take URLs."""
-        return Path(self._path(key)).as_uri()
+        parts = self._parts(key)
+        return Path(os.path.join(self.base, *parts) if parts else self.base).as_uri()
 
     def watch(self, on_change: Callable[[str], None]) -> None:
         """Report files other programs create, change or delete in the folder (inotify via watchdog)."""
@@ -410,6 +724,7 @@ class LocalProvider(Provider):
         self._observer = observer
 
     def close(self) -> None:
+        """Stop the watcher (the base_path descriptor stays: calls may still be running)."""
         observer = getattr(self, "_observer", None)
         if observer is not None:
             observer.stop()

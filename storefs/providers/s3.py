@@ -36,7 +36,8 @@ COPY_LIMIT = 5 * 1024 ** 3  # CopyObject's ceiling; bigger objects need a multip
 META_DEADLINE = 5.0
 DIR_CONTENT_TYPE = "application/x-directory"
 #: metadata keys with a meaning of their own (s3fs, rclone): never shown as xattrs
-RESERVED_KEYS = frozenset({"mtime", "mode", "uid", "gid", "atime", "ctime", "btime", "md5chksum", "xattr"})
+RESERVED_KEYS = frozenset({"mtime", "mode", "uid", "gid", "atime", "ctime", "btime", "rdev", "md5chksum",
+                           "xattr"})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                           "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled"})
@@ -48,6 +49,8 @@ _META_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")  # S3 lower-cases user metada
 _ISO_FRACTION = re.compile(r"(\.\d{6})\d+")
 _FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK,
                          stat.S_IFCHR, stat.S_IFBLK})
+_DEVICE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK})
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
 #: the provider's settings are its config section (kept as a name for callers that build one)
@@ -77,8 +80,21 @@ def parse_mtime(value: str | None) -> float | None:
         return None
 
 
+def _plausible(mode: int) -> bool:
+    """A mode real files have, so that rclone's octal '41777' (a sticky folder) is not read as a decimal symlink."""
+    # special bits only where they mean something: setuid/setgid files, sticky/setgid folders
+    if mode > 0o177777 or stat.S_IFMT(mode) not in _FILE_TYPES:
+        return False
+    special = mode & _SPECIAL_BITS
+    if not special:
+        return True
+    if stat.S_ISDIR(mode):
+        return not special & stat.S_ISUID
+    return stat.S_ISREG(mode) and not special & stat.S_ISVTX
+
+
 def parse_mode(value: str | None) -> int | None:
-    """s3fs's decimal mode, a C-style octal '0100644', or rclone's octal '100644' (told apart by validity)."""
+    """s3fs's decimal mode, a C-style octal '0100644', or rclone's octal '100644' (told apart by plausibility)."""
     if not value:
         return None
     v = value.strip()
@@ -89,8 +105,9 @@ def parse_mode(value: str | None) -> int | None:
             mode = int(v, 8)
         else:
             mode = int(v)
-            if (mode > 0o177777 or (stat.S_IFMT(mode) and stat.S_IFMT(mode) not in _FILE_TYPES)) \
-                    and set(v) <= set("01234567"):
+            if set(v) <= set("01234567") and (
+                    mode > 0o177777 or (stat.S_IFMT(mode) and stat.S_IFMT(mode) not in _FILE_TYPES)
+                    or (stat.S_IFMT(mode) and not _plausible(mode) and _plausible(int(v, 8)))):
                 mode = int(v, 8)
     except ValueError:
         return None
@@ -107,6 +124,17 @@ def _parse_int(value: str | None) -> int | None:
         return int(value, 16) if value.lower().startswith("0x") else int(value)
     except ValueError:
         return None
+
+
+def parse_rdev(value: str | None) -> int | None:
+    """A device number: s3fs's decimal, or rclone's hexadecimal (without 0x) when it is not decimal."""
+    found = _parse_int(value)
+    if found is None and value:
+        try:
+            found = int(value.strip(), 16)
+        except ValueError:
+            return None
+    return found if found is not None and found >= 0 else None
 
 
 def xattr_metadata_key(name: str) -> str | None:
@@ -141,10 +169,16 @@ def decode_value(text: str) -> bytes:
 def metadata_for(meta: ObjectMeta) -> dict[str, str]:
     """User metadata (without the x-amz-meta- prefix) for meta, in s3fs's and rclone's names."""
     md = {"mtime": format_mtime(meta.mtime), "mode": str(meta.mode)}
+    if meta.ctime is not None:
+        md["ctime"] = format_mtime(meta.ctime)
+    if meta.atime is not None:
+        md["atime"] = format_mtime(meta.atime)
     if meta.uid is not None:
         md["uid"] = str(meta.uid)
     if meta.gid is not None:
         md["gid"] = str(meta.gid)
+    if meta.rdev is not None:
+        md["rdev"] = str(meta.rdev)
     for name, value in meta.xattrs.items():
         key = xattr_metadata_key(name)
         if key is None:
@@ -168,6 +202,21 @@ def xattrs_from_metadata(md: dict[str, str]) -> dict[str, bytes]:
         if key not in RESERVED_KEYS:
             xattrs["user." + key] = decode_value(value)
     return xattrs
+
+
+def info_from_head(key: str, r: dict[str, Any]) -> ObjectInfo:
+    """ObjectInfo from a head_object answer: times, mode (any file type), owner, rdev and xattrs from its metadata."""
+    md = {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}
+    mtime = parse_mtime(md.get("mtime"))
+    if mtime is None:
+        mtime = r["LastModified"].timestamp()
+    mode = parse_mode(md.get("mode"))
+    rdev = parse_rdev(md.get("rdev")) if mode is not None and stat.S_IFMT(mode) in _DEVICE_TYPES else None
+    return ObjectInfo(key=key, size=int(r.get("ContentLength", 0)), mtime=mtime, mode=mode,
+                      uid=_parse_int(md.get("uid")), gid=_parse_int(md.get("gid")),
+                      etag=(r.get("ETag") or "").strip('"') or None, content_type=r.get("ContentType"),
+                      xattrs=xattrs_from_metadata(md), ctime=parse_mtime(md.get("ctime")),
+                      atime=parse_mtime(md.get("atime")), rdev=rdev)
 
 
 def _drop_expect_header(request: Any, **_: Any) -> None:
@@ -270,19 +319,12 @@ class S3Provider(Provider):
 
     def _info(self, key: str, r: dict[str, Any]) -> ObjectInfo:
         """ObjectInfo from a head_object answer."""
-        md = {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}
-        mtime = parse_mtime(md.get("mtime"))
-        if mtime is None:
-            mtime = r["LastModified"].timestamp()
-        return ObjectInfo(key=key, size=int(r.get("ContentLength", 0)), mtime=mtime, mode=parse_mode(md.get("mode")),
-                          uid=_parse_int(md.get("uid")), gid=_parse_int(md.get("gid")),
-                          etag=(r.get("ETag") or "").strip('"') or None, content_type=r.get("ContentType"),
-                          xattrs=xattrs_from_metadata(md))
+        return info_from_head(key, r)
 
     def _info_from_meta(self, key: str, size: int, etag: str | None, meta: ObjectMeta) -> ObjectInfo:
         return ObjectInfo(key=key, size=size, mtime=meta.mtime, mode=meta.mode, uid=meta.uid, gid=meta.gid,
                           etag=(etag or "").strip('"') or None, content_type=meta.content_type,
-                          xattrs=dict(meta.xattrs))
+                          xattrs=dict(meta.xattrs), ctime=meta.ctime, atime=meta.atime, rdev=meta.rdev)
 
     # -- Provider -------------------------------------------------------------------------
     def check(self) -> None:
@@ -558,7 +600,25 @@ class S3Provider(Provider):
         if failed:
             raise errors.ProviderError(f"s3://{self.bucket}: {len(failed)} deletes failed, first: {failed[0]}")
 
+    def head_dir(self, prefix: str) -> ObjectInfo | None:
+        """HEAD of the marker 'prefix/': None when there is none or it carries no metadata (SeaweedFS 4.x drops it)."""
+        if not prefix.strip("/"):
+            return None
+        marker = prefix if prefix.endswith("/") else prefix + "/"
+        try:
+            r = self._read(self._what(marker), lambda: self._head_object(self._key(marker)), self._meta_budget)
+        except errors.NotFound:
+            return None
+        if not r.get("Metadata"):
+            return None
+        info = info_from_head(marker, r)
+        if info.mode is not None and not stat.S_ISDIR(info.mode):
+            info.mode = stat.S_IFDIR | stat.S_IMODE(info.mode)  # a marker is a folder whatever its mode says
+        info.size, info.is_dir, info.rdev = 0, True, None
+        return info
+
     def make_dir(self, prefix: str, meta: ObjectMeta) -> None:
+        """PUT the marker 'prefix/' with the folder's mode, owner, times and xattrs (also to change them)."""
         marker = prefix if prefix.endswith("/") else prefix + "/"
         try:
             self._put_small(self._key(marker), io.BytesIO(b""), 0,

@@ -65,11 +65,11 @@ def test_check_creates_folder_and_refuses_a_file(tmp_path):
 def test_put_head_get_range(prov, base, src):
     data = src.read_bytes()
     info = prov.put_file("t1/image/b1/a1/x.png", str(src), ObjectMeta(mtime=MTIME, mode=0o100640))
-    assert (base / "t1/image/b1/a1/x.png").read_bytes() == data
+    assert prov.head("t1/image/b1/a1/x.png") == info
     assert info.key == "t1/image/b1/a1/x.png" and info.size == len(data) and not info.is_dir
     assert info.mtime == MTIME and stat.S_IMODE(info.mode) == 0o640 and stat.S_ISREG(info.mode)
     assert info.etag and info.content_type is None
-    assert prov.head("t1/image/b1/a1/x.png") == info
+    assert (base / "t1/image/b1/a1/x.png").read_bytes() == data
     assert prov.get_range("t1/image/b1/a1/x.png", 0, 10) == data[:10]
     assert prov.get_range("t1/image/b1/a1/x.png", len(data) - 2, 100) == b"il"
     assert prov.get_range("t1/image/b1/a1/x.png", len(data) + 5, 10) == b""
@@ -107,14 +107,16 @@ def test_list(prov, base, src):
     (base / "t1/image/b1/a1" / (TMP_PREFIX + "deadbeef")).write_bytes(b"half")
     os.mkfifo(base / "t1/image/b1/a1/fifo")
     got = {i.key: i for i in prov.list("t1/image/b1/a1/")}
-    assert set(got) == {"t1/image/b1/a1/x.png", "t1/image/b1/a1/y.txt", "t1/image/b1/a1/sub/"}
+    assert set(got) == {"t1/image/b1/a1/x.png", "t1/image/b1/a1/y.txt", "t1/image/b1/a1/sub/", "t1/image/b1/a1/fifo"}
+    fifo = got.pop("t1/image/b1/a1/fifo")  # a FIFO is an object too: its type in the mode, zero bytes
+    assert stat.S_ISFIFO(fifo.mode) and fifo.size == 0 and not fifo.is_dir
     assert got["t1/image/b1/a1/sub/"].is_dir and got["t1/image/b1/a1/sub/"].name == "sub"
     assert got["t1/image/b1/a1/sub/"].mtime == MTIME
     assert stat.S_IMODE(got["t1/image/b1/a1/sub/"].mode) == 0o750
     x = got["t1/image/b1/a1/x.png"]
     assert x.size == src.stat().st_size and x.mtime == MTIME and x.xattrs == {}
     assert x.etag == prov.head("t1/image/b1/a1/x.png").etag
-    assert {i.key for i in prov.list("t1/image/b1/a1")} == set(got)  # prefix without '/'
+    assert {i.key for i in prov.list("t1/image/b1/a1")} == set(got) | {fifo.key}  # prefix without '/'
     assert [i.key for i in prov.list("")] == ["t1/"]
     assert list(prov.list("missing/folder/")) == []
     assert list(prov.list("t1/image/b1/a1/x.png/")) == []
@@ -136,7 +138,7 @@ def test_copy_keeps_metadata_or_replaces_it(prov, base, src):
 def test_failing_write_leaves_no_temp_file(prov, base, src, monkeypatch):
     prov.put_file("a/x", str(src), ObjectMeta(mtime=MTIME))
 
-    def boom(a, b):
+    def boom(a, b, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(local_mod.os, "replace", boom)
@@ -215,35 +217,35 @@ def test_escaping_keys_refused(prov, src, key):
         list(prov.list(key + "/"))
 
 
-def test_symlinks_not_followed_or_listed(prov, base, src, tmp_path):
+def test_symlinks_are_objects_never_followed(prov, base, src, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret"
     secret.write_bytes(b"secret")
     os.chmod(secret, 0o600)
+    os.utime(secret, ns=(10**18, 10**18))
     (base / "t1").mkdir()
     (base / "t1/dirlink").symlink_to(outside)
     (base / "t1/filelink").symlink_to(secret)
-    assert list(prov.list("t1/")) == []
+    got = {i.key: i for i in prov.list("t1/")}
+    assert set(got) == {"t1/dirlink", "t1/filelink"}  # links, not folders: nothing below them is listed
+    assert all(stat.S_ISLNK(i.mode) and not i.is_dir for i in got.values())
+    assert got["t1/filelink"].size == len(str(secret))
     assert list(prov.list("t1/dirlink/")) == []
-    assert not prov.dir_exists("t1/dirlink/")
-    with pytest.raises(NotFound):
-        prov.head("t1/filelink")
-    with pytest.raises(NotFound):
-        prov.get_range("t1/filelink", 0, 10)
-    with pytest.raises(NotFound):
-        prov.set_meta("t1/filelink", ObjectMeta(mtime=1.0, mode=0o100777))
-    with pytest.raises(NotFound):
-        prov.copy("t1/filelink", "t1/stolen")
+    assert not prov.dir_exists("t1/dirlink/") and prov.head_dir("t1/dirlink/") is None
+    assert prov.get_range("t1/filelink", 0, 1000) == str(secret).encode()  # the target, never the file
+    linked = prov.set_meta("t1/filelink", ObjectMeta(mtime=1.0, mode=0o100777))
+    assert linked.mtime == 1.0 and stat.S_ISLNK(linked.mode)
+    assert prov.copy("t1/filelink", "t1/stolen").size == len(str(secret))
+    assert os.readlink(base / "t1/stolen") == str(secret)
     for key in ("t1/dirlink/secret", "t1/dirlink/new"):
-        with pytest.raises(ProviderError):
+        with pytest.raises(NotFound):
             prov.head(key)
-        with pytest.raises(ProviderError):
+        with pytest.raises(NotFound):
             prov.get_range(key, 0, 10)
         with pytest.raises(ProviderError):
             prov.put_file(key, str(src), ObjectMeta(mtime=MTIME))
-        with pytest.raises(ProviderError):
-            prov.delete(key)
+        prov.delete(key)  # nothing of ours there: nothing to delete
     with pytest.raises(ProviderError):
         prov.make_dir("t1/dirlink/sub/", ObjectMeta(mtime=MTIME, mode=0o040777))
     with pytest.raises(ProviderError):
@@ -252,9 +254,11 @@ def test_symlinks_not_followed_or_listed(prov, base, src, tmp_path):
     # writing over a file symlink replaces the link, never the file it points to
     prov.put_file("t1/filelink", str(src), ObjectMeta(mtime=MTIME))
     assert not (base / "t1/filelink").is_symlink()
+    prov.delete("t1/stolen")
     assert secret.read_bytes() == b"secret" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert secret.stat().st_mtime_ns == 10**18
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
-    assert (base / "t1/dirlink").is_symlink()
+    assert (base / "t1/dirlink").is_symlink() and not (base / "t1/stolen").exists()
 
 
 def test_tmp_names_reserved_and_url(prov, src, base):

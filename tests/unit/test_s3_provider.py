@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import random
 import socket
+import stat
 import time
 import urllib.request
 import uuid
@@ -598,3 +600,141 @@ def test_lean_ranged_get_cut_off_or_busy_is_retried(s3, raw, base):
         assert Busy.calls == 1 and s3._lean
     finally:
         lean._http = real
+
+
+# -- issue 18: times, symlinks, special files, folder metadata ---------------------------------
+
+S_IFLNK_0777 = stat.S_IFLNK | 0o777  # 41471, the mode s3fs stores for a symlink
+
+
+def test_ctime_and_atime_in_s3fs_names(s3, raw, base, tmp_path):
+    meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.5, atime=1732363100.25, mode=0o100644)
+    info = s3.put_file(base + "t.bin", write(tmp_path, b"abc"), meta)
+    assert (info.ctime, info.atime) == (meta.ctime, meta.atime)
+    md = raw.head_object(Bucket=BUCKET, Key=base + "t.bin")["Metadata"]
+    assert (md["ctime"], md["atime"], md["mtime"]) == ("1732363300.500000000", "1732363100.250000000",
+                                                       "1732363200.123456000")
+    h = s3.head(base + "t.bin")
+    assert (h.mtime, h.ctime, h.atime, h.xattrs) == (pytest.approx(meta.mtime, abs=1e-6), 1732363300.5,
+                                                     1732363100.25, {})
+    # set_meta (a copy onto itself) carries new times; a copy without meta keeps them
+    s3.set_meta(base + "t.bin", ObjectMeta(mtime=5.0, ctime=7.0, atime=6.0))
+    assert (s3.head(base + "t.bin").ctime, s3.head(base + "t.bin").atime) == (7.0, 6.0)
+    c = s3.copy(base + "t.bin", base + "u.bin")
+    assert (c.ctime, c.atime) == (7.0, 6.0) and s3.head(base + "u.bin").ctime == 7.0
+
+
+def test_symlink_as_s3fs_stores_it(s3, raw, base, tmp_path):
+    target = b"../blobs/0123abcd \xff"
+    meta = ObjectMeta(mtime=1700000000.0, mode=S_IFLNK_0777, uid=0, gid=0)
+    info = s3.put_file(base + "snap/model.bin", write(tmp_path, target), meta)
+    assert (info.mode, info.size) == (S_IFLNK_0777, len(target))
+    r = raw.get_object(Bucket=BUCKET, Key=base + "snap/model.bin")
+    assert r["Body"].read() == target and r["Metadata"]["mode"] == "41471"
+    assert r["ContentType"] == "application/octet-stream"
+    h = s3.head(base + "snap/model.bin")
+    assert (h.mode, h.size, h.uid) == (S_IFLNK_0777, len(target), 0)
+    assert s3.get_range(base + "snap/model.bin", 0, 4096) == target
+    assert b"".join(s3.read_stream(base + "snap/model.bin")) == target
+
+
+def test_symlink_and_fifo_written_by_s3fs(s3, raw, base):
+    raw.put_object(Bucket=BUCKET, Key=base + "latest", Body=b"checkpoint-1000",
+                   Metadata={"mode": "41471", "mtime": "1700000000", "ctime": "1700000001", "atime": "1700000002",
+                             "uid": "1000", "gid": "1000"})
+    h = s3.head(base + "latest")
+    assert (h.mode, h.size, h.mtime, h.ctime, h.atime) == (S_IFLNK_0777, 15, 1700000000.0, 1700000001.0,
+                                                           1700000002.0)
+    assert s3.get_range(base + "latest", 0, 100) == b"checkpoint-1000" and h.xattrs == {}
+    raw.put_object(Bucket=BUCKET, Key=base + "pipe", Body=b"", Metadata={"mode": "4480", "mtime": "1700000000"})
+    p = s3.head(base + "pipe")
+    assert (p.mode, p.size) == (stat.S_IFIFO | 0o600, 0)
+    raw.put_object(Bucket=BUCKET, Key=base + "null", Body=b"",
+                   Metadata={"mode": str(stat.S_IFCHR | 0o666), "rdev": "259", "mtime": "1700000000"})
+    d = s3.head(base + "null")
+    assert (d.mode, d.rdev, d.xattrs) == (stat.S_IFCHR | 0o666, 259, {})
+
+
+def test_special_files_put_zero_bytes_with_their_type(s3, raw, base, tmp_path):
+    empty = write(tmp_path, b"", "empty")
+    for name, mode, rdev in (("fifo", stat.S_IFIFO | 0o640, None), ("sock", stat.S_IFSOCK | 0o755, None),
+                             ("dev", stat.S_IFBLK | 0o660, os.makedev(7, 3))):
+        info = s3.put_file(base + name, empty, ObjectMeta(mtime=1.0, mode=mode, rdev=rdev))
+        assert (info.mode, info.size, info.rdev) == (mode, 0, rdev)
+        md = raw.head_object(Bucket=BUCKET, Key=base + name)["Metadata"]
+        assert md["mode"] == str(mode) and md.get("rdev") == (None if rdev is None else str(rdev))
+        h = s3.head(base + name)
+        assert (h.mode, h.size, h.rdev) == (mode, 0, rdev)
+
+
+def test_head_dir_on_seaweedfs_never_fails(s3, raw, base, tmp_path):
+    """SeaweedFS 4.x drops the metadata of keys ending in '/': head_dir answers None, nothing fails."""
+    assert s3.head_dir(base + "missing/") is None and s3.head_dir("") is None
+    meta = ObjectMeta(mtime=1700000000.5, ctime=1700000001.0, atime=1700000002.0, mode=stat.S_IFDIR | 0o750,
+                      uid=7, gid=8, xattrs={"user.project": b"cats"})
+    s3.make_dir(base + "d/", meta)
+    d = s3.head_dir(base + "d/")
+    if d is not None:  # a SeaweedFS that keeps folder metadata
+        assert (d.mode, d.uid, d.gid, d.mtime, d.ctime, d.atime, d.xattrs) == (
+            meta.mode, 7, 8, meta.mtime, meta.ctime, meta.atime, meta.xattrs)
+    s3.put_file(base + "implicit/x", write(tmp_path, b"x"), ObjectMeta(mtime=1.0))
+    assert s3.head_dir(base + "implicit/") is None  # no marker
+    assert s3.head_dir(base + "implicit") is None
+
+
+# -- folder metadata on moto's S3 server, which keeps it on markers (as AWS and MinIO do) ------
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        pytest.skip("moto's S3 server is not installed (pip install 'moto[server]')")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    cfg = S3Settings(name="moto", bucket=BUCKET, endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
+                     access_key_id="testing", secret_access_key="testing", path_style=True, read_deadline=5.0)
+    p = S3Provider(cfg)
+    client = p._session.client("s3", endpoint_url=cfg.endpoint_url)
+    try:
+        client.create_bucket(Bucket=BUCKET)
+        yield p, client
+    finally:
+        client.close()
+        p.close()
+        server.stop()
+
+
+def test_head_dir_reads_the_marker_metadata_on_moto(moto_s3, base, tmp_path):
+    s3, raw = moto_s3
+    meta = ObjectMeta(mtime=1700000000.123456, ctime=1700000001.5, atime=1700000002.25, mode=stat.S_IFDIR | 0o1770,
+                      uid=1000, gid=33, xattrs={"user.project": b"cats", "user.bin": b"\x00\xff"})
+    s3.make_dir(base + "d/", meta)
+    d = s3.head_dir(base + "d/")
+    assert d is not None and d.is_dir and d.key == base + "d/" and d.size == 0
+    assert (d.mode, d.uid, d.gid, d.ctime, d.atime, d.xattrs) == (meta.mode, 1000, 33, meta.ctime, meta.atime,
+                                                                  meta.xattrs)
+    assert d.mtime == pytest.approx(meta.mtime, abs=1e-6)
+    assert s3.head_dir(base + "d") == d
+    r = raw.head_object(Bucket=BUCKET, Key=base + "d/")
+    assert r["Metadata"]["mode"] == str(meta.mode) and r["Metadata"]["ctime"] == "1700000001.500000000"
+    # make_dir over an existing marker changes the folder's metadata (xattrs replaced)
+    s3.make_dir(base + "d/", ObjectMeta(mtime=5.0, mode=stat.S_IFDIR | 0o700, xattrs={"user.k": b"v"}))
+    d = s3.head_dir(base + "d/")
+    assert (d.mode, d.mtime, d.uid, d.ctime, d.xattrs) == (stat.S_IFDIR | 0o700, 5.0, None, None, {"user.k": b"v"})
+    # a marker without metadata (another tool's), a missing one, a file under an implicit folder
+    raw.put_object(Bucket=BUCKET, Key=base + "bare/", Body=b"")
+    assert s3.head_dir(base + "bare/") is None and s3.head_dir(base + "none/") is None
+    s3.put_file(base + "implicit/x", write(tmp_path, b"x"), ObjectMeta(mtime=1.0))
+    assert s3.head_dir(base + "implicit/") is None
+    # s3fs's marker: decimal mode; a mode without the type bits is still a folder
+    raw.put_object(Bucket=BUCKET, Key=base + "s3fs/", Body=b"", ContentType="application/x-directory",
+                   Metadata={"mode": "16877", "mtime": "1700000000", "uid": "0", "gid": "0"})
+    assert s3.head_dir(base + "s3fs/").mode == stat.S_IFDIR | 0o755
+    raw.put_object(Bucket=BUCKET, Key=base + "perm/", Body=b"", Metadata={"mode": "488"})
+    assert s3.head_dir(base + "perm/").mode == stat.S_IFDIR | 0o750
+    assert s3.dir_exists(base + "d/") and {i.key for i in s3.list(base)} >= {base + "d/", base + "bare/"}

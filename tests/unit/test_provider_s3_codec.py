@@ -1,0 +1,98 @@
+"""The S3 metadata codec (no server): times, every file type in the mode, rdev, as s3fs and rclone write them."""
+
+from __future__ import annotations
+
+import stat
+from datetime import datetime, timezone
+
+import pytest
+
+from storefs.providers.base import ObjectMeta
+from storefs.providers.s3 import (RESERVED_KEYS, format_mtime, info_from_head, metadata_for, parse_mode,
+                                  parse_rdev, xattrs_from_metadata)
+
+LAST_MODIFIED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def head(metadata: dict[str, str], body: bytes = b"", content_type: str = "application/octet-stream") -> dict:
+    """A head_object answer as boto3 (and the lean path) return it."""
+    return {"ContentLength": len(body), "LastModified": LAST_MODIFIED, "ETag": '"e"', "ContentType": content_type,
+            "Metadata": metadata}
+
+
+def test_metadata_for_writes_times_and_rdev_in_s3fs_names():
+    meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.5, atime=1732363100.000001, mode=0o100640,
+                      uid=1000, gid=1001)
+    assert metadata_for(meta) == {"mtime": "1732363200.123456000", "ctime": "1732363300.500000000",
+                                  "atime": "1732363100.000001000", "mode": "33184", "uid": "1000", "gid": "1001"}
+    assert metadata_for(ObjectMeta(mtime=5.0)) == {"mtime": "5.000000000", "mode": "33188"}  # unknown: left out
+    dev = ObjectMeta(mtime=1.0, mode=stat.S_IFCHR | 0o600, rdev=0x103)
+    assert metadata_for(dev)["rdev"] == "259" and metadata_for(dev)["mode"] == str(stat.S_IFCHR | 0o600)
+
+
+def test_times_round_trip_through_a_head():
+    meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.25, atime=1732363100.75, mode=0o100644)
+    info = info_from_head("k", head(metadata_for(meta)))
+    assert (info.mtime, info.ctime, info.atime, info.rdev) == (meta.mtime, meta.ctime, meta.atime, None)
+    assert format_mtime(info.ctime) == "1732363300.250000000"
+
+
+def test_s3fs_and_rclone_times():
+    s3fs = info_from_head("k", head({"mtime": "1700000000", "ctime": "1700000002", "atime": "1700000001",
+                                     "mode": "33188"}))
+    assert (s3fs.mtime, s3fs.ctime, s3fs.atime) == (1700000000.0, 1700000002.0, 1700000001.0)
+    rclone = info_from_head("k", head({"mtime": "2023-11-14T22:13:20.5Z", "atime": "2023-11-14T22:13:21Z",
+                                       "btime": "2023-11-14T22:13:19Z"}))
+    assert (rclone.mtime, rclone.atime, rclone.ctime) == (1700000000.5, 1700000001.0, None)
+    bare = info_from_head("k", head({}))
+    assert (bare.mtime, bare.ctime, bare.atime, bare.mode) == (LAST_MODIFIED.timestamp(), None, None, None)
+    bad = info_from_head("k", head({"ctime": "soon", "atime": ""}))
+    assert (bad.ctime, bad.atime) == (None, None)
+
+
+@pytest.mark.parametrize("mode", [stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777,
+                                  stat.S_IFIFO | 0o600, stat.S_IFSOCK | 0o755, stat.S_IFCHR | 0o620,
+                                  stat.S_IFBLK | 0o660, stat.S_IFREG | 0o4755, stat.S_IFDIR | 0o1777,
+                                  stat.S_IFDIR | 0o2775, stat.S_IFIFO | 0o644])
+def test_every_file_type_in_every_form(mode):
+    assert parse_mode(str(mode)) == mode                 # s3fs: decimal
+    assert parse_mode("0" + format(mode, "o")) == mode   # C-style octal
+    assert parse_mode(format(mode, "o")) == mode         # rclone: octal without the leading 0
+
+
+def test_mode_forms_of_special_files():
+    assert parse_mode("41471") == stat.S_IFLNK | 0o777    # an s3fs symlink
+    assert parse_mode("4480") == stat.S_IFIFO | 0o600     # s3fs mkfifo
+    assert parse_mode("49645") == stat.S_IFSOCK | 0o755
+    assert parse_mode("8630") == stat.S_IFCHR | 0o666
+    assert parse_mode("24992") == stat.S_IFBLK | 0o640
+    assert parse_mode("10644") == stat.S_IFIFO | 0o644    # rclone's octal FIFO, not a decimal char device
+    assert parse_mode("0x81a4") == stat.S_IFREG | 0o644
+
+
+def test_s3fs_symlink_as_head_reads_it():
+    target = b"../blobs/0123abcd"
+    info = info_from_head("snap/model.bin", head({"mode": "41471", "mtime": "1700000000", "uid": "0", "gid": "0"},
+                                                 target))
+    assert stat.S_ISLNK(info.mode) and info.mode == 0o120777 and info.size == len(target)
+    assert (info.uid, info.gid, info.xattrs, info.rdev) == (0, 0, {}, None)
+
+
+def test_rdev_forms_and_only_for_devices():
+    assert parse_rdev("259") == 259 and parse_rdev("0x103") == 259 and parse_rdev("1abc") == 0x1abc
+    assert parse_rdev("") is None and parse_rdev(None) is None and parse_rdev("zz") is None
+    assert parse_rdev("-1") is None
+    chr_dev = info_from_head("d", head({"mode": str(stat.S_IFCHR | 0o600), "rdev": "259"}))
+    assert chr_dev.rdev == 259 and chr_dev.size == 0
+    blk = info_from_head("d", head({"mode": str(stat.S_IFBLK | 0o600), "rdev": "1abc"}))  # rclone's hex
+    assert blk.rdev == 0x1abc
+    assert info_from_head("f", head({"mode": "33188", "rdev": "5"})).rdev is None  # a file has no device
+
+
+def test_reserved_names_are_never_xattrs():
+    assert {"ctime", "atime", "rdev", "mtime", "mode", "uid", "gid"} <= RESERVED_KEYS
+    md = {"ctime": "1", "atime": "2", "rdev": "3", "mode": "4480", "note": "kept"}
+    assert xattrs_from_metadata(md) == {"user.note": b"kept"}
+    meta = ObjectMeta(mtime=1.0, ctime=2.0, atime=3.0, rdev=4, xattrs={"user.rdev": b"x", "user.ok": b"y"})
+    md = metadata_for(meta)
+    assert md["rdev"] == "4" and md["ok"] == "y"  # user.rdev cannot be kept: the name is s3fs's
