@@ -74,6 +74,18 @@ class TooLarge(LayoutError):
     errno = _errno.EFBIG
 
 
+class ReadOnly(StorefsError):
+    """A change on a read-only mount (EROFS)."""
+
+    errno = _errno.EROFS
+
+
+class AccessRefused(StorefsError):
+    """The caller may not do this to this file or folder (EACCES), as POSIX decides it."""
+
+    errno = _errno.EACCES
+
+
 class NoAttribute(StorefsError):
     """Extended attribute not set (ENODATA, never logged)."""
 

@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any, Callable
@@ -22,7 +23,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # never libfuse2, whatever 
 import mfusepy  # noqa: E402
 
 from .errors import QUIET_ERRNOS, NotPermitted, StorefsError  # noqa: E402
-from .namespace import Attr, Namespace  # noqa: E402
+from .namespace import Attr, Caller, Namespace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,16 @@ class StorefsOperations(mfusepy.Operations):
             "st_blksize": 1 << 17,
             "st_uid": a.uid,
             "st_gid": a.gid,
+            "st_rdev": a.rdev,
             "st_mtime": ns,
-            "st_ctime": ns,
-            "st_atime": ns,
+            "st_ctime": int(a.ctime * 1e9) if a.ctime else ns,
+            "st_atime": int(a.atime * 1e9) if a.atime else ns,
         }
+
+    @staticmethod
+    def _caller() -> Caller:
+        """The process asking, as the kernel tells libfuse (uid, gid, pid)."""
+        return Caller(*mfusepy.fuse_get_context())
 
     @edge
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
@@ -182,14 +189,16 @@ class StorefsOperations(mfusepy.Operations):
 
     @edge
     def create(self, path: str, mode: int, flags: int = 0) -> int:
-        if mode & 0o170000 not in (0, 0o100000):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise NotPermitted(f"{path}: only regular files can be created")
         uid, gid, _ = mfusepy.fuse_get_context()
         return self.ns.create(self._key(path), mode, uid, gid, bool(flags & os.O_EXCL))
 
     @edge
     def open(self, path: str, flags: int) -> int:
-        return self.ns.open(self._key(path), flags)
+        if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC:
+            return self.ns.open(self._key(path), flags)  # a reader clears no set-ID bits: no context to ask
+        return self.ns.open(self._key(path), flags, self._caller())
 
     @edge
     def read_buf(self, path: str | None, size: int, offset: int, fh: int) -> tuple[int, int]:
@@ -240,18 +249,24 @@ class StorefsOperations(mfusepy.Operations):
 
     @edge
     def chmod(self, path: str | None, mode: int) -> int:
-        self.ns.chmod(self._key(path), mode)
+        self.ns.chmod(self._key(path), mode, self._caller())
         return 0
 
     @edge
     def chown(self, path: str | None, uid: int, gid: int) -> int:
-        self.ns.chown(self._key(path), uid, gid)
+        self.ns.chown(self._key(path), uid, gid, self._caller())
         return 0
 
     @edge
-    def utimens(self, path: str | None, times: tuple[int | None, int | None] | None = None) -> int:
-        mtime_ns = time.time_ns() if times is None else times[1]
-        self.ns.utimens(self._key(path), None if mtime_ns is None else mtime_ns / 1e9)
+    def utimens(self, path: str | None, times: tuple[int | None, int | None] | None = None,
+                explicit: bool = True) -> int:
+        """times: (atime_ns, mtime_ns), None for a time left as it is; None for both "now"."""
+        if times is None:
+            now = time.time_ns()
+            times, explicit = (now, now), False
+        atime_ns, mtime_ns = times
+        self.ns.utimens(self._key(path), None if atime_ns is None else atime_ns / 1e9,
+                        None if mtime_ns is None else mtime_ns / 1e9, self._caller(), explicit)
         return 0
 
     @edge
@@ -277,23 +292,30 @@ class StorefsOperations(mfusepy.Operations):
         return 0
 
     @edge
-    def symlink(self, target: str, source: str) -> int:
-        raise NotPermitted(f"{target}: symbolic links cannot be stored as objects")
+    def symlink(self, path: str, target: str) -> int:
+        """ln -s TARGET PATH: the target is stored byte for byte, never resolved by storefs."""
+        self.ns.symlink(self._key(path), os.fsencode(target), self._caller())
+        return 0
+
+    @edge
+    def readlink(self, path: str) -> bytes:
+        return self.ns.readlink(self._key(path))
 
     @edge
     def link(self, target: str, source: str) -> int:
-        raise NotPermitted(f"{target}: hard links cannot be stored as objects")
+        raise NotPermitted(f"{target}: hard links cannot be stored as objects (as in s3fs and rclone)")
 
     @edge
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        raise NotPermitted(f"{path}: only regular files and folders can be stored (no FIFOs, sockets or devices)")
+        self.ns.mknod(self._key(path), mode, dev, self._caller())
+        return 0
 
 
-def _timespec_ns(ts: Any) -> int | None:
+def _timespec_ns(ts: Any, now: int) -> int | None:
     if ts.tv_nsec == UTIME_OMIT:
         return None
     if ts.tv_nsec == UTIME_NOW:
-        return time.time_ns()
+        return now
     return ts.tv_sec * 10**9 + ts.tv_nsec
 
 
@@ -388,14 +410,38 @@ class Fuse(mfusepy.FUSE):
         return 0
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        times = None
+        # explicit times need the owner, "now" (or left as is) only write permission: utimensat(2)
+        times, explicit = None, False
         if buf:
-            times = (_timespec_ns(buf.contents.actime), _timespec_ns(buf.contents.modtime))
-        return self.operations.utimens(None if path is None else path.decode(self.encoding, self.errors), times)
+            now = time.time_ns()
+            a, m = buf.contents.actime, buf.contents.modtime
+            times = (_timespec_ns(a, now), _timespec_ns(m, now))
+            explicit = any(ts.tv_nsec not in (UTIME_NOW, UTIME_OMIT) for ts in (a, m))
+        return self.operations.utimens(None if path is None else path.decode(self.encoding, self.errors), times,
+                                       explicit)
+
+    def readlink(self, path: bytes, buf: Any, bufsize: int) -> int:
+        # the target goes back as the bytes it was made with (mfusepy would encode a str)
+        target = self.operations.readlink(path.decode(self.encoding, self.errors))
+        data = target[:bufsize - 1] + b"\0"  # NUL-terminated, cut to the kernel's buffer
+        ctypes.memmove(buf, data, len(data))
+        return 0
 
 
 def mount(ops: StorefsOperations, mountpoint: str, fsname: str) -> None:
-    """Run the FUSE loop in this thread until the file system is unmounted."""
+    """Run the FUSE loop in this thread until the file system is unmounted.
+
+    The kernel checks modes (default_permissions); device nodes stored in the bucket are
+    never opened as devices and set-ID bits give nobody rights (nodev, nosuid), whoever mounts.
+    """
+    fc = ops.ns.cfg.fuse
+    options: dict[str, Any] = {}
+    if fc.allow_other:
+        options["allow_other"] = True
+    if fc.allow_root:
+        options["allow_root"] = True
+    if fc.read_only:
+        options["ro"] = True
     Fuse(
         ops,
         mountpoint,
@@ -405,4 +451,7 @@ def mount(ops: StorefsOperations, mountpoint: str, fsname: str) -> None:
         default_permissions=True,
         auto_cache=True,
         max_read=MAX_READ,
+        nodev=True,
+        nosuid=True,
+        **options,
     )

@@ -360,6 +360,8 @@ class RemoteView:
                 if found is None:
                     with self._lock:
                         self._missed[prefix] = now
+                if found is not None and found[1].is_dir and need_meta:
+                    return self._with_dir_meta(key, found)
                 if (found is None or found[1].is_dir or not need_meta
                         or self.providers[found[0]].listing_has_metadata):
                     return found
@@ -380,11 +382,38 @@ class RemoteView:
             if stale is not None:
                 return stale[1].get(name) or stale[1].get(name + "/")
             raise
+        if found is not None and found[1].is_dir and need_meta:
+            return self._with_dir_meta(key, found)
         with self._lock:
             self._heads[key] = (now + (self.ttl if found else self.negative_ttl), found)
             while len(self._heads) > MAX_HEADS:
                 self._heads.popitem(last=False)
         return found
+
+    def _with_dir_meta(self, key: str, found: tuple[str, ObjectInfo]) -> tuple[str, ObjectInfo]:
+        """A folder with its own mode, owner, times and xattrs where the listing had none: one HEAD
+        of its marker (cached like a head), since object-store listings carry no folder metadata."""
+        pname, info = found
+        if info.mode is not None:
+            return found
+        hkey = key + "/"
+        now = time.monotonic()
+        with self._lock:
+            hit = self._heads.get(hkey)
+        if hit is not None and hit[0] > now:
+            return hit[1] or found
+        try:
+            meta = self._call(pname, self.providers[pname].head_dir, hkey)
+        except ProviderUnavailable:
+            return found
+        out = None if meta is None else (pname, ObjectInfo(
+            key=hkey, size=0, is_dir=True, mtime=meta.mtime or info.mtime, mode=meta.mode, uid=meta.uid,
+            gid=meta.gid, ctime=meta.ctime, atime=meta.atime, xattrs=dict(meta.xattrs)))
+        with self._lock:
+            self._heads[hkey] = (now + self.ttl, out)
+            while len(self._heads) > MAX_HEADS:
+                self._heads.popitem(last=False)
+        return out or found
 
     def _recheck(self, prefix: str) -> dict[str, tuple[str, ObjectInfo]] | None:
         """A new listing of prefix for a miss: the one being fetched in the background, if any."""
@@ -500,6 +529,7 @@ class RemoteView:
             hit = self._heads.get(key)
             if hit is not None:
                 self._heads[key] = (0.0, hit[1])
+            self._heads.pop(key + "/", None)  # the folder's own metadata
             for p in (prefix, key + "/"):
                 self._forget_listing(p)
                 self._recorded.get(p, {}).pop(key.rpartition("/")[2], None)

@@ -35,6 +35,8 @@ class EntryIndex:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        #: a read-only mount keeps every row in memory only: its journal is never written
+        self.read_only = False
         self.entries: dict[str, Entry] = {}
         self._children: dict[str, Counter[str]] = {}
         self._pending_below: Counter[str] = Counter()
@@ -52,7 +54,7 @@ class EntryIndex:
     def put(self, e: Entry, persist: bool = True) -> None:
         """Persist e and index it (replacing the row of the same key); persist=False indexes
         only, for a state no crash needs to bring back (a file created but not yet closed)."""
-        if persist:
+        if persist and not self.read_only:
             self.journal.put(e)
         old = self.entries.get(e.key)
         if old is e and e.__dict__.get("_indexed") == self._snapshot(e):
@@ -65,12 +67,14 @@ class EntryIndex:
         old = self.entries.get(key)
         if old is None:
             return
-        self.journal.remove(key)
+        if not self.read_only:
+            self.journal.remove(key)
         self._drop(old)
 
     def refresh(self, e: Entry) -> None:
         """Re-index e after its fields changed in place, and persist it."""
-        self.journal.put(e)
+        if not self.read_only:
+            self.journal.put(e)
         self._drop(self.entries[e.key])
         self._add(e)
 

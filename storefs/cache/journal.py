@@ -52,10 +52,17 @@ CREATE TABLE IF NOT EXISTS entries (
     etag       TEXT,
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    atime      REAL NOT NULL DEFAULT 0
+    used       REAL NOT NULL DEFAULT 0,
+    ctime      REAL NOT NULL DEFAULT 0,
+    atime      REAL NOT NULL DEFAULT 0,
+    rdev       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
+
+#: columns added since the first schema: (name, declaration), added to older journals at open
+ADDED_COLUMNS = (("ctime", "REAL NOT NULL DEFAULT 0"), ("rdev", "INTEGER NOT NULL DEFAULT 0"),
+                 ("atime", "REAL NOT NULL DEFAULT 0"))
 
 
 #: disk space set aside for the journal (see Journal.restore_ballast)
@@ -89,7 +96,10 @@ class Entry:
     etag: str | None = None
     attempts: int = 0
     last_error: str | None = None
-    atime: float = 0.0
+    used: float = 0.0             # when the cache last used it (least-recently-used eviction)
+    ctime: float = 0.0            # POSIX times: status change (0: as mtime) ...
+    atime: float = 0.0            # ... and last access (0: as mtime)
+    rdev: int = 0                 # device number of a character or block device node
 
     @property
     def is_tombstone(self) -> bool:
@@ -121,13 +131,29 @@ class Journal:
         self._ballast_path = path + ".ballast"
         self._ballast_size = ballast
         self._lock = threading.RLock()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        for own in (path, path + "-wal", path + "-shm"):  # SQLite gives -wal/-shm the mode of the database
+            if own == path or os.path.exists(own):
+                fd = os.open(own, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                os.fchmod(fd, 0o600)  # an older cache's 0644 files too
+                os.close(fd)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        self._upgrade()
         self._depth = 0
         self.restore_ballast()
+
+    def _upgrade(self) -> None:
+        """Bring a journal written by an older storefs to this schema, keeping its rows."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(entries)")}
+        if "used" not in have:  # the eviction clock was called atime before POSIX atime was kept
+            self._conn.execute("ALTER TABLE entries RENAME COLUMN atime TO used")
+            have = (have - {"atime"}) | {"used"}
+        for name, decl in ADDED_COLUMNS:
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE entries ADD COLUMN {name} {decl}")
 
     def restore_ballast(self) -> None:
         """Set disk space aside for the journal, so a full cache disk cannot stop it recording."""

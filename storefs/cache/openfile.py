@@ -78,6 +78,7 @@ class OpenFile:
         self.unlinked = False
         self.hidden_key: str | None = None  # libfuse's .fuse_hiddenN name while unlinked but open
         self.chunks_changed = False
+        self.accessed = False       # atime moved since the journal last heard of it
         self.chunk_size = chunk_size
         self._fetch = fetch
         self._pool = pool if readahead > 0 else None
@@ -245,13 +246,13 @@ class OpenFile:
         n = os.pwrite(self.fd, data, offset)
         if offset + n > self.size:
             self.size = offset + n
-        self.entry.mtime = time.time()
+        self.entry.mtime = self.entry.ctime = time.time()
         return n
 
     def truncate(self, length: int) -> None:
         os.ftruncate(self.fd, length)
         self.size = length
-        self.entry.mtime = time.time()
+        self.entry.mtime = self.entry.ctime = time.time()
 
     def close(self) -> None:
         self._closed = True
