@@ -1328,6 +1328,7 @@ class Namespace:
                 e.provider = provider  # the object now lives there (and only there)
             if cur is e and e.generation == gen:
                 node = self._nodes.get(key)
+                self._parent_may_follow(key)
                 if op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":
                     if op in TOMBSTONES:
                         self._note_deleted(key.rstrip("/"))
@@ -1367,6 +1368,14 @@ class Namespace:
                                                        xattrs=dict(e.xattrs))))
         else:
             self.remote.forget(key)
+
+    def _parent_may_follow(self, key: str) -> None:
+        """The last pending entry below a folder whose marker waits for its contents has landed:
+        the marker goes now rather than at its next check."""
+        parent = _parent(key.rstrip("/"))
+        row = self.index.get(parent + "/") if parent else None
+        if row is not None and row.op == OP_MKDIR and self.index.pending_below(parent + "/") <= 1:
+            self.uploader.schedule(row.key, 0.0)
 
     def _note_deleted(self, key: str) -> None:
         """Remember a delete that landed, for as long as a listing fetched before it may be served."""
