@@ -266,6 +266,7 @@ class Namespace:
         if not _plausible(key.rpartition("/")[2]):
             return None  # storefs never lists such a name, and never asks a provider for it
         clean: Entry | None = None
+        kept: Entry | None = None  # a folder's metadata this mount set, for providers that keep none
         with self._lock:
             node = self._nodes.get(key)
             if node is not None:
@@ -277,19 +278,24 @@ class Namespace:
                 clean = e  # a cached copy: good while the provider still has the same object
             d = self.index.get(key + "/")
             if d is not None and not d.is_tombstone:
-                return Found(is_dir=True, entry=d)
+                if d.pending:
+                    return Found(is_dir=True, entry=d)
+                kept = d
             if self.index.has_live_below(key + "/"):
-                return Found(is_dir=True)
+                return Found(is_dir=True, entry=kept)
             file_gone = e is not None and clean is None
-            dir_gone = d is not None
+            dir_gone = d is not None and d.is_tombstone
         try:
             r = self.remote.lookup(key, need_meta=clean is None)
         except ProviderUnavailable:
             if clean is not None:
                 return Found(is_dir=False, entry=clean)
-            if offline_dir or self.index.any_below(key + "/"):
-                return Found(is_dir=True)  # the cache holds something below it: it is a folder
+            if kept is not None or offline_dir or self.index.any_below(key + "/"):
+                return Found(is_dir=True, entry=kept)  # the cache holds something below it: it is a folder
             return None
+        if kept is not None and (r is None or not r[1].is_dir):
+            self._forget_dir(kept)  # removed (or replaced by a file) elsewhere
+            kept = None
         if clean is not None and (r is None or r[1].is_dir or not self._still_valid(clean, r[1])):
             if self.remote.is_down(clean.provider):
                 return Found(is_dir=False, entry=clean)  # an old listing answered: no evidence
@@ -299,10 +305,19 @@ class Namespace:
         if r is None:
             return None
         if r[1].is_dir:
-            return None if dir_gone else Found(is_dir=True, remote=r)
+            if dir_gone:
+                return None
+            # the provider's own folder metadata wins where it keeps some; the cache fills in where it does not
+            return Found(is_dir=True, remote=r, entry=kept if r[1].mode is None else None)
         if clean is not None:
             return Found(is_dir=False, entry=clean, remote=r)
         return None if file_gone else Found(is_dir=False, remote=r)
+
+    def _forget_dir(self, d: Entry) -> None:
+        """Drop the kept metadata of a folder that is gone from its provider."""
+        with self._lock:
+            if self.index.get(d.key) is d and not d.pending:
+                self.index.remove(d.key)
 
     def changed_outside(self, provider: str, key: str) -> None:
         """Another program changed key in a provider: forget what we cached about it."""
@@ -387,13 +402,15 @@ class Namespace:
             elif e is not None and not e.is_tombstone:
                 if e.pending or (r is not None and not r[1].is_dir and self._still_valid(e, r[1])):
                     f = Found(is_dir=False, entry=e)
-            elif d is not None and not d.is_tombstone:
-                f = Found(is_dir=True, entry=d)
+            elif d is not None and not d.is_tombstone and (d.pending or below or (r is not None and r[1].is_dir)):
+                f = Found(is_dir=True, entry=d if d.pending or r is None or r[1].mode is None else None,
+                          remote=r if r is not None and r[1].is_dir else None)
             elif below:
                 f = Found(is_dir=True)
             elif r is not None and e is None and d is None:
                 if r[1].is_dir:
-                    f = Found(is_dir=True, remote=r)
+                    known, meta = self.remote.dir_meta_cached(k, r)
+                    f = Found(is_dir=True, remote=meta) if known else None  # else: one HEAD, at its lookup
                 elif self.providers[r[0]].listing_has_metadata:
                     f = Found(is_dir=False, remote=r)
             out.append((name, None if f is None else self._attr(f)))
@@ -1329,7 +1346,11 @@ class Namespace:
             if cur is e and e.generation == gen:
                 node = self._nodes.get(key)
                 self._parent_may_follow(key)
-                if op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":
+                if e.kind == "dir" and op == OP_MKDIR and not gone:
+                    # kept, clean: SeaweedFS drops folder-marker metadata, and the mount shows what it set
+                    e.op, e.state, e.remote, e.attempts, e.last_error = None, "clean", True, 0, None
+                    self.index.put(e)
+                elif op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":
                     if op in TOMBSTONES:
                         self._note_deleted(key.rstrip("/"))
                     self.index.remove(key)

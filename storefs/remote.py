@@ -390,6 +390,17 @@ class RemoteView:
                 self._heads.popitem(last=False)
         return found
 
+    def dir_meta_cached(self, key: str, found: tuple[str, ObjectInfo]) -> tuple[bool, tuple[str, ObjectInfo]]:
+        """(known, folder) without a request: whether found's own metadata is at hand (in the listing
+        or from a recent HEAD of its marker), and the folder with it."""
+        if found[1].mode is not None:
+            return True, found
+        with self._lock:
+            hit = self._heads.get(key + "/")
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1] or found
+        return False, found
+
     def _with_dir_meta(self, key: str, found: tuple[str, ObjectInfo]) -> tuple[str, ObjectInfo]:
         """A folder with its own mode, owner, times and xattrs where the listing had none: one HEAD
         of its marker (cached like a head), since object-store listings carry no folder metadata."""
