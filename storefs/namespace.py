@@ -503,10 +503,12 @@ class Namespace:
         row.op = row.op or OP_MKDIR
         row.state = "dirty"
         row.generation += 1
-        # a later touch of a row already journaled only moves its times: not worth a commit per create
+        # a later touch of a row already journaled only moves its times: not worth a commit per create,
+        # nor a new place in the upload queue (its quiet delay moves, which the queue asks about)
         self.index.put(row, persist=new_row)
         self._quiet_until[row.key] = time.monotonic() + self.delay
-        self.uploader.schedule(row.key, self.delay)
+        if new_row or self.uploader.is_busy(row.key):  # busy: its upload is of older times, once more after it
+            self.uploader.schedule(row.key, self.delay)
 
     # ---- folders ----------------------------------------------------------------
 
@@ -694,21 +696,20 @@ class Namespace:
             node = self._nodes.get(key) or self._open_node(key, f)
             fh = self._new_handle(node, writable, not caller.is_root)
             if (flags & os.O_ACCMODE) != os.O_WRONLY and self.atime_mode != "noatime":
-                self._accessed(node.entry, node)
+                self._accessed(node.entry)
         if writable and flags & os.O_TRUNC:
             self.truncate(key, 0, fh)
         return fh
 
-    def _accessed(self, e: Entry, node: OpenFile) -> None:
+    def _accessed(self, e: Entry) -> None:
         """A read moves atime as the mount's atime option says (relatime: once after each change, or
-        once a day). Kept in the cache and sent with the object's next upload: a read alone never
-        rewrites an object in its provider (on S3 that would be a copy of the whole object)."""
+        once a day). Kept by the mount and stored with the object's next upload or journal commit: a
+        read alone never rewrites an object in its provider (on S3, a copy of the whole object)."""
         now = time.time()
         last = e.atime or e.mtime
         if self.atime_mode == "relatime" and last > max(e.mtime, e.ctime) and now - last < RELATIME_MAX_AGE:
             return
         e.atime = now
-        node.accessed = True
 
     def _open_node(self, key: str, f: Found) -> OpenFile:
         """Open the cache data of key, creating a sparse one to fill from the provider."""
@@ -884,7 +885,8 @@ class Namespace:
                 if self.index.get(e.key) is not e:
                     self.data.discard(e.data_name)
                 return
-            changed = node.dirty or node.chunks_changed or node.accessed or self.index.get(e.key) is not e
+            # an atime moved by a read alone is not worth a commit: it goes with the row's next one
+            changed = node.dirty or node.chunks_changed or self.index.get(e.key) is not e
             if node.dirty:  # written but never flushed (flush is optional in FUSE)
                 e.size = node.size
                 node.dirty = False

@@ -78,7 +78,6 @@ class OpenFile:
         self.unlinked = False
         self.hidden_key: str | None = None  # libfuse's .fuse_hiddenN name while unlinked but open
         self.chunks_changed = False
-        self.accessed = False       # atime moved since the journal last heard of it
         self.chunk_size = chunk_size
         self._fetch = fetch
         self._pool = pool if readahead > 0 else None
