@@ -546,19 +546,30 @@ class Namespace:
             log.debug("rmdir %s: not empty, holds %s", key, sorted(names)[:5])
             raise NotEmpty(key)
         parent = self._find(_parent(key))
+        remote = self._provider_has_dir(key, f)
         with self._lock, self.index.transaction():
-            self._drop_dir(key, f)
+            self._drop_dir(key, f, remote)
             self._touch_dir(_parent(key), parent, time.time())
 
-    def _drop_dir(self, key: str, f: Found) -> None:
-        """Remove the empty folder key locally, leaving a tombstone if a provider has it."""
+    def _provider_has_dir(self, key: str, f: Found) -> bool:
+        """Whether a provider may hold folder key (asked, without the core lock, only when the cache
+        knows the folder through its children alone): its removal then needs a tombstone."""
+        if f.remote is not None or f.entry is not None:
+            return True
+        with self._lock:
+            old = self.index.get(key + "/")
+            if old is not None and (old.remote or self.uploader.is_busy(old.key)):
+                return True
+        try:
+            return self.remote.lookup(key) is not None
+        except ProviderUnavailable:
+            return True  # removing a marker that is not there is harmless
+
+    def _drop_dir(self, key: str, f: Found, remote: bool) -> None:
+        """Remove the empty folder key locally, leaving a tombstone if a provider may have it
+        (remote, from _provider_has_dir, asked before the lock was taken)."""
         old = self.index.get(key + "/")
-        remote = f.remote is not None or (old is not None and (old.remote or self.uploader.is_busy(old.key)))
-        if not remote:  # known here only through its children: ask the provider
-            try:
-                remote = self.remote.lookup(key) is not None
-            except ProviderUnavailable:
-                remote = True  # removing a marker that is not there is harmless
+        remote = remote or f.remote is not None or (old is not None and (old.remote or self.uploader.is_busy(old.key)))
         if remote:
             provider = old.provider if old else (f.remote[0] if f.remote else self.cfg.default_provider)
             self.index.put(Entry(key + "/", provider, kind="dir", state="dirty", op=OP_RMDIR, remote=True,
@@ -973,14 +984,18 @@ class Namespace:
         elif dst is not None and dst.is_dir:
             raise IsADirectory(new)
         moves = self._collect_tree(old) if src.is_dir else []
+        # what needs a provider's answer is asked now: never under the core lock
+        remote_dirs = {path: self._provider_has_dir(path, f)
+                       for path, is_dir, f in [(old, src.is_dir, src)] + moves if is_dir}
+        dst_remote = dst is not None and dst.is_dir and self._provider_has_dir(new, dst)
         with self._lock, self.index.transaction():
             if dst is not None:
                 if dst.is_dir:
-                    self._drop_dir(new, dst)
+                    self._drop_dir(new, dst, dst_remote)
                 else:
                     self._unlink_locked(new, dst)
             if src.is_dir:
-                self._move_tree(old, new, src, moves)
+                self._move_tree(old, new, src, moves, remote_dirs)
             else:
                 self._move_file(old, new, src)
             now = time.time()
@@ -1043,7 +1058,8 @@ class Namespace:
                     stack.append(child)
         return out
 
-    def _move_tree(self, old: str, new: str, src: Found, moves: list[tuple[str, bool, Found]]) -> None:
+    def _move_tree(self, old: str, new: str, src: Found, moves: list[tuple[str, bool, Found]],
+                   remote_dirs: dict[str, bool]) -> None:
         for path, is_dir, f in [(old, True, src)] + moves:
             target = new + path[len(old):]
             if is_dir:  # a moved folder keeps its mode, owner, times and xattrs
@@ -1057,7 +1073,7 @@ class Namespace:
                 self._move_file(path, target, f)
         for path, is_dir, f in reversed([(old, True, src)] + moves):
             if is_dir:
-                self._drop_dir(path, f)
+                self._drop_dir(path, f, remote_dirs[path])
 
     # ---- metadata ---------------------------------------------------------------
 
@@ -1078,10 +1094,16 @@ class Namespace:
                      remote=True, etag=info.etag)
 
     def _change_meta(self, key: str, change: Callable[[Entry], None]) -> None:
-        """Apply change to key's row (it raises to refuse); ctime moves, the provider hears of it."""
+        """Apply change to key's row (it raises to refuse); ctime moves, the provider hears of it.
+        What the row must start from is asked of the provider first, without the core lock."""
         self._writable(key)
+        e = self._meta_entry(key)
         with self._lock:
-            e = self._meta_entry(key)
+            cur = self.index.get(e.key)
+            if cur is not None and cur is not e:
+                if cur.is_tombstone:
+                    raise NotFound(key)
+                e = cur  # changed meanwhile: the newer row carries this change too
             change(e)
             e.ctime = time.time()
             if e.op is None:
