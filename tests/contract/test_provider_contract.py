@@ -1,0 +1,583 @@
+"""The Provider contract (storefs/providers/base.py), written once and run against every provider.
+
+`ProviderContract` holds the tests; each concrete class below supplies a `provider` fixture
+(a fresh, empty store per test) and states, as class attributes, the few ways its backend
+legitimately differs (a local disk keeps its own ctime, SeaweedFS drops a folder marker's
+metadata, ...). The tests read those attributes and assert the exact expected outcome for each:
+a difference is never a skip or a looser check. fsspec's abstract test classes and rclone's
+fstests are the models.
+
+    python -m pytest -q tests/contract                   # all providers
+    python -m pytest -q tests/contract -k Memory         # one of them
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import boto3
+import pytest
+
+from storefs.errors import NotEmpty, NotFound, ProviderError, ProviderUnavailable
+from storefs.providers.base import ObjectInfo, ObjectMeta, Provider
+from storefs.providers.local import LocalProvider
+from storefs.providers.memory import MemoryProvider
+from storefs.providers.s3 import S3Provider, S3Settings
+
+#: binary fractions and whole microseconds: every provider keeps these exactly
+MTIME = 1700000000.5
+ATIME = 1700000100.25
+CTIME = 1700000200.75
+FINE_MTIME = 1700000000.123456
+UID, GID = 1234, 5678
+FILE_MODE = stat.S_IFREG | 0o640
+DIR_MODE = stat.S_IFDIR | 0o750
+LINK_MODE = stat.S_IFLNK | 0o777
+FIFO_MODE = stat.S_IFIFO | 0o640
+PAYLOAD = bytes(range(256)) * 20 + b"tail"  # 5124 bytes: small, every byte value
+#: a symlink target as POSIX allows it: any bytes but NUL, not UTF-8
+LINK_TARGET = b"../t\xff\xfe-arget/\x80x"
+
+Put = Callable[..., ObjectInfo]
+
+
+def meta(**kw) -> ObjectMeta:
+    """A full ObjectMeta of a regular file; kw overrides fields."""
+    base = ObjectMeta(mtime=MTIME, mode=FILE_MODE, uid=UID, gid=GID, content_type="image/png",
+                      xattrs={"user.project": b"cats", "user.bin": b"\x00\xff\x80"},
+                      ctime=CTIME, atime=ATIME)
+    return replace(base, **kw)
+
+
+class ProviderContract:
+    """Every Provider method as base.py promises it; subclasses give `provider` and their differences."""
+
+    #: head_dir returns what make_dir stored (SeaweedFS 4.x keeps no metadata on a marker)
+    keeps_dir_metadata: bool = True
+    #: a folder that only exists because files lie below it has metadata of its own (a real disk folder)
+    implicit_dirs_have_metadata: bool = False
+    #: ctime is stored as given (a local disk keeps its own status-change time)
+    keeps_ctime: bool = True
+    #: content_type is stored as given (a local disk has none: head gives None)
+    keeps_content_type: bool = True
+    #: uid and gid are stored as given (a local disk only when storefs runs as root)
+    keeps_owner: bool = True
+    #: what remove_dir of a folder with files below does: raise this, or (None) drop the marker only
+    remove_non_empty_dir_raises: type[Exception] | None = NotEmpty
+    #: scheme of url(): None when the provider has no URLs
+    url_scheme: str | None = None
+
+    @pytest.fixture
+    def provider(self) -> Iterator[Provider]:
+        raise NotImplementedError("a concrete contract class supplies a fresh, empty provider")
+
+    @pytest.fixture
+    def put(self, provider: Provider, tmp_path: Path) -> Put:
+        """put(key, data, **meta fields): put_file from a fresh source file."""
+        counter = itertools.count()
+        src_dir = tmp_path / "src"
+        src_dir.mkdir()
+
+        def do(key: str, data: bytes = PAYLOAD, m: ObjectMeta | None = None, **kw) -> ObjectInfo:
+            src = src_dir / f"f{next(counter)}"
+            src.write_bytes(data)
+            return provider.put_file(key, str(src), m if m is not None else meta(**kw))
+        return do
+
+    # -- expectations that depend on the class's differences ------------------------------
+
+    def owner(self) -> tuple[int, int]:
+        return (UID, GID) if self.keeps_owner else (os.geteuid(), os.getegid())
+
+    def assert_meta(self, info: ObjectInfo, m: ObjectMeta, size: int) -> None:
+        """info carries m (as this provider keeps it) and the given size."""
+        assert (info.size, info.is_dir) == (size, False)
+        assert (info.mode, info.mtime, info.atime) == (m.mode, m.mtime, m.atime)
+        assert (info.uid, info.gid) == ((m.uid, m.gid) if self.keeps_owner else self.owner())
+        assert info.xattrs == m.xattrs
+        if self.keeps_ctime:
+            assert info.ctime == m.ctime
+        else:
+            assert info.ctime == pytest.approx(time.time(), abs=600)  # the backend's own clock
+        assert info.content_type == (m.content_type if self.keeps_content_type else None)
+
+    def assert_dir_meta(self, info: ObjectInfo | None, key: str, m: ObjectMeta) -> None:
+        """head_dir's answer for a folder made with make_dir(key, m)."""
+        if not self.keeps_dir_metadata:
+            assert info is None
+            return
+        assert info is not None and (info.key, info.is_dir, info.size) == (key, True, 0)
+        assert (info.mode, info.mtime, info.atime, info.xattrs) == (m.mode, m.mtime, m.atime, m.xattrs)
+        assert (info.uid, info.gid) == ((m.uid, m.gid) if self.keeps_owner else self.owner())
+        if self.keeps_ctime:
+            assert info.ctime == m.ctime
+
+    # -- check, head, get_range -------------------------------------------------------------
+
+    def test_check_passes_on_a_usable_store(self, provider):
+        provider.check()
+        assert isinstance(provider.name, str) and isinstance(provider.kind, str)
+
+    def test_missing_object_is_not_found_everywhere(self, provider, tmp_path):
+        with pytest.raises(NotFound):
+            provider.head("nope/x")
+        with pytest.raises(NotFound):
+            provider.get_range("nope/x", 0, 10)
+        with pytest.raises(NotFound):
+            next(provider.read_stream("nope/x"))
+        with pytest.raises(NotFound):
+            provider.set_meta("nope/x", meta())
+        with pytest.raises(NotFound):
+            provider.copy("nope/x", "nope/y")
+        with pytest.raises(NotFound):
+            provider.head("nope/y")  # a failed copy leaves nothing behind
+
+    def test_put_then_head_round_trip(self, provider, put):
+        m = meta()
+        stored = put("a/x.png", m=m)
+        assert stored.key == "a/x.png" and stored.size == len(PAYLOAD)
+        got = provider.head("a/x.png")
+        assert got.key == "a/x.png" and got.name == "x.png"
+        self.assert_meta(got, m, len(PAYLOAD))
+        assert isinstance(got.etag, str) and got.etag
+        assert (stored.mode, stored.mtime) == (got.mode, got.mtime)
+
+    def test_fine_mtime_kept_to_the_microsecond(self, provider, put):
+        put("a/x", b"x", mtime=FINE_MTIME, atime=FINE_MTIME + 1)
+        got = provider.head("a/x")
+        assert (got.mtime, got.atime) == (FINE_MTIME, FINE_MTIME + 1)
+
+    def test_get_range_inside_at_and_past_the_end(self, provider, put):
+        put("a/x", PAYLOAD)
+        n = len(PAYLOAD)
+        assert provider.get_range("a/x", 0, n) == PAYLOAD
+        assert provider.get_range("a/x", 100, 50) == PAYLOAD[100:150]
+        assert provider.get_range("a/x", n - 4, 100) == b"tail"  # short only at the end
+        assert provider.get_range("a/x", 0, n + 1000) == PAYLOAD
+        assert provider.get_range("a/x", n, 10) == b""
+        assert provider.get_range("a/x", n + 500, 10) == b""
+        assert provider.get_range("a/x", 10, 0) == b""
+
+    def test_empty_object(self, provider, put):
+        put("a/empty", b"")
+        assert provider.head("a/empty").size == 0
+        assert provider.get_range("a/empty", 0, 10) == b""
+        assert b"".join(provider.read_stream("a/empty")) == b""
+
+    def test_overwrite_replaces_bytes_metadata_and_etag(self, provider, put):
+        first = put("a/x", b"first version")
+        second = put("a/x", b"second, longer version", mtime=MTIME + 10, mode=stat.S_IFREG | 0o600)
+        got = provider.head("a/x")
+        assert (got.size, got.mtime, got.mode) == (len(b"second, longer version"), MTIME + 10, stat.S_IFREG | 0o600)
+        assert provider.get_range("a/x", 0, 100) == b"second, longer version"
+        assert first.etag != second.etag and got.etag == provider.head("a/x").etag
+
+    def test_folder_name_is_not_an_object(self, provider, put):
+        put("a/sub/x", b"x")
+        with pytest.raises(NotFound):
+            provider.head("a/sub")
+        with pytest.raises(NotFound):
+            provider.head("a")
+
+    def test_keys_with_spaces_and_unicode(self, provider, put):
+        key = "t1/b c/ü ✓ (1)+%20.png"
+        put(key, b"odd")
+        assert provider.head(key).size == 3 and provider.get_range(key, 0, 10) == b"odd"
+        assert [i.key for i in provider.list("t1/b c/")] == [key]
+        assert {i.key for i in provider.list("t1/")} == {"t1/b c/"}
+
+    # -- list, walk, dir_exists -------------------------------------------------------------
+
+    def _tree(self, provider: Provider, put: Put) -> None:
+        put("a/x", b"1")
+        put("a/y", b"22")
+        put("a/sub/z", b"333")
+        put("a/sub/deep/w", b"4444")
+        put("b/v", b"5")
+        put("top", b"6")
+        provider.make_dir("a/m/", ObjectMeta(mtime=MTIME, mode=DIR_MODE))
+
+    def test_list_gives_immediate_children_only(self, provider, put):
+        self._tree(provider, put)
+        entries = list(provider.list("a/"))
+        got = {i.key: i for i in entries}
+        assert sorted(got) == sorted(i.key for i in entries) == ["a/m/", "a/sub/", "a/x", "a/y"]  # each once
+        assert [got[k].is_dir for k in ("a/x", "a/y", "a/sub/", "a/m/")] == [False, False, True, True]
+        assert (got["a/x"].size, got["a/y"].size) == (1, 2)
+        assert got["a/sub/"].name == "sub" and got["a/m/"].name == "m"
+        assert {i.key for i in provider.list("a")} == set(got)  # a prefix without its '/' is the same folder
+        assert {i.key: i.size for i in provider.list("a/sub/")} == {"a/sub/z": 3, "a/sub/deep/": 0}
+        assert list(provider.list("a/m/")) == []
+
+    def test_list_root(self, provider, put):
+        self._tree(provider, put)
+        assert sorted((i.key, i.is_dir) for i in provider.list("")) == [("a/", True), ("b/", True), ("top", False)]
+
+    def test_list_of_missing_folder_is_empty(self, provider, put):
+        put("a/x", b"1")
+        assert list(provider.list("nope/")) == []
+        assert list(provider.list("a/x/")) == []  # a file is no folder
+
+    def test_listing_metadata_as_the_provider_announces(self, provider, put):
+        m = meta(mode=stat.S_IFREG | 0o604, mtime=MTIME + 7)
+        put("a/x", b"data", m=m)
+        (entry,) = provider.list("a/")
+        assert (entry.key, entry.size) == ("a/x", 4)
+        if provider.listing_has_metadata:
+            head = provider.head("a/x")
+            assert (entry.mode, entry.mtime, entry.uid, entry.gid) == (head.mode, head.mtime, head.uid, head.gid)
+        else:  # an object store's listing has no mode: the caller must head the file
+            assert entry.mode is None
+
+    def test_walk_gives_everything_below(self, provider, put):
+        self._tree(provider, put)
+        got = list(provider.walk("a/"))
+        files = {i.key: i.size for i in got if not i.is_dir}
+        assert files == {"a/x": 1, "a/y": 2, "a/sub/z": 3, "a/sub/deep/w": 4}
+        dirs = {i.key for i in got if i.is_dir}
+        assert "a/m/" in dirs  # a marker is always reported
+        assert dirs <= {"a/m/", "a/sub/", "a/sub/deep/"}  # the others are hints, never inventions
+        assert len(got) == len(files) + len(dirs)  # nothing twice
+        assert {i.key for i in provider.walk("") if not i.is_dir} == set(files) | {"b/v", "top"}
+
+    def test_dir_exists(self, provider, put):
+        self._tree(provider, put)
+        assert provider.dir_exists("")
+        assert provider.dir_exists("a/") and provider.dir_exists("a")
+        assert provider.dir_exists("a/sub/deep/")  # implicit
+        assert provider.dir_exists("a/m/")  # a marker alone
+        assert not provider.dir_exists("nope/")
+        assert not provider.dir_exists("a/x/")  # a file is no folder
+        assert not provider.dir_exists("a/s/")  # a prefix of a name is no folder
+
+    # -- copy, set_meta ---------------------------------------------------------------------
+
+    def test_copy_keeps_metadata(self, provider, put):
+        m = meta()
+        put("a/x", m=m)
+        put("b/y", b"to be replaced")
+        copied = provider.copy("a/x", "b/y")
+        assert copied.key == "b/y" and copied.size == len(PAYLOAD)
+        got = provider.head("b/y")
+        self.assert_meta(got, m, len(PAYLOAD))
+        assert provider.get_range("b/y", 0, len(PAYLOAD) + 1) == PAYLOAD
+        assert provider.get_range("a/x", 0, len(PAYLOAD) + 1) == PAYLOAD  # the source stays
+
+    def test_copy_with_meta_replaces_metadata(self, provider, put):
+        put("a/x")
+        new = meta(mtime=MTIME + 99, mode=stat.S_IFREG | 0o600, uid=UID + 1, gid=GID + 1, atime=ATIME + 1,
+                   ctime=CTIME + 1, content_type="text/plain", xattrs={"user.other": b"v"})
+        provider.copy("a/x", "a/z", new)
+        self.assert_meta(provider.head("a/z"), new, len(PAYLOAD))
+        self.assert_meta(provider.head("a/x"), meta(), len(PAYLOAD))
+        assert provider.get_range("a/z", 0, len(PAYLOAD)) == PAYLOAD
+
+    def test_set_meta_replaces_metadata_and_keeps_bytes(self, provider, put):
+        put("a/x")
+        new = meta(mtime=MTIME + 5, mode=stat.S_IFREG | 0o604, uid=UID + 2, gid=GID + 2, atime=ATIME + 5,
+                   ctime=CTIME + 5, content_type="text/plain", xattrs={"user.new": b"n"})
+        info = provider.set_meta("a/x", new)
+        assert info.key == "a/x" and info.mtime == new.mtime and info.mode == new.mode
+        got = provider.head("a/x")
+        self.assert_meta(got, new, len(PAYLOAD))  # user.project and user.bin are gone
+        assert provider.get_range("a/x", 0, len(PAYLOAD) + 1) == PAYLOAD
+
+    def test_xattrs_round_trip(self, provider, put):
+        values = {"user.plain": b"text", "user.binary": bytes(range(256)), "user.empty": b"",
+                  "user.spaces": b" padded ", "user.looks.b64": b"b64:AAAA", "user.utf8": "ü ✓".encode()}
+        put("a/x", xattrs=values)
+        assert provider.head("a/x").xattrs == values
+        provider.copy("a/x", "a/y")
+        assert provider.head("a/y").xattrs == values
+        provider.set_meta("a/x", meta(xattrs={}))
+        assert provider.head("a/x").xattrs == {}
+
+    def test_times(self, provider, put):
+        put("a/x", b"t", mtime=MTIME, atime=ATIME, ctime=CTIME)
+        got = provider.head("a/x")
+        assert (got.mtime, got.atime) == (MTIME, ATIME)
+        if self.keeps_ctime:
+            assert got.ctime == CTIME
+        else:
+            assert got.ctime is not None and got.ctime > CTIME  # the backend's own status-change time
+        provider.set_meta("a/x", meta(mtime=MTIME + 1, atime=ATIME + 1, ctime=CTIME + 1))
+        got = provider.head("a/x")
+        assert (got.mtime, got.atime) == (MTIME + 1, ATIME + 1)
+        if self.keeps_ctime:
+            assert got.ctime == CTIME + 1
+
+    def test_content_type(self, provider, put):
+        put("a/x", content_type="image/webp")
+        assert provider.head("a/x").content_type == ("image/webp" if self.keeps_content_type else None)
+
+    # -- delete -----------------------------------------------------------------------------
+
+    def test_delete_is_idempotent(self, provider, put):
+        put("a/x", b"1")
+        put("a/y", b"2")
+        provider.delete("a/x")
+        with pytest.raises(NotFound):
+            provider.head("a/x")
+        provider.delete("a/x")  # already gone
+        provider.delete("never/was")
+        assert [i.key for i in provider.list("a/")] == ["a/y"]
+
+    def test_delete_many(self, provider, put):
+        for k in ("a/1", "a/2", "a/3", "b/4"):
+            put(k, b"x")
+        provider.delete_many(["a/1", "a/3", "b/4", "missing/5"])
+        provider.delete_many([])
+        assert [i.key for i in provider.walk("") if not i.is_dir] == ["a/2"]
+
+    # -- folders ----------------------------------------------------------------------------
+
+    def test_make_dir_and_remove_dir(self, provider, put):
+        provider.make_dir("a/d/", ObjectMeta(mtime=MTIME, mode=DIR_MODE))
+        assert provider.dir_exists("a/d/") and provider.dir_exists("a/")
+        assert [(i.key, i.is_dir) for i in provider.list("a/")] == [("a/d/", True)]
+        with pytest.raises(NotFound):
+            provider.head("a/d")
+        provider.remove_dir("a/d/")
+        assert not provider.dir_exists("a/d/") and list(provider.list("a/")) == []
+        assert provider.head_dir("a/d/") is None
+        provider.remove_dir("a/d/")  # already gone
+        provider.remove_dir("never/was/")
+
+    def test_remove_dir_of_a_folder_with_files(self, provider, put):
+        m = ObjectMeta(mtime=MTIME, mode=DIR_MODE)
+        provider.make_dir("a/d/", m)
+        put("a/d/x", b"x")
+        if self.remove_non_empty_dir_raises is not None:
+            with pytest.raises(self.remove_non_empty_dir_raises):
+                provider.remove_dir("a/d/")
+            assert provider.dir_exists("a/d/")
+        else:  # an object store drops the marker: the folder lives on as the files' prefix
+            provider.remove_dir("a/d/")
+            assert provider.head_dir("a/d/") is None
+        assert provider.get_range("a/d/x", 0, 10) == b"x"
+        provider.delete("a/d/x")
+        provider.remove_dir("a/d/")
+        assert not provider.dir_exists("a/d/")
+
+    def test_head_dir_gives_the_folder_metadata(self, provider):
+        m = ObjectMeta(mtime=MTIME, mode=DIR_MODE, uid=UID, gid=GID, atime=ATIME, ctime=CTIME,
+                       xattrs={"user.project": b"dogs", "user.bin": b"\x00\xff"})
+        provider.make_dir("a/d/", m)
+        self.assert_dir_meta(provider.head_dir("a/d/"), "a/d/", m)
+        if self.keeps_dir_metadata:
+            assert provider.head_dir("a/d") == provider.head_dir("a/d/")
+
+    def test_make_dir_again_replaces_the_metadata(self, provider):
+        provider.make_dir("a/d/", ObjectMeta(mtime=MTIME, mode=DIR_MODE, xattrs={"user.old": b"o"}))
+        new = ObjectMeta(mtime=MTIME + 3, mode=stat.S_IFDIR | 0o700, uid=UID, gid=GID, atime=ATIME + 3,
+                         ctime=CTIME + 3, xattrs={"user.new": b"n"})
+        provider.make_dir("a/d/", new)
+        self.assert_dir_meta(provider.head_dir("a/d/"), "a/d/", new)
+        assert provider.dir_exists("a/d/")
+
+    def test_head_dir_of_missing_and_implicit_folders(self, provider, put):
+        put("a/imp/x", b"x")
+        assert provider.head_dir("nope/") is None
+        assert provider.head_dir("a/imp/x/") is None  # a file is no folder
+        got = provider.head_dir("a/imp/")
+        if self.implicit_dirs_have_metadata:
+            assert got is not None and got.is_dir and stat.S_ISDIR(got.mode) and got.key == "a/imp/"
+        else:
+            assert got is None
+
+    # -- links and special files ------------------------------------------------------------
+
+    def test_symlink_is_an_object_holding_its_target(self, provider, put):
+        put("a/link", LINK_TARGET, mode=LINK_MODE, xattrs={})
+        got = provider.head("a/link")
+        assert (got.mode, got.size, got.is_dir) == (LINK_MODE, len(LINK_TARGET), False)
+        assert got.mtime == MTIME
+        assert provider.get_range("a/link", 0, 4096) == LINK_TARGET
+        assert provider.get_range("a/link", 4, 3) == LINK_TARGET[4:7]
+        assert b"".join(provider.read_stream("a/link")) == LINK_TARGET
+        assert {i.key: i.size for i in provider.list("a/")} == {"a/link": len(LINK_TARGET)}
+
+    def test_copy_of_a_symlink_is_a_symlink(self, provider, put):
+        put("a/link", LINK_TARGET, mode=LINK_MODE, xattrs={})
+        provider.copy("a/link", "b/link")
+        got = provider.head("b/link")
+        assert (got.mode, got.size) == (LINK_MODE, len(LINK_TARGET))
+        assert provider.get_range("b/link", 0, 4096) == LINK_TARGET
+
+    def test_fifo_is_a_zero_byte_object_with_its_type(self, provider, put):
+        put("a/fifo", b"", mode=FIFO_MODE, xattrs={})
+        got = provider.head("a/fifo")
+        assert (got.mode, got.size, got.mtime) == (FIFO_MODE, 0, MTIME)
+        assert provider.get_range("a/fifo", 0, 100) == b""
+        assert (got.uid, got.gid) == self.owner()
+        (entry,) = provider.list("a/")
+        assert (entry.key, entry.size, entry.is_dir) == ("a/fifo", 0, False)
+
+    # -- streams, urls, watch ---------------------------------------------------------------
+
+    def test_read_stream_in_pieces(self, provider, put):
+        put("a/x", PAYLOAD)
+        pieces = list(provider.read_stream("a/x", chunk_size=1000))
+        assert b"".join(pieces) == PAYLOAD
+        assert all(0 < len(p) <= 1000 for p in pieces) and len(pieces) >= 6
+
+    def test_url(self, provider, put):
+        put("a/b c.png", b"x")
+        url = provider.url("a/b c.png")
+        if self.url_scheme is None:
+            assert url is None
+        else:
+            assert isinstance(url, str) and url.startswith(self.url_scheme + "://")
+            assert "b%20c.png" in url
+
+    def test_watch_then_close(self, provider):
+        provider.watch(lambda key: None)
+        provider.close()
+        provider.close()  # twice is fine
+
+
+# -- the providers ---------------------------------------------------------------------------
+
+class TestMemoryProvider(ProviderContract):
+    @pytest.fixture
+    def provider(self) -> Iterator[Provider]:
+        p = MemoryProvider("mem")
+        yield p
+        p.close()
+
+    # the memory provider's own promises: fault injection and thread safety, for the core's tests
+
+    def test_fail_with_is_raised_by_every_call(self, provider, put):
+        put("a/x", b"x")
+        provider.fail_with = ProviderUnavailable("injected")
+        calls: list[Callable[[], object]] = [
+            provider.check, lambda: provider.head("a/x"), lambda: provider.dir_exists("a/"),
+            lambda: list(provider.list("a/")), lambda: list(provider.walk("")),
+            lambda: provider.get_range("a/x", 0, 1), lambda: list(provider.read_stream("a/x")),
+            lambda: put("a/y", b"y"), lambda: provider.set_meta("a/x", meta()),
+            lambda: provider.copy("a/x", "a/z"), lambda: provider.delete("a/x"),
+            lambda: provider.delete_many(["a/x"]), lambda: provider.make_dir("d/", meta(mode=DIR_MODE)),
+            lambda: provider.remove_dir("d/"), lambda: provider.head_dir("a/")]
+        for call in calls:
+            with pytest.raises(ProviderUnavailable, match="injected"):
+                call()
+        provider.fail_with = None
+        assert provider.get_range("a/x", 0, 1) == b"x"  # nothing changed meanwhile
+        assert [i.key for i in provider.walk("")] == ["a/", "a/x"]
+
+    def test_latency_delays_every_call_outside_the_lock(self, provider, put):
+        put("a/x", b"x")
+        provider.latency = 0.2
+        started = time.monotonic()
+        threads = [threading.Thread(target=provider.head, args=("a/x",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        assert 0.2 <= elapsed < 0.6  # four calls slept side by side, not one after another
+
+    def test_calls_are_counted(self, provider, put):
+        put("a/x", b"x")
+        provider.head("a/x")
+        provider.head("a/x")
+        list(provider.list("a/"))
+        assert (provider.calls["put_file"], provider.calls["head"], provider.calls["list"]) == (1, 2, 1)
+
+    def test_concurrent_writers_and_listers(self, provider, tmp_path):
+        src = tmp_path / "src"
+        src.write_bytes(b"abc")
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(200):
+                    provider.put_file(f"d{n}/f{i:03d}", str(src), meta())
+                    if i % 3 == 0:
+                        provider.delete(f"d{n}/f{i:03d}")
+            except BaseException as e:  # noqa: BLE001 - reported below: a thread's failure must fail the test
+                errors.append(e)
+
+        def lister() -> None:
+            try:
+                for _ in range(100):
+                    for info in provider.walk(""):
+                        assert info.is_dir or info.size == 3
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)] + [threading.Thread(target=lister)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for n in range(4):
+            assert len(list(provider.list(f"d{n}/"))) == 200 - 67
+
+    def test_keys_outside_the_contract_are_refused(self, provider, put):
+        for key in ("/abs", "a//b", "a\0b"):
+            with pytest.raises(ProviderError):
+                provider.head(key)
+        with pytest.raises(ProviderError):
+            put("a/dir/", b"x")
+        with pytest.raises(ProviderError):
+            provider.make_dir("", meta(mode=DIR_MODE))
+
+
+class TestLocalProvider(ProviderContract):
+    keeps_ctime = False
+    keeps_content_type = False
+    implicit_dirs_have_metadata = True
+    keeps_owner = os.geteuid() == 0
+    url_scheme = "file"
+
+    @pytest.fixture
+    def provider(self, tmp_path: Path) -> Iterator[Provider]:
+        p = LocalProvider("local", str(tmp_path / "data"))
+        p.check()
+        yield p
+        p.close()
+
+
+class _S3Contract(ProviderContract):
+    remove_non_empty_dir_raises = None
+    url_scheme = "http"
+
+
+class TestS3ProviderOnSeaweedFS(_S3Contract):
+    """One bucket for the session; each test sees a fresh key prefix of it as its whole store."""
+
+    keeps_dir_metadata = False  # SeaweedFS 4.x drops the user metadata of folder markers
+
+    @pytest.fixture
+    def provider(self, contract_seaweed: S3Settings) -> Iterator[Provider]:
+        p = S3Provider(replace(contract_seaweed, prefix=f"c{uuid.uuid4().hex[:12]}/"))
+        yield p
+        p.close()
+
+
+class TestS3ProviderOnMoto(_S3Contract):
+    """A new bucket per test on moto, which keeps folder-marker metadata as AWS and MinIO do."""
+
+    @pytest.fixture
+    def provider(self, contract_moto: S3Settings) -> Iterator[Provider]:
+        cfg = replace(contract_moto, bucket=f"c-{uuid.uuid4().hex[:16]}")
+        raw = boto3.session.Session().client(
+            "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, aws_access_key_id=cfg.access_key_id,
+            aws_secret_access_key=cfg.secret_access_key)
+        try:
+            raw.create_bucket(Bucket=cfg.bucket)
+        finally:
+            raw.close()
+        p = S3Provider(cfg)
+        yield p
+        p.close()
