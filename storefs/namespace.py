@@ -238,11 +238,20 @@ class Namespace:
             self.uploader.start()
         self.evictor.start()
         self.remote.start()
-        for name, p in self.providers.items():
-            p.watch(lambda key, name=name: self.changed_outside(name, key))
+        # off the FUSE init thread: a watcher walks its folder, and a link planted there that points
+        # into this very mount would make it wait on the kernel, which waits for init to return
+        threading.Thread(target=self._watch_providers, name="storefs-watch", daemon=True).start()
         if not self.read_only:
             for e in self.index.pending():
                 self.uploader.schedule(e.key, 0.0)
+
+    def _watch_providers(self) -> None:
+        """Hear of changes other programs make to the providers (where a provider can tell)."""
+        for name, p in self.providers.items():
+            try:
+                p.watch(lambda key, name=name: self.changed_outside(name, key))
+            except Exception:
+                log.exception("watching provider %s for outside changes failed", name)
 
     def _writable(self, key: str) -> None:
         """Every change of a read-only mount answers EROFS (one log line at the edge)."""
