@@ -113,7 +113,8 @@ class StorefsOperations(mfusepy.Operations):
             conn_info.want |= conn_info.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
         if config_3 is not None:
             fc = self.ns.cfg.fuse
-            config_3.attr_timeout = fc.attr_timeout
+            # strictatime: every open moves atime, which a stat must show at once (as on ext4)
+            config_3.attr_timeout = 0.0 if fc.atime == "strictatime" else fc.attr_timeout
             config_3.entry_timeout = fc.entry_timeout
             config_3.negative_timeout = fc.negative_timeout
             # libfuse hides an unlinked open file as .fuse_hiddenN (the namespace treats that

@@ -136,3 +136,92 @@ def _no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory):
     with contextlib.suppress(Exception):
         for mp in mounts_under(base):
             lazy_unmount(mp)
+
+
+# --------------------------------------------------------------------------- issue 18: shared mounts
+# Mounts that other users can reach (below a 0755 folder in /tmp, since pytest's own tmp folders
+# are 0700), and an in-process moto S3 server, whose folder markers keep their metadata.
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from moto_server import MotoServer  # noqa: E402
+
+
+@pytest.fixture
+def open_root():
+    """A fresh folder under /tmp that every user may traverse (0755); removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="storefs-shared-"))
+    os.chmod(root, 0o755)
+    try:
+        yield root
+    finally:
+        for mp in mounts_under(root):
+            lazy_unmount(mp)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fuse_options() -> dict:
+    """The fuse: section of `shared_store`'s config; parametrise it to change it:
+
+        @pytest.mark.parametrize("fuse_options", [{"allow_other": True, "atime": "noatime"}])
+    """
+    return {"allow_other": True}
+
+
+@pytest.fixture
+def shared_store(backend: Any, request: pytest.FixtureRequest, open_root: Path, fuse_options: dict):
+    """Like `store`, but its mountpoint is reachable by other users and the mount has the
+    fuse_options (allow_other by default); the storefs_config marker applies as for `store`."""
+    require_fuse()
+    marker = request.node.get_closest_marker("storefs_config")
+    options = dict(marker.kwargs) if marker else {}
+    m = StorefsMount(open_root, backend, **options)
+    m.extra_config["fuse"] = dict(fuse_options)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.cleanup()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            print(f"storefs log of {m.mnt}:\n{m.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """One moto S3 server (in this process, on a free loopback port) for the whole session."""
+    if not MotoServer.available():
+        if os.environ.get("STOREFS_TESTS_REQUIRE_S3") == "1":
+            pytest.fail("moto's S3 server is not installed (pip install 'moto[server]')")
+        pytest.skip("moto's S3 server is not installed: pip install 'moto[server]'")
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3", "moto"])
+def meta_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """A started mount on the local provider, on SeaweedFS (drops folder-marker metadata) or on
+    moto (keeps it); `meta_store.keeps_folder_meta` tells which."""
+    require_fuse()
+    if request.param == "moto":
+        b: Any = S3Backend(request.getfixturevalue("moto_server"), f"t-{uuid.uuid4().hex[:20]}")
+    else:
+        b = BACKENDS[request.param](request, tmp_path)
+    m = StorefsMount(tmp_path, b)
+    m.keeps_folder_meta = request.param != "s3"  # type: ignore[attr-defined]
+    m.kind = request.param  # type: ignore[attr-defined]
+    try:
+        m.start()
+        yield m
+    finally:
+        m.cleanup()
+        with contextlib.suppress(Exception):
+            b.close()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            print(f"storefs log of {m.mnt}:\n{m.log_tail()}")

@@ -376,7 +376,10 @@ class LocalProvider(Provider):
             prefix += "/"
         parts = self._parts(prefix)
         try:
-            fd = self._open_dir(parts, _DIR_READ_FLAGS)
+            try:  # listing for the mount is no access of the folder by a user: its atime stays
+                fd = self._open_dir(parts, _DIR_READ_FLAGS | _NOATIME)
+            except PermissionError:  # O_NOATIME needs the folder's owner or root
+                fd = self._open_dir(parts, _DIR_READ_FLAGS)
         except OSError as e:
             if e.errno in _NOT_FOUND:
                 return
