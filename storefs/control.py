@@ -109,10 +109,10 @@ def socket_path(mountpoint: str) -> str:
     return os.path.join(folder, _socket_name(mountpoint))
 
 
-def _socket_paths(mountpoint: str) -> tuple[list[str], UnsafeFolder | None]:
-    """Sockets the daemon of mountpoint may listen on, in folders that exist and are private; and the
-    refusal of the first folder that exists but is not private (never talked through)."""
-    paths = []
+def private_socket_folders() -> tuple[list[str], UnsafeFolder | None]:
+    """This user's socket folders that exist and are private; and the refusal of the first one that
+    exists but is not (never talked through)."""
+    folders = []
     unsafe: UnsafeFolder | None = None
     for folder in socket_folders():
         try:
@@ -122,8 +122,14 @@ def _socket_paths(mountpoint: str) -> tuple[list[str], UnsafeFolder | None]:
         except UnsafeFolder as e:
             unsafe = unsafe or e
             continue
-        paths.append(os.path.join(folder, _socket_name(mountpoint)))
-    return paths, unsafe
+        folders.append(folder)
+    return folders, unsafe
+
+
+def _socket_paths(mountpoint: str) -> tuple[list[str], UnsafeFolder | None]:
+    """Sockets the daemon of mountpoint may listen on (see private_socket_folders)."""
+    folders, unsafe = private_socket_folders()
+    return [os.path.join(folder, _socket_name(mountpoint)) for folder in folders], unsafe
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 
 from ..config import Config, LocalProviderConfig, S3ProviderConfig, load_config
-from ..control import UnsafeFolder, check_private_folder, socket_folders
+from ..control import private_socket_folders
 from ..errors import ConfigError
 from .common import AdminError
 
@@ -40,15 +40,9 @@ def socket_dirs() -> list[str]:
     A folder that is not private (another owner, a link, a wide mode) is refused, not skipped:
     a cleanup that could not ask a mount what it has pending must not delete anything.
     """
-    found = []
-    for folder in socket_folders():
-        try:
-            check_private_folder(folder, "control socket folder")
-        except FileNotFoundError:
-            continue
-        except UnsafeFolder as e:
-            raise AdminError(f"{e}; nothing deleted") from None
-        found.append(folder)
+    found, unsafe = private_socket_folders()
+    if unsafe is not None:
+        raise AdminError(f"{unsafe}; nothing deleted")
     return found
 
 
