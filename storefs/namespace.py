@@ -779,7 +779,7 @@ class Namespace:
     def _handle(self, fh: int) -> Handle:
         h = self._handles.get(fh)
         if h is None:
-            raise StorefsError(f"bad file handle {fh}", code=9)  # EBADF
+            raise StorefsError(f"bad file handle {fh}", code=errno.EBADF)
         return h
 
     def read_source(self, fh: int, size: int, offset: int) -> tuple[int, int]:
@@ -985,7 +985,7 @@ class Namespace:
         dst = self._find(new)
         if src.is_dir:
             if new.startswith(old + "/"):
-                raise StorefsError(f"cannot move {old} into itself", code=22)
+                raise StorefsError(f"cannot move {old} into itself", code=errno.EINVAL)
             if dst is not None and not dst.is_dir:
                 raise NotADirectory(new)
             if dst is not None and self.readdir(new):
@@ -1226,7 +1226,7 @@ class Namespace:
                 return "clean"
             return "uploading" if self.uploader.is_busy(key) else "dirty"
         if attr == "url":
-            return self.providers[pname].url(key, int(3600))
+            return self.providers[pname].url(key)  # the provider's own expiry (S3: presign_expiry)
         if attr == "size":
             return str(f.remote[1].size) if f.remote else (str(e.size) if e and e.remote and e.op is None else None)
         if attr == "etag":

@@ -85,3 +85,20 @@ def test_a_cached_getattr_does_not_wait_for_a_slow_provider(tmp_path: Path) -> N
     finally:
         provider.latency = 0.0
         ns.stop()
+
+
+def test_the_url_xattr_leaves_the_expiry_to_the_provider(tmp_path: Path) -> None:
+    """user.storefs.url uses the provider's own expiry (S3: presign_expiry), not a fixed hour."""
+    ns, provider = make(tmp_path)
+    asked: list[object] = []
+
+    def url(key: str, *args: object) -> str:
+        asked.append(args)
+        return f"mem://{key}"
+
+    provider.url = url  # type: ignore[method-assign]
+    with tempfile.NamedTemporaryFile() as src:
+        provider.put_file(f"{ART}/u.png", src.name, ObjectMeta(mtime=1.0))
+    assert ns.getxattr(f"{ART}/u.png", "user.storefs.url") == f"mem://{ART}/u.png".encode()
+    assert asked == [()]
+    ns.stop()
