@@ -80,7 +80,12 @@ def random_reads(f: OpenFile, content: bytes, n: int, rng: random.Random, span: 
         assert read(f, 4096, off) == content[off:off + 4096]
 
 
-def test_random_reads_warm_the_whole_file_once(data: tuple[Path, bytes], pool: ThreadPoolExecutor) -> None:
+def test_random_reads_warm_the_whole_file_once(data: tuple[Path, bytes], pool: ThreadPoolExecutor,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 32nd far-apart read warms the file, once. Whether the page cache already holds the just-
+    written file is the kernel's choice (the cause of 1 failure in 6): the sample says no here, and
+    the next test checks the sample itself."""
+    monkeypatch.setattr(OpenFile, "_in_memory", lambda self: False)
     path, content = data
     warmed = Warmed()
     f = open_cached(path, pool, warmed)
