@@ -69,16 +69,18 @@ import tarfile
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from seaweed import SeaweedServer  # noqa: E402
-from bench_scale import drop_caches, is_mount, pid_alive, vm  # noqa: E402  (scripts/, next to this file)
-
 import yaml  # noqa: E402
+
+from bench_scale import drop_caches, is_mount, vm  # noqa: E402  (scripts/, next to this file)
+from seaweed import SeaweedServer  # noqa: E402
+from storefs.control import pid_alive  # noqa: E402
 
 MiB = 1024 * 1024
 MB = 1e6
@@ -173,7 +175,7 @@ class System:
     big_files = True        # takes part in the big-file phase
     has_bucket = True       # "until in the bucket" means something for it
 
-    def __init__(self, ctx: "Ctx") -> None:
+    def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         self.root = os.path.join(ctx.work, f"mnt-{self.name}")
         self.bucket = f"bench-{self.name}"
@@ -851,7 +853,8 @@ def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
                        "vs_raw": better(metric, sv, vals["raw"]) if sv and vals.get("raw") else None,
                        "vs_floor": better(metric, sv, vals["floor"]) if sv and vals.get("floor") else None}
         for ref in REFERENCES:
-            out[metric][f"{ref}_vs_best_peer"] = better(metric, vals[ref], peers[best]) if vals.get(ref) and best else None
+            out[metric][f"{ref}_vs_best_peer"] = (better(metric, vals[ref], peers[best])
+                                                  if vals.get(ref) and best else None)
     return out
 
 
@@ -869,10 +872,10 @@ def table(med: dict[str, dict[str, float]], rat: dict[str, dict[str, Any]], syst
         row = [label, unit + (" ↑" if hb else " ↓"), *[fmt(med[key].get(s)) for s in systems], vbp, vraw]
         row += [f"{r[k]:.2f}x" if r.get(k) else "-" for k in extra]
         lines.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in lines]
+    out += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + " |" for row in lines]
     return "\n".join(out)
 
 
@@ -964,7 +967,7 @@ def main() -> int:
     if not drop_caches():
         say("cannot write /proc/sys/vm/drop_caches: cold figures include the kernel's page cache")
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_start = os.getloadavg()
     work = tempfile.mkdtemp(prefix="storefs-bench-", dir=args.workdir)
     server = SeaweedServer(os.path.join(work, "seaweed"))
@@ -1026,7 +1029,7 @@ def main() -> int:
     result = {
         "command": "python scripts/bench.py " + " ".join(sys.argv[1:]),
         "started": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()),
+        "seconds": round((datetime.datetime.now(datetime.UTC) - started).total_seconds()),
         "machine": info, "versions": versions,
         "params": {"size": args.size, "files": args.files, "file_size": SMALL, "folders": FOLDERS,
                    "rounds": args.rounds, "rand_seconds": args.rand_seconds,

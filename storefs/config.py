@@ -30,8 +30,9 @@ import math
 import os
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -517,7 +518,8 @@ def _tenant(value: str | None, source: str, layout: LayoutConfig) -> str | None:
 def with_tenant(cfg: Config, tenant: str, source: str = "--tenant") -> Config:
     """The same config, mounted for one tenant only (name checked like a tenant folder)."""
     if not re.fullmatch(cfg.layout.name_pattern, tenant):
-        raise ConfigError(source, "tenant", f"{tenant!r} is not a valid folder name (pattern {cfg.layout.name_pattern})")
+        raise ConfigError(source, "tenant",
+                          f"{tenant!r} is not a valid folder name (pattern {cfg.layout.name_pattern})")
     return dataclasses.replace(cfg, tenant=tenant)
 
 

@@ -22,7 +22,7 @@ import socketserver
 import stat
 import struct
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ RUNTIME_SUBFOLDER = "storefs"
 PRIVATE_MODE = 0o700
 SOCKET_MODE = 0o600
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+ASK_TIMEOUT = 10.0  # seconds ask() waits for a daemon's answer
 
 
 class UnsafeFolder(Exception):
@@ -138,6 +139,25 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
+def unescape_mount_field(field: str) -> str:
+    """A path from /proc/*/mounts or mountinfo: the kernel writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def pid_alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True  # there, but hidden from us (hidepid)
+    # the state is the field right after the ")" that closes the command name
+    fields = st.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] != "Z"
+
+
 def find_mount(path: str) -> tuple[str, str]:
     """The storefs mountpoint holding path and path relative to it ('/a/b'); NotRunning if none does."""
     target = os.path.realpath(path)
@@ -147,7 +167,7 @@ def find_mount(path: str) -> tuple[str, str]:
             fields = line.split()
             if len(fields) < 3 or fields[2] != "fuse.storefs":
                 continue
-            mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            mnt = unescape_mount_field(fields[1])
             if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
                 best = mnt
     if not best:
@@ -245,14 +265,35 @@ def request(mountpoint: str, req: dict, timeout: float | None = 30.0) -> Iterato
         raise NotRunning(f"no storefs daemon answers for {mountpoint}")
     closed = NotRunning(f"the storefs daemon of {mountpoint} closed the connection without an answer "
                         "(only the user that runs it and root may talk to it)")
-    with s, s.makefile("rb") as f:
+    with s:
         try:
-            s.sendall((json.dumps(req) + "\n").encode())
-            for line in f:
-                msg = json.loads(line)
+            for msg in _exchange(s, req):
                 yield msg
                 if msg.get("final"):
                     return
         except (BrokenPipeError, ConnectionResetError):
             raise closed from None
         raise closed
+
+
+def ask(path: str, req: dict, timeout: float = ASK_TIMEOUT) -> dict:
+    """Send one request on the socket at path and return the daemon's final answer line (OSError if none)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        for msg in _exchange(s, req):
+            if msg.get("final"):
+                return msg
+    raise OSError(f"{path}: the daemon closed the connection without an answer")
+
+
+def _exchange(s: socket.socket, req: dict) -> Iterator[dict]:
+    """The client side of the protocol on a connected socket: req as one JSON line, then the answer
+    lines up to the final one; ends without one when the daemon closes the connection."""
+    with s.makefile("rb") as f:
+        s.sendall((json.dumps(req) + "\n").encode())
+        for line in f:
+            msg = json.loads(line)
+            yield msg
+            if msg.get("final"):
+                return

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .bdi import set_read_ahead
 from .cache.datafiles import DataFiles
@@ -60,7 +60,8 @@ def lock_cache(cache_dir: str) -> int:
     except BlockingIOError:
         owner = os.pread(fd, 64, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise DaemonError(f"cache folder {cache_dir} is in use by another storefs daemon (pid {owner or '?'})")
+        raise DaemonError(f"cache folder {cache_dir} is in use by another storefs daemon "
+                          f"(pid {owner or '?'})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd

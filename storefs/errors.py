@@ -128,5 +128,12 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
 
 
+class UsageError(Exception):
+    """A bad command-line argument or option (unknown provider, bad age, an option mount.storefs
+    cannot take): nothing was touched; the message says which and why."""
+
+    exit_code = 2  # the operator commands' exit status; mount(8) helpers answer EXIT_USAGE instead
+
+
 #: errno values that are answers, not failures: the FUSE edge does not log them.
 QUIET_ERRNOS = frozenset({_errno.ENOENT, _errno.ENODATA, _errno.EEXIST, _errno.ENOTEMPTY})

@@ -16,7 +16,8 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # never libfuse2, whatever else is installed
 
@@ -55,7 +56,7 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     OP_CALLS[name] = OP_ERRORS[name] = 0
 
     @functools.wraps(func)
-    def wrapper(self: "StorefsOperations", *args: Any) -> Any:
+    def wrapper(self: StorefsOperations, *args: Any) -> Any:
         OP_CALLS[name] += 1
         try:
             return func(self, *args)
@@ -173,7 +174,8 @@ class StorefsOperations(mfusepy.Operations):
         items = None if fresh else self._dir_items.get(fh)
         if items is None:
             items = [(".", None), ("..", None)]
-            items += [(name, None if a is None else self._stat(a)) for name, a in self.ns.readdir_attrs(self._key(path))]
+            items += [(name, None if a is None else self._stat(a))
+                      for name, a in self.ns.readdir_attrs(self._key(path))]
             self._dir_items[fh] = items
         return items
 

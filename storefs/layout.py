@@ -9,8 +9,8 @@ the path and the reason, because the FUSE edge logs it as one line.
 
 from __future__ import annotations
 
-import logging
 import fnmatch
+import logging
 import mimetypes
 import posixpath
 import re

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.server
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ _SCALARS = (
     ("uploads_done", "storefs_uploads_total", "counter", "Changes carried to a provider."),
     ("upload_failures", "storefs_upload_failures_total", "counter", "Failed upload attempts (each is retried)."),
     ("upload_retries", "storefs_upload_retries_total", "counter", "Upload attempts that followed a failure."),
-    ("cache_evictions", "storefs_cache_evictions_total", "counter", "Clean cached copies dropped to keep the cache bounded."),
+    ("cache_evictions", "storefs_cache_evictions_total", "counter",
+     "Clean cached copies dropped to keep the cache bounded."),
     ("queue", "storefs_uploads_queued", "gauge", "Changes scheduled or being uploaded."),
     ("uploading", "storefs_uploads_in_flight", "gauge", "Uploads under way."),
     ("pending", "storefs_pending_changes", "gauge", "Changes not yet in their provider."),

@@ -19,7 +19,7 @@ import shlex
 import sys
 
 from .config import parse_mount_options
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 HELPER_NAMES = ("mount.fuse.storefs", "mount.storefs")
 #: storefs options -> `storefs mount` flags
@@ -33,10 +33,6 @@ GENERIC_PREFIXES = ("x-", "comment=", "user=", "helper=")
 
 EXIT_USAGE = 1   # mount(8): incorrect invocation
 EXIT_FAILED = 32  # mount(8): mount failure
-
-
-class UsageError(Exception):
-    """A mount(8) argument or option storefs cannot take; the message says which and why."""
 
 
 def _is_mount_option(opt: str) -> bool:

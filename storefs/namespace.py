@@ -11,26 +11,39 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 import stat
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from .cache.datafiles import DataFiles
-from .cache.index import EntryIndex
-from .cache.journal import (OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR,
-                            TOMBSTONES, Entry, Journal)
-from .cache.openfile import OpenFile, default_warm_limit
 from .cache.eviction import Evictor
+from .cache.index import EntryIndex
+from .cache.journal import OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR, TOMBSTONES, Entry, Journal
+from .cache.openfile import OpenFile, default_warm_limit
 from .cache.uploader import Uploader
 from .config import Config
-from .errors import (AccessRefused, Exists, IsADirectory, NameTooLong, NoAttribute, NotADirectory, NotEmpty,
-                     NotFound, NotPermitted, NotSupported, ProviderError, ProviderUnavailable, ReadOnly,
-                     StorefsError, TooLarge)
+from .errors import (
+    AccessRefused,
+    Exists,
+    IsADirectory,
+    NameTooLong,
+    NoAttribute,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    ProviderError,
+    ProviderUnavailable,
+    ReadOnly,
+    StorefsError,
+    TooLarge,
+)
 from .layout import Layout
 from .providers.base import ObjectInfo, ObjectMeta, Provider
 from .remote import RemoteView
@@ -93,7 +106,7 @@ class Caller:
             self._groups = _proc_groups(self.pid)
         return gid in self._groups
 
-    def may(self, attr: "Attr", want: int) -> bool:
+    def may(self, attr: Attr, want: int) -> bool:
         """Whether the mode bits of attr grant want (os.R_OK/W_OK/X_OK bits) to this caller."""
         if self.is_root:
             return True
@@ -640,7 +653,8 @@ class Namespace:
                 raise NotPermitted(f"{key}: only root makes device nodes")
             if os.geteuid() != 0 and self.providers[self._route(key, 0)].kind == "local":
                 raise NotPermitted(f"{key}: a local folder takes device nodes only from a daemon run as root")
-        self._make_node(key, kind | (mode & PERM_BITS), caller, b"", rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
+        device = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        self._make_node(key, kind | (mode & PERM_BITS), caller, b"", device)
 
     def _make_node(self, key: str, mode: int, caller: Caller, body: bytes, rdev: int) -> None:
         """A new link or special file, complete at once: journaled and scheduled like a closed file."""

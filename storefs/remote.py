@@ -8,13 +8,13 @@ here: the namespace overlays the journal on top of this view.
 from __future__ import annotations
 
 import heapq
-import logging
 import itertools
+import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from .errors import NotFound, ProviderUnavailable
 from .providers.base import ObjectInfo, Provider
@@ -545,11 +545,3 @@ class RemoteView:
                 self._forget_listing(p)
                 self._recorded.get(p, {}).pop(key.rpartition("/")[2], None)
             self._prune()
-
-    def forget_all(self) -> None:
-        with self._lock:
-            self._heads.clear()
-            self._listings.clear()
-            self._fetched.clear()
-            self._used.clear()
-            self._missed.clear()

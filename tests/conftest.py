@@ -23,15 +23,15 @@ import contextlib
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import (LocalBackend, S3Backend, StorefsMount, fuse_problem, lazy_unmount,  # noqa: E402
-                     mounts_under)
+from helpers import LocalBackend, S3Backend, StorefsMount, fuse_problem, lazy_unmount, mounts_under  # noqa: E402
 from seaweed import SeaweedServer, weed_binary  # noqa: E402
 
 

@@ -32,10 +32,13 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
+
+from storefs.control import pid_alive, unescape_mount_field
 
 CMD_TIMEOUT = 120  # seconds, for any one storefs command
 TOOL_TIMEOUT = 120  # seconds, for cp, tar, rsync ...
@@ -83,7 +86,7 @@ def is_mounted(path: str | os.PathLike) -> bool:
         with open("/proc/self/mounts") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) > 1 and _unescape_mount(parts[1]) == target:
+                if len(parts) > 1 and unescape_mount_field(parts[1]) == target:
                     return True
     except OSError:
         pass
@@ -98,14 +101,10 @@ def mounts_under(prefix: str | os.PathLike) -> list[str]:
         for line in f:
             parts = line.split()
             if len(parts) > 1:
-                mp = _unescape_mount(parts[1])
+                mp = unescape_mount_field(parts[1])
                 if mp == prefix or mp.startswith(prefix.rstrip("/") + "/"):
                     found.append(mp)
     return sorted(found, key=len, reverse=True)
-
-
-def _unescape_mount(s: str) -> str:
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
 def lazy_unmount(path: str | os.PathLike) -> None:
@@ -116,19 +115,6 @@ def lazy_unmount(path: str | os.PathLike) -> None:
     if is_mounted(path):
         with contextlib.suppress(Exception):
             subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            st = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    # state is the field right after the ")" that closes the command name
-    return st.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def wait_pid_gone(pid: int, timeout: float = 30.0) -> bool:
@@ -278,7 +264,7 @@ class StorefsMount:
     def storefs(self, *args: str, timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
         return run([sys.executable, "-m", "storefs", *args], timeout=timeout, check=check, env=clean_env())
 
-    def start(self, **cache: Any) -> "StorefsMount":
+    def start(self, **cache: Any) -> StorefsMount:
         """Write the config (cache options updated with **cache) and mount; asserts success."""
         self.cache_options.update(cache)
         assert not self.mounted, f"{self._mnt} is already mounted"
@@ -327,7 +313,7 @@ class StorefsMount:
         assert not self.mounted, f"{self._mnt} still mounted after fusermount3 -u -z"
         self.pid = None
 
-    def remount(self, empty_cache: bool = False, **cache: Any) -> "StorefsMount":
+    def remount(self, empty_cache: bool = False, **cache: Any) -> StorefsMount:
         """Unmount (uploading everything), optionally delete the cache folder, and mount again."""
         self.unmount()
         if empty_cache:

@@ -39,7 +39,7 @@ class MotoServer:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         from moto.server import ThreadedMotoServer
 
         # werkzeug logs every request at INFO: keep the test output readable
@@ -78,7 +78,7 @@ class MotoServer:
         finally:
             c.close()
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -168,17 +168,18 @@ class SeaweedServer:
                 try:
                     c.list_buckets()
                     return
-                except (BotoCoreError, ClientError):
+                except (BotoCoreError, ClientError) as e:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"weed S3 did not answer in {self.startup_timeout:.0f}s:\n{self.log_tail()}")
+                        raise RuntimeError(f"weed S3 did not answer in {self.startup_timeout:.0f}s:\n"
+                                           f"{self.log_tail()}") from e
                     time.sleep(0.2)
         finally:
             c.close()
 
-    def start(self) -> "SeaweedServer":
+    def start(self) -> SeaweedServer:
         """Pick free ports, run weed mini, wait until S3 answers (retried on a port clash)."""
         for attempt in range(3):
-            self.ports = dict(zip(SERVICES, _pick_ports(len(SERVICES))))
+            self.ports = dict(zip(SERVICES, _pick_ports(len(SERVICES)), strict=True))
             self._launch()
             try:
                 self._wait_ready()
@@ -256,7 +257,7 @@ class SeaweedServer:
         if self._own_dir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "SeaweedServer":
+    def __enter__(self) -> SeaweedServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -125,7 +125,7 @@ def _setpriv(uid: int, gid: int | None, groups: list[int] | None = None) -> list
     return ["setpriv", f"--reuid={uid}", f"--regid={g}", grp, "--"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def user_python(uid: int = NOBODY) -> str:
     """A Python interpreter that uid may run (the test's own may live in root's 0700 home)."""
     candidates = [sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3",
@@ -248,7 +248,7 @@ http {{
 }}
 """
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         exe = nginx_binary()
         assert exe, "nginx is not installed"
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -376,7 +376,7 @@ def expect_statuses(results: list[tuple[str, Any]], expected: list[str], ops: li
     """Each result's status ('ok' or errno name) must be the expected one; all differences at once."""
     assert len(results) == len(expected) == len(ops)
     bad = [f"  {op[0]}{tuple(str(a) for a in op[1:])}: got {r[0]} ({r[1] if r[0] != 'ok' else ''}), "
-           f"expected {e}" for op, r, e in zip(ops, results, expected) if r[0] != e]
+           f"expected {e}" for op, r, e in zip(ops, results, expected, strict=True) if r[0] != e]
     assert not bad, "operations as another user answered otherwise:\n" + "\n".join(bad)
 
 

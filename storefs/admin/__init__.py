@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-from ..errors import StorefsError
+from ..errors import StorefsError, UsageError
 from .common import AdminError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def _guarded(fn: Command) -> Command:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
             return fn(args)
-        except AdminError as e:
+        except (AdminError, UsageError) as e:
             print(f"storefs: {e}", file=sys.stderr)
             return e.exit_code
         except StorefsError as e:
@@ -54,7 +54,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     config_option(ls)
     ls.add_argument("--since", metavar="DATE", help="only artifacts modified at or after DATE (ISO date or date-time)")
     ls.add_argument("--until", metavar="DATE", help="only artifacts modified before DATE (a bare date: up to its end)")
-    ls.add_argument("--type", metavar="T", help="a layout type (image, video...) or a content type (image/png, video/*)")
+    ls.add_argument("--type", metavar="T",
+                    help="a layout type (image, video...) or a content type (image/png, video/*)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("prefix", help="e.g. t1/image or t1/image/board1")
     ls.set_defaults(func=_guarded(cmd_ls))

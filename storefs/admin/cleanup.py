@@ -7,9 +7,8 @@ import logging
 import sys
 import time
 
-from ..errors import NotEmpty, StorefsError
-from .common import (Artifact, Store, UsageError, artifacts, format_time, normalize_prefix,
-                     parse_age)
+from ..errors import NotEmpty, StorefsError, UsageError
+from .common import Artifact, Store, artifacts, format_time, normalize_prefix, parse_age
 from .mounts import pending_keys
 from .progress import format_size
 

@@ -6,13 +6,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Iterator
 
 from ..config import Config, load_config
-from ..errors import ConfigError, StorefsError
+from ..errors import ConfigError, StorefsError, UsageError
+from ..keys import parents
 from ..layout import Layout
 from ..providers.base import ObjectInfo, Provider
 from ..providers.factory import make_providers
@@ -29,12 +30,6 @@ class AdminError(Exception):
     """A command cannot do what was asked; the message is the one line the user sees (exit 1)."""
 
     exit_code = 1
-
-
-class UsageError(AdminError):
-    """A bad argument (unknown provider, bad age or date): nothing was touched (exit 2)."""
-
-    exit_code = 2
 
 
 # -- arguments ----------------------------------------------------------------------------
@@ -93,7 +88,7 @@ class Store:
         self.levels = cfg.layout.levels
 
     @classmethod
-    def open(cls, config_path: str | None) -> "Store":
+    def open(cls, config_path: str | None) -> Store:
         """The same config a mount would use (the embedded default without -c)."""
         try:
             cfg = load_config(os.path.abspath(config_path) if config_path else None)
@@ -126,7 +121,7 @@ class Store:
         for p in self.providers.values():
             p.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -162,14 +157,10 @@ class Artifact:
         return self.key.rpartition("/")[0]
 
 
-def _ancestors_within(key: str, top: str) -> Iterator[str]:
+def _ancestors_within(key: str, top: str) -> list[str]:
     """Folder prefixes ('a/b/') of key that lie at or below top ('a/'): the folders a file implies."""
-    parts = key.rstrip("/").split("/")[:-1] if not key.endswith("/") else key.rstrip("/").split("/")
-    for i in range(len(parts), 0, -1):
-        prefix = "/".join(parts[:i]) + "/"
-        if not prefix.startswith(top):
-            return
-        yield prefix
+    own = [key.rstrip("/") + "/"] if key.endswith("/") else []  # a folder key implies itself
+    return [prefix for prefix in parents(key) + own if prefix.startswith(top)]
 
 
 def walk_merged(store: Store, prefix: str) -> Iterator[tuple[str, ObjectInfo, bool]]:
@@ -247,7 +238,7 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
     right = [all(_numeric(r[i]) for r in cells[1:]) and bool(rows) for i in range(len(headers))]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
-        line = "  ".join(c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right))
+        line = "  ".join(c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=False))
         print(line.rstrip())
 
 

@@ -8,8 +8,19 @@ import json
 import logging
 from collections import Counter, defaultdict
 
-from .common import (Artifact, Store, UsageError, artifacts, content_type, format_time, iso_time,
-                     normalize_prefix, parse_when, print_table, walk_merged)
+from ..errors import UsageError
+from .common import (
+    Artifact,
+    Store,
+    artifacts,
+    content_type,
+    format_time,
+    iso_time,
+    normalize_prefix,
+    parse_when,
+    print_table,
+    walk_merged,
+)
 from .progress import format_size
 
 log = logging.getLogger(__name__)
@@ -57,7 +68,7 @@ class Tally:
             self.group_bytes[parts[:self.by + 1]] += size
 
     def totals(self) -> dict[str, int]:
-        out = {f"{name}s": len(s) for name, s in zip(self.levels, self.level_sets)}
+        out = {f"{name}s": len(s) for name, s in zip(self.levels, self.level_sets, strict=True)}
         return {**out, "files": self.files, "bytes": self.bytes}
 
     def groups(self) -> list[dict[str, object]]:
@@ -69,7 +80,7 @@ class Tally:
         rows = []
         for group in sorted(self.level_sets[g]):
             row: dict[str, object] = {self.levels[g]: "/".join(group)}
-            for name, counter in zip(self.levels[g + 1:], below):
+            for name, counter in zip(self.levels[g + 1:], below, strict=True):
                 row[f"{name}s"] = counter[group]
             row["files"] = self.group_files[group]
             row["bytes"] = self.group_bytes[group]
@@ -111,7 +122,8 @@ def _print_stats(result: dict, levels: tuple[str, ...]) -> None:
     print()
     provs = result["providers"]
     print_table(["provider", "files", "size", "shadowed"],
-                [[p, c.get("files", 0), format_size(c.get("bytes", 0)), c.get("shadowed", 0)] for p, c in provs.items()])
+                [[p, c.get("files", 0), format_size(c.get("bytes", 0)), c.get("shadowed", 0)]
+                 for p, c in provs.items()])
     outside = result["outside_layout"]
     if outside["files"]:
         print(f"\n{outside['files']} files ({format_size(outside['bytes'])}) lie outside artifact folders")

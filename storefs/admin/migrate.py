@@ -31,9 +31,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import NotEmpty, NotFound, StorefsError
+from ..errors import NotEmpty, NotFound, StorefsError, UsageError
+from ..keys import parents
 from ..providers.base import ObjectInfo, ObjectMeta, Provider
-from .common import AdminError, Store, UsageError, content_type, normalize_prefix
+from .common import AdminError, Store, content_type, normalize_prefix
 from .progress import Progress, format_size
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class Migration:
 
     def folders(self, dirs: list[ObjectInfo], files: list[ObjectInfo]) -> None:
         """Empty folders of the source become folders (markers) on the destination; others are implied."""
-        implied = {a for info in [*files, *dirs] for a in _parents(info.key)}
+        implied = {a for info in [*files, *dirs] for a in parents(info.key)}
         for d in dirs:
             if d.key in implied:
                 continue
@@ -245,18 +246,12 @@ class Migration:
     def remove_source_folders(self, prefix: str, dirs: list[ObjectInfo], files: list[ObjectInfo]) -> None:
         """After a clean run, the source's folders below prefix that hold no file any more, deepest first."""
         start = prefix + "/" if prefix else ""
-        still = {a for info in self.src.walk(start) if not info.is_dir for a in _parents(info.key)}
-        folders = {d.key for d in dirs} | {a for f in files for a in _parents(f.key)}
+        still = {a for info in self.src.walk(start) if not info.is_dir for a in parents(info.key)}
+        folders = {d.key for d in dirs} | {a for f in files for a in parents(f.key)}
         for folder in sorted(folders, key=lambda f: (f.count("/"), f), reverse=True):
             if folder.startswith(start) and folder != start and folder not in still:
                 with contextlib.suppress(NotEmpty):
                     self.src.remove_dir(folder)
-
-
-def _parents(key: str) -> list[str]:
-    """'a/b/c' or 'a/b/c/' -> ['a/', 'a/b/'] (the folders that hold it)."""
-    parts = key.rstrip("/").split("/")[:-1]
-    return ["/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)]
 
 
 def state_path(store: Store, src: str, dst: str) -> str:

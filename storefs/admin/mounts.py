@@ -7,21 +7,16 @@ them afterwards (a half artifact reappears) or lose track of what it thought was
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
-import socket
 from dataclasses import dataclass
 
 from ..config import Config, LocalProviderConfig, S3ProviderConfig, load_config
-from ..control import private_socket_folders
+from ..control import ask, private_socket_folders
 from ..errors import ConfigError
 from .common import AdminError
 
 log = logging.getLogger(__name__)
-
-ASK_TIMEOUT = 10.0
-
 
 @dataclass
 class RunningMount:
@@ -44,20 +39,6 @@ def socket_dirs() -> list[str]:
     if unsafe is not None:
         raise AdminError(f"{unsafe}; nothing deleted")
     return found
-
-
-def ask(path: str, req: dict, timeout: float = ASK_TIMEOUT) -> dict:
-    """Send one request on the socket at path and return the daemon's final answer line."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall((json.dumps(req) + "\n").encode())
-        with s.makefile("rb") as f:
-            for line in f:
-                msg = json.loads(line)
-                if msg.get("final"):
-                    return msg
-    raise OSError(f"{path}: the daemon closed the connection without an answer")
 
 
 def running_mounts() -> list[RunningMount]:

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import threading
 
 from ..errors import CacheFull, StorefsError
@@ -217,18 +216,6 @@ class DataFiles:
             os.unlink(self.path(name))
         except FileNotFoundError:
             pass
-
-    def copy(self, src: str, dst: str) -> None:
-        """Duplicate a data file (for a copy of a file that is open elsewhere)."""
-        try:
-            src_path, dst_path = self.path(src), self.path(dst)
-            try:
-                os.close(self._create_file(dst_path))  # 0600 first: copyfile keeps the mode of a file it truncates
-            except FileExistsError:
-                pass  # made by create(): already 0600
-            shutil.copyfile(src_path, dst_path)
-        except OSError as e:
-            raise _cache_error(e, "copy") from e
 
     def usage(self) -> tuple[int, int]:
         """Bytes used on disk by data files, and the free bytes of the cache filesystem."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ..errors import CacheFull
 from .journal import Entry
@@ -58,12 +59,6 @@ class Evictor:
             self._cond.notify_all()
         if self._thread:
             self._thread.join(5)
-
-    def kick(self) -> None:
-        """Measure and evict now (after uploads turned dirty bytes into clean ones)."""
-        with self._cond:
-            self._kicked = True
-            self._cond.notify_all()
 
     def account(self, nbytes: int) -> None:
         """Bytes fetched into the cache by reads: counted, never waited for."""

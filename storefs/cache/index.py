@@ -11,23 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from typing import Iterator
 
-from .journal import Entry, Journal, OP_COPY
+from ..keys import ancestors
+from .journal import OP_COPY, Entry, Journal
 
 log = logging.getLogger(__name__)
-
-
-def ancestors(key: str) -> Iterator[tuple[str, str]]:
-    """(folder prefix, child name) pairs from the root down to key; dir names end in '/'."""
-    is_dir = key.endswith("/")
-    parts = key.rstrip("/").split("/")
-    prefix = ""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        name = part if (last and not is_dir) else part + "/"
-        yield prefix, name
-        prefix += part + "/"
 
 
 class EntryIndex:
@@ -145,7 +133,3 @@ class EntryIndex:
 
     def pending(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.pending]
-
-    def under(self, prefix: str) -> list[Entry]:
-        """Every entry whose key starts with prefix (a folder rename or removal)."""
-        return [e for k, e in self.entries.items() if k.startswith(prefix)]

@@ -14,8 +14,8 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 from ..errors import CacheFull
 
@@ -57,7 +57,6 @@ CREATE TABLE IF NOT EXISTS entries (
     atime      REAL NOT NULL DEFAULT 0,
     rdev       INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
 
 #: columns added since the first schema: (name, declaration), added to older journals at open
@@ -205,7 +204,7 @@ class Journal:
             cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries")
             out = []
             for row in cur:
-                values = dict(zip(_COLUMNS, row))
+                values = dict(zip(_COLUMNS, row, strict=True))
                 values["xattrs"] = _decode_xattrs(values["xattrs"])
                 values["remote"] = bool(values["remote"])
                 out.append(Entry(**values))
@@ -256,15 +255,6 @@ class Journal:
         """Make every committed row durable on disk (fsync semantics), not only crash-safe."""
         with self._lock:
             self._conn.execute("PRAGMA wal_checkpoint(FULL)")
-
-    def get_meta(self, name: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-            return row[0] if row else None
-
-    def set_meta(self, name: str, value: str) -> None:
-        with self.transaction():
-            self._conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     def close(self) -> None:
         with self._lock:

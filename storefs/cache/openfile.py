@@ -15,8 +15,8 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Callable
 
 from .journal import Entry
 

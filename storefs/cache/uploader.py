@@ -13,7 +13,8 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,10 @@ class Uploader:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def schedule(self, key: str, delay: float = 0.0, *, keep_earlier: bool = False) -> None:
+    def schedule(self, key: str, delay: float = 0.0) -> None:
         """Run key's pending operation after delay (a later close pushes the quiet delay back)."""
         due = time.monotonic() + delay
         with self._cond:
-            old = self._due.get(key)
-            if keep_earlier and old is not None and old <= due:
-                return
             self._due[key] = due
             sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._seq), key))

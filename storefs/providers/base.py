@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 
 @dataclass
@@ -153,8 +153,8 @@ class Provider(abc.ABC):
         """A URL a browser can fetch the object from, when the backend has one."""
         return None
 
-    def watch(self, on_change: Callable[[str], None]) -> None:
+    def watch(self, on_change: Callable[[str], None]) -> None:  # noqa: B027  (optional: most backends cannot tell)
         """Call on_change(key) when another program changes the store (where the backend can tell)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: a backend may hold nothing to release)
         """Release connections and watchers."""

@@ -17,9 +17,10 @@ import secrets
 import stat
 import threading
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 from ..errors import AccessDenied, NotEmpty, NotFound, ProviderError, StorefsError
 from .base import ObjectInfo, ObjectMeta, Provider

@@ -16,8 +16,8 @@ import stat
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from ..errors import NotEmpty, NotFound, ProviderError
 from .base import ObjectInfo, ObjectMeta, Provider
@@ -26,7 +26,6 @@ from .base import ObjectInfo, ObjectMeta, Provider
 _NODE_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 #: the character after '/': bisecting to prefix + this skips every key below prefix
 _AFTER_SLASH = chr(ord("/") + 1)
-_READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -12,20 +12,26 @@ import random
 import re
 import stat
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
-                                 HTTPClientError, IncompleteReadError, NoCredentialsError,
-                                 PartialCredentialsError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .. import errors
-from ..config import S3ProviderConfig
 from .base import ObjectInfo, ObjectMeta, Provider
 from .s3_lean import LeanS3, Refused
 
@@ -51,10 +57,6 @@ _FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO,
                          stat.S_IFCHR, stat.S_IFBLK})
 _DEVICE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK})
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
-
-
-#: the provider's settings are its config section (kept as a name for callers that build one)
-S3Settings = S3ProviderConfig
 
 
 # -- metadata: s3fs / rclone compatible -------------------------------------------------

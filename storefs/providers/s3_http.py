@@ -18,8 +18,7 @@ import threading
 from typing import BinaryIO, NamedTuple
 from urllib.parse import urlsplit
 
-from botocore.exceptions import (ConnectionClosedError, EndpointConnectionError, IncompleteReadError,
-                                 ReadTimeoutError)
+from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, IncompleteReadError, ReadTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def _readable(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-class TooLarge(Exception):
+class BodyTooLarge(Exception):
     """The answer's body is over the caller's limit: not read, and its connection closed."""
 
 
@@ -113,7 +112,7 @@ class Connections:
 
     def request(self, method: str, target: str, headers: dict[str, str],
                 body: bytes | BinaryIO | None = None, limit: int | None = None) -> Answer:
-        """Send one request and read its whole answer (TooLarge past limit bytes of a 2xx); one more try on a
+        """Send one request and read its whole answer (BodyTooLarge past limit bytes of a 2xx); one more try on a
         fresh connection when a kept-alive one turns out closed before any answer came."""
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         conn, reused = self._take()
@@ -136,7 +135,7 @@ class Connections:
             response = conn.getresponse()
         except _STALE:
             raise
-        except socket.timeout as e:
+        except TimeoutError as e:
             conn.close()
             raise ReadTimeoutError(endpoint_url=self.url, error=e) from e
         except (OSError, http.client.HTTPException) as e:
@@ -147,20 +146,20 @@ class Connections:
             limit = None  # an error's body is the server's explanation, however long
         if limit is not None and expected is not None and expected > limit:
             conn.close()
-            raise TooLarge(f"{expected} bytes where at most {limit} were asked for")
+            raise BodyTooLarge(f"{expected} bytes where at most {limit} were asked for")
         try:
             if limit is not None and expected is None:
                 data = response.read(limit + 1)
                 if len(data) > limit:
                     conn.close()
-                    raise TooLarge(f"more than the {limit} bytes asked for")
+                    raise BodyTooLarge(f"more than the {limit} bytes asked for")
                 response.read()  # the end of the chunks: the connection can be used again
             else:
                 data = response.read()
         except http.client.IncompleteRead as e:
             conn.close()
             raise IncompleteReadError(actual_bytes=len(e.partial), expected_bytes=expected or 0) from e
-        except socket.timeout as e:
+        except TimeoutError as e:
             conn.close()
             raise ReadTimeoutError(endpoint_url=self.url, error=e) from e
         except (OSError, http.client.HTTPException) as e:

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
 
-from .s3_http import Answer, Connections, TooLarge
+from .s3_http import Answer, BodyTooLarge, Connections
 from .s3_sign import EMPTY_SHA256, SigV4, query_string
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class LeanS3:
         self._signer.sign(method, path, query, headers, payload_hash, creds.get_frozen_credentials())
         try:
             answer = self._http.request(method, f"{path}?{query}" if query else path, headers, body, limit)
-        except TooLarge as e:
+        except BodyTooLarge as e:
             raise Refused(str(e)) from e
         status = answer.status
         if 200 <= status < 300 or status in accept:

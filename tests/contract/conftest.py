@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from storefs.providers.s3 import S3Settings
+from storefs.config import S3ProviderConfig
 
 CONTRACT_BUCKET = "storefs-contract"
 
@@ -29,16 +29,16 @@ def _missing(what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def contract_seaweed(seaweed) -> S3Settings:
+def contract_seaweed(seaweed) -> S3ProviderConfig:
     """Settings for the contract bucket on the session's SeaweedFS server (tests add a key prefix)."""
     seaweed.create_bucket(CONTRACT_BUCKET)
-    return S3Settings(name="s3", bucket=CONTRACT_BUCKET, endpoint_url=seaweed.endpoint_url, region=seaweed.region,
+    return S3ProviderConfig(name="s3", bucket=CONTRACT_BUCKET, endpoint_url=seaweed.endpoint_url, region=seaweed.region,
                       access_key_id=seaweed.access_key, secret_access_key=seaweed.secret_key, path_style=True,
                       read_deadline=5.0)
 
 
 @pytest.fixture(scope="module")
-def contract_moto() -> Iterator[S3Settings]:
+def contract_moto() -> Iterator[S3ProviderConfig]:
     """Settings for a moto S3 server in this process on a free loopback port (tests set the bucket)."""
     try:
         from moto.server import ThreadedMotoServer
@@ -49,7 +49,7 @@ def contract_moto() -> Iterator[S3Settings]:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        yield S3Settings(name="moto", bucket="", endpoint_url=f"http://{host}:{port}", region="us-east-1",
+        yield S3ProviderConfig(name="moto", bucket="", endpoint_url=f"http://{host}:{port}", region="us-east-1",
                          access_key_id="testing", secret_access_key="testing", path_style=True, read_deadline=5.0)
     finally:
         server.stop()

@@ -19,18 +19,19 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import boto3
 import pytest
 
+from storefs.config import S3ProviderConfig
 from storefs.errors import NotEmpty, NotFound, ProviderError, ProviderUnavailable
 from storefs.providers.base import ObjectInfo, ObjectMeta, Provider
 from storefs.providers.local import LocalProvider
 from storefs.providers.memory import MemoryProvider
-from storefs.providers.s3 import S3Provider, S3Settings
+from storefs.providers.s3 import S3Provider
 
 #: binary fractions and whole microseconds: every provider keeps these exactly
 MTIME = 1700000000.5
@@ -559,7 +560,7 @@ class TestS3ProviderOnSeaweedFS(_S3Contract):
     keeps_dir_metadata = False  # SeaweedFS 4.x drops the user metadata of folder markers
 
     @pytest.fixture
-    def provider(self, contract_seaweed: S3Settings) -> Iterator[Provider]:
+    def provider(self, contract_seaweed: S3ProviderConfig) -> Iterator[Provider]:
         p = S3Provider(replace(contract_seaweed, prefix=f"c{uuid.uuid4().hex[:12]}/"))
         yield p
         p.close()
@@ -569,7 +570,7 @@ class TestS3ProviderOnMoto(_S3Contract):
     """A new bucket per test on moto, which keeps folder-marker metadata as AWS and MinIO do."""
 
     @pytest.fixture
-    def provider(self, contract_moto: S3Settings) -> Iterator[Provider]:
+    def provider(self, contract_moto: S3ProviderConfig) -> Iterator[Provider]:
         cfg = replace(contract_moto, bucket=f"c-{uuid.uuid4().hex[:16]}")
         raw = boto3.session.Session().client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, aws_access_key_id=cfg.access_key_id,

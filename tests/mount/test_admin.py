@@ -217,7 +217,7 @@ def _summary(text: str) -> dict[str, int]:
     m = re.search(r"(\d+) copied, (\d+) skipped \(verified before\), (\d+) verified without copying, (\d+) failed",
                   text)
     assert m, text
-    return dict(zip(("copied", "skipped", "resumed", "failed"), map(int, m.groups())))
+    return dict(zip(("copied", "skipped", "resumed", "failed"), map(int, m.groups()), strict=True))
 
 
 def _rows(state: Path) -> dict[str, tuple[str, int]]:

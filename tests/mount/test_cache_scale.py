@@ -30,9 +30,10 @@ import stat
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -294,7 +295,8 @@ def _disk_full(m: StorefsMount) -> None:
         _after_disk_full(m, expected, expected_dirs)
     except (AssertionError, OSError) as e:
         if problems:
-            raise AssertionError(f"{type(e).__name__}: {e}\n(earlier, on the full cache disk: {'; '.join(problems)})") from e
+            raise AssertionError(f"{type(e).__name__}: {e}\n"
+                                 f"(earlier, on the full cache disk: {'; '.join(problems)})") from e
         raise
     assert not problems, "on a full cache disk:\n" + "\n".join(problems)
 
@@ -465,7 +467,6 @@ def test_two_mounts_on_one_bucket(seaweed, tmp_path, request):
         v2 = payload("v2", 300 * KiB)  # the same size: only the content (etag, mtime) tells them apart
         (a_art / "x.bin").write_bytes(v1)
         a.flush()
-        t0 = time.monotonic()
         ok, _, took = poll(lambda: "x.bin" in os.listdir(b_art), bound)
         assert ok, f"B did not list x.bin within {bound}s of A's flush"
         print(f"B lists the new file after {took:.2f}s")

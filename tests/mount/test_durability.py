@@ -712,7 +712,8 @@ def test_many_processes_write_list_and_read(store, tmp_path):
         data = store.provider_read(rel)
         if data is None or sha256(data) != digest:
             bad_provider.append(f"{rel}: {'missing' if data is None else 'wrong bytes'}")
-    assert not bad_mount, f"{len(bad_mount)} files wrong through the mount after an empty-cache remount: {bad_mount[:5]}"
+    assert not bad_mount, \
+        f"{len(bad_mount)} files wrong through the mount after an empty-cache remount: {bad_mount[:5]}"
     assert not bad_provider, f"{len(bad_provider)} files wrong in the provider: {bad_provider[:5]}"
     # every folder lists exactly its files
     by_folder: dict[str, set[str]] = {}

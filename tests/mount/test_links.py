@@ -22,8 +22,17 @@ from pathlib import Path
 import pytest
 
 from helpers import ART, create_file, expect_errno, payload, run
-from sharing_support import (NOBODY, S_IFLNK_0777, as_user, expect_statuses, is_s3, plant, remount_guarded,
-                             s3_head, user_run)
+from sharing_support import (
+    NOBODY,
+    S_IFLNK_0777,
+    as_user,
+    expect_statuses,
+    is_s3,
+    plant,
+    remount_guarded,
+    s3_head,
+    user_run,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -234,7 +243,8 @@ def test_link_trees_with_tools(store, tmp_path):
         run(["tar", "-C", str(art / "tx"), "-cf", str(back) + ".tar", "."])
         run(["tar", "-C", str(back), "-xf", str(back) + ".tar"])
         assert tree(back) == want
-        assert (art / "cpa" / "latest" / "model.bin").read_bytes() == (src / "checkpoint-1000" / "model.bin").read_bytes()
+        want_bytes = (src / "checkpoint-1000" / "model.bin").read_bytes()
+        assert (art / "cpa" / "latest" / "model.bin").read_bytes() == want_bytes
         assert os.readlink(art / "rs" / "node_modules" / ".bin" / "cli") == "../pkg/bin/cli.js"
         assert os.access(art / "rs" / "node_modules" / ".bin" / "cli", os.X_OK)
 

@@ -36,8 +36,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, \
-    run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from helpers import ART, file_sha256
 
@@ -350,7 +356,7 @@ class ModelMachine(RuleBasedStateMachine):
         model, mount = snapshot(self.model_root), snapshot(self.mount_root)
         problems = [f"{line}\n      {self.provider_view(line.split(': ', 1)[0])}" for line in diff(model, mount)]
         for rel, want in sorted(self.utimed.items()):
-            for side, root in zip(("model", "mount"), self.roots()):
+            for side, root in zip(("model", "mount"), self.roots(), strict=True):
                 try:
                     got = os.stat(root / rel).st_mtime_ns
                 except OSError as e:

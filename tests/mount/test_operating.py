@@ -4,7 +4,6 @@ SIGTERM, the status counters and the Prometheus endpoint, each on a real mount."
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pty
 import shutil
@@ -12,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request

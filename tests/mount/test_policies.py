@@ -28,21 +28,32 @@ import os
 import re
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 
-from helpers import (LocalBackend, S3Backend, StorefsMount, clean_env, create_file, expect_errno, is_mounted,
-                     lazy_unmount, payload, run, sha256)
+from helpers import (
+    LocalBackend,
+    S3Backend,
+    StorefsMount,
+    clean_env,
+    create_file,
+    expect_errno,
+    is_mounted,
+    lazy_unmount,
+    payload,
+    run,
+    sha256,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -138,7 +149,7 @@ class PolicyMount(StorefsMount):
         return ["mount", "-c", str(config_path or self.config_path), *self.mount_args, "--log-level",
                 self.log_level, "--log-file", str(self.log_path), str(self.mnt)]
 
-    def start(self, **cache: Any) -> "PolicyMount":
+    def start(self, **cache: Any) -> PolicyMount:
         self.cache_options.update(cache)
         assert not self.mounted, f"{self.mnt} is already mounted"
         self.write_config()
@@ -724,7 +735,7 @@ def _bad_config(case: str, cfg: dict) -> tuple[dict, tuple[str, ...], list[str],
     """(config, extra mount args, words every message holds, words of which it holds one)."""
     if case == "missing-variable":
         var = f"POLICY_TEST_UNSET_{uuid.uuid4().hex[:8].upper()}"
-        cfg["providers"]["s3"]["secret_access_key"] = "${%s}" % var
+        cfg["providers"]["s3"]["secret_access_key"] = "${" + var + "}"
         return cfg, (), ["providers.s3.secret_access_key", var], ["not set"]
     if case == "unknown-key":
         cfg["cache"]["colour"] = "blue"

@@ -34,8 +34,19 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from conftest import require_fuse
-from helpers import (ART, StorefsMount, assert_same_tree, clean_env, file_sha256, is_mounted,
-                     lazy_unmount, payload, run, sha256, tree_state)
+from helpers import (
+    ART,
+    StorefsMount,
+    assert_same_tree,
+    clean_env,
+    file_sha256,
+    is_mounted,
+    lazy_unmount,
+    payload,
+    run,
+    sha256,
+    tree_state,
+)
 
 pytestmark = pytest.mark.timeout(300)
 

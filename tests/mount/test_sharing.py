@@ -22,9 +22,22 @@ from pathlib import Path
 import pytest
 
 from helpers import ART, create_file, expect_errno, payload, run
-from sharing_support import (NOBODY, THIRD, Nginx, as_user, expect_statuses, is_s3, journal_rows,
-                             nginx_binary, plant, provider_snapshot, remount_guarded, s3_head, start_guarded,
-                             user_errno)
+from sharing_support import (
+    NOBODY,
+    THIRD,
+    Nginx,
+    as_user,
+    expect_statuses,
+    is_s3,
+    journal_rows,
+    nginx_binary,
+    plant,
+    provider_snapshot,
+    remount_guarded,
+    s3_head,
+    start_guarded,
+    user_errno,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -268,7 +268,8 @@ def test_folder_times_and_metadata(meta_store):
             # storefs puts on base_path (inotify, through watchdog) reads every folder when the mount
             # starts, which moves a 2001 atime under relatime, as any find(1) would (README)
             disk = os.stat(s.data / ART / "d")
-            assert _close(st.st_atime_ns, disk.st_atime_ns), f"folder atime {st.st_atime_ns} != disk's {disk.st_atime_ns}"
+            assert _close(st.st_atime_ns, disk.st_atime_ns), \
+                f"folder atime {st.st_atime_ns} != disk's {disk.st_atime_ns}"
     assert sorted(os.listdir(d)) == ["keep.png"] and sorted(os.listdir(other)) == ["g.png", "m3"]
     assert (other / "m3" / "in.png").read_bytes() == b"in"
     if s.keeps_folder_meta:

@@ -12,9 +12,11 @@ from datetime import datetime
 import pytest
 
 from storefs.admin.cleanup import plan
-from storefs.admin.common import Artifact, UsageError, normalize_prefix, parse_age, parse_when
-from storefs.admin.migrate import MigrationState, _parents
+from storefs.admin.common import Artifact, normalize_prefix, parse_age, parse_when
+from storefs.admin.migrate import MigrationState
 from storefs.admin.progress import Progress, format_duration, format_size
+from storefs.errors import UsageError
+from storefs.keys import parents
 from storefs.providers import ObjectInfo, ObjectMeta
 from storefs.providers.local import TMP_PREFIX, LocalProvider
 
@@ -121,9 +123,9 @@ def test_state_counts_copies_and_survives_reopening(tmp_path):
 
 
 def test_parents():
-    assert _parents("a/b/c") == ["a/", "a/b/"]
-    assert _parents("a/b/") == ["a/"]
-    assert _parents("x") == []
+    assert parents("a/b/c") == ["a/", "a/b/"]
+    assert parents("a/b/") == ["a/"]
+    assert parents("x") == []
 
 
 def test_local_walk_and_read_stream(tmp_path):

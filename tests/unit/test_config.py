@@ -7,8 +7,20 @@ import textwrap
 
 import pytest
 
-from storefs.config import (GiB, KiB, MiB, CacheConfig, LayoutConfig, LocalProviderConfig, RoutingRule,
-                            S3ProviderConfig, SizeLimits, load_config, parse_duration, parse_size)
+from storefs.config import (
+    CacheConfig,
+    GiB,
+    KiB,
+    LayoutConfig,
+    LocalProviderConfig,
+    MiB,
+    RoutingRule,
+    S3ProviderConfig,
+    SizeLimits,
+    load_config,
+    parse_duration,
+    parse_size,
+)
 from storefs.errors import ConfigError
 
 S3_FILE = """

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_namespace import make_ns, mkdirs, write_file
 
 from storefs.cache.datafiles import DataFiles
 from storefs.errors import CacheFull
-
-from test_namespace import make_ns, mkdirs, write_file
 
 
 def on_disk(d: DataFiles) -> set[str]:
@@ -206,10 +205,10 @@ def test_data_files_and_folders_are_private_whatever_the_umask(tmp_path: Path) -
         name, fd = d.create()
         os.write(fd, b"abc")
         os.close(fd)
-        d.copy(name, d.new_name())
+        os.close(d.create()[1])
     finally:
         os.umask(old)
-    for dirpath, dirs, files in os.walk(d.root):
+    for dirpath, _dirs, files in os.walk(d.root):
         assert os.stat(dirpath).st_mode & 0o777 == 0o700, dirpath
         for f in files:
             assert os.stat(os.path.join(dirpath, f)).st_mode & 0o777 == 0o600, f

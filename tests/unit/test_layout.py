@@ -7,7 +7,7 @@ import mimetypes
 
 import pytest
 
-from storefs.config import GiB, MiB, LayoutConfig, SizeLimits
+from storefs.config import GiB, LayoutConfig, MiB, SizeLimits
 from storefs.errors import LayoutError, NotPermitted, TooLarge
 from storefs.layout import Layout
 

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from storefs.config import load_config
-from storefs.errors import ConfigError
+from storefs.errors import ConfigError, UsageError
 from storefs.metrics import hit_ratio, render
-from storefs.mount_helper import UsageError, install, mount_args
+from storefs.mount_helper import install, mount_args
 
 LABEL = r'[a-z_]+="(?:[^"\\]|\\.)*"'
 SAMPLE = re.compile(rf'^[a-z_]+(\{{{LABEL}(,{LABEL})*\}})? -?[0-9.e+-]+$')

@@ -11,16 +11,23 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from storefs import cli, control
 from storefs.admin.common import AdminError
 from storefs.admin.mounts import socket_dirs
-from storefs.control import (ControlServer, NotRunning, UnsafeFolder, check_private_folder, make_private_folder,
-                             request, socket_folders)
+from storefs.control import (
+    ControlServer,
+    NotRunning,
+    UnsafeFolder,
+    check_private_folder,
+    make_private_folder,
+    request,
+    socket_folders,
+)
 from storefs.daemon import DaemonError, lock_cache, prepare_cache_folder
 
 OTHER_UID = 65534

@@ -11,8 +11,8 @@ import pytest
 
 from storefs import cli
 from storefs.config import FuseConfig, load_config, mount_options, parse_mount_options, with_mount_options
-from storefs.errors import ConfigError
-from storefs.mount_helper import UsageError, mount_args
+from storefs.errors import ConfigError, UsageError
+from storefs.mount_helper import mount_args
 
 NOBODY = pwd.getpwuid(65534).pw_name
 ROOT_GROUP = grp.getgrgid(0).gr_name

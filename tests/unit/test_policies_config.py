@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from storefs.config import MiB, Config, RoutingRule, load_config, with_tenant
+from storefs.config import Config, MiB, RoutingRule, load_config, with_tenant
 from storefs.errors import ConfigError
 
 BASE = """

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from storefs.providers.base import ObjectMeta
-from storefs.providers.s3 import (RESERVED_KEYS, format_mtime, info_from_head, metadata_for, parse_mode,
-                                  parse_rdev, xattrs_from_metadata)
+from storefs.providers.s3 import (
+    RESERVED_KEYS,
+    format_mtime,
+    info_from_head,
+    metadata_for,
+    parse_mode,
+    parse_rdev,
+    xattrs_from_metadata,
+)
 
-LAST_MODIFIED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+LAST_MODIFIED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def head(metadata: dict[str, str], body: bytes = b"", content_type: str = "application/octet-stream") -> dict:

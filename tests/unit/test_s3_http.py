@@ -13,10 +13,9 @@ import threading
 import time
 
 import pytest
-from botocore.exceptions import (ConnectionClosedError, EndpointConnectionError, IncompleteReadError,
-                                 ReadTimeoutError)
+from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, IncompleteReadError, ReadTimeoutError
 
-from storefs.providers.s3_http import Connections, TooLarge
+from storefs.providers.s3_http import BodyTooLarge, Connections
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -80,7 +79,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(n)
         self.server.seen.append((self.client_address[1], self.path, dict(self.headers)))
-        self._answer(200, b"", {"ETag": '"%s"' % hashlib.md5(body).hexdigest()})
+        self._answer(200, b"", {"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
 
 @pytest.fixture
@@ -126,9 +125,9 @@ def test_bodies_chunked_and_from_files(server, tmp_path):
     f = io.BytesIO(b"head" + data)
     f.seek(4)
     a = c.request("PUT", "/obj", {"host": c.host, "content-length": str(len(data))}, f)
-    assert a.headers["etag"] == '"%s"' % hashlib.md5(data).hexdigest()
+    assert a.headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
     a = c.request("PUT", "/small", {"host": c.host, "content-length": "3"}, b"abc")
-    assert a.headers["etag"] == '"%s"' % hashlib.md5(b"abc").hexdigest()
+    assert a.headers["etag"] == f'"{hashlib.md5(b"abc").hexdigest()}"'
     assert len({port for port, _, _ in server.seen}) == 1
     c.close()
 
@@ -206,9 +205,9 @@ def test_failures_are_botocores_exceptions(server):
 
 def test_a_limit_stops_oversized_bodies_but_not_errors(server):
     c = Connections(url(server), 2.0, 2.0)
-    with pytest.raises(TooLarge):
+    with pytest.raises(BodyTooLarge):
         c.request("GET", "/big", {"host": c.host}, limit=100)
-    with pytest.raises(TooLarge):
+    with pytest.raises(BodyTooLarge):
         c.request("GET", "/big-chunked", {"host": c.host}, limit=100)
     assert len(c.request("GET", "/big-chunked", {"host": c.host}, limit=12_000).body) == 12_000
     a = c.request("GET", "/error", {"host": c.host}, limit=100)

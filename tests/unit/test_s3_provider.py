@@ -21,10 +21,19 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError, ReadTimeoutError
 
 from storefs import errors
+from storefs.config import S3ProviderConfig
 from storefs.providers.base import ObjectMeta
+from storefs.providers.s3 import (
+    S3Provider,
+    decode_value,
+    encode_value,
+    format_mtime,
+    parse_mode,
+    parse_mtime,
+    xattr_metadata_key,
+)
 from storefs.providers.s3_http import Answer
-from storefs.providers.s3 import (S3Provider, S3Settings, decode_value, encode_value, format_mtime, parse_mode,
-                                  parse_mtime, xattr_metadata_key)
+
 try:
     from seaweed import SeaweedServer, weed_binary  # tests/ is on sys.path via tests/conftest.py
 except ImportError:
@@ -43,8 +52,8 @@ def server():
         yield srv
 
 
-def settings(srv: SeaweedServer, **kw) -> S3Settings:
-    base = S3Settings(name="s3", bucket=BUCKET, endpoint_url=srv.endpoint_url, region=srv.region,
+def settings(srv: SeaweedServer, **kw) -> S3ProviderConfig:
+    base = S3ProviderConfig(name="s3", bucket=BUCKET, endpoint_url=srv.endpoint_url, region=srv.region,
                       access_key_id=srv.access_key, secret_access_key=srv.secret_key, path_style=True,
                       multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB, read_deadline=3.0)
     return replace(base, **kw)
@@ -114,8 +123,8 @@ def test_value_encoding():
 
 def test_error_mapping_without_server():
     secret = "SeCrEtSeCrEtSeCrEt"
-    p = S3Provider(S3Settings(name="s3", bucket="bkt", endpoint_url="http://user:pw@127.0.0.1:9", region="us-east-1",
-                              access_key_id="AKIAEXAMPLE", secret_access_key=secret))
+    p = S3Provider(S3ProviderConfig(name="s3", bucket="bkt", endpoint_url="http://user:pw@127.0.0.1:9",
+                                    region="us-east-1", access_key_id="AKIAEXAMPLE", secret_access_key=secret))
 
     def ce(code: str, status: int) -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
@@ -141,11 +150,11 @@ def test_error_mapping_without_server():
         try:
             raise ce("AccessDenied", 403)
         except ClientError:
-            raise S3UploadFailedError("Failed to upload")
+            raise S3UploadFailedError("Failed to upload")  # noqa: B904  (as boto3 raises it: the cause only in __context__)
     except S3UploadFailedError as e:
         assert type(p._error(e, "k")) is errors.AccessDenied
     assert "127.0.0.1:9/bkt/a%20b/c.png?X-Amz-" in p.url("a b/c.png")
-    assert secret not in repr(S3Settings(name="s3", bucket="bkt", access_key_id="id", secret_access_key=secret))
+    assert secret not in repr(S3ProviderConfig(name="s3", bucket="bkt", access_key_id="id", secret_access_key=secret))
     p.close()
 
 
@@ -458,14 +467,18 @@ def test_small_puts_errors_and_fallback_to_the_full_client(server, raw, base, tm
             pass
 
     p = S3Provider(settings(server))
-    p._lean_by_client[id(p._client)]._http = Http(404, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
+
+    def lean():  # looked up each time, as the provider may replace it
+        return p._lean_by_client[id(p._client)]
+
+    lean()._http = Http(404, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
     with pytest.raises(errors.ProviderError, match=f"bucket {BUCKET} does not exist"):  # (SeaweedFS creates it)
         p.put_file(base + "a", src, ObjectMeta(mtime=1.0))
-    p._lean_by_client[id(p._client)]._http = busy = Http(503, b"<Error><Code>SlowDown</Code></Error>")
+    lean()._http = busy = Http(503, b"<Error><Code>SlowDown</Code></Error>")
     meta = ObjectMeta(mtime=2.0, content_type="text/plain")
     assert p.put_file(base + "busy.txt", src, meta).etag == hashlib.md5(b"payload").hexdigest()
     assert busy.calls == 1 and p._lean  # busy: the client retried this one, the lean path stays
-    p._lean_by_client[id(p._client)]._http = odd = Http(400, b"<Error><Code>AuthorizationHeaderMalformed</Code></Error>")
+    lean()._http = odd = Http(400, b"<Error><Code>AuthorizationHeaderMalformed</Code></Error>")
     with caplog.at_level("INFO"):
         p.put_file(base + "odd.txt", src, meta)
         p.put_file(base + "odd2.txt", src, meta)
@@ -696,7 +709,7 @@ def moto_s3():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    cfg = S3Settings(name="moto", bucket=BUCKET, endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
+    cfg = S3ProviderConfig(name="moto", bucket=BUCKET, endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
                      access_key_id="testing", secret_access_key="testing", path_style=True, read_deadline=5.0)
     p = S3Provider(cfg)
     client = p._session.client("s3", endpoint_url=cfg.endpoint_url)

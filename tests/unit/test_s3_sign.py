@@ -17,8 +17,8 @@ ORIGIN = "http://127.0.0.1:8333"
 HOST = "127.0.0.1:8333"
 
 
-def botocore_signed(monkeypatch, when: datetime.datetime, creds: Credentials, region: str, method: str,
-                    path: str, params: dict[str, str] | None, headers: dict[str, str], body: bytes | None) -> AWSRequest:
+def botocore_signed(monkeypatch, when: datetime.datetime, creds: Credentials, region: str, method: str, path: str,
+                    params: dict[str, str] | None, headers: dict[str, str], body: bytes | None) -> AWSRequest:
     monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: when)
     request = AWSRequest(method=method, url=ORIGIN + path, headers=dict(headers), data=body, params=params or {})
     S3SigV4Auth(creds.get_frozen_credentials(), "s3", region).add_auth(request)
@@ -31,7 +31,7 @@ def ours(when: datetime.datetime, creds: Credentials, signer: SigV4, method: str
     signed["host"] = HOST
     payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
     signer.sign(method, path, query_string(params or {}), signed, payload, creds.get_frozen_credentials(),
-                now=when.replace(tzinfo=datetime.timezone.utc).timestamp())
+                now=when.replace(tzinfo=datetime.UTC).timestamp())
     return signed
 
 
