@@ -4,6 +4,20 @@ Every operation decides here what the user sees at once (from the cache and jour
 and what must later reach a provider (a pending journal row the uploader carries out).
 Nothing here knows FUSE or boto3: paths come in as keys, failures leave as
 storefs.errors exceptions.
+
+Locks, in the order they may be taken (never the other way round):
+
+1. Namespace._lock: the open nodes and handles, the index's rows (and so the journal's
+   writes), the quiet delays and recent deletes. No provider request is made under it:
+   what an operation needs from a provider is asked first, then the lock is taken and the
+   index re-checked (a row that appeared meanwhile wins).
+2. Journal._lock (its SQLite connection and open transaction), Uploader._cond (its queue),
+   DataFiles._cond (the data files made ahead and to delete), Evictor._cond (the cache's
+   measured use), OpenFile._lock (one file's chunk fetches): leaves, each taken briefly,
+   under 1 or alone; none calls into the namespace while holding its own (the uploader and
+   the evictor call it with theirs released).
+3. RemoteView._lock (cached listings and heads): never held across a provider call, and
+   taken without 1 held.
 """
 
 from __future__ import annotations
@@ -200,7 +214,7 @@ class Namespace:
         self.uid = os.getuid() if fc.uid is None else fc.uid
         self.gid = os.getgid() if fc.gid is None else fc.gid
         self.mounted_at = time.time()  # the mtime of folders no provider dates (as rclone shows them)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the index's rows, _nodes, _handles, _quiet_until, _just_deleted
         self._nodes: dict[str, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
@@ -510,6 +524,17 @@ class Namespace:
             return {}
         return dict(info.xattrs) if info else {}
 
+    def _prepared(self, key: str, f: Found | None) -> Found | None:
+        """Folder f (at key) with the row a change of its times would start from, built now: building
+        it may ask the provider (a disk's xattrs), which never happens under the core lock."""
+        if f is None or key == self.root or f.entry is not None:
+            return f
+        with self._lock:
+            row = self.index.get(key + "/")
+        if row is not None and not row.is_tombstone:
+            return f  # _touch_dir takes the row itself
+        return Found(is_dir=True, entry=self._dir_row(key, f), remote=f.remote)
+
     def _touch_dir(self, key: str, f: Found | None, now: float) -> None:
         """An entry was created, removed or renamed in folder key: its mtime and ctime move, as on
         a disk, and reach the provider with its marker. Called with the core lock held."""
@@ -537,7 +562,7 @@ class Namespace:
     def mkdir(self, key: str, mode: int, uid: int, gid: int) -> None:
         self._writable(key)
         self.layout.check_dir("/" + key)
-        parent = self._require_dir(_parent(key))
+        parent = self._prepared(_parent(key), self._require_dir(_parent(key)))
         if self._find(key) is not None:
             raise Exists(key)
         uid, gid, inherit = self._new_owner(parent, uid, gid)
@@ -567,7 +592,7 @@ class Namespace:
         if names:
             log.debug("rmdir %s: not empty, holds %s", key, sorted(names)[:5])
             raise NotEmpty(key)
-        parent = self._find(_parent(key))
+        parent = self._prepared(_parent(key), self._find(_parent(key)))
         remote = self._provider_has_dir(key, f)
         with self._lock, self.index.transaction():
             self._drop_dir(key, f, remote)
@@ -606,7 +631,7 @@ class Namespace:
         self._writable(key)
         self.layout.check_file("/" + key)
         self.layout.check_content_type("/" + key)
-        parent = self._require_dir(_parent(key))
+        parent = self._prepared(_parent(key), self._require_dir(_parent(key)))
         f = self._find(key)
         if f is not None:
             if exclusive:
@@ -660,7 +685,7 @@ class Namespace:
         """A new link or special file, complete at once: journaled and scheduled like a closed file."""
         self._writable(key)
         self.layout.check_file("/" + key)
-        parent = self._require_dir(_parent(key))
+        parent = self._prepared(_parent(key), self._require_dir(_parent(key)))
         if self._find(key) is not None:
             raise Exists(key)
         uid, gid, _ = self._new_owner(parent, caller.uid, caller.gid)
@@ -941,7 +966,7 @@ class Namespace:
         if f.is_dir:
             raise IsADirectory(key)
         hidden = key.rpartition("/")[2].startswith(HIDDEN_PREFIX)  # its unlink already touched the folder
-        parent = None if hidden else self._find(_parent(key))
+        parent = None if hidden else self._prepared(_parent(key), self._find(_parent(key)))
         with self._lock, self.index.transaction():
             self._unlink_locked(key, f)
             self._touch_dir(_parent(key), parent, time.time())
@@ -972,7 +997,7 @@ class Namespace:
         f = self._find(old)
         if f is None:
             raise NotFound(old)
-        parent = self._find(_parent(old))
+        parent = self._prepared(_parent(old), self._find(_parent(old)))
         with self._lock, self.index.transaction():
             node = self._nodes.get(old)
             self._unlink_locked(old, f)
@@ -994,8 +1019,8 @@ class Namespace:
         self.layout.check_rename("/" + old, "/" + new, src.is_dir)
         if not src.is_dir:
             self.layout.check_content_type("/" + new)
-        new_parent = self._require_dir(_parent(new))
-        old_parent = self._find(_parent(old))
+        new_parent = self._prepared(_parent(new), self._require_dir(_parent(new)))
+        old_parent = self._prepared(_parent(old), self._find(_parent(old)))
         dst = self._find(new)
         if src.is_dir:
             if new.startswith(old + "/"):
@@ -1010,6 +1035,7 @@ class Namespace:
         # what needs a provider's answer is asked now: never under the core lock
         remote_dirs = {path: self._provider_has_dir(path, f)
                        for path, is_dir, f in [(old, src.is_dir, src)] + moves if is_dir}
+        dir_rows = {path: self._prepared(path, f) for path, is_dir, f in [(old, src.is_dir, src)] + moves if is_dir}
         dst_remote = dst is not None and dst.is_dir and self._provider_has_dir(new, dst)
         with self._lock, self.index.transaction():
             if dst is not None:
@@ -1018,7 +1044,7 @@ class Namespace:
                 else:
                     self._unlink_locked(new, dst)
             if src.is_dir:
-                self._move_tree(old, new, src, moves, remote_dirs)
+                self._move_tree(old, new, src, moves, remote_dirs, dir_rows)
             else:
                 self._move_file(old, new, src)
             now = time.time()
@@ -1082,12 +1108,13 @@ class Namespace:
         return out
 
     def _move_tree(self, old: str, new: str, src: Found, moves: list[tuple[str, bool, Found]],
-                   remote_dirs: dict[str, bool]) -> None:
+                   remote_dirs: dict[str, bool], dir_rows: dict[str, Found | None]) -> None:
         for path, is_dir, f in [(old, True, src)] + moves:
             target = new + path[len(old):]
             if is_dir:  # a moved folder keeps its mode, owner, times and xattrs
                 d = self.index.get(path + "/")
-                row = self._dir_row(path, f if d is None or d.is_tombstone else Found(is_dir=True, entry=d))
+                row = self._dir_row(path, (dir_rows[path] or f) if d is None or d.is_tombstone
+                                    else Found(is_dir=True, entry=d))
                 self.index.put(Entry(target + "/", row.provider, kind="dir", state="dirty", op=OP_MKDIR,
                                      mtime=row.mtime, ctime=time.time(), atime=row.atime, mode=row.mode,
                                      uid=row.uid, gid=row.gid, xattrs=dict(row.xattrs)))

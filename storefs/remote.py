@@ -68,7 +68,7 @@ class RemoteView:
         self.order = order
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # every cache below; never held across a provider call
         self._listings: OrderedDict[str, tuple[float, dict[str, ObjectInfo]]] = OrderedDict()
         self._fetched: dict[str, float] = {}  # when each cached listing's fetch began
         self._used: dict[str, float] = {}  # when each cached listing last answered a request

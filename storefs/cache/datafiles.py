@@ -58,7 +58,7 @@ class DataFiles:
         self.spares = spares
         self._ready: collections.deque[tuple[str, int]] = collections.deque()
         self._doomed: collections.deque[str] = collections.deque()  # to delete, in the background
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # _ready, _doomed and _halt: the files made ahead and to delete
         self._halt = False
         self._filler: threading.Thread | None = None
         self.taken = 0  # creates served by a ready file (tests check the thread keeps up)

@@ -42,7 +42,7 @@ class Evictor:
         self._measure = measure
         self._wait = wait
         self._interval = interval
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # used, and the writers waiting for room
         self.used = measure()
         self.evicted = 0
         self._stopping = False

@@ -129,7 +129,7 @@ class Journal:
         self.path = path
         self._ballast_path = path + ".ballast"
         self._ballast_size = ballast
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the SQLite connection and its open transaction (_depth, _stmts)
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         for own in (path, path + "-wal", path + "-shm"):  # SQLite gives -wal/-shm the mode of the database
             if own == path or os.path.exists(own):

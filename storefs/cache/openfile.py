@@ -83,7 +83,7 @@ class OpenFile:
         self._pool = pool if readahead > 0 else None
         self._max_ahead = readahead
         self._present = bytearray(entry.chunks) if entry.chunks is not None else None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # _present, _inflight, _queued: which chunks are here or coming
         self._inflight: dict[int, _Fetching] = {}
         self._queued: set[int] = set()  # chunks handed to the read-ahead pool, not started yet
         self._next_seq = -1         # chunk a sequential reader will want next
