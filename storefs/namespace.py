@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from .cache.datafiles import DataFiles
 from .cache.eviction import Evictor
 from .cache.index import EntryIndex
-from .cache.journal import OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR, TOMBSTONES, Entry, Journal
+from .cache.journal import OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR, TOMBSTONES, Entry, Journal, State
 from .cache.openfile import OpenFile, default_warm_limit
 from .cache.uploader import Uploader
 from .config import Config
@@ -243,13 +243,13 @@ class Namespace:
                     continue
                 if e.data_name:
                     known.add(e.data_name)
-                changed = e.state == "uploading"
+                changed = e.state == State.UPLOADING
                 if e.op == OP_PUT:  # writes after the last close reached the file, not the row
                     size = self.data.size(e.data_name)  # type: ignore[arg-type]
                     changed = changed or size != e.size
                     e.size = size
                 if changed:
-                    e.state = "dirty"
+                    e.state = State.DIRTY
                     self.index.refresh(e)
         for name in self.data.names() - known:
             self.data.remove(name)
@@ -512,7 +512,7 @@ class Namespace:
         xattrs: dict[str, bytes] = dict(info.xattrs) if info else {}
         if info is not None and key != self.root and self.providers[pname].listing_has_metadata:
             xattrs = self._dir_xattrs(pname, key)  # a disk's listing leaves xattrs out
-        return Entry(key + "/", pname, kind="dir", state="dirty", op=OP_MKDIR, remote=True,
+        return Entry(key + "/", pname, kind="dir", state=State.DIRTY, op=OP_MKDIR, remote=True,
                      mtime=(info.mtime if info else 0.0) or self.mounted_at, ctime=(info.ctime or 0.0) if info else 0.0,
                      atime=(info.atime or 0.0) if info else 0.0, mode=(info.mode if info else None) or self.dir_mode,
                      uid=info.uid if info else None, gid=info.gid if info else None, xattrs=xattrs)
@@ -548,7 +548,7 @@ class Namespace:
             new_row = row.op is None
         row.mtime = row.ctime = now
         row.op = row.op or OP_MKDIR
-        row.state = "dirty"
+        row.state = State.DIRTY
         row.generation += 1
         # a later touch of a row already journaled only moves its times: not worth a commit per create,
         # nor a new place in the upload queue (its quiet delay moves, which the queue asks about)
@@ -570,7 +570,7 @@ class Namespace:
         now = time.time()
         with self._lock, self.index.transaction():
             old = self.index.get(key + "/")
-            e = Entry(key + "/", self.cfg.default_provider, kind="dir", state="dirty", op=OP_MKDIR,
+            e = Entry(key + "/", self.cfg.default_provider, kind="dir", state=State.DIRTY, op=OP_MKDIR,
                       mtime=now, ctime=now, atime=now, mode=stat.S_IFDIR | perm, uid=uid, gid=gid,
                       remote=bool(old and old.remote), generation=(old.generation + 1) if old else 1)
             self.index.put(e)
@@ -619,7 +619,7 @@ class Namespace:
         remote = remote or f.remote is not None or (old is not None and (old.remote or self.uploader.is_busy(old.key)))
         if remote:
             provider = old.provider if old else (f.remote[0] if f.remote else self.cfg.default_provider)
-            self.index.put(Entry(key + "/", provider, kind="dir", state="dirty", op=OP_RMDIR, remote=True,
+            self.index.put(Entry(key + "/", provider, kind="dir", state=State.DIRTY, op=OP_RMDIR, remote=True,
                                  generation=(old.generation + 1) if old else 1))
             self._schedule(key + "/")
         elif old is not None:
@@ -646,7 +646,7 @@ class Namespace:
         now = time.time()
         with self._lock:
             old = self.index.get(key)
-            e = Entry(key, self._route(key, 0), kind="file", state="dirty", op=OP_PUT, data_name=name,
+            e = Entry(key, self._route(key, 0), kind="file", state=State.DIRTY, op=OP_PUT, data_name=name,
                       mtime=now, ctime=now, atime=now, mode=stat.S_IFREG | (mode & PERM_BITS), uid=uid, gid=gid,
                       generation=(old.generation + 1) if old else 1,
                       remote=bool(old and (old.remote or self.uploader.is_busy(key))))
@@ -698,7 +698,7 @@ class Namespace:
         now = time.time()
         with self._lock, self.index.transaction():
             old = self.index.get(key)
-            e = Entry(key, self._route(key, len(body)), kind="file", state="dirty", op=OP_PUT, data_name=name,
+            e = Entry(key, self._route(key, len(body)), kind="file", state=State.DIRTY, op=OP_PUT, data_name=name,
                       size=len(body), mtime=now, ctime=now, atime=now, mode=mode, uid=uid, gid=gid, rdev=rdev,
                       generation=(old.generation + 1) if old else 1,
                       remote=bool(old and (old.remote or self.uploader.is_busy(key))))
@@ -780,7 +780,7 @@ class Namespace:
             # listings carry no xattrs: where this info came from one, ask for them (S3 infos are HEADs)
             xattrs = (self._remote_xattrs(pname, key) if self.providers[pname].listing_has_metadata
                       else dict(info.xattrs))
-            e = Entry(key, pname, kind="file", state="clean", size=info.size, mtime=info.mtime,
+            e = Entry(key, pname, kind="file", state=State.CLEAN, size=info.size, mtime=info.mtime,
                       ctime=info.ctime or 0.0, atime=info.atime or 0.0, rdev=info.rdev or 0,
                       mode=info.mode or self.file_mode, uid=info.uid, gid=info.gid, xattrs=xattrs,
                       remote=True, etag=info.etag)
@@ -864,7 +864,7 @@ class Namespace:
         with self._lock:
             e = node.entry
             e.generation += 1
-            e.state = "dirty"
+            e.state = State.DIRTY
             e.op = OP_PUT
             e.copy_src = None
             node.dirty = True
@@ -981,7 +981,7 @@ class Namespace:
             self.data.discard(e.data_name)
         if remote:
             provider = e.provider if e else f.remote[0]  # type: ignore[index]
-            self.index.put(Entry(key, provider, kind="file", state="dirty", op=OP_DELETE, remote=True,
+            self.index.put(Entry(key, provider, kind="file", state=State.DIRTY, op=OP_DELETE, remote=True,
                                  generation=(e.generation + 1) if e else 1))
             self._schedule(key)
         elif e is not None:
@@ -1069,14 +1069,14 @@ class Namespace:
             e.remote = bool(dst_old and dst_old.remote)
             if e.op in (None, OP_META):
                 e.op, e.copy_src = OP_COPY, old
-            e.state = "dirty"
+            e.state = State.DIRTY
             e.generation = max(e.generation, dst_old.generation if dst_old else 0) + 1
             self.index.put(e)
         else:
             pname, info = src.remote  # type: ignore[misc]
             src_remote = True
             dst_old = self.index.get(new)
-            e = Entry(new, pname, kind="file", state="dirty", op=OP_COPY, copy_src=old, size=info.size,
+            e = Entry(new, pname, kind="file", state=State.DIRTY, op=OP_COPY, copy_src=old, size=info.size,
                       mtime=info.mtime, ctime=time.time(), atime=info.atime or 0.0, rdev=info.rdev or 0,
                       mode=info.mode or self.file_mode, uid=info.uid, gid=info.gid,
                       xattrs=self._remote_xattrs(pname, old), remote=bool(dst_old and dst_old.remote),
@@ -1084,7 +1084,7 @@ class Namespace:
             self.index.put(e)
         if src_remote:
             old_gen = self.index.get(old)
-            self.index.put(Entry(old, e.provider, kind="file", state="dirty", op=OP_DELETE, remote=True,
+            self.index.put(Entry(old, e.provider, kind="file", state=State.DIRTY, op=OP_DELETE, remote=True,
                                  generation=(old_gen.generation + 1) if old_gen else 1))
             self._schedule(old)
         if node is not None:
@@ -1115,7 +1115,7 @@ class Namespace:
                 d = self.index.get(path + "/")
                 row = self._dir_row(path, (dir_rows[path] or f) if d is None or d.is_tombstone
                                     else Found(is_dir=True, entry=d))
-                self.index.put(Entry(target + "/", row.provider, kind="dir", state="dirty", op=OP_MKDIR,
+                self.index.put(Entry(target + "/", row.provider, kind="dir", state=State.DIRTY, op=OP_MKDIR,
                                      mtime=row.mtime, ctime=time.time(), atime=row.atime, mode=row.mode,
                                      uid=row.uid, gid=row.gid, xattrs=dict(row.xattrs)))
                 self._schedule(target + "/")
@@ -1138,7 +1138,7 @@ class Namespace:
             return f.entry
         pname, _ = f.remote  # type: ignore[misc]
         info = self.providers[pname].head(key)
-        return Entry(key, pname, kind="file", state="clean", size=info.size, mtime=info.mtime,
+        return Entry(key, pname, kind="file", state=State.CLEAN, size=info.size, mtime=info.mtime,
                      ctime=info.ctime or 0.0, atime=info.atime or 0.0, rdev=info.rdev or 0,
                      mode=info.mode or self.file_mode, uid=info.uid, gid=info.gid, xattrs=dict(info.xattrs),
                      remote=True, etag=info.etag)
@@ -1158,7 +1158,7 @@ class Namespace:
             e.ctime = time.time()
             if e.op is None:
                 e.op = OP_MKDIR if e.kind == "dir" else OP_META
-            e.state = "dirty"
+            e.state = State.DIRTY
             e.generation += 1
             self.index.put(e)
             self._schedule(e.key)
@@ -1264,8 +1264,8 @@ class Namespace:
             return self.layout.content_type("/" + key)
         if attr == "state":
             if e is None or e.op is None:
-                return "clean"
-            return "uploading" if self.uploader.is_busy(key) else "dirty"
+                return State.CLEAN
+            return State.UPLOADING if self.uploader.is_busy(key) else State.DIRTY
         if attr == "url":
             return self.providers[pname].url(key)  # the provider's own expiry (S3: presign_expiry)
         if attr == "size":
@@ -1350,7 +1350,7 @@ class Namespace:
             target = self._route(key, e.size) if e.kind == "file" and op in (OP_PUT, OP_COPY) else e.provider
             data_path = self.data.path(e.data_name) if e.data_name and e.chunks is None else None
             copy_src, was_remote = e.copy_src, e.remote
-            e.state = "uploading"
+            e.state = State.UPLOADING
         info: ObjectInfo | None = None
         try:
             if target != e.provider:
@@ -1377,8 +1377,8 @@ class Namespace:
             raise
         except BaseException:
             with self._lock:
-                if e.state == "uploading":
-                    e.state = "dirty"
+                if e.state == State.UPLOADING:
+                    e.state = State.DIRTY
             raise
         self.remote.mark_up(target)
         self._settle(key, e, gen, op, info, provider=target)
@@ -1422,28 +1422,28 @@ class Namespace:
                 self._parent_may_follow(key)
                 if e.kind == "dir" and op == OP_MKDIR and not gone:
                     # kept, clean: SeaweedFS drops folder-marker metadata, and the mount shows what it set
-                    e.op, e.state, e.remote, e.attempts, e.last_error = None, "clean", True, 0, None
+                    e.op, e.state, e.remote, e.attempts, e.last_error = None, State.CLEAN, True, 0, None
                     self.index.put(e)
                 elif op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":
                     if op in TOMBSTONES:
                         self._note_deleted(key.rstrip("/"))
                     self.index.remove(key)
                 else:
-                    e.op, e.state, e.copy_src, e.remote = None, "clean", None, True
+                    e.op, e.state, e.copy_src, e.remote = None, State.CLEAN, None, True
                     e.attempts, e.last_error = 0, None
                     if info is not None:
                         e.etag, e.size, e.mtime = info.etag, info.size, info.mtime if info.mtime else e.mtime
                     self.index.put(e)
                 self._quiet_until.pop(key, None)
             elif cur is e:
-                e.state = "dirty"
+                e.state = State.DIRTY
                 if op not in TOMBSTONES:
                     e.remote = True
             elif op not in TOMBSTONES and not gone:
                 # the key was renamed or removed while its bytes travelled: the provider now
                 # holds an object nobody wants there, unless a newer change overwrites it
                 if cur is None:
-                    self.index.put(Entry(key, e.provider, kind=e.kind, state="dirty",
+                    self.index.put(Entry(key, e.provider, kind=e.kind, state=State.DIRTY,
                                          op=OP_RMDIR if e.kind == "dir" else OP_DELETE, remote=True))
                     self.uploader.schedule(key, 0.0)
                 else:
@@ -1488,8 +1488,8 @@ class Namespace:
                 return
             e.attempts = attempts
             e.last_error = f"{type(error).__name__}: {error}"[:500]
-            if e.state == "uploading":
-                e.state = "dirty"
+            if e.state == State.UPLOADING:
+                e.state = State.DIRTY
             self.index.put(e)
 
     def wait_uploaded(self, key: str, timeout: float | None) -> None:

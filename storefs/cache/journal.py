@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 
 from ..errors import CacheFull
 
@@ -72,6 +73,14 @@ def _is_full(e: sqlite3.OperationalError) -> bool:
     return "full" in str(e).lower()
 
 
+class State(StrEnum):
+    """Where a row stands with its provider; stored in the journal as its text."""
+
+    CLEAN = "clean"          # the provider has what the cache has (or nothing is pending)
+    DIRTY = "dirty"          # a change waits for its upload
+    UPLOADING = "uploading"  # an uploader is carrying the change out now
+
+
 @dataclass
 class Entry:
     """One key storefs holds locally: cached data, a pending change, or a tombstone."""
@@ -79,7 +88,7 @@ class Entry:
     key: str
     provider: str
     kind: str = "file"            # "file" or "dir" (dir keys end with "/")
-    state: str = "clean"          # clean / dirty / uploading
+    state: State = State.CLEAN
     op: str | None = None         # see OP_* above
     data_name: str | None = None  # cache data file; None when no bytes are cached
     size: int = 0
@@ -207,6 +216,7 @@ class Journal:
                 values = dict(zip(_COLUMNS, row, strict=True))
                 values["xattrs"] = _decode_xattrs(values["xattrs"])
                 values["remote"] = bool(values["remote"])
+                values["state"] = State(values["state"])
                 out.append(Entry(**values))
             return out
 

@@ -247,12 +247,12 @@ def test_journal_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
 
 def test_recovery_reads_a_planted_name_as_missing_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A journal edited to point outside the cache: the mount comes up, nothing outside is touched."""
-    from storefs.cache.journal import OP_PUT, Entry, Journal
+    from storefs.cache.journal import OP_PUT, Entry, Journal, State
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
     (tmp_path / "cache").mkdir()
     j = Journal(str(tmp_path / "cache" / "journal.db"))
-    j.put(Entry("t/image/b/a/dirty.png", "local", state="dirty", op=OP_PUT, data_name="../../victim", size=7))
+    j.put(Entry("t/image/b/a/dirty.png", "local", state=State.DIRTY, op=OP_PUT, data_name="../../victim", size=7))
     j.put(Entry("t/image/b/a/clean.png", "local", data_name=str(victim), size=7, remote=True))
     j.close()
     ns, _p = make_ns(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storefs.cache.index import EntryIndex
-from storefs.cache.journal import OP_COPY, OP_DELETE, OP_PUT, Entry, Journal
+from storefs.cache.journal import OP_COPY, OP_DELETE, OP_PUT, Entry, Journal, State
 
 
 def _counts(ix: EntryIndex) -> tuple[dict, dict, dict]:
@@ -17,7 +17,7 @@ def test_putting_an_entry_again_keeps_the_indexes_and_writes_the_row(tmp_path: P
     must journal it and leave the indexes as one put of it would; any change in what is indexed
     (pending or not, tombstone, copy source) must still re-index."""
     ix = EntryIndex(Journal(str(tmp_path / "j.db")))
-    e = Entry("t/image/b/a/x.png", "local", state="dirty", op=OP_PUT, size=1)
+    e = Entry("t/image/b/a/x.png", "local", state=State.DIRTY, op=OP_PUT, size=1)
     ix.put(e, persist=False)
     once = _counts(ix)
     assert once[0]["t/image/b/a/"] == {"x.png": 1} and once[1][""] == 1
@@ -34,7 +34,7 @@ def test_putting_an_entry_again_keeps_the_indexes_and_writes_the_row(tmp_path: P
     ix.put(e)
     assert _counts(ix) == ({}, {}, {})
 
-    e.op, e.state = OP_DELETE, "dirty"  # a tombstone is pending but no child
+    e.op, e.state = OP_DELETE, State.DIRTY  # a tombstone is pending but no child
     ix.put(e)
     assert _counts(ix)[0] == {} and _counts(ix)[1][""] == 1
 
@@ -58,7 +58,7 @@ def test_a_close_after_the_create_does_not_walk_the_folders_again(tmp_path: Path
     real = index.ancestors
     monkeypatch.setattr(index, "ancestors", lambda key: walks.append(key) or real(key))
     ix = EntryIndex(Journal(str(tmp_path / "j.db")))
-    e = Entry("t/image/b/a/x.png", "local", state="dirty", op=OP_PUT)
+    e = Entry("t/image/b/a/x.png", "local", state=State.DIRTY, op=OP_PUT)
     ix.put(e, persist=False)
     walks.clear()
     e.size = 9

@@ -6,7 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from storefs.cache.journal import Entry, Journal
+from storefs.cache.journal import Entry, Journal, State
 
 
 class FullOnce:
@@ -34,9 +34,9 @@ def test_full_disk_replays_the_transaction_in_the_reserved_space(tmp_path: Path)
     real = j._conn
     j._conn = FullOnce(real)  # type: ignore[assignment]
     with j.transaction():
-        j.put(Entry("t/image/b/a/x", "local", op="put", state="dirty"))
+        j.put(Entry("t/image/b/a/x", "local", op="put", state=State.DIRTY))
         j.remove("t/image/b/a/gone")
-        j.put(Entry("t/image/b/a/y", "local", op="delete", state="dirty"))
+        j.put(Entry("t/image/b/a/y", "local", op="delete", state=State.DIRTY))
     j._conn = real
     assert sorted(e.key for e in j.load()) == ["t/image/b/a/x", "t/image/b/a/y"]
     assert not os.path.exists(j._ballast_path), "the reserved space was used"
@@ -46,7 +46,33 @@ def test_full_disk_replays_the_transaction_in_the_reserved_space(tmp_path: Path)
 
 def test_journal_survives_reopen(tmp_path: Path) -> None:
     j = Journal(str(tmp_path / "journal.db"))
-    j.put(Entry("k", "local", op="put", state="dirty", xattrs={"user.prompt": "🦊".encode()}))
+    j.put(Entry("k", "local", op="put", state=State.DIRTY, xattrs={"user.prompt": "🦊".encode()}))
     j.close()
     e = Journal(str(tmp_path / "journal.db")).load()[0]
     assert e.key == "k" and e.op == "put" and e.xattrs == {"user.prompt": "🦊".encode()}
+
+
+def test_states_come_back_as_the_enum_and_older_journals_open(tmp_path: Path) -> None:
+    """Rows keep their State through a reopen; a journal from before ctime/atime/rdev (whose
+    eviction clock was called atime) opens with its rows and the clock kept."""
+    import sqlite3
+    path = tmp_path / "old.db"
+    c = sqlite3.connect(path)
+    c.executescript("CREATE TABLE entries (key TEXT PRIMARY KEY, provider TEXT NOT NULL, kind TEXT NOT NULL,"
+                    " state TEXT NOT NULL, op TEXT, data_name TEXT, size INTEGER NOT NULL DEFAULT 0,"
+                    " mtime REAL NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 33188, uid INTEGER, gid INTEGER,"
+                    " xattrs TEXT, generation INTEGER NOT NULL DEFAULT 0, remote INTEGER NOT NULL DEFAULT 0,"
+                    " copy_src TEXT, chunks BLOB, etag TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,"
+                    " atime REAL NOT NULL DEFAULT 0);"
+                    "INSERT INTO entries (key, provider, kind, state, op, atime)"
+                    " VALUES ('t/image/b/a/x', 'local', 'file', 'uploading', 'put', 5.0);")
+    c.commit()
+    c.close()
+    j = Journal(str(path), ballast=0)
+    (e,) = j.load()
+    assert e.state is State.UPLOADING and (e.used, e.atime, e.ctime, e.rdev) == (5.0, 0.0, 0.0, 0)
+    e.state, e.atime, e.rdev = State.DIRTY, 7.0, 259
+    j.put(e)
+    j.close()
+    (again,) = Journal(str(path), ballast=0).load()
+    assert again.state is State.DIRTY and (again.atime, again.rdev, again.used) == (7.0, 259, 5.0)
