@@ -55,7 +55,6 @@ def test_journal_survives_reopen(tmp_path: Path) -> None:
 def test_states_come_back_as_the_enum_and_older_journals_open(tmp_path: Path) -> None:
     """Rows keep their State through a reopen; a journal from before ctime/atime/rdev (whose
     eviction clock was called atime) opens with its rows and the clock kept."""
-    import sqlite3
     path = tmp_path / "old.db"
     c = sqlite3.connect(path)
     c.executescript("CREATE TABLE entries (key TEXT PRIMARY KEY, provider TEXT NOT NULL, kind TEXT NOT NULL,"
