@@ -114,10 +114,18 @@ def backend(provider_kind: str, request: pytest.FixtureRequest, tmp_path: Path):
 @pytest.fixture
 def store(backend: Any, request: pytest.FixtureRequest, tmp_path: Path):
     """A started storefs mount on tmp_path/mnt; always unmounted afterwards, even on failure."""
+    yield from _mounted(request, tmp_path, backend)
+
+
+def _mounted(request: pytest.FixtureRequest, root: Path, backend: Any, fuse: dict | None = None):
+    """A started mount on root with the test's storefs_config marker (and fuse options); always
+    unmounted afterwards, with its log printed when the test failed."""
     require_fuse()
     marker = request.node.get_closest_marker("storefs_config")
     options = dict(marker.kwargs) if marker else {}
-    m = StorefsMount(tmp_path, backend, **options)
+    m = StorefsMount(root, backend, **options)
+    if fuse is not None:
+        m.extra_config["fuse"] = dict(fuse)
     try:
         m.start()
         yield m
@@ -174,19 +182,7 @@ def fuse_options() -> dict:
 def shared_store(backend: Any, request: pytest.FixtureRequest, open_root: Path, fuse_options: dict):
     """Like `store`, but its mountpoint is reachable by other users and the mount has the
     fuse_options (allow_other by default); the storefs_config marker applies as for `store`."""
-    require_fuse()
-    marker = request.node.get_closest_marker("storefs_config")
-    options = dict(marker.kwargs) if marker else {}
-    m = StorefsMount(open_root, backend, **options)
-    m.extra_config["fuse"] = dict(fuse_options)
-    try:
-        m.start()
-        yield m
-    finally:
-        m.cleanup()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            print(f"storefs log of {m.mnt}:\n{m.log_tail()}")
+    yield from _mounted(request, open_root, backend, fuse_options)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -172,11 +172,11 @@ def serving(folder: Path, name: str = "ctl.sock") -> Iterator[str]:
         server.stop()
 
 
-def ask_as(uid: int, path: str) -> bytes:
-    """What a client running as uid reads back after sending a status request (b'' when refused)."""
+def run_as(uid: int, work: Callable[[], bytes]) -> bytes:
+    """What work() returns when run in a forked child that dropped to uid (an error fails the test)."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: drop to uid, connect, report what came back through the pipe
+    if pid == 0:  # the child: drop to uid, work, report through the pipe
         code = 0
         try:
             os.close(r)
@@ -184,17 +184,7 @@ def ask_as(uid: int, path: str) -> bytes:
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(10)
-                s.connect(path)
-                try:
-                    s.sendall(b'{"cmd": "status"}\n')
-                    got = b""
-                    while chunk := s.recv(4096):
-                        got += chunk
-                except (BrokenPipeError, ConnectionResetError):
-                    got = b""
-            os.write(w, b"ok:" + got)
+            os.write(w, b"ok:" + work())
         except BaseException as e:  # noqa: BLE001 - reported to the parent, never raised in a forked pytest
             os.write(w, f"error:{e!r}".encode())
             code = 1
@@ -208,6 +198,23 @@ def ask_as(uid: int, path: str) -> bytes:
     os.waitpid(pid, 0)
     assert out.startswith(b"ok:"), out
     return out[3:]
+
+
+def ask_as(uid: int, path: str) -> bytes:
+    """What a client running as uid reads back after sending a status request (b'' when refused)."""
+    def ask() -> bytes:
+        got = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            try:
+                s.sendall(b'{"cmd": "status"}\n')
+                while chunk := s.recv(4096):
+                    got += chunk
+            except (BrokenPipeError, ConnectionResetError):
+                got = b""
+        return got
+    return run_as(uid, ask)
 
 
 @needs_root
@@ -231,31 +238,14 @@ def test_a_refused_client_is_told_the_daemon_closed_the_connection(shared_tmp, m
     """The CLI's side of a refusal: a clear NotRunning, not a traceback (run as the other uid)."""
     with serving(shared_tmp) as path:
         monkeypatch.setattr(control, "_socket_paths", lambda mnt: ([path], None))
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
+
+        def status() -> bytes:
             try:
-                os.close(r)
-                os.setgroups([])
-                os.setresgid(OTHER_UID, OTHER_UID, OTHER_UID)
-                os.setresuid(OTHER_UID, OTHER_UID, OTHER_UID)
-                try:
-                    next(iter(request("/mnt/x", {"cmd": "status"}, timeout=10)))
-                    os.write(w, b"answered")
-                except NotRunning as e:
-                    os.write(w, str(e).encode())
-            except BaseException as e:  # noqa: BLE001
-                os.write(w, f"error:{e!r}".encode())
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(w)
-        out = b""
-        while chunk := os.read(r, 65536):
-            out += chunk
-        os.close(r)
-        os.waitpid(pid, 0)
+                next(iter(request("/mnt/x", {"cmd": "status"}, timeout=10)))
+                return b"answered"
+            except NotRunning as e:
+                return str(e).encode()
+        out = run_as(OTHER_UID, status)
     assert b"closed the connection without an answer" in out, out
 
 
