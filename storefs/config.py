@@ -759,7 +759,9 @@ def _substitute(value: Any, source: str, key: str) -> Any:
             if got is None and default is None:
                 raise ConfigError(source, key, f"environment variable {name} is not set "
                                                f"(write ${{{name}:-default}} to give a fallback)")
-            return got if got or default is None else default
+            if got or default is None:
+                return got or ""
+            return default
         return _VAR_RE.sub(repl, value)
     if isinstance(value, dict):
         return {k: _substitute(v, source, f"{key}.{k}" if key else str(k)) for k, v in value.items()}

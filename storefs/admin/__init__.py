@@ -34,7 +34,7 @@ def _guarded(fn: Command) -> Command:
     return run
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register stats, ls, cleanup and migrate on the storefs command line."""
     from .cleanup import cmd_cleanup
     from .inventory import cmd_ls, cmd_stats

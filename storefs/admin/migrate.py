@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -260,7 +261,7 @@ def state_path(store: Store, src: str, dst: str) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(path: str):  # type: ignore[no-untyped-def]
+def _exclusive(path: str) -> Iterator[None]:
     """One run per state file at a time: two runs would both copy every key."""
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

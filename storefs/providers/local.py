@@ -20,10 +20,13 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import AccessDenied, NotEmpty, NotFound, ProviderError, StorefsError
 from .base import ObjectInfo, ObjectMeta, Provider
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,7 @@ class LocalProvider(Provider):
         self._xattr_warned = False
         self._base_fd: int | None = None
         self._base_lock = threading.Lock()
+        self._observer: BaseObserver | None = None  # the watchdog thread, once watch() started it
 
     # -- keys, descriptors and errors -------------------------------------------------------
 
@@ -729,7 +733,7 @@ class LocalProvider(Provider):
 
     def close(self) -> None:
         """Stop the watcher (the base_path descriptor stays: calls may still be running)."""
-        observer = getattr(self, "_observer", None)
+        observer = self._observer
         if observer is not None:
             observer.stop()
             self._observer = None
