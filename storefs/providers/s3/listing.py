@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from .codec import strip_etag
@@ -14,9 +15,8 @@ _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _EPOCH = "1970-01-01T00:00:00Z"
 
 
-@dataclass(frozen=True)
-class Listed:
-    """One object of a listing page (full key, as stored in the bucket)."""
+class Listed(NamedTuple):
+    """One object of a listing page (full key, as stored in the bucket); a tuple: thousands are made per listing."""
 
     key: str
     size: int
