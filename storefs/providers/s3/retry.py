@@ -13,12 +13,12 @@ read_timeout (R), max_attempts (N) and read_deadline (D); the end-to-end bounds 
 - read (a ranged GET, a page of walk, a piece of read_stream): the same with the deadline D
   and C, R per attempt: within D plus at most 0.2 s.
 - write (PUT, COPY, DELETE, a batch delete): N attempts, each connecting within C and waiting
-  at most R per socket read: at most N * (C + R) + 3.0 s of back-off (with the defaults
-  5 * 35 s + 3.0 s = 178 s).
-
-The deadlines bound every wait on the socket; a server that keeps sending a body a few bytes
-at a time, or takes a big PUT body slowly but steadily, can stretch one attempt past them.
+  at most R per socket read: at most N * (C + R) plus the pauses (3.0 s at most for N = 5):
+  178 s with the defaults (C = 5 s, R = 30 s, N = 5).
 - check (the bucket at mount time): 2 attempts of min(C, 3 s) + min(R, 4 s): at most 14.2 s.
+
+The bounds hold every wait on the socket; a server that keeps sending a body a few bytes at
+a time, or takes a big PUT body slowly but steadily, can stretch one attempt past them.
 
 A read_deadline of 0 gives lookups and reads one attempt with their timeouts and no deadline.
 boto3's own requests (the parts of a multipart upload or copy) retry in botocore's standard
