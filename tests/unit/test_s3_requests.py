@@ -152,6 +152,16 @@ def test_no_answer_and_no_credentials(server):
     assert server.seen == []
 
 
+def test_a_proxy_it_cannot_use_fails_every_request_with_a_message():
+    endpoint = Endpoint(origin="http://127.0.0.1:9", host="127.0.0.1:9", objects="/bkt/", listing="/bkt",
+                        proxy="socks5://127.0.0.1:1080")
+    r = S3Requests("bkt", "us-east-1", ErrorTable("bkt", endpoint.origin), lambda: endpoint,
+                   lambda: Creds("AK", "SK", None))
+    for _ in range(2):
+        with pytest.raises(errors.ProviderError, match="only http:// proxies"):
+            r.head("k", T)
+
+
 def test_credentials_are_asked_for_each_request(server):
     """Rotated credentials sign the next request: the signer never keeps a copy of its own."""
     keys = iter(["AK1", "AK2"])

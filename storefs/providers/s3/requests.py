@@ -104,7 +104,10 @@ class S3Requests:
             with self._lock:
                 if self._endpoint is None or self._http is None:
                     endpoint = self._resolve_endpoint()
-                    self._http = Connections(endpoint.origin, endpoint.verify, endpoint.proxy)
+                    try:
+                        self._http = Connections(endpoint.origin, endpoint.verify, endpoint.proxy)
+                    except ValueError as e:  # an endpoint or proxy URL it cannot use
+                        raise errors.ProviderError(f"bucket {self.bucket}: {e}") from e
                     self._endpoint = endpoint
         return self._endpoint, self._http
 
