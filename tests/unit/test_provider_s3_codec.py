@@ -1,20 +1,31 @@
-"""The S3 metadata codec (no server): times, every file type in the mode, rdev, as s3fs and rclone write them."""
+"""The S3 metadata codec (no server): times, file types in the mode, rdev, xattrs, as s3fs and rclone write them."""
 
 from __future__ import annotations
 
+import base64
+import json
 import stat
 from datetime import UTC, datetime
+from email.utils import format_datetime
+from urllib.parse import quote
 
 import pytest
 
 from storefs.providers.base import ObjectMeta
-from storefs.providers.s3 import (
+from storefs.providers.s3.codec import (
     RESERVED_KEYS,
+    decode_value,
+    dir_info_from_headers,
+    encode_value,
     format_mtime,
-    info_from_head,
+    headers_for,
+    info_from_headers,
     metadata_for,
     parse_mode,
+    parse_mtime,
     parse_rdev,
+    user_metadata,
+    xattr_metadata_key,
     xattrs_from_metadata,
 )
 
@@ -22,9 +33,75 @@ LAST_MODIFIED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def head(metadata: dict[str, str], body: bytes = b"", content_type: str = "application/octet-stream") -> dict:
-    """A head_object answer as boto3 (and the lean path) return it."""
-    return {"ContentLength": len(body), "LastModified": LAST_MODIFIED, "ETag": '"e"', "ContentType": content_type,
-            "Metadata": metadata}
+    """A HEAD answer's headers (lower-case names) as the request path returns them."""
+    headers = {"content-length": str(len(body)), "last-modified": format_datetime(LAST_MODIFIED, usegmt=True),
+               "etag": '"e"', "content-type": content_type}
+    headers.update(("x-amz-meta-" + k, v) for k, v in metadata.items())
+    return headers
+
+
+def test_mtime_and_mode_forms():
+    assert format_mtime(1732363200.123456) == "1732363200.123456000"
+    assert format_mtime(1700000000) == "1700000000.000000000"
+    assert format_mtime(-1.5) == "-1.500000000"
+    assert parse_mtime("1732363200.123456789") == pytest.approx(1732363200.123456789)
+    assert parse_mtime("1700000000") == 1700000000.0
+    assert parse_mtime("2023-11-14T22:13:20.123456789Z") == pytest.approx(1700000000.123456)
+    assert parse_mtime("garbage") is None and parse_mtime(None) is None
+    assert parse_mode("33188") == 0o100644            # s3fs: decimal
+    assert parse_mode("16877") == 0o40755
+    assert parse_mode("0100644") == 0o100644          # C-style octal
+    assert parse_mode("100644") == 0o100644           # rclone --metadata: octal without the 0
+    assert parse_mode("40755") == 0o40755
+    assert parse_mode("420") == 0o100644              # permissions only: a regular file
+    assert parse_mode("x") is None and parse_mode(None) is None
+
+
+def test_value_encoding():
+    for v in [b"plain text", b"", b" padded ", "héllo ✓".encode(), bytes(range(256)), b"b64:looks-encoded", b"a\nb"]:
+        enc = encode_value(v)
+        assert enc.isascii() and decode_value(enc) == v
+    assert encode_value(b"plain text") == "plain text"
+    assert decode_value("b64:not base64!") == b"b64:not base64!"
+    assert xattr_metadata_key("user.comment") == "comment"
+    assert xattr_metadata_key("user.Upper") is None
+    assert xattr_metadata_key("user.mtime") is None
+    assert xattr_metadata_key("security.selinux") is None
+
+
+def test_headers_for_and_back():
+    meta = ObjectMeta(mtime=1700000000.5, mode=0o100600, uid=0, gid=0, content_type="text/plain",
+                      xattrs={"user.comment": b"hello world", "user.binary": bytes(range(256)), "user.Upper": b"x"})
+    headers = headers_for(meta)
+    assert headers["content-type"] == "text/plain" and headers["x-amz-meta-comment"] == "hello world"
+    assert headers["x-amz-meta-binary"].startswith("b64:") and "x-amz-meta-upper" not in headers
+    assert all(k == "content-type" or k.startswith("x-amz-meta-") for k in headers)
+    answer = {**head({}), **{k: v for k, v in headers.items() if k.startswith("x-amz-meta-")}}
+    info = info_from_headers("k", answer)
+    assert (info.mtime, info.mode, info.uid, info.gid) == (1700000000.5, 0o100600, 0, 0)
+    assert info.xattrs == {"user.comment": b"hello world", "user.binary": bytes(range(256))}
+    assert user_metadata({"X-Amz-Meta-Mode": "1", "content-type": "x"}) == {"mode": "1"}
+
+
+def test_s3fs_xattr_key_and_rclone_metadata():
+    s3fs = info_from_headers("k", head({"mtime": "1700000000", "mode": "33188", "uid": "1000", "gid": "1000",
+                                        "xattr": quote(json.dumps({"user.tag": base64.b64encode(b"v1").decode()}))}))
+    assert (s3fs.mtime, s3fs.mode, s3fs.uid, s3fs.xattrs) == (1700000000.0, 0o100644, 1000, {"user.tag": b"v1"})
+    rclone = info_from_headers("k", head({"mtime": "1700000000.500000000", "btime": "2023-11-14T22:13:20Z",
+                                          "mode": "100640", "md5chksum": "kAFQmDzST7DWlj99KOF/cg==",
+                                          "owner": "someone"}))
+    assert (rclone.mtime, rclone.mode, rclone.xattrs) == (1700000000.5, 0o100640, {"user.owner": b"someone"})
+    assert info_from_headers("k", head({"xattr": "%7Bnot json"})).xattrs == {}
+
+
+def test_unreadable_answers_and_folder_markers():
+    with pytest.raises(ValueError):
+        info_from_headers("k", {"content-length": "1"})
+    with pytest.raises(ValueError):
+        info_from_headers("k", {**head({}), "last-modified": "yesterday"})
+    assert dir_info_from_headers("d/", head({})) is None  # a marker without metadata (SeaweedFS drops it)
+    d = dir_info_from_headers("d/", head({"mode": "488", "uid": "7"}))
+    assert d is not None and d.is_dir and (d.mode, d.uid, d.size, d.key) == (stat.S_IFDIR | 0o750, 7, 0, "d/")
 
 
 def test_metadata_for_writes_times_and_rdev_in_s3fs_names():
@@ -39,21 +116,21 @@ def test_metadata_for_writes_times_and_rdev_in_s3fs_names():
 
 def test_times_round_trip_through_a_head():
     meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.25, atime=1732363100.75, mode=0o100644)
-    info = info_from_head("k", head(metadata_for(meta)))
+    info = info_from_headers("k", head(metadata_for(meta)))
     assert (info.mtime, info.ctime, info.atime, info.rdev) == (meta.mtime, meta.ctime, meta.atime, None)
     assert format_mtime(info.ctime) == "1732363300.250000000"
 
 
 def test_s3fs_and_rclone_times():
-    s3fs = info_from_head("k", head({"mtime": "1700000000", "ctime": "1700000002", "atime": "1700000001",
+    s3fs = info_from_headers("k", head({"mtime": "1700000000", "ctime": "1700000002", "atime": "1700000001",
                                      "mode": "33188"}))
     assert (s3fs.mtime, s3fs.ctime, s3fs.atime) == (1700000000.0, 1700000002.0, 1700000001.0)
-    rclone = info_from_head("k", head({"mtime": "2023-11-14T22:13:20.5Z", "atime": "2023-11-14T22:13:21Z",
+    rclone = info_from_headers("k", head({"mtime": "2023-11-14T22:13:20.5Z", "atime": "2023-11-14T22:13:21Z",
                                        "btime": "2023-11-14T22:13:19Z"}))
     assert (rclone.mtime, rclone.atime, rclone.ctime) == (1700000000.5, 1700000001.0, None)
-    bare = info_from_head("k", head({}))
+    bare = info_from_headers("k", head({}))
     assert (bare.mtime, bare.ctime, bare.atime, bare.mode) == (LAST_MODIFIED.timestamp(), None, None, None)
-    bad = info_from_head("k", head({"ctime": "soon", "atime": ""}))
+    bad = info_from_headers("k", head({"ctime": "soon", "atime": ""}))
     assert (bad.ctime, bad.atime) == (None, None)
 
 
@@ -79,7 +156,7 @@ def test_mode_forms_of_special_files():
 
 def test_s3fs_symlink_as_head_reads_it():
     target = b"../blobs/0123abcd"
-    info = info_from_head("snap/model.bin", head({"mode": "41471", "mtime": "1700000000", "uid": "0", "gid": "0"},
+    info = info_from_headers("snap/model.bin", head({"mode": "41471", "mtime": "1700000000", "uid": "0", "gid": "0"},
                                                  target))
     assert stat.S_ISLNK(info.mode) and info.mode == 0o120777 and info.size == len(target)
     assert (info.uid, info.gid, info.xattrs, info.rdev) == (0, 0, {}, None)
@@ -89,11 +166,11 @@ def test_rdev_forms_and_only_for_devices():
     assert parse_rdev("259") == 259 and parse_rdev("0x103") == 259 and parse_rdev("1abc") == 0x1abc
     assert parse_rdev("") is None and parse_rdev(None) is None and parse_rdev("zz") is None
     assert parse_rdev("-1") is None
-    chr_dev = info_from_head("d", head({"mode": str(stat.S_IFCHR | 0o600), "rdev": "259"}))
+    chr_dev = info_from_headers("d", head({"mode": str(stat.S_IFCHR | 0o600), "rdev": "259"}))
     assert chr_dev.rdev == 259 and chr_dev.size == 0
-    blk = info_from_head("d", head({"mode": str(stat.S_IFBLK | 0o600), "rdev": "1abc"}))  # rclone's hex
+    blk = info_from_headers("d", head({"mode": str(stat.S_IFBLK | 0o600), "rdev": "1abc"}))  # rclone's hex
     assert blk.rdev == 0x1abc
-    assert info_from_head("f", head({"mode": "33188", "rdev": "5"})).rdev is None  # a file has no device
+    assert info_from_headers("f", head({"mode": "33188", "rdev": "5"})).rdev is None  # a file has no device
 
 
 def test_reserved_names_are_never_xattrs():

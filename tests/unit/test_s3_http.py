@@ -1,7 +1,8 @@
-"""The lean requests' connections against a local HTTP server that misbehaves on purpose."""
+"""The S3 requests' connections against a local HTTP server (and proxy) that misbehaves on purpose."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import io
@@ -13,9 +14,18 @@ import threading
 import time
 
 import pytest
-from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, IncompleteReadError, ReadTimeoutError
 
-from storefs.providers.s3_http import BodyTooLarge, Connections
+from storefs.providers.s3.http import (
+    BodyTooLarge,
+    ConnectFailed,
+    ConnectionLost,
+    Connections,
+    TimedOut,
+    Timeouts,
+    TransportError,
+)
+
+T = Timeouts(2.0, 2.0)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -99,15 +109,15 @@ def url(srv) -> str:
 
 
 def test_connections_are_kept_and_shared(server):
-    c = Connections(url(server), 2.0, 2.0)
+    c = Connections(url(server))
     for _ in range(5):
-        a = c.request("GET", "/ok", {"host": c.host})
+        a = c.request("GET", "/ok", {"host": c.host}, T)
         assert (a.status, a.body) == (200, b"hello") and a.headers["content-length"] == "5"
     assert len({port for port, _, _ in server.seen}) == 1  # one connection for five requests in a row
     answers = []
 
     def get() -> None:
-        answers.append(c.request("GET", "/ok", {"host": c.host}).body)
+        answers.append(c.request("GET", "/ok", {"host": c.host}, T).body)
     threads = [threading.Thread(target=get) for _ in range(8)]
     for t in threads:
         t.start()
@@ -119,28 +129,28 @@ def test_connections_are_kept_and_shared(server):
 
 
 def test_bodies_chunked_and_from_files(server, tmp_path):
-    c = Connections(url(server), 2.0, 2.0)
-    assert c.request("GET", "/chunked", {"host": c.host}).body == b"one two three"
+    c = Connections(url(server))
+    assert c.request("GET", "/chunked", {"host": c.host}, T).body == b"one two three"
     data = bytes(range(256)) * 12_000  # 3 MiB: sent in blocks from the file
     f = io.BytesIO(b"head" + data)
     f.seek(4)
-    a = c.request("PUT", "/obj", {"host": c.host, "content-length": str(len(data))}, f)
+    a = c.request("PUT", "/obj", {"host": c.host, "content-length": str(len(data))}, T, f)
     assert a.headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
-    a = c.request("PUT", "/small", {"host": c.host, "content-length": "3"}, b"abc")
+    a = c.request("PUT", "/small", {"host": c.host, "content-length": "3"}, T, b"abc")
     assert a.headers["etag"] == f'"{hashlib.md5(b"abc").hexdigest()}"'
     assert len({port for port, _, _ in server.seen}) == 1
     c.close()
 
 
 def test_a_connection_the_server_closed_is_replaced_before_or_during_the_request(server, caplog):
-    c = Connections(url(server), 2.0, 2.0)
-    assert c.request("GET", "/then-close", {"host": c.host}).body == b"bye"
+    c = Connections(url(server))
+    assert c.request("GET", "/then-close", {"host": c.host}, T).body == b"bye"
     time.sleep(0.2)  # the server has closed it by now: seen as closed before sending, so nothing is sent twice
-    with caplog.at_level("DEBUG", logger="storefs.providers.s3_http"):
-        assert c.request("GET", "/ok", {"host": c.host}).body == b"hello"
+    with caplog.at_level("DEBUG", logger="storefs.providers.s3.http"):
+        assert c.request("GET", "/ok", {"host": c.host}, T).body == b"hello"
     assert "closed by the server" not in caplog.text
     # the kept connection again: the server drops it on receipt, and the request goes again on a new one
-    assert c.request("GET", "/drop-later", {"host": c.host}).body == b"first"
+    assert c.request("GET", "/drop-later", {"host": c.host}, T).body == b"first"
     seen = [(port, path) for port, path, _ in server.seen]
     assert [path for _, path in seen] == ["/then-close", "/ok", "/drop-later", "/drop-later"]
     ports = [port for port, _ in seen]
@@ -160,9 +170,9 @@ def test_kept_connections_with_descriptor_numbers_past_select_s_limit(server):
     try:
         while not held or held[-1] < 1100:
             held.append(os.open(os.devnull, os.O_RDONLY))
-        c = Connections(url(server), 2.0, 2.0)
+        c = Connections(url(server))
         for _ in range(3):
-            assert c.request("GET", "/ok", {"host": c.host}).body == b"hello"
+            assert c.request("GET", "/ok", {"host": c.host}, T).body == b"hello"
         assert c._idle and c._idle[0].sock.fileno() > 1024
         assert len({port for port, _, _ in server.seen}) == 1
         c.close()
@@ -172,19 +182,19 @@ def test_kept_connections_with_descriptor_numbers_past_select_s_limit(server):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_failures_are_botocores_exceptions(server):
-    c = Connections(url(server), 2.0, 0.5)
-    with pytest.raises(IncompleteReadError):
-        c.request("GET", "/cut", {"host": c.host})
-    with pytest.raises(ReadTimeoutError):
-        c.request("GET", "/slow", {"host": c.host})
-    assert c.request("GET", "/ok", {"host": c.host}).body == b"hello"  # and the pool still works
+def test_failures_are_transport_errors(server):
+    c = Connections(url(server))
+    with pytest.raises(ConnectionLost):
+        c.request("GET", "/cut", {"host": c.host}, T)
+    with pytest.raises(TimedOut):
+        c.request("GET", "/slow", {"host": c.host}, Timeouts(2.0, 0.5))
+    assert c.request("GET", "/ok", {"host": c.host}, T).body == b"hello"  # and the pool still works
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = Connections(f"http://127.0.0.1:{port}", 1.0, 1.0)
-    with pytest.raises(EndpointConnectionError):
-        down.request("GET", "/ok", {"host": down.host})
+    down = Connections(f"http://127.0.0.1:{port}")
+    with pytest.raises(ConnectFailed):
+        down.request("GET", "/ok", {"host": down.host}, T)
     # a server that accepts and then closes at once, on a fresh connection: no second try
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -197,22 +207,22 @@ def test_failures_are_botocores_exceptions(server):
                 conn.close()
         t = threading.Thread(target=close_all, daemon=True)
         t.start()
-        rude = Connections(f"http://127.0.0.1:{listener.getsockname()[1]}", 1.0, 1.0)
-        with pytest.raises(ConnectionClosedError):
-            rude.request("GET", "/ok", {"host": rude.host})
+        rude = Connections(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(ConnectionLost):
+            rude.request("GET", "/ok", {"host": rude.host}, T)
     c.close()
 
 
 def test_a_limit_stops_oversized_bodies_but_not_errors(server):
-    c = Connections(url(server), 2.0, 2.0)
+    c = Connections(url(server))
     with pytest.raises(BodyTooLarge):
-        c.request("GET", "/big", {"host": c.host}, limit=100)
+        c.request("GET", "/big", {"host": c.host}, T, limit=100)
     with pytest.raises(BodyTooLarge):
-        c.request("GET", "/big-chunked", {"host": c.host}, limit=100)
-    assert len(c.request("GET", "/big-chunked", {"host": c.host}, limit=12_000).body) == 12_000
-    a = c.request("GET", "/error", {"host": c.host}, limit=100)
+        c.request("GET", "/big-chunked", {"host": c.host}, T, limit=100)
+    assert len(c.request("GET", "/big-chunked", {"host": c.host}, T, limit=12_000).body) == 12_000
+    a = c.request("GET", "/error", {"host": c.host}, T, limit=100)
     assert a.status == 404 and b"NoSuchKey" in a.body
-    assert c.request("GET", "/ok", {"host": c.host}, limit=5).body == b"hello"
+    assert c.request("GET", "/ok", {"host": c.host}, T, limit=5).body == b"hello"
     c.close()
 
 
@@ -231,13 +241,55 @@ def test_https_verifies_as_told(tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         origin = f"https://127.0.0.1:{srv.server_address[1]}"
-        trusted = Connections(origin, 2.0, 2.0, verify=str(cert))
-        assert trusted.request("GET", "/ok", {"host": trusted.host}).body == b"hello"
-        assert trusted.request("GET", "/ok", {"host": trusted.host}).body == b"hello"
-        assert Connections(origin, 2.0, 2.0, verify=False).request("GET", "/ok", {"host": "x"}).body == b"hello"
-        with pytest.raises(EndpointConnectionError):  # not a CA the system trusts
-            Connections(origin, 2.0, 2.0, verify=True).request("GET", "/ok", {"host": "x"})
+        trusted = Connections(origin, verify=str(cert))
+        assert trusted.request("GET", "/ok", {"host": trusted.host}, T).body == b"hello"
+        assert trusted.request("GET", "/ok", {"host": trusted.host}, T).body == b"hello"
+        assert Connections(origin, verify=False).request("GET", "/ok", {"host": "x"}, T).body == b"hello"
+        with pytest.raises(ConnectFailed):  # not a CA the system trusts
+            Connections(origin, verify=True).request("GET", "/ok", {"host": "x"}, T)
         trusted.close()
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+class ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """A plain-HTTP proxy that answers itself: it notes the absolute target and the credentials it got."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers))  # a Message: names looked up in any case
+        self.send_response(200)
+        self.send_header("Content-Length", "9")
+        self.end_headers()
+        self.wfile.write(b"via proxy")
+
+
+def test_a_plain_http_origin_through_a_proxy_gets_absolute_targets_and_credentials():
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ProxyHandler)
+    proxy.daemon_threads = True
+    proxy.seen = []
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        auth = f"http://us%40r:p%3Aw@127.0.0.1:{proxy.server_address[1]}"
+        c = Connections("http://s3.example.test:8333", proxy=auth)
+        for _ in range(2):
+            assert c.request("GET", "/bkt/a?x=1", {"host": c.host}, T).body == b"via proxy"
+        (target, headers), _ = proxy.seen
+        assert target == "http://s3.example.test:8333/bkt/a?x=1" and headers["host"] == "s3.example.test:8333"
+        assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"us@r:p:w").decode()
+        c.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransportError):  # a proxy that is not there: no whole answer, as for the origin
+        Connections("https://s3.example.test", proxy=f"http://127.0.0.1:{port}").request("GET", "/", {}, T)
+    with pytest.raises(ValueError):
+        Connections("http://s3.example.test", proxy="socks5://127.0.0.1:1080")

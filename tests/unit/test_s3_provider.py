@@ -13,26 +13,18 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from urllib.parse import quote
 
+import boto3
 import pytest
-from boto3.exceptions import S3UploadFailedError
-from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError, ReadTimeoutError
 
 from storefs import errors
 from storefs.config import S3ProviderConfig
 from storefs.providers.base import ObjectMeta
-from storefs.providers.s3 import (
-    S3Provider,
-    decode_value,
-    encode_value,
-    format_mtime,
-    parse_mode,
-    parse_mtime,
-    xattr_metadata_key,
-)
-from storefs.providers.s3_http import Answer
+from storefs.providers.s3 import S3Provider
+from storefs.providers.s3.http import Answer, ConnectionLost
 
 try:
     from seaweed import SeaweedServer, weed_binary  # tests/ is on sys.path via tests/conftest.py
@@ -91,71 +83,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# -- pure functions ------------------------------------------------------------------------
+class Recording:
+    """Connections that note (method, target, headers) of each request and pass it on."""
 
-def test_mtime_and_mode_forms():
-    assert format_mtime(1732363200.123456) == "1732363200.123456000"
-    assert format_mtime(1700000000) == "1700000000.000000000"
-    assert parse_mtime("1732363200.123456789") == pytest.approx(1732363200.123456789)
-    assert parse_mtime("1700000000") == 1700000000.0
-    assert parse_mtime("2023-11-14T22:13:20.123456789Z") == pytest.approx(1700000000.123456)
-    assert parse_mtime("garbage") is None and parse_mtime(None) is None
-    assert parse_mode("33188") == 0o100644            # s3fs: decimal
-    assert parse_mode("16877") == 0o40755
-    assert parse_mode("0100644") == 0o100644          # C-style octal
-    assert parse_mode("100644") == 0o100644           # rclone --metadata: octal without the 0
-    assert parse_mode("40755") == 0o40755
-    assert parse_mode("420") == 0o100644              # permissions only: a regular file
-    assert parse_mode("x") is None and parse_mode(None) is None
+    def __init__(self, real, sent: list) -> None:
+        self.real, self.sent = real, sent
+
+    def request(self, method, target, headers, *args, **kwargs):
+        self.sent.append((method, target, dict(headers)))
+        return self.real.request(method, target, headers, *args, **kwargs)
 
 
-def test_value_encoding():
-    for v in [b"plain text", b"", b" padded ", "héllo ✓".encode(), bytes(range(256)), b"b64:looks-encoded", b"a\nb"]:
-        enc = encode_value(v)
-        assert enc.isascii() and decode_value(enc) == v
-    assert encode_value(b"plain text") == "plain text"
-    assert decode_value("b64:not base64!") == b"b64:not base64!"
-    assert xattr_metadata_key("user.comment") == "comment"
-    assert xattr_metadata_key("user.Upper") is None
-    assert xattr_metadata_key("user.mtime") is None
-    assert xattr_metadata_key("security.selinux") is None
-
-
-def test_error_mapping_without_server():
-    secret = "SeCrEtSeCrEtSeCrEt"
-    p = S3Provider(S3ProviderConfig(name="s3", bucket="bkt", endpoint_url="http://user:pw@127.0.0.1:9",
-                                    region="us-east-1", access_key_id="AKIAEXAMPLE", secret_access_key=secret))
-
-    def ce(code: str, status: int) -> ClientError:
-        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                           "HeadObject")
-
-    cases = {("NoSuchKey", 404): errors.NotFound, ("404", 404): errors.NotFound, ("NotFound", 404): errors.NotFound,
-             ("AccessDenied", 403): errors.AccessDenied, ("403", 403): errors.AccessDenied,
-             ("InvalidAccessKeyId", 403): errors.AccessDenied, ("SignatureDoesNotMatch", 403): errors.AccessDenied,
-             ("SlowDown", 503): errors.ProviderUnavailable, ("503", 503): errors.ProviderUnavailable,
-             ("InternalError", 500): errors.ProviderUnavailable, ("RequestTimeout", 400): errors.ProviderUnavailable,
-             ("InvalidArgument", 400): errors.ProviderError}
-    for (code, status), cls in cases.items():
-        err = p._error(ce(code, status), "s3://bkt/k")
-        assert type(err) is cls, (code, err)
-        assert secret not in str(err)
-    nb = p._error(ce("NoSuchBucket", 404), "s3://bkt/k")
-    assert type(nb) is errors.ProviderError and "bucket bkt does not exist" in str(nb)
-    down = p._error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bkt"), "s3://bkt/k")
-    assert type(down) is errors.ProviderUnavailable and "cannot reach http://127.0.0.1:9" in str(down)
-    assert "pw" not in str(down)
-    assert type(p._error(ReadTimeoutError(endpoint_url="x"), "k")) is errors.ProviderUnavailable
+@contextmanager
+def wrapped_http(p: S3Provider, wrap):
+    """The provider's requests go through wrap(its real connections) for the block."""
+    requests = p._requests
+    requests._connections()  # resolve the endpoint first
+    real = requests._http
+    requests._http = wrap(real)
     try:
-        try:
-            raise ce("AccessDenied", 403)
-        except ClientError:
-            raise S3UploadFailedError("Failed to upload")  # noqa: B904  (as boto3 raises it: the cause only in __context__)
-    except S3UploadFailedError as e:
-        assert type(p._error(e, "k")) is errors.AccessDenied
-    assert "127.0.0.1:9/bkt/a%20b/c.png?X-Amz-" in p.url("a b/c.png")
-    assert secret not in repr(S3ProviderConfig(name="s3", bucket="bkt", access_key_id="id", secret_access_key=secret))
-    p.close()
+        yield requests._http
+    finally:
+        requests._http = real
 
 
 # -- against SeaweedFS ---------------------------------------------------------------------
@@ -251,25 +200,12 @@ def test_list_pagination_and_delete_many(s3, raw, base):
 
 def test_markers_and_implicit_dirs(s3, raw, base, tmp_path):
     sent = []
-    hook = lambda params, **kw: sent.append(params["headers"])  # noqa: E731
-    lean = s3._lean_by_client[id(s3._client)]
-    lean._resolve()
-    real = lean._http
-
-    class Recording:
-        def request(self, method, target, headers, body=None, limit=None):
-            sent.append(dict(headers))
-            return real.request(method, target, headers, body, limit)
-    lean._http = Recording()
-    s3._client.meta.events.register("before-call.s3.PutObject", hook)  # the boto3 path, if it is taken
-    try:
+    with wrapped_http(s3, lambda real: Recording(real, sent)):
         s3.make_dir(base + "empty/", ObjectMeta(mtime=42.25, mode=0o40750, uid=7, gid=8))
-    finally:
-        s3._client.meta.events.unregister("before-call.s3.PutObject", hook)
-        lean._http = real
     # SeaweedFS keeps a marker as a filer folder and drops its user metadata, so check what was sent
-    assert len(sent) == 1 and sent[0]["x-amz-meta-mode"] == str(0o40750)
-    assert sent[0]["x-amz-meta-mtime"] == "42.250000000" and sent[0]["x-amz-meta-uid"] == "7"
+    assert [m for m, _, _ in sent] == ["PUT"] and sent[0][2]["x-amz-meta-mode"] == str(0o40750)
+    assert sent[0][2]["x-amz-meta-mtime"] == "42.250000000" and sent[0][2]["x-amz-meta-uid"] == "7"
+    assert sent[0][2]["content-type"] == "application/x-directory"
     r = raw.head_object(Bucket=BUCKET, Key=base + "empty/")
     assert r["ContentType"] == "application/x-directory" and r["ContentLength"] == 0
     t = time.monotonic()  # a PUT after an empty PUT once stalled for read_timeout (Expect: 100-continue)
@@ -443,47 +379,49 @@ def _wait_served(srv, bucket: str, key: str, timeout: float = 30.0) -> None:
             time.sleep(0.3)
 
 
-def test_small_puts_errors_and_fallback_to_the_full_client(server, raw, base, tmp_path, caplog):
-    """Small files go by the lean PUT; every failure ends as the same storefs error as put_object's."""
+def test_small_puts_errors_fail_only_their_request(server, raw, base, tmp_path):
+    """Small files go by the one PUT path; a failure fails that request, and the next one goes the same way."""
     src = write(tmp_path, b"payload")
     bad = S3Provider(settings(server, secret_access_key="wrong-secret-value"))
     with pytest.raises(errors.AccessDenied):
         bad.put_file(base + "a", src, ObjectMeta(mtime=1.0))
     down = S3Provider(settings(server, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2))
-    with pytest.raises(errors.ProviderUnavailable, match="cannot reach"):
+    with pytest.raises(errors.ProviderUnavailable, match="cannot reach.*gave up after 2 attempts"):
         down.put_file(base + "a", src, ObjectMeta(mtime=1.0))
 
-    class Http:
-        def __init__(self, status: int, content: bytes) -> None:
-            self.answer, self.calls = Answer(status, {}, content), 0
+    class Scripted:
+        """Answers from a script first (one per request), then the real server's."""
 
-        def request(self, method, target, headers, body=None, limit=None):
-            if hasattr(body, "read"):
-                body.read()  # as a real send would: the fallback must start from byte 0 again
+        def __init__(self, real, *answers: Answer) -> None:
+            self.real, self.answers, self.calls = real, list(answers), 0
+
+        def request(self, method, target, headers, timeouts, body=None, limit=None):
             self.calls += 1
-            return self.answer
-
-        def close(self) -> None:
-            pass
+            if self.answers:
+                if hasattr(body, "read"):
+                    body.read()  # as a real send would: a retry must start from its first byte again
+                return self.answers.pop(0)
+            return self.real.request(method, target, headers, timeouts, body, limit)
 
     p = S3Provider(settings(server))
-
-    def lean():  # looked up each time, as the provider may replace it
-        return p._lean_by_client[id(p._client)]
-
-    lean()._http = Http(404, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
-    with pytest.raises(errors.ProviderError, match=f"bucket {BUCKET} does not exist"):  # (SeaweedFS creates it)
-        p.put_file(base + "a", src, ObjectMeta(mtime=1.0))
-    lean()._http = busy = Http(503, b"<Error><Code>SlowDown</Code></Error>")
     meta = ObjectMeta(mtime=2.0, content_type="text/plain")
-    assert p.put_file(base + "busy.txt", src, meta).etag == hashlib.md5(b"payload").hexdigest()
-    assert busy.calls == 1 and p._lean  # busy: the client retried this one, the lean path stays
-    lean()._http = odd = Http(400, b"<Error><Code>AuthorizationHeaderMalformed</Code></Error>")
-    with caplog.at_level("INFO"):
-        p.put_file(base + "odd.txt", src, meta)
-        p.put_file(base + "odd2.txt", src, meta)
-    assert odd.calls == 1 and not p._lean and "lean request path does not suit" in caplog.text
-    for k in ("busy.txt", "odd.txt", "odd2.txt"):
+    no_bucket = Answer(404, {}, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
+    with wrapped_http(p, lambda real: Scripted(real, no_bucket)) as http:
+        with pytest.raises(errors.ProviderError, match=f"bucket {BUCKET} does not exist"):  # (SeaweedFS creates it)
+            p.put_file(base + "a", src, meta)
+        assert http.calls == 1  # not retried
+    busy = Answer(503, {}, b"<Error><Code>SlowDown</Code></Error>")
+    with wrapped_http(p, lambda real: Scripted(real, busy, busy)) as http:
+        assert p.put_file(base + "busy.txt", src, meta).etag == hashlib.md5(b"payload").hexdigest()
+        assert http.calls == 3  # retried by the policy, on the same path
+    odd = Answer(400, {}, b"<Error><Code>AuthorizationHeaderMalformed</Code><Message>m</Message></Error>")
+    with wrapped_http(p, lambda real: Scripted(real, odd)) as http:
+        with pytest.raises(errors.ProviderError, match="AuthorizationHeaderMalformed") as ei:
+            p.put_file(base + "odd.txt", src, meta)
+        assert type(ei.value) is errors.ProviderError
+        p.put_file(base + "odd2.txt", src, meta)  # the next request is sent the same way, and succeeds
+        assert http.calls == 2
+    for k in ("busy.txt", "odd2.txt"):
         r = raw.get_object(Bucket=BUCKET, Key=base + k)
         assert (r["Body"].read(), r["ContentType"], r["Metadata"]["mtime"]) == (b"payload", "text/plain",
                                                                                "2.000000000")
@@ -491,28 +429,28 @@ def test_small_puts_errors_and_fallback_to_the_full_client(server, raw, base, tm
         q.close()
 
 
-def test_lean_listing_reads_what_boto3_reads(s3, raw, base):
-    """Names that URL and XML encodings mangle come out of the lean LIST exactly as from boto3."""
+def test_listing_reads_what_boto3_reads(s3, raw, base):
+    """Names that URL and XML encodings mangle come out of a LIST exactly as boto3 reads them."""
     names = ["plain.png", "with space.txt", "plus+sign.bin", "percent%41.txt", "ümlaut-日本.jpg", "amp&lt;.txt",
              "sub dir/x.bin", "q?mark=1.txt", "tilde~.txt"]
     for n in names:
         raw.put_object(Bucket=BUCKET, Key=base + n, Body=b"x")
     raw.put_object(Bucket=BUCKET, Key=base + "marker dir/", Body=b"")
-    assert s3._lean
-    lean = sorted(s3.list(base), key=lambda o: o.key)
-    flat = sorted(s3.walk(base), key=lambda o: o.key)
-    s3._lean = False
-    try:
-        assert sorted(s3.list(base), key=lambda o: o.key) == lean
-        assert sorted(s3.walk(base), key=lambda o: o.key) == flat
-    finally:
-        s3._lean = True
-    assert {o.key[len(base):] for o in lean} == {n for n in names if "/" not in n} | {"sub dir/", "marker dir/"}
+    listed = {o.key: o for o in s3.list(base)}
+    theirs = raw.list_objects_v2(Bucket=BUCKET, Prefix=base, Delimiter="/")
+    assert {k for k, o in listed.items() if o.is_dir} == {p["Prefix"] for p in theirs.get("CommonPrefixes", [])} | \
+        {o["Key"] for o in theirs["Contents"] if o["Key"].endswith("/")}
+    assert {(k, o.size, o.etag, o.mtime) for k, o in listed.items() if not o.is_dir} == \
+        {(o["Key"], o["Size"], o["ETag"].strip('"'), o["LastModified"].timestamp()) for o in theirs["Contents"]
+         if not o["Key"].endswith("/")}
+    assert set(listed) == {base + n for n in names if "/" not in n} | {base + "sub dir/", base + "marker dir/"}
+    flat = {o.key for o in s3.walk(base)}
+    assert flat == {o["Key"] for o in raw.list_objects_v2(Bucket=BUCKET, Prefix=base)["Contents"]}
     assert s3.dir_exists(base + "sub dir/") and not s3.dir_exists(base + "nothing/")
 
 
-def test_lean_head_reads_what_boto3_reads(s3, raw, base, tmp_path):
-    """A HEAD answers the same ObjectInfo by the lean path as by head_object, and misses alike."""
+def test_head_reads_what_boto3_reads(s3, raw, base, tmp_path):
+    """A HEAD answers the ObjectInfo of what head_object sees, for our objects and other clients', and misses."""
     meta = ObjectMeta(mtime=1_700_000_000.5, mode=0o100640, uid=12, gid=34, content_type="image/png",
                       xattrs={"user.note": b"caf\xc3\xa9 \x00bin", "user.plain": b"v"})
     names = ["plain.png", "with space.png", "plus+sign.png", "ümlaut-日本.png", "q?mark=1.png"]
@@ -521,98 +459,93 @@ def test_lean_head_reads_what_boto3_reads(s3, raw, base, tmp_path):
     raw.put_object(Bucket=BUCKET, Key=base + "foreign.txt", Body=b"x" * 10, ContentType="text/plain",
                    Metadata={"mtime": "1600000000", "owner": "someone"})  # another client's object
     raw.put_object(Bucket=BUCKET, Key=base + "emptied/", Body=b"")
-    assert s3._lean
-    lean_meta = s3._lean_by_client[id(s3._meta_client)]
-    lean_meta._resolve()
-    real, sent = lean_meta._http, []
-
-    class Counting:
-        def request(self, method, *args, **kwargs):
-            sent.append(method)
-            return real.request(method, *args, **kwargs)
-    lean_meta._http = Counting()
-    try:
-        lean = {n: s3.head(base + n) for n in names + ["foreign.txt"]}
+    sent: list = []
+    with wrapped_http(s3, lambda real: Recording(real, sent)):
+        got = {n: s3.head(base + n) for n in names + ["foreign.txt"]}
         with pytest.raises(errors.NotFound):
             s3.head(base + "missing.png")
         assert s3.dir_exists(base + "emptied/")
-    finally:
-        lean_meta._http = real
-    assert sent.count("HEAD") >= len(names) + 2  # every HEAD, the miss too, went by the lean path
-    s3._lean = False
-    try:
-        assert {n: s3.head(base + n) for n in names + ["foreign.txt"]} == lean
-    finally:
-        s3._lean = True
-    assert s3._lean  # a miss is an answer, not a reason to give up the lean path
-    got = lean["with space.png"]
-    assert (got.size, got.mtime, got.mode, got.uid, got.gid, got.content_type) == \
-        (7, 1_700_000_000.5, 0o100640, 12, 34, "image/png")
-    assert got.xattrs == meta.xattrs and got.etag == hashlib.md5(b"head me").hexdigest()
-    assert lean["foreign.txt"].mtime == 1_600_000_000 and lean["foreign.txt"].content_type == "text/plain"
+    assert [m for m, _, _ in sent].count("HEAD") >= len(names) + 2
+    for n in names:
+        theirs = raw.head_object(Bucket=BUCKET, Key=base + n)
+        info = got[n]
+        assert (info.size, info.etag, info.content_type) == (theirs["ContentLength"], theirs["ETag"].strip('"'),
+                                                             theirs["ContentType"])
+        assert (info.mtime, info.mode, info.uid, info.gid, info.xattrs) == (meta.mtime, meta.mode, 12, 34,
+                                                                            meta.xattrs)
+    assert got["with space.png"].etag == hashlib.md5(b"head me").hexdigest()
+    assert got["foreign.txt"].mtime == 1_600_000_000 and got["foreign.txt"].content_type == "text/plain"
+    assert got["foreign.txt"].xattrs == {"user.owner": b"someone"}
 
 
-def test_lean_ranged_get_reads_what_boto3_reads(s3, raw, base):
-    """Ranges, ends and names that URL encoding mangles read the same by the lean GET as by get_object."""
+def test_ranged_get_reads_what_was_stored(s3, raw, base):
+    """Ranges, ends and names that URL encoding mangles read the bytes stored."""
     data = bytes(range(256)) * 40
     names = ["plain.bin", "with space.bin", "plus+sign.bin", "percent%41.bin", "ümlaut-日本.bin", "q?mark=1.bin"]
     for n in names:
         raw.put_object(Bucket=BUCKET, Key=base + n, Body=data)
     raw.put_object(Bucket=BUCKET, Key=base + "empty.bin", Body=b"")
     cases = [(0, 10), (100, 4000), (10_000, 1000), (len(data), 10), (len(data) + 5000, 10), (0, len(data) + 1)]
-    assert s3._lean
-    lean = {(n, o, k): s3.get_range(base + n, o, k) for n in names for o, k in cases}
-    lean_empty = s3.get_range(base + "empty.bin", 0, 10)
-    s3._lean = False
-    try:
-        assert {(n, o, k): s3.get_range(base + n, o, k) for n in names for o, k in cases} == lean
-        assert s3.get_range(base + "empty.bin", 0, 10) == lean_empty == b""
-    finally:
-        s3._lean = True
-    assert lean[("plain.bin", 100, 4000)] == data[100:4100] and lean[("plain.bin", 10_000, 1000)] == data[10_000:]
+    for n in names:
+        for o, k in cases:
+            assert s3.get_range(base + n, o, k) == data[o:o + k], (n, o, k)
+    assert s3.get_range(base + "empty.bin", 0, 10) == b""
     with pytest.raises(errors.NotFound):
         s3.get_range(base + "missing.bin", 0, 10)
-    assert s3._lean
 
 
-def test_lean_ranged_get_cut_off_or_busy_is_retried(s3, raw, base):
-    """A body cut off mid-way is retried within the read deadline; a busy answer goes to boto3 once."""
+def test_ranged_get_cut_off_or_busy_is_retried(s3, raw, base):
+    """A body cut off mid-way, or a busy answer, is retried within the read deadline on the same path."""
     data = bytes(range(200)) * 500
     raw.put_object(Bucket=BUCKET, Key=base + "x.bin", Body=data)
-    lean = s3._lean_by_client[id(s3._read_client)]
-    lean._resolve()
-    real = lean._http
 
-    class CutOff:
-        def __init__(self) -> None:
-            self.calls = 0
+    class Flaky:
+        def __init__(self, real, failure) -> None:
+            self.real, self.failure, self.calls = real, failure, 0
 
         def request(self, *args, **kwargs):
             self.calls += 1
-            if self.calls == 1:  # as the connections report a body cut off mid-way
-                raise IncompleteReadError(actual_bytes=1000, expected_bytes=50_000)
-            return real.request(*args, **kwargs)
+            if self.calls == 1:
+                if isinstance(self.failure, Exception):
+                    raise self.failure  # as the connections report a body cut off mid-way
+                return self.failure
+            return self.real.request(*args, **kwargs)
 
-    lean._http = cut = CutOff()
-    try:
+    with wrapped_http(s3, lambda real: Flaky(real, ConnectionLost("body cut off"))) as http:
         assert s3.get_range(base + "x.bin", 1000, 50_000) == data[1000:51_000]
-        assert cut.calls == 2 and s3._lean
-    finally:
-        lean._http = real
+        assert http.calls == 2
+    with wrapped_http(s3, lambda real: Flaky(real, Answer(503, {}, b"<Error><Code>SlowDown</Code></Error>"))) as http:
+        assert s3.get_range(base + "x.bin", 0, 10) == data[:10]
+        assert http.calls == 2
 
-    class Busy:
+    class Always503:
         calls = 0
 
         def request(self, *args, **kwargs):
-            Busy.calls += 1
+            Always503.calls += 1
             return Answer(503, {}, b"<Error><Code>SlowDown</Code></Error>")
 
-    lean._http = Busy()
-    try:
-        assert s3.get_range(base + "x.bin", 0, 10) == data[:10]  # boto3's client answered this one
-        assert Busy.calls == 1 and s3._lean
-    finally:
-        lean._http = real
+    t = time.monotonic()
+    with wrapped_http(s3, lambda real: Always503()):
+        with pytest.raises(errors.ProviderUnavailable, match="SlowDown.*gave up after"):
+            s3.get_range(base + "x.bin", 0, 10)
+    assert Always503.calls > 2 and time.monotonic() - t < s3.cfg.read_deadline + 0.5
+    assert s3.get_range(base + "x.bin", 0, 10) == data[:10]  # and the next request is served
+
+
+def test_read_stream_is_one_version(s3, raw, base):
+    """read_stream yields the object in order, in the caller's pieces, and fails if it changes mid-way."""
+    data = random.Random(3).randbytes(10 * MiB + 123)
+    raw.put_object(Bucket=BUCKET, Key=base + "s.bin", Body=data)
+    pieces = list(s3.read_stream(base + "s.bin", chunk_size=MiB))
+    assert b"".join(pieces) == data and all(len(p) == MiB for p in pieces[:-1])
+    stream = s3.read_stream(base + "s.bin", chunk_size=MiB)
+    next(stream)
+    for _ in range(7):
+        next(stream)  # the first 8 MiB range is read
+    raw.put_object(Bucket=BUCKET, Key=base + "s.bin", Body=b"changed" * 3 * MiB)
+    with pytest.raises(errors.ProviderError):
+        list(stream)
 
 
 # -- issue 18: times, symlinks, special files, folder metadata ---------------------------------
@@ -712,7 +645,8 @@ def moto_s3():
     cfg = S3ProviderConfig(name="moto", bucket=BUCKET, endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
                      access_key_id="testing", secret_access_key="testing", path_style=True, read_deadline=5.0)
     p = S3Provider(cfg)
-    client = p._session.client("s3", endpoint_url=cfg.endpoint_url)
+    client = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                   region_name="us-east-1").client("s3", endpoint_url=cfg.endpoint_url)
     try:
         client.create_bucket(Bucket=BUCKET)
         yield p, client

@@ -11,7 +11,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from storefs.providers.s3_sign import EMPTY_SHA256, SigV4, query_string
+from storefs.providers.s3.sign import EMPTY_SHA256, SigV4, query_string
 
 ORIGIN = "http://127.0.0.1:8333"
 HOST = "127.0.0.1:8333"

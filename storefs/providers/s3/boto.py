@@ -1,0 +1,171 @@
+"""boto3 for what only it does here: the credential chain, the URLs of the bucket, multipart transfers, presigning.
+
+Only public boto3/botocore API: the session's credentials (refreshable ones refresh themselves
+in get_frozen_credentials), presigned URLs to learn the addressing style boto3 resolves, the
+client's transfer methods. Failures become storefs errors through the same error table as the
+hot requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.session
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.httpsession import get_cert_path
+from botocore.utils import get_environ_proxies
+
+from ... import errors
+from .errors import ErrorTable
+from .requests import Endpoint
+from .retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+#: a key only used to read the shape of object URLs off a presigned URL (no request is made)
+_PROBE = "storefs-probe-key"
+#: connections boto3's client keeps for the parts of multipart transfers
+MAX_POOL = 32
+#: parts of one multipart transfer in flight at once
+TRANSFER_THREADS = 8
+#: lifetime of the presigned URLs read for their shape
+_PROBE_EXPIRY = 60
+TRANSIENT = (BotoConnectionError, HTTPClientError, IncompleteReadError)
+
+
+def _drop_expect_header(request: Any, **_: Any) -> None:
+    """Send no `Expect: 100-continue`: an early answer to one poisons the pooled connection (botocore#3755)."""
+    # SeaweedFS answers every empty PUT at once; botocore then parses the next response on that connection
+    # against the stale status line and stalls for read_timeout. The header is not signed: safe to drop.
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+class Boto:
+    """One boto3 session and client for one `providers.NAME` section of type s3."""
+
+    def __init__(self, cfg: Any, retry: RetryPolicy) -> None:
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self._core = botocore.session.get_session()
+        self.session = boto3.session.Session(
+            aws_access_key_id=cfg.access_key_id, aws_secret_access_key=cfg.secret_access_key,
+            aws_session_token=cfg.session_token, region_name=cfg.region, botocore_session=self._core)
+        timeouts = retry.write.timeouts
+        retries: Any = retry.botocore_retries()
+        config = Config(
+            signature_version="s3v4", connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+            retries=retries, max_pool_connections=MAX_POOL, tcp_keepalive=True,
+            s3={"addressing_style": "path" if cfg.path_style else "auto"},
+            # S3-compatible stores (R2, older MinIO, Ceph) reject the newer default trailing checksums
+            request_checksum_calculation="when_required", response_checksum_validation="when_required")
+        self.client = self.session.client("s3", endpoint_url=cfg.endpoint_url or None, config=config)
+        self.client.meta.events.register("before-send.s3", _drop_expect_header)
+        self.region: str = self.client.meta.region_name or "us-east-1"
+        self.endpoint_url: str = cfg.endpoint_url or self.client.meta.endpoint_url
+        self.table = ErrorTable(self.bucket, self.endpoint_url)
+        self.transfer = TransferConfig(multipart_threshold=int(cfg.multipart_threshold),
+                                       multipart_chunksize=int(cfg.multipart_chunksize),
+                                       max_concurrency=TRANSFER_THREADS, use_threads=True)
+        self._credentials: Any = None
+        self._lock = threading.Lock()  # protects _credentials while the first requests race to resolve the chain
+
+    # -- for the hot requests -----------------------------------------------------------------
+    def frozen_credentials(self) -> Any:
+        """This moment's credentials (access_key, secret_key, token), refreshed when they expire; None if none."""
+        creds = self._credentials
+        if creds is None:
+            with self._lock:
+                if self._credentials is None:
+                    try:
+                        self._credentials = self.session.get_credentials()
+                    except (BotoCoreError, ClientError) as e:
+                        raise self.error(e, f"bucket {self.bucket}") from e
+                creds = self._credentials
+            if creds is None:
+                return None
+        try:
+            return creds.get_frozen_credentials()
+        except (BotoCoreError, ClientError) as e:
+            raise self.error(e, f"bucket {self.bucket}") from e
+
+    def endpoint(self) -> Endpoint:
+        """The URLs of the bucket's objects and listings exactly as boto3 resolves them, and how to reach them."""
+        try:
+            url = self.client.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": _PROBE}, ExpiresIn=_PROBE_EXPIRY)
+            listing = urlsplit(self.client.generate_presigned_url(
+                "list_objects_v2", Params={"Bucket": self.bucket}, ExpiresIn=_PROBE_EXPIRY))
+        except (BotoCoreError, ClientError) as e:
+            raise self.error(e, f"bucket {self.bucket}") from e
+        url = url.split("?", 1)[0]
+        if not url.endswith("/" + _PROBE):
+            raise self.table.odd(f"bucket {self.bucket}", f"unexpected object URL form {url!r}")
+        objects = urlsplit(url[: -len(_PROBE)])
+        if (objects.scheme, objects.netloc) != (listing.scheme, listing.netloc):
+            raise self.table.odd(f"bucket {self.bucket}", f"objects at {objects.netloc}, listings at {listing.netloc}")
+        origin = f"{objects.scheme}://{objects.netloc}"
+        configured = getattr(self.client.meta.config, "proxies", None) or {}  # Config(proxies=...), untyped
+        proxy = configured.get(objects.scheme) or get_environ_proxies(origin).get(objects.scheme)
+        ca_bundle = self._core.get_config_variable("ca_bundle")
+        return Endpoint(origin=origin, host=objects.netloc, objects=objects.path, listing=listing.path or "/",
+                        verify=get_cert_path(ca_bundle or True) or True, proxy=proxy)
+
+    # -- what only boto3 does ----------------------------------------------------------------------
+    def upload_file(self, src_path: str, full: str, extra: dict[str, Any], what: str) -> None:
+        """A multipart upload from the file at src_path, parts in parallel."""
+        try:
+            self.client.upload_file(src_path, self.bucket, full, ExtraArgs=extra, Config=self.transfer)
+        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+            raise self.error(e, what) from e
+
+    def copy_multipart(self, src_full: str, dst_full: str, extra: dict[str, Any], what: str) -> None:
+        """A managed multipart copy (objects above CopyObject's 5 GiB)."""
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": src_full}, self.bucket, dst_full,
+                             Config=self.transfer, ExtraArgs=extra)
+        except (BotoCoreError, ClientError) as e:
+            raise self.error(e, what) from e
+
+    def presign(self, full: str, expires: int, what: str) -> str:
+        """A presigned GET URL (no request is made)."""
+        try:
+            return str(self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires))
+        except (BotoCoreError, ClientError) as e:
+            raise self.error(e, what) from e
+
+    def error(self, exc: BaseException, what: str) -> errors.StorefsError:
+        """The storefs error for a boto3/botocore failure, by the same table as the hot requests'."""
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, (BotoCoreError, ClientError)):
+            return self.error(exc.__context__, what)
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return self.table.answer(what, status, str(err.get("Code", "")), str(err.get("Message", "")))
+        if isinstance(exc, TRANSIENT):
+            return self.table.unreachable(what, exc)
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return self.table.no_credentials(type(exc).__name__)
+        return errors.ProviderError(f"{what}: {exc}")
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing must not fail a shutdown
+            log.debug("closing the S3 client failed", exc_info=True)

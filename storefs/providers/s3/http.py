@@ -1,0 +1,233 @@
+"""Keep-alive HTTP/1.1 connections to one S3 endpoint, on the standard library's http.client.
+
+boto3's transport (botocore's session over urllib3's pool) costs a small upload about half of
+its interpreter time: request and header objects built three times over, a pool per URL
+looked up, retries and proxies checked. The hot requests need none of that: one origin, an
+optional proxy, whole bodies. A request that gets no whole answer raises a TransportError
+(the error table makes it ProviderUnavailable); any answer, whatever its status, is returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE = 32  # kept-alive connections held for reuse; more are closed after their answer
+BLOCK = 1 << 20  # a file body is sent in reads of this size (http.client's default is 8 KiB)
+#: the shortest socket wait near a deadline (a zero timeout would make the socket non-blocking)
+MIN_WAIT = 0.1
+#: failures of a kept-alive connection the server may have closed while it sat idle
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or spoke out of turn).
+
+    poll, not select: a daemon holding many files open has sockets numbered past select's 1024.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class TransportError(Exception):
+    """No whole answer came back: the request may or may not have reached the server."""
+
+
+class ConnectFailed(TransportError):
+    """The connection could not be made (refused, unreachable, timed out, TLS handshake failed)."""
+
+
+class TimedOut(TransportError):
+    """The server took longer than the read timeout to send the next bytes."""
+
+
+class ConnectionLost(TransportError):
+    """The connection closed before the whole answer came (a body cut off mid-way too)."""
+
+
+class BodyTooLarge(Exception):
+    """The answer's body is over the caller's limit: not read, and its connection closed."""
+
+
+class Answer(NamedTuple):
+    """A whole response: the status, the headers by lower-case name and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Timeouts(NamedTuple):
+    """Seconds one attempt may wait to connect and for each read of the answer; until (a time.monotonic()
+    value), when set, also cuts the read wait set after connecting to what is left before it."""
+
+    connect: float
+    read: float
+    until: float | None = None
+
+    def read_wait(self) -> float:
+        """The read timeout for a socket now: read, or less near `until` (never below MIN_WAIT)."""
+        if self.until is None:
+            return self.read
+        return min(self.read, max(MIN_WAIT, self.until - time.monotonic()))
+
+
+class Connections:
+    """A pool of kept-alive connections to one origin (through an optional HTTP proxy), shared by threads."""
+
+    def __init__(self, url: str, verify: bool | str = True, proxy: str | None = None) -> None:
+        """verify: False, True (the system's CAs) or a CA bundle's path; proxy: 'http://[user:pw@]host:port'."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.netloc  # the Host header, port included when the URL has one
+        self._hostname = parts.hostname
+        self._port = parts.port
+        self._https = parts.scheme == "https"
+        self._proxy: tuple[str, int | None] | None = None
+        self._proxy_headers: dict[str, str] = {}
+        if proxy:
+            p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            if p.scheme != "http" or not p.hostname:
+                raise ValueError(f"only http:// proxies are supported, not {proxy!r}")
+            self._proxy = (p.hostname, p.port or 80)
+            if p.username is not None:
+                token = base64.b64encode(f"{unquote(p.username)}:{unquote(p.password or '')}".encode()).decode()
+                self._proxy_headers["proxy-authorization"] = "Basic " + token
+        self._context: ssl.SSLContext | None = None
+        if self._https:
+            if verify is False:
+                self._context = ssl._create_unverified_context()
+            else:
+                self._context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()  # protects _idle
+
+    def _connect(self, timeouts: Timeouts) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        host, port = self._proxy or (self._hostname, self._port)
+        if self._https:
+            conn = http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=self._context,
+                                               blocksize=BLOCK)
+            if self._proxy:
+                conn.set_tunnel(self._hostname, self._port, headers=self._proxy_headers)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeouts.connect, blocksize=BLOCK)
+        try:
+            conn.connect()  # sets TCP_NODELAY
+        except OSError as e:  # refused, unreachable, timed out, TLS handshake or proxy tunnel failed
+            raise ConnectFailed(f"cannot connect to {self.url}: {e}") from e
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return conn
+
+    def _take(self, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection the server has not closed (and True), or a new one (and False)."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect(timeouts), False
+            if conn.sock is not None and not _readable(conn.sock):
+                return conn, True
+            conn.close()
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def request(self, method: str, target: str, headers: dict[str, str], timeouts: Timeouts,
+                body: bytes | BinaryIO | None = None, limit: int | None = None) -> Answer:
+        """Send one request and read its whole answer (BodyTooLarge past limit bytes of a 2xx); one more try on a
+        fresh connection when a kept-alive one turns out closed before any answer came."""
+        start = body.tell() if body is not None and not isinstance(body, bytes) else 0
+        if self._proxy and not self._https:
+            target = self.url + target  # a plain-HTTP proxy takes the absolute URL
+            headers = {**headers, **self._proxy_headers}
+        conn, reused = self._take(timeouts)
+        while True:
+            try:
+                return self._exchange(conn, method, target, headers, timeouts, body, limit)
+            except _STALE as e:
+                conn.close()
+                if not reused:
+                    raise ConnectionLost(f"{self.url} closed the connection before answering") from e
+                log.debug("%s: kept-alive connection closed by the server (%s); new connection", self.url, e)
+                if body is not None and not isinstance(body, bytes):
+                    body.seek(start)
+                conn, reused = self._connect(timeouts), False
+
+    @contextmanager
+    def _failures(self, conn: http.client.HTTPConnection, wait: float, doing: str,
+                  stale_passes: bool = False) -> Iterator[None]:
+        """Close conn and raise a TransportError for a failure in the block; with stale_passes, a kept-alive
+        connection's failures go up as they are, for request() to try once more on a new connection."""
+        try:
+            yield
+        except _STALE as e:
+            if stale_passes:
+                raise
+            conn.close()
+            raise ConnectionLost(f"{self.url} closed the connection while {doing}") from e
+        except TimeoutError as e:
+            conn.close()
+            raise TimedOut(f"{self.url} stopped {doing} for {wait:g}s") from e
+        except http.client.IncompleteRead as e:
+            conn.close()
+            raise ConnectionLost(f"{self.url}: body cut off after {len(e.partial)} bytes") from e
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise ConnectionLost(f"{self.url}: {type(e).__name__} while {doing}: {e}") from e
+
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str],
+                  timeouts: Timeouts, body: bytes | BinaryIO | None, limit: int | None) -> Answer:
+        assert conn.sock is not None
+        wait = timeouts.read_wait()
+        conn.sock.settimeout(wait)
+        with self._failures(conn, wait, "answering", stale_passes=True):
+            conn.request(method, target, body=body, headers=headers)
+            response = conn.getresponse()
+        expected = response.length  # None when chunked or read to the close
+        if not 200 <= response.status < 300:
+            limit = None  # an error's body is the server's explanation, however long
+        if limit is not None and expected is not None and expected > limit:
+            conn.close()
+            raise BodyTooLarge(f"{expected} bytes where at most {limit} were asked for")
+        with self._failures(conn, wait, "sending the body"):
+            if limit is not None and expected is None:
+                data = response.read(limit + 1)
+                if len(data) > limit:
+                    conn.close()
+                    raise BodyTooLarge(f"more than the {limit} bytes asked for")
+                response.read()  # the end of the chunks: the connection can be used again
+            else:
+                data = response.read()
+        answer = Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        if response.will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+        return answer
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
