@@ -12,7 +12,7 @@ def make_provider(pcfg: object) -> Provider:
         from .local import LocalProvider
         return LocalProvider(pcfg.name, pcfg.base_path)
     from .s3 import S3Provider  # imported only when configured: boto3 is slow to import
-    return S3Provider(pcfg)  # type: ignore[arg-type]
+    return S3Provider(pcfg)
 
 
 def make_providers(cfg: Config) -> dict[str, Provider]:
