@@ -1,4 +1,4 @@
-"""The FUSE edge: kernel requests in, namespace calls out, errno values back.
+"""The FUSE edge: kernel requests in, core calls out (storefs.core.MountCore), errno values back.
 
 This is the only module that knows mfusepy, and the only place where exceptions become
 errno values: one wrapper turns storefs errors into their errno (one log line unless the
@@ -23,8 +23,9 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # never libfuse2, whatever 
 
 import mfusepy  # noqa: E402
 
+from . import keys  # noqa: E402
+from .core import Attr, Caller, MountCore  # noqa: E402
 from .errors import QUIET_ERRNOS, NotPermitted, StorefsError  # noqa: E402
-from .namespace import Attr, Caller, Namespace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class StorefsOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, ns: Namespace, on_init: Callable[[], None] | None = None,
+    def __init__(self, ns: MountCore, on_init: Callable[[], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
         self.ns = ns
         self._dir_handles = itertools.count(1)
@@ -98,9 +99,7 @@ class StorefsOperations(mfusepy.Operations):
 
     def _key(self, path: str | None) -> str:
         """The object key of a mount path; a single-tenant mount's root is the tenant's folder."""
-        if not path or path == "/":
-            return self.ns.root
-        return f"{self.ns.root}{path}" if self.ns.root else path[1:]
+        return keys.from_mount_path(self.ns.root, path)
 
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         """Big requests and kernel-side attribute caching; threads start only now (after any fork)."""
@@ -118,7 +117,7 @@ class StorefsOperations(mfusepy.Operations):
             config_3.attr_timeout = 0.0 if fc.atime == "strictatime" else fc.attr_timeout
             config_3.entry_timeout = fc.entry_timeout
             config_3.negative_timeout = fc.negative_timeout
-            # libfuse hides an unlinked open file as .fuse_hiddenN (the namespace treats that
+            # libfuse hides an unlinked open file as .fuse_hiddenN (the core treats that
             # rename as the unlink): with hard_remove, fstat on such a file would fail (ESTALE)
             config_3.hard_remove = 0
             config_3.use_ino = 0

@@ -9,8 +9,10 @@ the keys that pending copies read from (those keys are frozen until the copy lan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
+from typing import Any
 
 from ..keys import ancestors
 from .journal import OP_COPY, Entry, Journal
@@ -21,14 +23,16 @@ log = logging.getLogger(__name__)
 class EntryIndex:
     """All journal rows, with the folder indexes the namespace needs."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, read_only: bool = False) -> None:
         self.journal = journal
         #: a read-only mount keeps every row in memory only: its journal is never written
-        self.read_only = False
+        self.read_only = read_only
         self.entries: dict[str, Entry] = {}
         self._children: dict[str, Counter[str]] = {}
         self._pending_below: Counter[str] = Counter()
         self._copy_sources: Counter[str] = Counter()
+        #: what each row was indexed as, so _drop undoes exactly that even if the row changed since
+        self._indexed: dict[str, tuple[bool, bool, str | None]] = {}
         for e in journal.load():
             self._add(e)
 
@@ -45,7 +49,7 @@ class EntryIndex:
         if persist and not self.read_only:
             self.journal.put(e)
         old = self.entries.get(e.key)
-        if old is e and e.__dict__.get("_indexed") == self._snapshot(e):
+        if old is e and self._indexed.get(e.key) == self._snapshot(e):
             return  # the same row again (a close after the create): the folder indexes stand
         if old is not None:
             self._drop(old)
@@ -59,12 +63,11 @@ class EntryIndex:
             self.journal.remove(key)
         self._drop(old)
 
-    def refresh(self, e: Entry) -> None:
-        """Re-index e after its fields changed in place, and persist it."""
-        if not self.read_only:
-            self.journal.put(e)
-        self._drop(self.entries[e.key])
-        self._add(e)
+    def update(self, key: str, **changes: Any) -> Entry:
+        """Replace key's row by a copy with changes, persisted and re-indexed; the new row is returned."""
+        new = dataclasses.replace(self.entries[key], **changes)
+        self.put(new)
+        return new
 
     def _add(self, e: Entry) -> None:
         self.entries[e.key] = e
@@ -76,15 +79,14 @@ class EntryIndex:
                 self._pending_below[prefix] += 1
         if e.op == OP_COPY and e.copy_src:
             self._copy_sources[e.copy_src] += 1
-        # snapshot what was indexed, so _drop undoes exactly that even if e mutates later
-        e.__dict__["_indexed"] = self._snapshot(e)
+        self._indexed[e.key] = self._snapshot(e)
 
     @staticmethod
     def _snapshot(e: Entry) -> tuple[bool, bool, str | None]:
         return e.is_tombstone, e.pending, e.copy_src if e.op == OP_COPY else None
 
     def _drop(self, e: Entry) -> None:
-        was_tomb, was_pending, copy_src = e.__dict__.pop("_indexed", (e.is_tombstone, e.pending, None))
+        was_tomb, was_pending, copy_src = self._indexed.pop(e.key, (e.is_tombstone, e.pending, None))
         del self.entries[e.key]
         if was_pending and not was_tomb:
             for prefix, name in ancestors(e.key):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from storefs.cache.datafiles import DataFiles
-from storefs.cache.journal import Journal
-from storefs.config import load_config
-from storefs.layout import Layout
-from storefs.namespace import Caller, Namespace
+from coretier import build
+
+from storefs.core import Caller, Core
 from storefs.providers.base import ObjectMeta
 from storefs.providers.memory import MemoryProvider
 
@@ -21,18 +18,12 @@ SLOW = 1.5  # seconds every provider call takes once the provider turns slow
 CACHED_BOUND = 0.5  # what a cached getattr may take meanwhile (it takes microseconds)
 
 
-def make(tmp: Path) -> tuple[Namespace, MemoryProvider]:
-    cfg_file = tmp / "cfg.yaml"
-    cfg_file.write_text(f"providers:\n  mem: {{type: local, base_path: {tmp / 'unused'}}}\n"
-                        f"cache: {{dir: {tmp / 'cache'}, writeback_delay: 60s, uploaders: 1}}\n")
-    cfg = load_config(str(cfg_file))
+def make(tmp: Path) -> tuple[Core, MemoryProvider]:
     provider = MemoryProvider("mem")
-    ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), {"mem": provider},
-                   Journal(os.path.join(cfg.cache.dir, "journal.db")), DataFiles(cfg.cache.dir))
-    return ns, provider
+    return build(tmp, {"mem": provider}, delay="60s", uploaders=1), provider
 
 
-def slowest_getattr_during(ns: Namespace, key: str, change) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def slowest_getattr_during(ns: Core, key: str, change) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """(slowest getattr of key while change runs in a thread, how long change took)."""
     done = threading.Event()
     took = [0.0]
@@ -74,7 +65,7 @@ def test_a_cached_getattr_does_not_wait_for_a_slow_provider(tmp_path: Path) -> N
     ns.release(fh)
     for name in ("remote.png", "other.png"):
         ns.getattr(f"{ART}/{name}")  # known before the provider slows down ...
-        ns.remote.forget(f"{ART}/{name}")  # ... and to be asked again by the change
+        ns.parts.tree.remote.forget(f"{ART}/{name}")  # ... and to be asked again by the change
     provider.latency = SLOW
     try:
         for change in (lambda: ns.chmod(f"{ART}/remote.png", 0o600, Caller(0, 0)),
