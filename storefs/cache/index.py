@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class EntryIndex:
-    """All journal rows, with the folder indexes the namespace needs."""
+    """All journal rows, with the folder indexes the core needs."""
 
     def __init__(self, journal: Journal, read_only: bool = False) -> None:
         self.journal = journal
