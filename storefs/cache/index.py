@@ -1,6 +1,6 @@
 """The journal's rows in memory, indexed by folder, so lookups never wait on SQLite.
 
-Every change goes through put/remove, which write the journal row and keep three
+Every change goes through put/remove/amend (rows are frozen everywhere else), which keep three
 indexes in step: the children that pending changes give each folder (what listings overlay on the
 provider's), the pending operations below each folder (an rmdir waits for them), and
 the keys that pending copies read from (those keys are frozen until the copy lands).
@@ -19,6 +19,9 @@ from .journal import OP_COPY, Entry, Journal
 
 log = logging.getLogger(__name__)
 
+#: the fields the folder indexes are computed from: amending one re-indexes the row
+INDEXED_FIELDS = frozenset({"key", "op", "copy_src"})
+
 
 class EntryIndex:
     """All journal rows, with the folder indexes the core needs."""
@@ -31,8 +34,6 @@ class EntryIndex:
         self._children: dict[str, Counter[str]] = {}
         self._pending_below: Counter[str] = Counter()
         self._copy_sources: Counter[str] = Counter()
-        #: what each row was indexed as, so _drop undoes exactly that even if the row changed since
-        self._indexed: dict[str, tuple[bool, bool, str | None]] = {}
         for e in journal.load():
             self._add(e)
 
@@ -49,8 +50,8 @@ class EntryIndex:
         if persist and not self.read_only:
             self.journal.put(e)
         old = self.entries.get(e.key)
-        if old is e and self._indexed.get(e.key) == self._snapshot(e):
-            return  # the same row again (a close after the create): the folder indexes stand
+        if old is e:
+            return  # the same row again (a close after the create): amend kept the folder indexes right
         if old is not None:
             self._drop(old)
         self._add(e)
@@ -62,6 +63,18 @@ class EntryIndex:
         if not self.read_only:
             self.journal.remove(key)
         self._drop(old)
+
+    def amend(self, e: Entry, **changes: Any) -> None:
+        """The one place a row's fields change once it is made: when e is the row indexed at its key,
+        the folder indexes follow at once. Persisting is put()'s job (some changes never are, as atime)."""
+        indexed = self.entries.get(e.key) is e
+        reindex = indexed and not INDEXED_FIELDS.isdisjoint(changes)
+        if reindex:
+            self._drop(e)
+        for name, value in changes.items():
+            object.__setattr__(e, name, value)  # Entry is frozen to everyone else
+        if reindex:
+            self._add(e)
 
     def update(self, key: str, **changes: Any) -> Entry:
         """Replace key's row by a copy with changes, persisted and re-indexed; the new row is returned."""
@@ -79,14 +92,10 @@ class EntryIndex:
                 self._pending_below[prefix] += 1
         if e.op == OP_COPY and e.copy_src:
             self._copy_sources[e.copy_src] += 1
-        self._indexed[e.key] = self._snapshot(e)
-
-    @staticmethod
-    def _snapshot(e: Entry) -> tuple[bool, bool, str | None]:
-        return e.is_tombstone, e.pending, e.copy_src if e.op == OP_COPY else None
 
     def _drop(self, e: Entry) -> None:
-        was_tomb, was_pending, copy_src = self._indexed.pop(e.key, (e.is_tombstone, e.pending, None))
+        was_tomb, was_pending = e.is_tombstone, e.pending
+        copy_src = e.copy_src if e.op == OP_COPY else None
         del self.entries[e.key]
         if was_pending and not was_tomb:
             for prefix, name in ancestors(e.key):

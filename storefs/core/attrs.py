@@ -11,6 +11,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .. import keys
 from ..cache.journal import OP_META, OP_MKDIR, Entry, State
@@ -53,9 +54,9 @@ class Attrs:
                      mode=info.mode or tree.settings.file_mode, uid=info.uid, gid=info.gid,
                      xattrs=dict(info.xattrs), remote=True, etag=info.etag)
 
-    def _change_meta(self, key: str, change: Callable[[Entry], None]) -> None:
-        """Apply change to key's row (it raises to refuse); ctime moves, the provider hears of it.
-        What the row must start from is asked of the provider first, without the core lock."""
+    def _change_meta(self, key: str, change: Callable[[Entry], dict[str, Any]]) -> None:
+        """Apply the fields change returns for key's row (it raises to refuse); ctime moves, the provider
+        hears of it. What the row must start from is asked of the provider first, without the core lock."""
         self.tree.writable(key)
         e = self._meta_entry(key)
         with self.state.lock:
@@ -64,12 +65,9 @@ class Attrs:
                 if cur.is_tombstone:
                     raise NotFound(key)
                 e = cur  # changed meanwhile: the newer row carries this change too
-            change(e)
-            e.ctime = time.time()
-            if e.op is None:
-                e.op = OP_MKDIR if e.kind == "dir" else OP_META
-            e.state = State.DIRTY
-            e.generation += 1
+            fields = change(e)
+            op = e.op if e.op is not None else (OP_MKDIR if e.kind == "dir" else OP_META)
+            self.index.amend(e, **fields, ctime=time.time(), op=op, state=State.DIRTY, generation=e.generation + 1)
             self.index.put(e)
         self.schedule.changed(e.key)
 
@@ -79,7 +77,7 @@ class Attrs:
         """Only the owner or root changes a mode; anyone who writes a file may drop its set-ID bits
         (the kernel asks for exactly that after such a write). A set-group-ID bit the caller's
         groups do not allow is dropped, as Linux does."""
-        def change(e: Entry) -> None:
+        def change(e: Entry) -> dict[str, Any]:
             new = mode & PERM_BITS
             cur = e.mode & PERM_BITS
             uid, gid = self.tree.owner(e)
@@ -88,13 +86,13 @@ class Attrs:
                     raise NotPermitted(f"{key}: only the owner (uid {uid}) or root may change its mode")
             elif (new & stat.S_ISGID and not caller.is_root and e.kind != "dir" and not caller.in_group(gid)):
                 new &= ~stat.S_ISGID
-            e.mode = (e.mode & ~PERM_BITS) | new
+            return {"mode": (e.mode & ~PERM_BITS) | new}
         self._change_meta(key, change)
 
     def chown(self, key: str, uid: int, gid: int, caller: Caller = TRUSTED) -> None:
         """Only root gives a file away; its owner may change its group to one of the owner's groups.
         A changed owner drops set-user-ID (and set-group-ID with group-exec) of a file, as Linux."""
-        def change(e: Entry) -> None:
+        def change(e: Entry) -> dict[str, Any]:
             owner, group = self.tree.owner(e)
             new_uid = owner if uid in (-1, None) else uid
             new_gid = group if gid in (-1, None) else gid
@@ -103,9 +101,10 @@ class Attrs:
                     raise NotPermitted(f"{key}: only root may change its owner")
                 if new_gid != group and (caller.uid != owner or not caller.in_group(new_gid)):
                     raise NotPermitted(f"{key}: only its owner may change its group, to one of the owner's groups")
+            mode = e.mode
             if (new_uid, new_gid) != (owner, group) and e.kind != "dir":
-                e.mode &= ~(stat.S_ISUID | (stat.S_ISGID if e.mode & stat.S_IXGRP else 0))
-            e.uid, e.gid = new_uid, new_gid
+                mode &= ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+            return {"uid": new_uid, "gid": new_gid, "mode": mode}
         self._change_meta(key, change)
 
     def utimens(self, key: str, atime: float | None, mtime: float | None, caller: Caller = TRUSTED,
@@ -115,7 +114,7 @@ class Attrs:
         if atime is None and mtime is None:
             return
 
-        def change(e: Entry) -> None:
+        def change(e: Entry) -> dict[str, Any]:
             if not caller.is_root:
                 uid, gid = self.tree.owner(e)
                 if explicit and caller.uid != uid:
@@ -123,10 +122,8 @@ class Attrs:
                 if (not explicit and caller.uid != uid
                         and not caller.may(Attr(False, 0, 0.0, e.mode, uid, gid), os.W_OK)):
                     raise AccessRefused(f"{key}: setting the times to now needs write permission")
-            if mtime is not None:
-                e.mtime = mtime
-            if atime is not None:
-                e.atime = atime
+            times = {"mtime": mtime, "atime": atime}
+            return {name: value for name, value in times.items() if value is not None}
         self._change_meta(key, change)
 
     # ---- extended attributes -----------------------------------------------------------------
@@ -201,7 +198,7 @@ class Attrs:
         self.tree.writable(key)
         if key == self.tree.root:
             raise NotSupported(f"{key or '/'}: the mount root keeps no attributes")
-        self._change_meta(key, lambda e: e.xattrs.__setitem__(name, bytes(value)))
+        self._change_meta(key, lambda e: {"xattrs": {**e.xattrs, name: bytes(value)}})
 
     def removexattr(self, key: str, name: str) -> None:
         """Drop xattr name of key."""
@@ -209,6 +206,4 @@ class Attrs:
         _, xattrs = self._xattrs(key)
         if name not in xattrs:
             raise NoAttribute(name)
-        def change(e: Entry) -> None:
-            e.xattrs.pop(name, None)
-        self._change_meta(key, change)
+        self._change_meta(key, lambda e: {"xattrs": {k: v for k, v in e.xattrs.items() if k != name}})

@@ -156,7 +156,7 @@ class Files:
         if self.tree.settings.atime_mode == "relatime" and last > max(e.mtime, e.ctime) \
                 and now - last < RELATIME_MAX_AGE:
             return
-        e.atime = now
+        self.index.amend(e, atime=now)
 
     def _open_node(self, key: str, f: Found, xattrs: dict[str, bytes] | None) -> OpenFile:
         """Open the cache data of key, creating a sparse one to fill from the provider.
@@ -175,9 +175,9 @@ class Files:
         if e.data_name and self.data.exists(e.data_name):
             fd = self.data.open(e.data_name)
         else:
-            e.data_name, fd = self.data.create(e.size)
+            data_name, fd = self.data.create(e.size)
             n = (e.size + self.chunk_size - 1) // self.chunk_size
-            e.chunks = bytes(n) if n else None
+            self.index.amend(e, data_name=data_name, chunks=bytes(n) if n else None)
         node = OpenFile(e, fd, self.fetcher(e), self.chunk_size, self._readahead, self.readahead,
                         self.warm_limit, self._count_warmed, self.seq_window)
         self.state.nodes[key] = node
@@ -223,8 +223,14 @@ class Files:
             if h.kills_setid:
                 self._kill_setid(node.entry)
         n = node.write(data, offset)
+        self._modified(node.entry)
         self.counters.add("bytes_written", n, calls="write_calls")
         return n
+
+    def _modified(self, e: Entry) -> None:
+        """The bytes changed: mtime and ctime move (the row is journaled at close)."""
+        now = time.time()
+        self.index.amend(e, mtime=now, ctime=now)
 
     def _check_size(self, key: str, size: int) -> None:
         limit = self.tree.layout.max_size(keys.as_path(key))
@@ -236,17 +242,13 @@ class Files:
         clear = stat.S_ISUID | (stat.S_ISGID if e.mode & stat.S_IXGRP else 0)
         with self.state.lock:
             if e.mode & clear:
-                e.mode &= ~clear
-                e.ctime = time.time()
+                self.index.amend(e, mode=e.mode & ~clear, ctime=time.time())
 
     def _mark_dirty(self, node: OpenFile) -> None:
         """First change since the journal last heard: uploads under way must not mark it clean."""
         with self.state.lock:
             e = node.entry
-            e.generation += 1
-            e.state = State.DIRTY
-            e.op = OP_PUT
-            e.copy_src = None
+            self.index.amend(e, generation=e.generation + 1, state=State.DIRTY, op=OP_PUT, copy_src=None)
             node.dirty = True
 
     def truncate(self, key: str, length: int, fh: int | None = None) -> None:
@@ -275,6 +277,7 @@ class Files:
         if not node.dirty:
             self._mark_dirty(node)
         node.truncate(length)
+        self._modified(node.entry)
         if length == 0:
             node.mark_complete()
 
@@ -287,8 +290,7 @@ class Files:
             return
         with self.state.lock:
             e = node.entry
-            e.size = node.size
-            e.chunks = node.chunk_bitmap()
+            self.index.amend(e, size=node.size, chunks=node.chunk_bitmap())
             node.dirty = False
             if not node.unlinked:
                 self.index.put(e)
@@ -328,11 +330,10 @@ class Files:
             # an atime moved by a read alone is not worth a commit: it goes with the row's next one
             changed = node.dirty or node.chunks_changed or self.index.get(e.key) is not e
             if node.dirty:  # written but never flushed (flush is optional in FUSE)
-                e.size = node.size
+                self.index.amend(e, size=node.size)
                 node.dirty = False
             if changed:  # flush already journaled a plain write-and-close
-                e.chunks = node.chunk_bitmap()
-                e.used = time.time()
+                self.index.amend(e, chunks=node.chunk_bitmap(), used=time.time())
                 self.index.put(e)
             if e.pending:
                 self.schedule.changed(e.key)

@@ -295,13 +295,9 @@ class Names:
             if self.index.get(old) is e:
                 self.index.remove(old)
             dst_old = self.index.get(new)
-            e.key = new
-            e.ctime = time.time()
-            e.remote = bool(dst_old and dst_old.remote)
-            if e.op in (None, OP_META):
-                e.op, e.copy_src = OP_COPY, old
-            e.state = State.DIRTY
-            e.generation = max(e.generation, dst_old.generation if dst_old else 0) + 1
+            copy = {"op": OP_COPY, "copy_src": old} if e.op in (None, OP_META) else {}
+            self.index.amend(e, key=new, ctime=time.time(), remote=bool(dst_old and dst_old.remote), state=State.DIRTY,
+                             generation=max(e.generation, dst_old.generation if dst_old else 0) + 1, **copy)
             self.index.put(e)
         else:
             pname, info = src.remote  # type: ignore[misc]

@@ -6,8 +6,9 @@ Locks, in the order they may be taken (never the other way round):
    the recent deletes. No provider request is made under it: what an operation needs from a
    provider is asked first, then the lock is taken and the index re-checked (a row that
    appeared meanwhile wins).
-2. Files.lock (the handle table), Schedule.lock (quiet delays, flush count), Counters lock,
-   Links lock (link targets read lately): leaves, taken briefly, under 1 or alone.
+2. Files.lock (the handle table), Schedule._lock (quiet delays, flush count), Activity._lock
+   (time of the last change), Counters._lock, Lookup._links_lock (link targets read lately):
+   leaves, taken briefly, under 1 or alone.
 3. Journal._lock (its SQLite connection and open transaction), Uploader._cond (its queue),
    DataFiles._cond (the data files made ahead and to delete), Evictor._cond (the cache's
    measured use), OpenFile._lock (one file's chunk fetches): leaves, each taken briefly,

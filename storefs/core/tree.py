@@ -246,10 +246,8 @@ class Tree:
             new_row = True
         else:
             new_row = row.op is None
-        row.mtime = row.ctime = now
-        row.op = row.op or OP_MKDIR
-        row.state = State.DIRTY
-        row.generation += 1
+        self.index.amend(row, mtime=now, ctime=now, op=row.op or OP_MKDIR, state=State.DIRTY,
+                         generation=row.generation + 1)
         # a later touch of a row already journaled only moves its times: not worth a commit per create,
         # nor a new place in the upload queue (its quiet delay moves, which the queue asks about)
         self.index.put(row, persist=new_row)

@@ -91,7 +91,7 @@ class Writeback:
             target = tree.route(key, e.size) if e.kind == "file" and op in (OP_PUT, OP_COPY) else e.provider
             data_path = tree.data.path(e.data_name) if e.data_name and e.chunks is None else None
             copy_src, was_remote, size = e.copy_src, e.remote, e.size
-            e.state = State.UPLOADING
+            self.index.amend(e, state=State.UPLOADING)
         info: ObjectInfo | None = None
         try:
             if target != source:
@@ -119,7 +119,7 @@ class Writeback:
         except BaseException:
             with self.state.lock:
                 if e.state == State.UPLOADING:
-                    e.state = State.DIRTY
+                    self.index.amend(e, state=State.DIRTY)
             raise
         tree.remote.mark_up(target)
         self._settle(key, e, gen, op, info, provider=target)
@@ -158,29 +158,27 @@ class Writeback:
         with self.state.lock:
             cur = self.index.get(key)
             if provider is not None and provider != e.provider:
-                e.provider = provider  # the object now lives there (and only there)
+                self.index.amend(e, provider=provider)  # the object now lives there (and only there)
             if cur is e and e.generation == gen:
                 node = self.state.nodes.get(key)
                 self._parent_may_follow(key)
                 if e.kind == "dir" and op == OP_MKDIR and not gone:
                     # kept, clean: SeaweedFS drops folder-marker metadata, and the mount shows what it set
-                    e.op, e.state, e.remote, e.attempts, e.last_error = None, State.CLEAN, True, 0, None
+                    self.index.amend(e, op=None, state=State.CLEAN, remote=True, attempts=0, last_error=None)
                     self.index.put(e)
                 elif op in TOMBSTONES or gone or (e.data_name is None and node is None) or e.kind == "dir":
                     if op in TOMBSTONES:
                         self.state.note_deleted(key.rstrip("/"))
                     self.index.remove(key)
                 else:
-                    e.op, e.state, e.copy_src, e.remote = None, State.CLEAN, None, True
-                    e.attempts, e.last_error = 0, None
-                    if info is not None:
-                        e.etag, e.size, e.mtime = info.etag, info.size, info.mtime if info.mtime else e.mtime
+                    landed = {} if info is None else {"etag": info.etag, "size": info.size,
+                                                      "mtime": info.mtime if info.mtime else e.mtime}
+                    self.index.amend(e, op=None, state=State.CLEAN, copy_src=None, remote=True, attempts=0,
+                                     last_error=None, **landed)
                     self.index.put(e)
                 self.schedule.settled(key)
             elif cur is e:
-                e.state = State.DIRTY
-                if op not in TOMBSTONES:
-                    e.remote = True
+                self.index.amend(e, state=State.DIRTY, remote=e.remote or op not in TOMBSTONES)
             elif op not in TOMBSTONES and not gone:
                 # the key was renamed or removed while its bytes travelled: the provider now
                 # holds an object nobody wants there, unless a newer change overwrites it
@@ -189,7 +187,7 @@ class Writeback:
                                          op=OP_RMDIR if e.kind == "dir" else OP_DELETE, remote=True))
                     self.schedule.now(key)
                 else:
-                    cur.remote = True
+                    self.index.amend(cur, remote=True)
                     self.index.put(cur)
         self._tell_remote(key, e, op, info, gone, provider or e.provider)
 
@@ -225,8 +223,6 @@ class Writeback:
             e = self.index.get(key)
             if e is None:
                 return
-            e.attempts = attempts
-            e.last_error = f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT]
-            if e.state == State.UPLOADING:
-                e.state = State.DIRTY
+            self.index.amend(e, attempts=attempts, last_error=f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT],
+                             state=State.DIRTY if e.state == State.UPLOADING else e.state)
             self.index.put(e)
