@@ -45,39 +45,69 @@ def shown(path: object) -> str:
     return repr(path)[1:-1] if isinstance(path, str) else str(path)
 
 
-#: calls and errno answers per FUSE operation, for status and metrics (one dict increment a call)
-OP_CALLS: dict[str, int] = {}
-OP_ERRORS: dict[str, int] = {}
+class OpCounts:
+    """A count per FUSE operation, kept per thread (FUSE threads never share a counter) and summed when read."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []  # every operation, registered at import before any thread counts
+        self._local = threading.local()
+        self._lock = threading.Lock()  # protects _threads (the list of per-thread dicts)
+        self._threads: list[dict[str, int]] = []
+
+    def register(self, name: str) -> None:
+        if name not in self._names:
+            self._names.append(name)
+
+    def add(self, name: str) -> None:
+        """One more of name in this thread's dict (made with every name, so it never grows while read)."""
+        mine: dict[str, int] | None = getattr(self._local, "counts", None)
+        if mine is None:
+            mine = self._local.counts = dict.fromkeys(self._names, 0)
+            with self._lock:
+                self._threads.append(mine)
+        mine[name] += 1
+
+    def items(self) -> list[tuple[str, int]]:
+        """(operation, count) summed over every thread that ever counted."""
+        with self._lock:
+            threads = list(self._threads)
+        return [(name, sum(t.get(name, 0) for t in threads)) for name in self._names]
+
+
+#: calls and errno answers per FUSE operation, for status and metrics
+OP_CALLS = OpCounts()
+OP_ERRORS = OpCounts()
 
 
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     """Translate core exceptions into FuseOSError, logging each failure once."""
 
     name = {"read_buf": "read"}.get(func.__name__, func.__name__)  # counted under the kernel's name
-    OP_CALLS[name] = OP_ERRORS[name] = 0
+    OP_CALLS.register(name)
+    OP_ERRORS.register(name)
 
     @functools.wraps(func)
     def wrapper(self: StorefsOperations, *args: Any) -> Any:
-        OP_CALLS[name] += 1
+        OP_CALLS.add(name)
         try:
             return func(self, *args)
         except StorefsError as e:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             if e.errno not in QUIET_ERRNOS and not e.quiet:
                 log.warning("%s %s: %s (%s)", name, shown(args[0]) if args else "", shown(str(e)),
                             errno.errorcode.get(e.errno, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
         except mfusepy.FuseOSError:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             raise
         except OSError as e:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
             if code not in QUIET_ERRNOS:
                 log.warning("%s %s: %s", name, shown(args[0]) if args else "", shown(str(e)))
             raise mfusepy.FuseOSError(code) from None
         except Exception:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             log.exception("%s %s failed unexpectedly", name, shown(args[0]) if args else "")
             raise mfusepy.FuseOSError(errno.EIO) from None
 

@@ -1,6 +1,6 @@
 """A provider that hangs must not stall cached work: the core asks it outside its lock.
 
-While another thread's unlink, rename, chmod or rmdir waits on a provider call that does not
+While another thread's unlink, rename, chmod, setxattr or rmdir waits on a provider call that does not
 return, a cached getattr, readdir and read, and a create in a folder the mount knows, each
 answer in under 50 ms (they take well under 1 ms when nothing else runs).
 """
@@ -54,7 +54,7 @@ def put(provider: MemoryProvider, key: str, data: bytes) -> None:
 @pytest.fixture
 def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     provider = HangingProvider()
-    for name in ("gone.png", "moved.png", "mode.png"):
+    for name in ("gone.png", "moved.png", "mode.png", "tagged.png"):
         put(provider, f"{BUSY}/{name}", b"busy")
     provider.make_dir(f"{BUSY}/empty/", ObjectMeta(mtime=1.0, mode=0o40755, uid=0, gid=0))
     put(provider, f"{CALM}/seen.png", b"seen bytes")
@@ -68,7 +68,7 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     assert os.pread(fd, n, 0) == b"seen bytes"
     core.release(fh)
     core.readdir(CALM)
-    for name in ("gone.png", "moved.png", "mode.png", "empty"):
+    for name in ("gone.png", "moved.png", "mode.png", "tagged.png", "empty"):
         core.getattr(f"{BUSY}/{name}")
     try:
         yield core, provider
@@ -95,13 +95,15 @@ def cached_work(core: Core, tag: str) -> dict[str, Callable[[], object]]:
             "readdir_attrs": lambda: core.readdir_attrs(CALM), "read": read, "create": create}
 
 
-@pytest.mark.parametrize("change", ["unlink", "rename", "chmod", "rmdir"])
+@pytest.mark.parametrize("change", ["unlink", "rename", "chmod", "setxattr", "rmdir"])
 def test_cached_work_stays_fast_while_a_change_waits_on_a_hanging_provider(setup, change: str) -> None:  # type: ignore[no-untyped-def]
     core, provider = setup
-    target = {"unlink": "gone.png", "rename": "moved.png", "chmod": "mode.png", "rmdir": "empty"}[change]
+    target = {"unlink": "gone.png", "rename": "moved.png", "chmod": "mode.png", "setxattr": "tagged.png",
+              "rmdir": "empty"}[change]
     key = f"{BUSY}/{target}"
     run = {"unlink": lambda: core.unlink(key), "rename": lambda: core.rename(key, f"{BUSY}/renamed.png"),
-           "chmod": lambda: core.chmod(key, 0o600), "rmdir": lambda: core.rmdir(key)}[change]
+           "chmod": lambda: core.chmod(key, 0o600), "setxattr": lambda: core.setxattr(key, "user.k", b"v"),
+           "rmdir": lambda: core.rmdir(key)}[change]
     core.parts.tree.remote.forget(key)  # the change must ask the provider again
     failed: list[BaseException] = []
 

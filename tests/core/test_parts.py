@@ -193,6 +193,19 @@ def test_storefs_xattrs_are_read_only_and_only_user_names_are_kept(core: Core) -
     assert "user.tag" in core.listxattr(key)
 
 
+def test_the_url_xattr_leaves_the_expiry_to_the_provider(core: Core, mem: MemoryProvider) -> None:
+    """user.storefs.url uses the provider's own expiry (S3: presign_expiry), not a fixed hour."""
+    asked: list[object] = []
+
+    def url(key: str, *args: object) -> str:
+        asked.append(args)
+        return f"mem://{key}"
+
+    mem.url = url  # type: ignore[method-assign]
+    assert core.getxattr(f"{ART}/remote.png", "user.storefs.url") == f"mem://{ART}/remote.png".encode()
+    assert asked == [()]
+
+
 def test_the_index_keeps_its_bookkeeping_beside_the_rows(core: Core) -> None:
     write(core, f"{ART}/i.png", b"i")
     row = core.parts.index.get(f"{ART}/i.png")
