@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_namespace import make_ns, mkdirs, write_file
+from test_core_local import make_ns, mkdirs, write_file
 
 from storefs.cache.datafiles import DataFiles
 
