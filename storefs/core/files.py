@@ -228,7 +228,8 @@ class Files:
         return n
 
     def _modified(self, e: Entry) -> None:
-        """The bytes changed: mtime and ctime move (the row is journaled at close)."""
+        """The bytes changed: mtime and ctime move (the row is journaled at close). No indexed field
+        changes, so the folder indexes are not touched and the core lock is not needed (as for the bytes)."""
         now = time.time()
         self.index.amend(e, mtime=now, ctime=now)
 
