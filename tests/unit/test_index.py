@@ -64,7 +64,10 @@ def test_a_close_after_the_create_does_not_walk_the_folders_again(tmp_path: Path
     walks.clear()
     ix.amend(e, size=9)
     ix.put(e)
+    ix.amend(e, op=OP_PUT, mtime=2.0)  # a folder's times move on every create: its op stays
     assert walks == []
+    ix.amend(e, op=OP_DELETE)
+    assert walks
 
 
 def test_a_row_changes_only_through_the_index(tmp_path: Path) -> None:
