@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from storefs.config import FuseConfig  # noqa: E402
+from storefs.core import Attr  # noqa: E402
 from storefs.errors import Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound, NotPermitted  # noqa: E402
 from storefs.fs import StorefsOperations, mount  # noqa: E402
-from storefs.namespace import Attr  # noqa: E402
 
 
 @dataclass

@@ -16,16 +16,34 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import keys
 from .bdi import set_read_ahead
 from .cache.datafiles import DataFiles
+from .cache.eviction import Evictor
+from .cache.index import EntryIndex
 from .cache.journal import Journal
+from .cache.uploader import Uploader
 from .config import Config, mount_options
 from .control import ControlServer, UnsafeFolder, make_private_folder, socket_path
+from .core import Core, CoreParts
+from .core.attrs import Attrs
+from .core.files import Files
+from .core.lifecycle import Lifecycle
+from .core.lookup import Lookup
+from .core.names import Names
+from .core.recovery import recover
+from .core.schedule import Activity, Schedule
+from .core.state import CoreState
+from .core.status import Status
+from .core.tree import Tree
+from .core.types import Counters, Settings
+from .core.writeback import Writeback
 from .errors import NotFound, StorefsError
 from .layout import Layout
 from .metrics import MetricsServer, hit_ratio
-from .namespace import Namespace
+from .providers.base import Provider
 from .providers.factory import make_providers
+from .remote import RemoteView
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +140,41 @@ def _metrics_server(cfg: Config, snapshot: Callable[[], dict]) -> MetricsServer 
                           f"{e.strerror or e}") from None
 
 
-def mount_key(ns: Namespace, path: str) -> str:
+def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], journal: Journal, data: DataFiles,
+               *, clock: Callable[[], float] = time.monotonic) -> Core:
+    """The core's parts, each given what it uses, behind the facade; the journal's leftovers are recovered
+    first. clock (monotonic seconds) times quiet delays, waits and recent deletes: tests inject one."""
+    settings = Settings.from_config(cfg, mounted_at=time.time())
+    index = EntryIndex(journal, read_only=settings.read_only)
+    recover(index, data)
+    state = CoreState(index, cfg.fuse.dir_cache_ttl, clock)
+    order = [cfg.default_provider] + [p for p in providers if p != cfg.default_provider]
+    remote = RemoteView(providers, order, cfg.fuse.dir_cache_ttl, cfg.fuse.negative_timeout)
+    activity = Activity(clock)
+    uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle)
+    schedule = Schedule(uploader, activity, settings.delay)
+    tree = Tree(settings, state, layout, providers, remote, data, schedule)
+    counters = Counters()
+    evictor = Evictor(tree, cfg.cache.max_size, lambda: data.usage()[0], cfg.cache.space_wait,
+                      after_pass=journal.restore_ballast)
+    status = Status(state, schedule, evictor, counters, data, settings.read_only)
+    files = Files(tree, schedule, evictor, counters, status.wait_uploaded)
+    lookup = Lookup(tree, files)
+    names = Names(tree, lookup, files, schedule)
+    attrs = Attrs(tree, schedule)
+    writeback = Writeback(tree, schedule)
+    lifecycle = Lifecycle(tree, state, data, uploader, evictor, writeback, files)
+    return Core(CoreParts(state=state, schedule=schedule, uploader=uploader, evictor=evictor, counters=counters,
+                          tree=tree, files=files, lookup=lookup, names=names, attrs=attrs, writeback=writeback,
+                          status=status, lifecycle=lifecycle))
+
+
+def mount_key(core: Core, path: str) -> str:
     """The key of a path below the mount (a single-tenant mount's root is the tenant's folder)."""
-    path = "/" + path.strip("/")
-    if path == "/":
-        return ns.root
-    return f"{ns.root}{path}" if ns.root else path[1:]
+    return keys.from_mount_path(core.root, "/" + path.strip("/"))
 
 
-def file_url(ns: Namespace, path: str, expires: float, wait: float) -> dict:
+def file_url(ns: Core, path: str, expires: float, wait: float) -> dict:
     """The URL of the file at a mount path; a file not uploaded yet is uploaded first, so the URL works."""
     key = mount_key(ns, path)
     try:
@@ -172,7 +216,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         metrics = _metrics_server(cfg, lambda: status())
         journal = Journal(os.path.join(cfg.cache.dir, "journal.db"))
         data = DataFiles(cfg.cache.dir)
-        ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)
+        ns = build_core(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)
     except (StorefsError, DaemonError, OSError, UnsafeFolder) as e:
         ready(str(e))
         return
@@ -188,9 +232,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
             return file_url(ns, str(req.get("path", "")), float(req.get("expires") or 3600),
                              float(req.get("wait") or URL_WAIT))
         if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
-            with ns._lock:
-                rows = ns.index.pending()
-            return {"keys": sorted({k for e in rows for k in (e.key, e.copy_src) if k})}
+            return {"keys": ns.pending_keys()}
         return {"error": f"unknown command {cmd!r}"}
 
     def status() -> dict:
@@ -202,7 +244,6 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 "providers": {n: p.kind for n, p in providers.items()}, **st,
                 "operations": {k: n for k, n in OP_CALLS.items() if n},
                 "operation_errors": {k: n for k, n in OP_ERRORS.items() if n},
-                "upload_retries": ns.uploader.retries,
                 "cache_hit_ratio": round(hit_ratio(st["bytes_read"], st["bytes_fetched"]), 4),
                 "metrics_url": f"http://127.0.0.1:{metrics.port}/metrics" if metrics else None}
 
@@ -236,7 +277,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
             t0 = time.monotonic()
             done = ns.flush_all(EXIT_FLUSH_TIMEOUT)
             if not done:
-                left = len(ns.index.pending())
+                left = ns.status()["pending"]
                 log.warning("%d changes still pending after %.0fs; they stay in the journal for the next mount",
                             left, time.monotonic() - t0)
             control.stop()

@@ -1,4 +1,4 @@
-"""The FUSE edge: kernel requests in, namespace calls out, errno values back.
+"""The FUSE edge: kernel requests in, core calls out (storefs.core.MountCore), errno values back.
 
 This is the only module that knows mfusepy, and the only place where exceptions become
 errno values: one wrapper turns storefs errors into their errno (one log line unless the
@@ -23,8 +23,9 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # never libfuse2, whatever 
 
 import mfusepy  # noqa: E402
 
+from . import keys  # noqa: E402
+from .core import Attr, Caller, MountCore  # noqa: E402
 from .errors import QUIET_ERRNOS, NotPermitted, StorefsError  # noqa: E402
-from .namespace import Attr, Caller, Namespace  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +45,69 @@ def shown(path: object) -> str:
     return repr(path)[1:-1] if isinstance(path, str) else str(path)
 
 
-#: calls and errno answers per FUSE operation, for status and metrics (one dict increment a call)
-OP_CALLS: dict[str, int] = {}
-OP_ERRORS: dict[str, int] = {}
+class OpCounts:
+    """A count per FUSE operation, kept per thread (FUSE threads never share a counter) and summed when read."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []  # every operation, registered at import before any thread counts
+        self._local = threading.local()
+        self._lock = threading.Lock()  # protects _threads (the list of per-thread dicts)
+        self._threads: list[dict[str, int]] = []
+
+    def register(self, name: str) -> None:
+        if name not in self._names:
+            self._names.append(name)
+
+    def add(self, name: str) -> None:
+        """One more of name in this thread's dict (made with every name, so it never grows while read)."""
+        mine: dict[str, int] | None = getattr(self._local, "counts", None)
+        if mine is None:
+            mine = self._local.counts = dict.fromkeys(self._names, 0)
+            with self._lock:
+                self._threads.append(mine)
+        mine[name] += 1
+
+    def items(self) -> list[tuple[str, int]]:
+        """(operation, count) summed over every thread that ever counted."""
+        with self._lock:
+            threads = list(self._threads)
+        return [(name, sum(t.get(name, 0) for t in threads)) for name in self._names]
+
+
+#: calls and errno answers per FUSE operation, for status and metrics
+OP_CALLS = OpCounts()
+OP_ERRORS = OpCounts()
 
 
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     """Translate core exceptions into FuseOSError, logging each failure once."""
 
     name = {"read_buf": "read"}.get(func.__name__, func.__name__)  # counted under the kernel's name
-    OP_CALLS[name] = OP_ERRORS[name] = 0
+    OP_CALLS.register(name)
+    OP_ERRORS.register(name)
 
     @functools.wraps(func)
     def wrapper(self: StorefsOperations, *args: Any) -> Any:
-        OP_CALLS[name] += 1
+        OP_CALLS.add(name)
         try:
             return func(self, *args)
         except StorefsError as e:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             if e.errno not in QUIET_ERRNOS and not e.quiet:
                 log.warning("%s %s: %s (%s)", name, shown(args[0]) if args else "", shown(str(e)),
                             errno.errorcode.get(e.errno, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
         except mfusepy.FuseOSError:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             raise
         except OSError as e:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
             if code not in QUIET_ERRNOS:
                 log.warning("%s %s: %s", name, shown(args[0]) if args else "", shown(str(e)))
             raise mfusepy.FuseOSError(code) from None
         except Exception:
-            OP_ERRORS[name] += 1
+            OP_ERRORS.add(name)
             log.exception("%s %s failed unexpectedly", name, shown(args[0]) if args else "")
             raise mfusepy.FuseOSError(errno.EIO) from None
 
@@ -88,7 +119,7 @@ class StorefsOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, ns: Namespace, on_init: Callable[[], None] | None = None,
+    def __init__(self, ns: MountCore, on_init: Callable[[], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
         self.ns = ns
         self._dir_handles = itertools.count(1)
@@ -98,9 +129,7 @@ class StorefsOperations(mfusepy.Operations):
 
     def _key(self, path: str | None) -> str:
         """The object key of a mount path; a single-tenant mount's root is the tenant's folder."""
-        if not path or path == "/":
-            return self.ns.root
-        return f"{self.ns.root}{path}" if self.ns.root else path[1:]
+        return keys.from_mount_path(self.ns.root, path)
 
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         """Big requests and kernel-side attribute caching; threads start only now (after any fork)."""
@@ -118,7 +147,7 @@ class StorefsOperations(mfusepy.Operations):
             config_3.attr_timeout = 0.0 if fc.atime == "strictatime" else fc.attr_timeout
             config_3.entry_timeout = fc.entry_timeout
             config_3.negative_timeout = fc.negative_timeout
-            # libfuse hides an unlinked open file as .fuse_hiddenN (the namespace treats that
+            # libfuse hides an unlinked open file as .fuse_hiddenN (the core treats that
             # rename as the unlink): with hard_remove, fstat on such a file would fail (ESTALE)
             config_3.hard_remove = 0
             config_3.use_ino = 0

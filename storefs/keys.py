@@ -24,3 +24,40 @@ def ancestors(key: str) -> Iterator[tuple[str, str]]:
 def parents(key: str) -> list[str]:
     """'a/b/c' or 'a/b/c/' -> ['a/', 'a/b/']: the folders that hold key, from the root down."""
     return [prefix for prefix, _ in ancestors(key)][1:]
+
+
+def parent(key: str) -> str:
+    """'a/b/c' -> 'a/b'; a key directly below the root -> '' (the root)."""
+    return key.rpartition("/")[0]
+
+
+def name(key: str) -> str:
+    """'a/b/c' -> 'c': the last component, the name a listing shows."""
+    return key.rpartition("/")[2]
+
+
+def dir_key(key: str) -> str:
+    """'a/b' -> 'a/b/': the journal's key of the folder at key."""
+    return key + "/"
+
+
+def child(key: str, child_name: str) -> str:
+    """The key of child_name inside folder key ('' is the root)."""
+    return f"{key}/{child_name}" if key else child_name
+
+
+def prefix(key: str) -> str:
+    """'a/b' -> 'a/b/', '' -> '': what every key below folder key starts with."""
+    return key + "/" if key else ""
+
+
+def as_path(key: str) -> str:
+    """'a/b' -> '/a/b': the absolute form the layout rules match on."""
+    return "/" + key
+
+
+def from_mount_path(root: str, path: str | None) -> str:
+    """The key of a path below the mount ('/x/y'); a single-tenant mount's root is the tenant's folder."""
+    if not path or path == "/":
+        return root
+    return f"{root}{path}" if root else path[1:]

@@ -229,7 +229,7 @@ class DataFiles:
 
     def names(self) -> set[str]:
         """Every data file on disk, to find orphans left by a crash (files of other names are left alone)."""
-        out = set()
+        out: set[str] = set()
         for sub in os.scandir(self.root):
             if sub.is_dir(follow_symlinks=False):
                 out.update(f.name for f in os.scandir(sub.path) if NAME_RE.fullmatch(f.name))

@@ -1,6 +1,6 @@
 """The journal's rows in memory, indexed by folder, so lookups never wait on SQLite.
 
-Every change goes through put/remove, which write the journal row and keep three
+Every change goes through put/remove/amend (rows are frozen everywhere else), which keep three
 indexes in step: the children that pending changes give each folder (what listings overlay on the
 provider's), the pending operations below each folder (an rmdir waits for them), and
 the keys that pending copies read from (those keys are frozen until the copy lands).
@@ -9,22 +9,27 @@ the keys that pending copies read from (those keys are frozen until the copy lan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
+from typing import Any
 
 from ..keys import ancestors
 from .journal import OP_COPY, Entry, Journal
 
 log = logging.getLogger(__name__)
 
+#: the fields the folder indexes are computed from: amending one re-indexes the row
+INDEXED_FIELDS = frozenset({"key", "op", "copy_src"})
+
 
 class EntryIndex:
-    """All journal rows, with the folder indexes the namespace needs."""
+    """All journal rows, with the folder indexes the core needs."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, read_only: bool = False) -> None:
         self.journal = journal
         #: a read-only mount keeps every row in memory only: its journal is never written
-        self.read_only = False
+        self.read_only = read_only
         self.entries: dict[str, Entry] = {}
         self._children: dict[str, Counter[str]] = {}
         self._pending_below: Counter[str] = Counter()
@@ -45,8 +50,8 @@ class EntryIndex:
         if persist and not self.read_only:
             self.journal.put(e)
         old = self.entries.get(e.key)
-        if old is e and e.__dict__.get("_indexed") == self._snapshot(e):
-            return  # the same row again (a close after the create): the folder indexes stand
+        if old is e:
+            return  # the same row again (a close after the create): amend kept the folder indexes right
         if old is not None:
             self._drop(old)
         self._add(e)
@@ -59,12 +64,23 @@ class EntryIndex:
             self.journal.remove(key)
         self._drop(old)
 
-    def refresh(self, e: Entry) -> None:
-        """Re-index e after its fields changed in place, and persist it."""
-        if not self.read_only:
-            self.journal.put(e)
-        self._drop(self.entries[e.key])
-        self._add(e)
+    def amend(self, e: Entry, **changes: Any) -> None:
+        """The one place a row's fields change once it is made: when e is the row indexed at its key,
+        the folder indexes follow at once. Persisting is put()'s job (some changes never are, as atime)."""
+        reindex = self.entries.get(e.key) is e and any(
+            getattr(e, name) != changes[name] for name in INDEXED_FIELDS.intersection(changes))
+        if reindex:
+            self._drop(e)
+        for name, value in changes.items():
+            object.__setattr__(e, name, value)  # Entry is frozen to everyone else
+        if reindex:
+            self._add(e)
+
+    def update(self, key: str, **changes: Any) -> Entry:
+        """Replace key's row by a copy with changes, persisted and re-indexed; the new row is returned."""
+        new = dataclasses.replace(self.entries[key], **changes)
+        self.put(new)
+        return new
 
     def _add(self, e: Entry) -> None:
         self.entries[e.key] = e
@@ -76,15 +92,10 @@ class EntryIndex:
                 self._pending_below[prefix] += 1
         if e.op == OP_COPY and e.copy_src:
             self._copy_sources[e.copy_src] += 1
-        # snapshot what was indexed, so _drop undoes exactly that even if e mutates later
-        e.__dict__["_indexed"] = self._snapshot(e)
-
-    @staticmethod
-    def _snapshot(e: Entry) -> tuple[bool, bool, str | None]:
-        return e.is_tombstone, e.pending, e.copy_src if e.op == OP_COPY else None
 
     def _drop(self, e: Entry) -> None:
-        was_tomb, was_pending, copy_src = e.__dict__.pop("_indexed", (e.is_tombstone, e.pending, None))
+        was_tomb, was_pending = e.is_tombstone, e.pending
+        copy_src = e.copy_src if e.op == OP_COPY else None
         del self.entries[e.key]
         if was_pending and not was_tomb:
             for prefix, name in ancestors(e.key):

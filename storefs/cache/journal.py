@@ -81,9 +81,11 @@ class State(StrEnum):
     UPLOADING = "uploading"  # an uploader is carrying the change out now
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """One key storefs holds locally: cached data, a pending change, or a tombstone."""
+    """One key storefs holds locally: cached data, a pending change, or a tombstone.
+
+    Frozen: a row changes only through EntryIndex.amend, which keeps the folder indexes in step."""
 
     key: str
     provider: str

@@ -245,13 +245,11 @@ class OpenFile:
         n = os.pwrite(self.fd, data, offset)
         if offset + n > self.size:
             self.size = offset + n
-        self.entry.mtime = self.entry.ctime = time.time()
         return n
 
     def truncate(self, length: int) -> None:
         os.ftruncate(self.fd, length)
         self.size = length
-        self.entry.mtime = self.entry.ctime = time.time()
 
     def close(self) -> None:
         self._closed = True

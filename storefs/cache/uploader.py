@@ -1,8 +1,8 @@
 """Background threads that carry pending journal rows to their providers.
 
 The uploader knows nothing of files or providers: it schedules keys, runs one operation
-per key at a time through a Reconciler, and retries failures with capped exponential
-backoff and jitter. What an operation means is the core's business.
+per key at a time through the three functions of UploadJobs (given at start), and retries
+failures with capped exponential backoff and jitter. What an operation means is the core's business.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -24,31 +24,31 @@ YIELD_MAX = 5.0     # ... or the upload is this late: on 2 cores, boto3 and the 
                     # interpreter lock, and uploads running under a burst of creates halve its pace
 
 
-class Reconciler(Protocol):
-    """What the uploader needs from the core."""
+@dataclass(frozen=True)
+class UploadJobs:
+    """The three functions the uploader runs for a key (the core's writeback part gives them)."""
 
-    def due_in(self, key: str) -> float | None:
-        """0 when key's pending operation can run now, seconds to wait, or None if nothing is pending."""
-
-    def sync(self, key: str) -> None:
-        """Carry key's pending operation to its provider; raise to have it retried."""
-
-    def failed(self, key: str, error: BaseException, attempts: int) -> None:
-        """Record a failed attempt (journal and status)."""
+    #: 0 when key's pending operation can run now, seconds to wait, or None if nothing is pending
+    due_in: Callable[[str], float | None]
+    #: carry key's pending operation to its provider; raise to have it retried
+    sync: Callable[[str], None]
+    #: record a failed attempt (journal and status): key, the error, attempts so far
+    failed: Callable[[str, BaseException, int], None]
 
 
 class Uploader:
     """A pool of threads draining a schedule of keys, one operation per key at a time."""
 
-    def __init__(self, reconciler: Reconciler, workers: int = 4, max_backoff: float = 60.0,
+    def __init__(self, workers: int = 4, max_backoff: float = 60.0,
                  idle: Callable[[], float] | None = None) -> None:
-        self._rec = reconciler
         self._idle = idle  # seconds since the last change through the file system
         self._workers = max(1, workers)
         self._max_backoff = max_backoff
-        self._cond = threading.Condition()  # workers wait here for due work
+        # one lock over the queue (_heap, _due, _in_flight, _attempts, counts), with two conditions on it:
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # workers wait here for due work
         # flush's progress loop waits here: a finished operation wakes it, never the idle workers
-        self._changed = threading.Condition(self._cond)
+        self._changed = threading.Condition(self._lock)
         self._timer_taken = False  # one idle worker sleeps until the next due time; the rest until woken
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
@@ -63,9 +63,10 @@ class Uploader:
         self.failures = 0
         self.retries = 0  # operations run again after a failed attempt
 
-    def start(self) -> None:
+    def start(self, jobs: UploadJobs) -> None:
+        """Start the workers, which run jobs for each scheduled key."""
         for i in range(self._workers):
-            t = threading.Thread(target=self._run, name=f"storefs-upload-{i}", daemon=True)
+            t = threading.Thread(target=self._run, args=(jobs,), name=f"storefs-upload-{i}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -164,14 +165,14 @@ class Uploader:
             return 0.0
         return max(0.005, min(YIELD_QUIET - idle, due + YIELD_MAX - now))
 
-    def _run(self) -> None:
+    def _run(self, jobs: UploadJobs) -> None:
         while True:
             key = self._next()
             if key is None:
                 return
             retry_in: float | None = None
             try:
-                wait = self._rec.due_in(key)
+                wait = jobs.due_in(key)
                 if wait is None:
                     self._attempts.pop(key, None)
                 elif wait > 0:
@@ -180,12 +181,12 @@ class Uploader:
                     if self._attempts.get(key):
                         with self._cond:
                             self.retries += 1
-                    self._rec.sync(key)
+                    jobs.sync(key)
                     self._attempts.pop(key, None)
                     with self._cond:
                         self.uploaded += 1
                     # sync may leave work behind (the file changed meanwhile): look again
-                    if self._rec.due_in(key) is not None:
+                    if jobs.due_in(key) is not None:
                         retry_in = 0.0
             except Exception as e:  # every failure is retried: the row stays pending
                 n = self._attempts.get(key, 0) + 1
@@ -195,7 +196,7 @@ class Uploader:
                 retry_in = self._backoff(n)
                 log.warning("sync of %s failed (attempt %d, retry in %.1fs): %s", key, n, retry_in, e)
                 try:
-                    self._rec.failed(key, e, n)
+                    jobs.failed(key, e, n)
                 except Exception:
                     log.exception("recording the failure of %s failed", key)
             with self._cond:

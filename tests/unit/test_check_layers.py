@@ -28,7 +28,8 @@ def test_each_breach_is_named_with_file_line_and_import(tmp_path: Path) -> None:
         "cli.py": "import os\nimport mfusepy\n",
         "daemon.py": "from .providers.local import LocalProvider\n",  # the wiring: allowed
         "remote.py": "from .providers import ObjectInfo\n\ndef f():\n    from botocore.exceptions import ClientError\n",
-        "namespace.py": "import importlib\nimportlib.import_module('storefs.providers.memory')\n",
+        "core/__init__.py": "",
+        "core/tree.py": "import importlib\nimportlib.import_module('storefs.providers.memory')\n",
         "cache/__init__.py": "",
         "cache/index.py": "from ..providers import base, s3\n",
         "providers/__init__.py": "from .base import ObjectInfo\n",
@@ -44,5 +45,5 @@ def test_each_breach_is_named_with_file_line_and_import(tmp_path: Path) -> None:
     res = run(pkg)
     assert res.returncode == 1
     found = sorted(line.split(": ", 1)[0].rsplit("/storefs/", 1)[1] for line in res.stdout.splitlines())
-    assert found == ["cache/index.py:1", "cli.py:2", "namespace.py:2", "remote.py:4"], res.stdout
+    assert found == ["cache/index.py:1", "cli.py:2", "core/tree.py:2", "remote.py:4"], res.stdout
     assert "from ..providers import s3" in res.stdout and "import mfusepy" in res.stdout

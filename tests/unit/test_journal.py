@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from pathlib import Path
@@ -70,8 +71,7 @@ def test_states_come_back_as_the_enum_and_older_journals_open(tmp_path: Path) ->
     j = Journal(str(path), ballast=0)
     (e,) = j.load()
     assert e.state is State.UPLOADING and (e.used, e.atime, e.ctime, e.rdev) == (5.0, 0.0, 0.0, 0)
-    e.state, e.atime, e.rdev = State.DIRTY, 7.0, 259
-    j.put(e)
+    j.put(dataclasses.replace(e, state=State.DIRTY, atime=7.0, rdev=259))
     j.close()
     (again,) = Journal(str(path), ballast=0).load()
     assert again.state is State.DIRTY and (again.atime, again.rdev, again.used) == (7.0, 259, 5.0)

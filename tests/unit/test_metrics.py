@@ -96,3 +96,27 @@ def test_metrics_port_config(tmp_path):
             _config(tmp_path, f"metrics_port: {bad}\n")
         assert e.value.key == "metrics_port" and says in e.value.reason
         assert str(tmp_path / "c.yaml") in str(e.value)
+
+
+def test_operation_counts_are_per_thread_and_lose_nothing_when_summed():
+    """The FUSE edge counts every call from many threads at once: no count may be lost."""
+    import threading
+
+    from storefs.fs import OpCounts
+
+    counts = OpCounts()
+    counts.register("getattr")
+    counts.register("read")
+    counts.register("read")  # read and read_buf count under one name
+
+    def run() -> None:
+        for _ in range(5_000):
+            counts.add("getattr")
+        counts.add("read")
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts.items() == [("getattr", 40_000), ("read", 8)]

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from storefs.cache import uploader as uploader_mod
-from storefs.cache.uploader import Uploader
+from storefs.cache.uploader import Uploader, UploadJobs
 
 
 class Recorder:
-    """A Reconciler that records when each key was synced, failing the first `fail` attempts."""
+    """The upload jobs of a fake core: records when each key was synced, failing the first `fail` attempts."""
 
     def __init__(self, fail: int = 0) -> None:
         self.synced: dict[str, float] = {}
@@ -36,6 +36,9 @@ class Recorder:
 
     def failed(self, key: str, error: BaseException, attempts: int) -> None:
         pass
+
+    def jobs(self) -> UploadJobs:
+        return UploadJobs(due_in=self.due_in, sync=self.sync, failed=self.failed)
 
 
 class Activity:
@@ -66,8 +69,8 @@ def uploading_during_a_burst(rec: Recorder,
                              workers: int) -> Iterator[tuple[Uploader, threading.Event, threading.Thread]]:
     """A started uploader while a burst of file activity goes on (until the event is set)."""
     act, stop = Activity(), threading.Event()
-    up = Uploader(rec, workers=workers, idle=act.idle)
-    up.start()
+    up = Uploader(workers=workers, idle=act.idle)
+    up.start(rec.jobs())
     burst = keep_busy(act, stop)
     try:
         yield up, stop, burst
@@ -115,8 +118,8 @@ def test_retries_do_not_give_way(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uploader_mod, "YIELD_MAX", 30.0)
     rec, act, stop = Recorder(fail=1), Activity(), threading.Event()
     rec.pending = {"k"}
-    up = Uploader(rec, workers=1, idle=act.idle)
-    up.start()
+    up = Uploader(workers=1, idle=act.idle)
+    up.start(rec.jobs())
     up.schedule("k", 0.0)
     time.sleep(0.05)  # first attempt fails at once (nothing was busy yet)
     burst = keep_busy(act, stop)

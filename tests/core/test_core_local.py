@@ -1,4 +1,4 @@
-"""The core without FUSE: journal recovery, local-only renames, ordering of provider operations."""
+"""The core without FUSE on a local folder: journal recovery, local-only renames, ordering of provider operations."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from coretier import FakeClock, build
 
-from storefs.cache.datafiles import DataFiles
-from storefs.cache.journal import Journal
-from storefs.config import load_config
+from storefs.core import Core
 from storefs.errors import NotEmpty, NotFound, NotPermitted
-from storefs.layout import Layout
-from storefs.namespace import Namespace
 from storefs.providers.local import LocalProvider
 
 
@@ -43,28 +40,22 @@ class CountingProvider(LocalProvider):
         return super().delete(key)
 
 
-def make_ns(tmp: Path, delay: str = "0s") -> tuple[Namespace, CountingProvider]:
-    cfg_file = tmp / "cfg.yaml"
-    cfg_file.write_text(
-        f"providers:\n  local: {{type: local, base_path: {tmp / 'data'}}}\n"
-        f"cache: {{dir: {tmp / 'cache'}, writeback_delay: {delay}, uploaders: 2}}\n"
-    )
-    cfg = load_config(str(cfg_file))
-    provider = CountingProvider("local", cfg.providers["local"].base_path)
+def make_ns(tmp: Path, delay: str = "0s", clock: FakeClock | None = None) -> tuple[Core, CountingProvider]:
+    provider = CountingProvider("local", str(tmp / "data"))
     provider.check()
-    ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), {"local": provider},
-                   Journal(os.path.join(cfg.cache.dir, "journal.db")), DataFiles(cfg.cache.dir))
-    return ns, provider
+    if clock is None:
+        return build(tmp, {"local": provider}, delay=delay), provider
+    return build(tmp, {"local": provider}, delay=delay, clock=clock), provider
 
 
-def write_file(ns: Namespace, key: str, data: bytes) -> None:
+def write_file(ns: Core, key: str, data: bytes) -> None:
     fh = ns.create(key, 0o644, os.getuid(), os.getgid(), exclusive=False)
     ns.write(fh, data, 0)
     ns.flush(fh)
     ns.release(fh)
 
 
-def mkdirs(ns: Namespace, key: str) -> None:
+def mkdirs(ns: Core, key: str) -> None:
     parts = key.split("/")
     for i in range(1, len(parts) + 1):
         try:
@@ -140,7 +131,7 @@ def test_changed_during_upload_stays_dirty(tmp_path: Path) -> None:
     ns, p = make_ns(tmp_path)
     mkdirs(ns, "t/image/b/a")
     write_file(ns, "t/image/b/a/f", b"old")
-    e = ns.index.get("t/image/b/a/f")
+    e = ns.parts.index.get("t/image/b/a/f")
     gen = e.generation
     # a write lands between the snapshot and the end of the upload
     orig = p.put_file
@@ -153,12 +144,12 @@ def test_changed_during_upload_stays_dirty(tmp_path: Path) -> None:
         return orig(key, src, meta)
 
     p.put_file = slow_put  # type: ignore[method-assign]
-    ns.sync("t/image/b/a/f")
-    e = ns.index.get("t/image/b/a/f")
+    ns.parts.writeback.sync("t/image/b/a/f")
+    e = ns.parts.index.get("t/image/b/a/f")
     assert e.generation > gen and e.pending, "a change made during the upload must keep the entry dirty"
     p.put_file = orig  # type: ignore[method-assign]
-    ns.sync("t/image/b/a/f")
-    assert not ns.index.get("t/image/b/a/f").pending
+    ns.parts.writeback.sync("t/image/b/a/f")
+    assert not ns.parts.index.get("t/image/b/a/f").pending
     assert (tmp_path / "data/t/image/b/a/f").read_bytes() == b"new"
 
 
@@ -208,15 +199,17 @@ def test_crash_in_the_middle_of_a_folder_rename_loses_nothing(tmp_path: Path) ->
         write_file(ns, f"t/image/b/a/f{i}", f"v{i}".encode())
     assert ns.flush_all(20)
     ns.stop()
-    ns, p = make_ns(tmp_path, delay="1h")  # a fresh daemon that will "die" mid-way
+    clock = FakeClock()
+    ns, p = make_ns(tmp_path, delay="1h", clock=clock)  # a fresh daemon that will "die" mid-way
     ns.rename("t/image/b/a", "t/image/b2/a")
+    clock.advance(3601)  # the quiet delay is over
     # carry out only some of the pending operations, in whatever order they come, then die
     done = 0
-    for e in list(ns.index.pending()):
-        if ns.due_in(e.key) == 0.0 and done < 12:
-            ns._flushing = 1  # skip the quiet delay for this manual drive
-            ns.sync(e.key)
+    for e in list(ns.parts.index.pending()):
+        if ns.parts.writeback.due_in(e.key) == 0.0 and done < 12:
+            ns.parts.writeback.sync(e.key)
             done += 1
+    assert done == 12, "the drive carried out some of the rename's operations before the crash"
     ns2, _ = make_ns(tmp_path, delay="0s")
     ns2.start()
     assert ns2.flush_all(30)
@@ -237,10 +230,10 @@ def test_the_count_flush_polls_matches_the_scan(tmp_path: Path) -> None:
     ns.unlink("t/image/b/a/f1")  # never uploaded: nothing left to do for it
     ns.chmod("t/image/b/a", 0o700)
     # f2-f4 and the four folders; f0 is held open for writing
-    assert ns._ready_count() == len(ns.waiting()[0]) == 7
+    assert ns.parts.status.ready_count() == len(ns.waiting()[0]) == 7
     ns.release(fh)
-    assert ns._ready_count() == len(ns.waiting()[0]) == 8
+    assert ns.parts.status.ready_count() == len(ns.waiting()[0]) == 8
     ns.start()
     assert ns.flush_all(20)
-    assert ns._ready_count() == len(ns.waiting()[0]) == 0
+    assert ns.parts.status.ready_count() == len(ns.waiting()[0]) == 0
     ns.stop()

@@ -1,4 +1,4 @@
-"""The core's POSIX rules, driven in-process (no FUSE): owners, modes, times, links, read-only."""
+"""The core's POSIX rules, in-process on the memory provider (no FUSE): owners, modes, times, links, read-only."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from coretier import build
 
-from storefs.cache.datafiles import DataFiles
-from storefs.cache.journal import Journal
-from storefs.config import load_config
+from storefs.core import Caller, Core
 from storefs.errors import AccessRefused, NotPermitted, ReadOnly, StorefsError
-from storefs.layout import Layout
-from storefs.namespace import Caller, Namespace
-from storefs.providers.local import LocalProvider
+from storefs.providers.memory import MemoryProvider
 
 ART = "t/image/b/a"
 ALICE = Caller(1001, 1001)
@@ -24,18 +21,10 @@ BOB = Caller(1002, 1002)
 ROOT = Caller(0, 0)
 
 
-def make(tmp: Path, fuse: str = "{}") -> tuple[Namespace, LocalProvider]:
-    cfg_file = tmp / "cfg.yaml"
-    cfg_file.write_text(
-        f"providers:\n  local: {{type: local, base_path: {tmp / 'data'}}}\n"
-        f"cache: {{dir: {tmp / 'cache'}, writeback_delay: 0s, uploaders: 2}}\n"
-        f"fuse: {fuse}\n")
-    cfg = load_config(str(cfg_file))
-    provider = LocalProvider("local", cfg.providers["local"].base_path)
-    provider.check()
-    ns = Namespace(cfg, Layout(cfg.layout, cfg.max_file_size), {"local": provider},
-                   Journal(os.path.join(cfg.cache.dir, "journal.db")), DataFiles(cfg.cache.dir))
-    return ns, provider
+def make(tmp: Path, fuse: str = "{}", provider: MemoryProvider | None = None) -> tuple[Core, MemoryProvider]:
+    """A core on provider (a new memory provider unless given: a second mount of the same store)."""
+    provider = provider or MemoryProvider("mem")
+    return build(tmp, {"mem": provider}, fuse=fuse), provider
 
 
 @pytest.fixture
@@ -51,7 +40,7 @@ def ns(tmp_path: Path):
         n.stop()
 
 
-def new_file(ns: Namespace, name: str, who: Caller, mode: int = 0o644, data: bytes = b"x") -> str:
+def new_file(ns: Core, name: str, who: Caller, mode: int = 0o644, data: bytes = b"x") -> str:
     key = f"{ART}/{name}"
     fh = ns.create(key, mode, who.uid, who.gid, exclusive=True)
     ns.write(fh, data, 0)
@@ -60,7 +49,7 @@ def new_file(ns: Namespace, name: str, who: Caller, mode: int = 0o644, data: byt
     return key
 
 
-def test_only_the_owner_or_root_changes_a_mode(ns: Namespace) -> None:
+def test_only_the_owner_or_root_changes_a_mode(ns: Core) -> None:
     key = new_file(ns, "a.png", ALICE)
     with pytest.raises(NotPermitted):
         ns.chmod(key, 0o666, BOB)
@@ -70,7 +59,7 @@ def test_only_the_owner_or_root_changes_a_mode(ns: Namespace) -> None:
     assert stat.S_IMODE(ns.getattr(key).mode) == 0o640
 
 
-def test_a_writer_may_only_drop_set_id_bits_of_a_file_it_does_not_own(ns: Namespace) -> None:
+def test_a_writer_may_only_drop_set_id_bits_of_a_file_it_does_not_own(ns: Core) -> None:
     key = new_file(ns, "s.png", ALICE)
     ns.chmod(key, 0o6777, ROOT)
     ns.chmod(key, 0o777, BOB)  # what the kernel sends after BOB's write (file_remove_privs)
@@ -81,7 +70,7 @@ def test_a_writer_may_only_drop_set_id_bits_of_a_file_it_does_not_own(ns: Namesp
         ns.chmod(key, 0o700, BOB)
 
 
-def test_a_write_by_a_non_root_user_clears_set_user_id(ns: Namespace) -> None:
+def test_a_write_by_a_non_root_user_clears_set_user_id(ns: Core) -> None:
     key = new_file(ns, "w.png", ALICE, 0o666)
     ns.chmod(key, 0o6775, ROOT)
     fh = ns.open(key, os.O_WRONLY, BOB)
@@ -96,7 +85,7 @@ def test_a_write_by_a_non_root_user_clears_set_user_id(ns: Namespace) -> None:
     assert stat.S_IMODE(ns.getattr(key).mode) == 0o6775  # root's writes keep them, as on Linux
 
 
-def test_only_root_gives_a_file_away_and_the_owner_picks_one_of_its_groups(ns: Namespace) -> None:
+def test_only_root_gives_a_file_away_and_the_owner_picks_one_of_its_groups(ns: Core) -> None:
     key = new_file(ns, "o.png", ALICE)
     with pytest.raises(NotPermitted):
         ns.chown(key, BOB.uid, -1, ALICE)
@@ -112,7 +101,7 @@ def test_only_root_gives_a_file_away_and_the_owner_picks_one_of_its_groups(ns: N
     assert stat.S_IMODE(a.mode) == 0o755  # an owner change drops set-ID bits
 
 
-def test_explicit_times_need_the_owner_and_now_needs_write_permission(ns: Namespace) -> None:
+def test_explicit_times_need_the_owner_and_now_needs_write_permission(ns: Core) -> None:
     key = new_file(ns, "t.png", ALICE, 0o644)
     with pytest.raises(NotPermitted):
         ns.utimens(key, 1.0, 2.0, BOB, explicit=True)
@@ -125,7 +114,7 @@ def test_explicit_times_need_the_owner_and_now_needs_write_permission(ns: Namesp
     assert (a.atime, a.mtime) == (5.0, 1_000_000_000.5)
 
 
-def test_ctime_moves_with_every_change_and_folders_with_their_entries(ns: Namespace) -> None:
+def test_ctime_moves_with_every_change_and_folders_with_their_entries(ns: Core) -> None:
     folder = ns.getattr(ART)
     time.sleep(0.01)
     key = new_file(ns, "c.png", ALICE)
@@ -174,7 +163,7 @@ def test_noatime_never_moves_atime(tmp_path: Path) -> None:
     assert n.getattr(key).atime == 100.0
 
 
-def test_links_and_special_files_keep_their_type_and_target(ns: Namespace) -> None:
+def test_links_and_special_files_keep_their_type_and_target(ns: Core) -> None:
     target = b"../../other/\xff\xfename"  # bytes as given, never interpreted
     ns.symlink(f"{ART}/l", target, ALICE)
     a = ns.getattr(f"{ART}/l")
@@ -189,13 +178,13 @@ def test_links_and_special_files_keep_their_type_and_target(ns: Namespace) -> No
     assert ns.flush_all(30)
     ns.rename(f"{ART}/l", f"{ART}/l2")
     assert ns.flush_all(30)
-    e = ns.index.get(f"{ART}/l2")
+    e = ns.parts.index.get(f"{ART}/l2")
     if e is not None:
-        ns.evict(e)
+        ns.parts.tree.evict(e)
     assert ns.readlink(f"{ART}/l2") == target
 
 
-def test_set_group_id_folders_pass_their_group_on(ns: Namespace) -> None:
+def test_set_group_id_folders_pass_their_group_on(ns: Core) -> None:
     ns.mkdir(f"{ART}/shared", 0o2775, ROOT.uid, 500)
     ns.mkdir(f"{ART}/shared/sub", 0o755, ALICE.uid, ALICE.gid)
     sub = ns.getattr(f"{ART}/shared/sub")
@@ -206,7 +195,7 @@ def test_set_group_id_folders_pass_their_group_on(ns: Namespace) -> None:
 
 
 def test_a_read_only_mount_refuses_every_change_and_writes_no_journal_row(tmp_path: Path) -> None:
-    rw, _ = make(tmp_path)
+    rw, store = make(tmp_path)
     parts = ART.split("/")
     for i in range(1, len(parts) + 1):
         rw.mkdir("/".join(parts[:i]), 0o755, 0, 0)
@@ -214,9 +203,9 @@ def test_a_read_only_mount_refuses_every_change_and_writes_no_journal_row(tmp_pa
     key = new_file(rw, "ro.png", ROOT, data=b"kept")
     assert rw.flush_all(30)
     rw.stop()
-    rw.index.journal.close()
+    rw.parts.index.journal.close()
     os.unlink(tmp_path / "cache" / "journal.db")
-    ro, _ = make(tmp_path, "{read_only: true}")
+    ro, _ = make(tmp_path, "{read_only: true}", store)
     ro.start()
     try:
         changes = [lambda: ro.create(f"{ART}/n.png", 0o644, 0, 0, exclusive=True),

@@ -1,0 +1,148 @@
+"""What is still to upload and how the mount is doing: flush, status, statfs, waiting for one upload."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..cache.datafiles import DataFiles
+from ..cache.eviction import Evictor
+from ..cache.journal import OP_PUT, Entry
+from ..errors import ProviderError
+from .schedule import Schedule
+from .state import CoreState
+from .types import Counters
+
+log = logging.getLogger(__name__)
+
+#: attempts after which wait_uploaded gives up on an upload that keeps failing
+WAIT_MAX_ATTEMPTS = 3
+#: seconds between full scans of the pending rows while flushing (a count decides in between)
+FLUSH_SCAN_INTERVAL = 0.2
+#: seconds between progress reports of a flush
+FLUSH_PROGRESS_INTERVAL = 0.5
+#: seconds a waiter sleeps at most between looks at the uploader
+WAIT_STEP = 0.2
+#: errors status lists at most
+MAX_ERRORS_SHOWN = 100
+NAME_MAX = 255
+
+
+class Status:
+    """Flush, status and the waits on uploads (thread-safe)."""
+
+    def __init__(self, state: CoreState, schedule: Schedule, evictor: Evictor, counters: Counters,
+                 data: DataFiles, read_only: bool) -> None:
+        self.state = state
+        self.index = state.index
+        self.schedule = schedule
+        self.uploader = schedule.uploader
+        self.evictor = evictor
+        self.counters = counters
+        self.data = data
+        self.read_only = read_only
+
+    def waiting(self) -> tuple[list[Entry], list[Entry]]:
+        """Pending entries that can be uploaded, and those held open for writing."""
+        with self.state.lock:
+            ready: list[Entry] = []
+            held: list[Entry] = []
+            for e in self.index.pending():
+                node = self.state.nodes.get(e.key)
+                (held if node is not None and node.writers > 0 else ready).append(e)
+            return ready, held
+
+    def ready_count(self) -> int:
+        """len(waiting()[0]) from counters and the open files, not a scan of every entry."""
+        with self.state.lock:
+            held = 0
+            for key, node in self.state.nodes.items():
+                if node.writers > 0:
+                    e = self.index.get(key)
+                    held += e is not None and e.pending
+            return self.index.pending_count() - held
+
+    def pending_keys(self) -> list[str]:
+        """Keys `storefs cleanup` must not delete: changes not uploaded yet, and sources of pending copies."""
+        with self.state.lock:
+            rows = self.index.pending()
+        return sorted({k for e in rows for k in (e.key, e.copy_src) if k})
+
+    def wait_uploaded(self, key: str, timeout: float | None) -> None:
+        """Block until key has reached its provider (fsync: upload, and `storefs url`), uploading
+        it now; ProviderError if that fails three times or takes longer than timeout."""
+        clock = self.schedule.clock
+        deadline = None if timeout is None else clock() + timeout
+        self.schedule.hurry(key)
+        while True:
+            with self.state.lock:
+                e = self.index.get(key)
+                if e is None or not e.pending:
+                    return
+                if e.attempts and e.last_error and e.attempts >= WAIT_MAX_ATTEMPTS:
+                    raise ProviderError(f"upload of {key} failed: {e.last_error}")
+            if deadline is not None and clock() > deadline:
+                raise ProviderError(f"upload of {key} did not finish in time")
+            self.uploader.wait_change(WAIT_STEP)
+
+    def flush_all(self, timeout: float | None, progress: Callable[[dict[str, Any]], None] | None = None) -> bool:
+        """Wait until every closed change has reached its provider; False on timeout."""
+        if self.read_only:
+            return True  # nothing of this mount's own to upload; an earlier mount's changes wait for a writable one
+        clock = self.schedule.clock
+        deadline = None if timeout is None else clock() + timeout
+        self.schedule.flushing(True)
+        try:
+            self.uploader.hurry()
+            last = scanned = 0.0
+            while True:
+                # woken by every finished upload: a count, and the full scan that decides only
+                # when the count says done or at most 5 times a second
+                now = clock()
+                if self.ready_count() <= 0 or now - scanned >= FLUSH_SCAN_INTERVAL:
+                    if not self.waiting()[0]:
+                        return True
+                    self.uploader.hurry()  # changes closed meanwhile skip their quiet delay too
+                    scanned = now
+                if progress is not None and now - last >= FLUSH_PROGRESS_INTERVAL:
+                    progress(self.status())
+                    last = now
+                if deadline is not None and now > deadline:
+                    return False
+                self.uploader.wait_change(WAIT_STEP)
+        finally:
+            self.schedule.flushing(False)
+
+    def status(self) -> dict[str, Any]:
+        """The counts `storefs status` and /metrics show."""
+        with self.state.lock:
+            pending = self.index.pending()
+            dirty = [e for e in pending if e.op == OP_PUT]
+            errors = [{"key": e.key, "op": e.op, "attempts": e.attempts, "error": e.last_error}
+                      for e in pending if e.last_error]
+            cached = sum(1 for e in self.index.entries.values() if e.data_name)
+            open_files = len(self.state.nodes)
+        return {
+            "pending": len(pending),
+            "dirty_files": len(dirty),
+            "dirty_bytes": sum(e.size for e in dirty),
+            "uploading": len(self.uploader.in_flight()),
+            "queue": self.uploader.scheduled(),
+            "uploads_done": self.uploader.uploaded,
+            "upload_failures": self.uploader.failures,
+            "upload_retries": self.uploader.retries,
+            "errors": errors[:MAX_ERRORS_SHOWN],
+            "cached_files": cached,
+            "cache_evictions": self.evictor.evicted,
+            "open_files": open_files,
+            **self.counters.snapshot(),
+        }
+
+    def statfs(self) -> dict[str, int]:
+        """The cache disk's numbers: what a program may write before the cache is full."""
+        st = os.statvfs(self.data.root)
+        return {"f_bsize": st.f_bsize, "f_frsize": st.f_frsize, "f_blocks": st.f_blocks,
+                "f_bfree": st.f_bfree, "f_bavail": st.f_bavail, "f_files": st.f_files,
+                "f_ffree": st.f_ffree, "f_favail": st.f_favail, "f_namemax": NAME_MAX}
