@@ -137,12 +137,14 @@ class DirCache:
             self._trim()
         return names
 
-    def known_empty(self, prefix: str) -> None:
-        """Cache an empty listing for a folder storefs just made, unless one is cached already."""
+    def known_empty(self, prefix: str, verified: bool = True) -> None:
+        """Cache an empty listing for a folder storefs just made, unless one is cached already;
+        unverified (the providers did not answer whether the name was free), it is held expired:
+        it answers only while they still do not answer, and is listed first once they do."""
         now = self._clock()
         with self._lock:
             if prefix not in self._listings:
-                self._listings[prefix] = Listing({}, now + self.ttl, now)
+                self._listings[prefix] = Listing({}, now + self.ttl if verified else 0.0, now)
                 self._trim()
 
     def is_big(self, prefix: str) -> bool:

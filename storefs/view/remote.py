@@ -204,10 +204,10 @@ class RemoteView:
 
         A new artifact folder's first file then costs no listing; a name another client puts
         there meanwhile is found by the miss recheck, as in any listing older than miss_recheck.
+        Made while a provider does not answer, the empty listing stands in only until it does.
         """
-        if not self._list_lookups or not self._answering():
-            return  # a provider that does not answer gave no evidence that the folder is new
-        self.cache.known_empty(key.rstrip("/") + "/")
+        if self._list_lookups:  # a provider that does not answer gave no evidence that the folder is new
+            self.cache.known_empty(key.rstrip("/") + "/", verified=self._answering())
 
     # -- lookups ---------------------------------------------------------------------------
 

@@ -143,3 +143,11 @@ def test_big_folders_are_remembered_for_a_ttl() -> None:
     assert c.is_big("a/")
     clock.now += 10.1
     assert not c.is_big("a/")
+
+
+def test_an_unverified_empty_folder_is_held_expired() -> None:
+    clock = Clock()
+    c = cache(clock)
+    c.known_empty("a/", verified=False)
+    held = c.held("a/")
+    assert c.fresh("a/") is None and held is not None and held.names == {}

@@ -215,3 +215,26 @@ def test_a_provider_asked_by_head_answers_from_the_held_listing_while_it_hangs(
     assert sum(p.calls.values()) == calls
     p.gate.set()
     assert stuck.join() is None
+
+
+def test_a_folder_made_while_the_provider_hangs_takes_creates_until_it_is_listed(
+        world: tuple[RemoteView, MemoryProvider, Clock]) -> None:
+    v, p, clock = world
+    store(p, "t/a/new/theirs.png")  # another client made the folder too, unknown to this view
+    stuck = hang(v, p, clock)
+    v.known_empty("t/a/new")  # made here: the provider could not say whether the name was free
+    assert quickly(lambda: v.lookup("t/a/new/mine.png")) is None  # a create in it does not wait
+    assert quickly(lambda: v.lookup("t/a/new/theirs.png")) is None
+    p.gate.set()
+    assert stuck.join() is None
+    wait_until(v.refresh.idle)
+    assert v.lookup("t/a/new/theirs.png") is not None  # once it answers, the folder is listed
+
+
+def test_a_folder_made_while_the_provider_answers_costs_no_listing(
+        world: tuple[RemoteView, MemoryProvider, Clock]) -> None:
+    v, p, clock = world
+    lists = p.calls["list"]
+    v.known_empty("t/a/new")
+    assert v.lookup("t/a/new/mine.png") is None
+    assert p.calls["list"] == lists
