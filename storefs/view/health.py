@@ -57,7 +57,7 @@ class ProviderHealth:
         with self._lock:
             n = self._failures.get(pname, 0) + 1
             self._failures[pname] = n
-            wait = min(self._t.max_down_for, self._t.down_for * 2 ** (n - 1))
+            wait = min(self._t.max_down_for, self._t.down_for * 2.0 ** (n - 1))
             self._down_until[pname] = self._clock() + wait
         log.warning("provider %s is not answering; serving from the cache for %.0fs", pname, wait)
         return wait

@@ -7,6 +7,7 @@ Nothing here decides what a request answers: the background only fills the cache
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import threading
@@ -164,7 +165,7 @@ class Refresh:
                     if len(wanted) >= self._t.prefetch_subfolders:
                         break
         for sub in self._claim(wanted):
-            self._submit(pool, ("list", sub), lambda s=sub: self.prefetch(s))
+            self._submit(pool, ("list", sub), functools.partial(self.prefetch, sub))
 
     def prefetch(self, prefix: str) -> None:
         """What a background listing ahead of a walk does."""
@@ -203,7 +204,7 @@ class Refresh:
         if pool is None:
             return
         for prefix in self._claim(self.due_rechecks()):
-            self._submit(pool, ("list", prefix), lambda p=prefix: self.recheck(p))
+            self._submit(pool, ("list", prefix), functools.partial(self.recheck, prefix))
 
     def due_rechecks(self) -> list[str]:
         """Folders whose listing answered a miss since it was fetched and is nearly old enough to

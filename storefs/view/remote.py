@@ -196,7 +196,8 @@ class RemoteView:
     def _revalidated(self, prefix: str, limit: int | None, held: Listing) -> Names | None:
         """A new listing of prefix for a request that holds an older one (expired, or due for a
         miss recheck); the held one while the providers do not answer promptly."""
-        return self._bounded(("list", prefix), lambda: self._fetch(prefix, limit), held.names,
+        stale: Names | None = held.names
+        return self._bounded(("list", prefix), lambda: self._fetch(prefix, limit), stale,
                              joined=lambda: self.cache.fresh(prefix, fetched_after=held.fetched))
 
     def known_empty(self, key: str) -> None:
@@ -245,9 +246,10 @@ class RemoteView:
                         or self.providers[found[0]].listing_has_metadata):
                     return found
                 # listings of object stores carry no mtime/mode: one HEAD, then cached like any other
-                stale = head.found if head is not None and head.found is not None and self._usable(
-                    head.fetched) else found
-                return self._bounded(("head", key), lambda: self._head_for_meta(key, found), stale)
+                listed: Found = found
+                stale: Found | None = head.found if head is not None and head.found is not None and self._usable(
+                    head.fetched) else listed
+                return self._bounded(("head", key), lambda: self._head_for_meta(key, listed), stale)
             found = self._head_lookup(key, need_meta, head)
         except ProviderUnavailable:
             if listing is not None:
