@@ -55,15 +55,17 @@ class Refresh:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the refresher thread and the pools (once)."""
-        if self._thread is not None:
+    def start(self, listings: bool) -> None:
+        """Start revalidating for waiting requests; with listings (object stores), also the refresher
+        thread and the listings ahead of a walk (once)."""
+        if self._revalidator is not None:
             return
         self._halt.clear()
         self._revalidator = ThreadPoolExecutor(self._t.revalidate_threads, thread_name_prefix="storefs-revalidate")
-        self._prefetcher = ThreadPoolExecutor(self._t.prefetch_threads, thread_name_prefix="storefs-prefetch")
-        self._thread = threading.Thread(target=self._loop, name="storefs-listings", daemon=True)
-        self._thread.start()
+        if listings:
+            self._prefetcher = ThreadPoolExecutor(self._t.prefetch_threads, thread_name_prefix="storefs-prefetch")
+            self._thread = threading.Thread(target=self._loop, name="storefs-listings", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """End the background work; what is queued is dropped, what runs ends with its request."""

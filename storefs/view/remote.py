@@ -72,10 +72,10 @@ class RemoteView:
     # -- the background --------------------------------------------------------------------
 
     def start(self) -> None:
-        """On object stores: revalidate for waiting requests, refresh listings in use before they
-        expire, and list subfolders ahead of a walk, off the request path."""
-        if self._list_lookups and self.ttl > 0:
-            self.refresh.start()
+        """Revalidate expired answers for waiting requests off the request path; on object stores
+        also refresh listings in use before they expire, and list subfolders ahead of a walk."""
+        if self.ttl > 0:
+            self.refresh.start(listings=self._list_lookups)
 
     def stop(self) -> None:
         self.refresh.stop()
@@ -223,6 +223,8 @@ class RemoteView:
         now = self._clock()
         head = self.cache.head(key)
         if head is not None and head.until > now:
+            if head.found is not None and head.found[1].is_dir and need_meta:
+                return self._with_dir_meta(key, head.found)
             return head.found
         try:
             if self._list_lookups:
@@ -250,7 +252,7 @@ class RemoteView:
                 stale: Found | None = head.found if head is not None and head.found is not None and self._usable(
                     head.fetched) else listed
                 return self._bounded(("head", key), lambda: self._head_for_meta(key, listed), stale)
-            found = self._head_lookup(key, need_meta, head)
+            found = self._head_lookup(key, head)
         except ProviderUnavailable:
             if listing is not None:
                 return listing.get(name) or listing.get(name + "/")
@@ -274,7 +276,7 @@ class RemoteView:
         self.cache.put_head(key, found, started)
         return found
 
-    def _head_lookup(self, key: str, need_meta: bool, head: Head | None) -> Found | None:
+    def _head_lookup(self, key: str, head: Head | None) -> Found | None:
         """key asked of each provider (no listing answers for it); while the providers do not
         answer promptly, an expired head or listing answers, the newer of the two."""
         stale: list[tuple[float, Found | None]] = []
@@ -285,10 +287,10 @@ class RemoteView:
         if held is not None and self._usable(held.fetched):
             stale.append((held.fetched, held.names.get(name) or held.names.get(name + "/")))
         if not stale:
-            return self._ask_each(key, need_meta)
-        return self._bounded(("head", key), lambda: self._ask_each(key, need_meta), max(stale, key=lambda s: s[0])[1])
+            return self._ask_each(key)
+        return self._bounded(("head", key), lambda: self._ask_each(key), max(stale, key=lambda s: s[0])[1])
 
-    def _ask_each(self, key: str, need_meta: bool) -> Found | None:
+    def _ask_each(self, key: str) -> Found | None:
         """key asked of each provider in turn: a HEAD, then a folder probe; cached as a head."""
         started = self._clock()
         found: Found | None = None
@@ -302,8 +304,7 @@ class RemoteView:
             if self.health.call(pname, p.dir_exists, key + "/"):
                 found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
                 break
-        if not (found is not None and found[1].is_dir and need_meta):  # a folder is cached with its metadata
-            self.cache.put_head(key, found, started)
+        self.cache.put_head(key, found, started)
         return found
 
     def dir_meta_cached(self, key: str, found: tuple[str, ObjectInfo]) -> tuple[bool, tuple[str, ObjectInfo]]:

@@ -238,3 +238,30 @@ def test_a_folder_made_while_the_provider_answers_costs_no_listing(
     v.known_empty("t/a/new")
     assert v.lookup("t/a/new/mine.png") is None
     assert p.calls["list"] == lists
+
+
+@pytest.mark.parametrize("world", [(False, T)], indirect=True)
+def test_a_provider_asked_by_head_is_waited_for_only_until_it_turns_slow(
+        world: tuple[RemoteView, MemoryProvider, Clock]) -> None:
+    v, p, clock = world
+    clock.now += TTL + 1
+    p.gate.clear()
+    looking = Run(lambda: v.lookup("t/a/1.png"))  # its folder's expired listing knows it
+    wait_until(lambda: p.waiting == 1)
+    time.sleep(20 * T.slow_poll)
+    assert looking.thread.is_alive()  # the provider may still answer: the request waits for it
+    clock.now += T.slow_after + 0.01
+    assert looking.join() is not None
+
+
+@pytest.mark.parametrize("world", [(False, T)], indirect=True)
+def test_a_folder_found_by_head_is_cached_with_its_metadata(
+        world: tuple[RemoteView, MemoryProvider, Clock]) -> None:
+    v, p, clock = world
+    p.make_dir("t/b/", ObjectMeta(mtime=5.0, mode=0o40750))
+    calls = sum(p.calls.values())
+    for _ in range(3):
+        found = v.lookup("t/b")
+        assert found is not None and found[1].is_dir and found[1].mode is not None
+        assert found[1].mode & 0o777 == 0o750
+    assert sum(p.calls.values()) == calls + 3  # a HEAD, a folder probe and the marker's HEAD, once
