@@ -75,11 +75,7 @@ class ProviderHealth:
         """A call to pname under way: fails fast while pname is down, marks it down on
         ProviderUnavailable; yields a function the caller calls whenever the call makes progress
         (a listing page arrived), so a long listing is not taken for a hang."""
-        if self.is_down(pname):
-            raise ProviderUnavailable(f"provider {pname} is not answering")
-        call = next(self._ids)
-        with self._lock:
-            self._calls[call] = (pname, self._clock())
+        call = self._begin(pname)
 
         def progress() -> None:
             now = self._clock()
@@ -89,16 +85,43 @@ class ProviderHealth:
         try:
             yield progress
         except ProviderUnavailable:
+            self._end(call)
             self.mark_down(pname)
             raise
-        else:
-            with self._lock:
-                self._failures.pop(pname, None)
-        finally:
-            with self._lock:
-                self._calls.pop(call, None)
+        except BaseException:
+            self._end(call, answered=pname)
+            raise
+        self._end(call, answered=pname)
 
     def call(self, pname: str, fn: Callable[..., T], *args: object) -> T:
-        """fn(*args), a request to pname, tracked as calling() does."""
-        with self.calling(pname):
-            return fn(*args)
+        """fn(*args), a request to pname, tracked as calling() does (written out: lookups on a
+        local disk take microseconds, and a context manager would double them)."""
+        call = self._begin(pname)
+        try:
+            result = fn(*args)
+        except ProviderUnavailable:
+            self._end(call)
+            self.mark_down(pname)
+            raise
+        except BaseException:
+            self._end(call, answered=pname)  # an answer all the same (not found, refused)
+            raise
+        self._end(call, answered=pname)
+        return result
+
+    def _begin(self, pname: str) -> int:
+        """Register a call to pname, or fail fast while it is down."""
+        now = self._clock()
+        with self._lock:
+            if self._down_until.get(pname, 0.0) > now:
+                raise ProviderUnavailable(f"provider {pname} is not answering")
+            call = next(self._ids)
+            self._calls[call] = (pname, now)
+        return call
+
+    def _end(self, call: int, answered: str | None = None) -> None:
+        """The call is over; answered: its provider answered, so its backoff starts over."""
+        with self._lock:
+            self._calls.pop(call, None)
+            if answered is not None:
+                self._failures.pop(answered, None)

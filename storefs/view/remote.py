@@ -234,9 +234,9 @@ class RemoteView:
                     held = self.cache.held(prefix)
                     if held is not None and now - held.fetched > self.tunables.miss_recheck:
                         listing = self._revalidated(prefix, self.tunables.lookup_listing_max, held)
-            elif listing is None and not self._answering():
-                held = self.cache.held(prefix)  # an expired listing still knows what was there a moment ago
-                if held is not None and self._usable(held.fetched):
+            elif listing is None:  # an expired listing still knows what was there a moment ago
+                held = self.cache.held(prefix)
+                if held is not None and self._usable(held.fetched) and not self._answering():
                     listing = held.names
             if listing is not None:
                 found = listing.get(name) or listing.get(name + "/")
@@ -278,9 +278,11 @@ class RemoteView:
 
     def _head_lookup(self, key: str, head: Head | None) -> Found | None:
         """key asked of each provider (no listing answers for it); while the providers do not
-        answer promptly, an expired head or listing answers, the newer of the two."""
+        answer promptly, an expired head of a found key or its folder's listing answers, the newer."""
         stale: list[tuple[float, Found | None]] = []
-        if head is not None and self._usable(head.fetched):
+        if head is not None and head.found is not None and self._usable(head.fetched):
+            # (an absent name's head lasts the short negative TTL: asked again inline, as it is
+            # asked often; while the provider does not answer, its folder's listing says absent)
             stale.append((head.fetched, head.found))
         prefix, name = split_key(key)
         held = self.cache.held(prefix)
