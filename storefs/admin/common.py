@@ -17,6 +17,7 @@ from ..keys import parents
 from ..layout import Layout
 from ..providers.base import ObjectInfo, Provider
 from ..providers.factory import make_providers
+from ..view import merge
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Store:
     def __init__(self, cfg: Config, providers: dict[str, Provider]) -> None:
         self.cfg = cfg
         self.providers = providers
-        self.order = [cfg.default_provider] + [p for p in providers if p != cfg.default_provider]
+        self.order = merge.provider_order(cfg.default_provider, providers)
         self.layout = Layout(cfg.layout, cfg.max_file_size)
         self.levels = cfg.layout.levels
 
@@ -166,19 +167,9 @@ def _ancestors_within(key: str, top: str) -> list[str]:
 def walk_merged(store: Store, prefix: str) -> Iterator[tuple[str, ObjectInfo, bool]]:
     """(provider, info, shadowed) for every key below prefix; shadowed: an earlier provider has the key too.
 
-    The same merge as the mount's listings: the default provider first, a key counted once.
+    The same merge as the mount's listings (storefs.view.merge): the default provider first, a key counted once.
     """
-    start = prefix + "/" if prefix else ""
-    seen: set[str] | None = set() if len(store.order) > 1 else None
-    for pname in store.order:
-        for info in store.providers[pname].walk(start):
-            if seen is None:
-                yield pname, info, False
-            elif info.key in seen:
-                yield pname, info, True
-            else:
-                seen.add(info.key)
-                yield pname, info, False
+    return merge.walk_merged(store.providers, store.order, prefix + "/" if prefix else "")
 
 
 def artifacts(store: Store, prefix: str, need_mtime: bool = True) -> dict[str, Artifact]:

@@ -3,8 +3,8 @@
 It behaves as an object store does (folders are marker keys 'prefix/' or implicit prefixes of
 other keys, a symlink is an object whose bytes are its target, special files are zero-byte
 objects with their type in mode) and keeps every metadata field exactly as it was given. It
-answers in microseconds, so a benchmark on it measures storefs alone; `latency` and `fail_with`
-make it slow or failing on demand for the core's tests.
+answers in microseconds, so a benchmark on it measures storefs alone; `latency`, `fail_with` and
+`gate` make it slow, failing or hanging on demand for the core's tests.
 """
 
 from __future__ import annotations
@@ -55,15 +55,23 @@ class MemoryProvider(Provider):
     listing_has_metadata = True
     lookup_by_listing = False
 
-    def __init__(self, name: str = "memory", *, latency: float = 0.0, fail_with: Exception | None = None) -> None:
+    def __init__(self, name: str = "memory", *, latency: float = 0.0, fail_with: Exception | None = None,
+                 lookup_by_listing: bool = False) -> None:
         self.name = name
+        #: True makes storefs look names up by listing their folder, as it does on object stores
+        self.lookup_by_listing = lookup_by_listing
         #: seconds every request-like call (all but url/watch/close) sleeps first, outside the lock
         self.latency = latency
         #: when set, every request-like call raises it (after the latency), as a broken backend would
         self.fail_with: Exception | None = fail_with
         #: how many times each method was called (faults included), so tests can assert on round trips
         self.calls: Counter[str] = Counter()
-        #: protects _objects, _keys (always the sorted keys of _objects) and calls
+        #: while cleared, every request-like call waits (outside the lock) until it is set: a server that hangs
+        self.gate = threading.Event()
+        self.gate.set()
+        #: how many calls wait at the gate now
+        self.waiting = 0
+        #: protects _objects, _keys (always the sorted keys of _objects), calls and waiting
         self._lock = threading.Lock()
         self._objects: dict[str, _Object] = {}
         self._keys: list[str] = []
@@ -71,9 +79,17 @@ class MemoryProvider(Provider):
     # -- inner workings --------------------------------------------------------------------
 
     def _enter(self, method: str) -> None:
-        """Count the call, then apply the injected latency and failure, as a remote call would suffer them."""
+        """Count the call, then apply the injected hang, latency and failure, as a remote call would suffer them."""
         with self._lock:
             self.calls[method] += 1
+        if not self.gate.is_set():
+            with self._lock:
+                self.waiting += 1
+            try:
+                self.gate.wait()
+            finally:
+                with self._lock:
+                    self.waiting -= 1
         if self.latency > 0:
             time.sleep(self.latency)
         if self.fail_with is not None:

@@ -1,4 +1,7 @@
-"""RemoteView: how many provider requests lookups cost, and how soon others' changes show."""
+"""RemoteView: how many provider requests lookups cost, and how soon others' changes show.
+
+Time is an injected clock the tests move; the tunables are passed in, never patched.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from storefs import remote
 from storefs.providers.base import ObjectInfo
 from storefs.providers.local import LocalProvider
-from storefs.remote import RemoteView
+from storefs.view import RemoteView, ViewTunables
+
+T = ViewTunables()
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class ListingProvider(LocalProvider):
@@ -39,20 +53,22 @@ def put(base: Path, key: str, data: bytes = b"x") -> None:
     (base / key).write_bytes(data)
 
 
-@pytest.fixture
-def view(tmp_path: Path) -> tuple[RemoteView, ListingProvider, Path]:
+def make_view(tmp_path: Path, clock: Clock, tunables: ViewTunables = T,
+              ttl: float = 30.0) -> tuple[RemoteView, ListingProvider, Path]:
     base = tmp_path / "data"
     base.mkdir()
     p = ListingProvider("s3", str(base))
-    return RemoteView({"s3": p}, ["s3"], ttl=30.0, negative_ttl=0.0), p, base
+    return RemoteView({"s3": p}, ["s3"], ttl=ttl, negative_ttl=0.0, clock=clock, tunables=tunables), p, base
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """remote's monotonic clock, moved by the test."""
-    now = [1000.0]
-    monkeypatch.setattr(remote.time, "monotonic", lambda: now[0])
-    return now
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def view(tmp_path: Path, clock: Clock) -> tuple[RemoteView, ListingProvider, Path]:
+    return make_view(tmp_path, clock)
 
 
 def test_one_listing_answers_every_name_in_a_folder(view: tuple[RemoteView, ListingProvider, Path]) -> None:
@@ -65,15 +81,15 @@ def test_one_listing_answers_every_name_in_a_folder(view: tuple[RemoteView, List
 
 
 def test_a_name_missing_from_an_older_listing_is_checked_again(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: Clock) -> None:
     v, p, base = view
     assert v.lookup("t/image/b/a/late.png") is None
     put(base, "t/image/b/a/late.png")  # another client uploads it
-    clock[0] += remote.MISS_RECHECK / 2
+    clock.now += T.miss_recheck / 2
     assert v.lookup("t/image/b/a/late.png") is None  # a listing this young is trusted
     assert v.lookup("t/image/b/a/other.png") is None
     assert p.lists == 1
-    clock[0] += remote.MISS_RECHECK
+    clock.now += T.miss_recheck
     assert v.lookup("t/image/b/a/late.png") is not None
     assert p.lists == 2
     assert v.lookup("t/image/b/a/other.png") is None  # the new listing answers the next misses
@@ -81,7 +97,7 @@ def test_a_name_missing_from_an_older_listing_is_checked_again(
 
 
 def test_a_folder_made_here_is_known_empty_until_the_miss_recheck(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: Clock) -> None:
     v, p, base = view
     v.known_empty("t/image/b/new")
     for i in range(20):
@@ -89,13 +105,14 @@ def test_a_folder_made_here_is_known_empty_until_the_miss_recheck(
     assert v.listing("t/image/b/new/") == {}
     assert p.lists == 0 and p.heads == 0
     put(base, "t/image/b/new/theirs.png")  # another client writes into it
-    clock[0] += remote.MISS_RECHECK + 0.1
+    clock.now += T.miss_recheck + 0.1
     assert v.lookup("t/image/b/new/theirs.png") is not None  # found as in any older listing
     assert p.lists == 1
 
 
-def _view_noting_threads(base: Path, ttl: float) -> tuple[RemoteView, list[str]]:
-    """A view whose provider notes the thread each listing is asked from."""
+def _view_noting_threads(base: Path, ttl: float,
+                         tunables: ViewTunables = T) -> tuple[RemoteView, list[str]]:
+    """A view on the real clock whose provider notes the thread each listing is asked from."""
     base.mkdir()
     p = ListingProvider("s3", str(base))
     listed_by: list[str] = []
@@ -105,14 +122,12 @@ def _view_noting_threads(base: Path, ttl: float) -> tuple[RemoteView, list[str]]
         listed_by.append(threading.current_thread().name)
         return real_list(prefix)
     p.list = list_noting_thread  # type: ignore[method-assign]
-    return RemoteView({"s3": p}, ["s3"], ttl=ttl, negative_ttl=0.0), listed_by
+    return RemoteView({"s3": p}, ["s3"], ttl=ttl, negative_ttl=0.0, tunables=tunables), listed_by
 
 
 def test_a_folder_files_are_being_created_in_is_due_for_a_recheck_ahead_of_its_misses(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    v, p, base = view
-    monkeypatch.setattr(remote, "LOOKUP_LISTING_MAX", 2)
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    v, p, base = make_view(tmp_path, clock, ViewTunables(lookup_listing_max=2))
     for i in range(3):
         put(base, f"t/image/b/big/{i}.png")
     assert len(v.listing("t/image/b/big/")) == 3  # read whole by `ls`; too big to list for a lookup
@@ -120,49 +135,47 @@ def test_a_folder_files_are_being_created_in_is_due_for_a_recheck_ahead_of_its_m
     put(base, "t/image/b/quiet/1.png")
     assert v.lookup("t/image/b/quiet/1.png") is not None  # listed, then only hits: never due
     for _ in range(3):
-        clock[0] += 0.4
-        assert v.lookup(f"t/image/b/new/f{clock[0]}.png") is None  # a create's lookup of its new name
-        assert v.lookup(f"t/image/b/big/f{clock[0]}.png") is None
+        clock.now += 0.4
+        assert v.lookup(f"t/image/b/new/f{clock.now}.png") is None  # a create's lookup of its new name
+        assert v.lookup(f"t/image/b/big/f{clock.now}.png") is None
         assert v.lookup("t/image/b/quiet/1.png") is not None
     assert v.due_rechecks() == []  # 1.2 s old: not nearly due yet
-    clock[0] = 1000.0 + remote.MISS_RECHECK - remote.RECHECK_AHEAD
+    clock.now = 1000.0 + T.miss_recheck - T.recheck_ahead
     assert v.due_rechecks() == ["t/image/b/new/"]  # not the big folder: its lookups are HEADs
     put(base, "t/image/b/new/theirs.png")  # another client writes into it
     real_list = p.list
 
     def list_taking_time(prefix: str) -> Iterator[ObjectInfo]:
-        clock[0] += 0.01
+        clock.now += 0.01
         return real_list(prefix)
     monkeypatch.setattr(p, "list", list_taking_time)
-    v._recheck_in_background("t/image/b/new/")  # what the refresher thread hands its pool
+    v.refresh.recheck("t/image/b/new/")  # what the refresher thread hands its pool
     assert p.lists == 3
     assert v.due_rechecks() == []  # no miss since that listing
-    clock[0] += remote.MISS_RECHECK
+    clock.now += T.miss_recheck
     assert v.due_rechecks() == []  # creates stopped: no more listings
-    clock[0] += v.ttl * (1 - remote.REFRESH_AHEAD)
+    clock.now += v.ttl * (1 - T.refresh_ahead)
     # still a folder in use: refreshed once more before it expires (a walk after the creates finds it)
     assert "t/image/b/new/" in v.due_refreshes()
-    v._listing("t/image/b/new/", remote.REFRESH_MAX_NAMES, refresh=True)  # what the refresher does
+    v.refresh.refresh_listing("t/image/b/new/")
     assert p.lists == 4
     assert v.lookup("t/image/b/new/theirs.png") is not None
     assert v.lookup("t/image/b/new/another.png") is None  # a miss, but the listing is young
     assert p.lists == 4
-    v._down_until["s3"] = clock[0] + 5
-    clock[0] += remote.MISS_RECHECK
+    v.health.mark_down("s3")
+    clock.now += T.miss_recheck
     assert v.due_rechecks() == []  # nothing is asked of a provider that just failed
 
 
-def test_creates_in_a_folder_never_wait_for_its_miss_recheck(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(remote, "MISS_RECHECK", 1.0)
-    monkeypatch.setattr(remote, "RECHECK_AHEAD", 0.6)
+def test_creates_in_a_folder_never_wait_for_its_miss_recheck(tmp_path: Path) -> None:
+    tunables = ViewTunables(miss_recheck=1.0, recheck_ahead=0.6)
     base = tmp_path / "data"
-    v, listed_by = _view_noting_threads(base, ttl=30.0)
+    v, listed_by = _view_noting_threads(base, ttl=30.0, tunables=tunables)
     v.start()
     try:
         v.known_empty("t/image/b/new")
         t0, i, theirs_seen = time.monotonic(), 0, None
-        while time.monotonic() - t0 < 4 * remote.MISS_RECHECK:
+        while time.monotonic() - t0 < 4 * tunables.miss_recheck:
             i += 1
             assert v.lookup(f"t/image/b/new/f{i}.png") is None  # creating file after file
             if i == 10:
@@ -172,22 +185,23 @@ def test_creates_in_a_folder_never_wait_for_its_miss_recheck(
                 theirs_seen = time.monotonic() - put_at
             time.sleep(0.01)
         assert len(listed_by) >= 3, listed_by  # listed again and again while files were created
-        assert all(name.startswith("storefs-prefetch") for name in listed_by), listed_by  # none waited
-        assert theirs_seen is not None and theirs_seen < remote.MISS_RECHECK + 0.5, theirs_seen
+        # all by the rechecks ahead: none waited for (that would be a storefs-revalidate thread)
+        assert all(name.startswith("storefs-prefetch") for name in listed_by), listed_by
+        assert theirs_seen is not None and theirs_seen < tunables.miss_recheck + 0.5, theirs_seen
     finally:
         v.stop()
 
 
 def test_a_folder_already_listed_or_made_while_the_provider_is_down_is_not_assumed_empty(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: Clock) -> None:
     v, p, base = view
     put(base, "t/image/b/old/1.png")
     assert set(v.listing("t/image/b/old/")) == {"1.png"}
     v.known_empty("t/image/b/old")
     assert set(v.listing("t/image/b/old/")) == {"1.png"}
-    v._down_until["s3"] = clock[0] + 5  # the provider did not answer a moment ago
+    v.health.mark_down("s3")  # the provider did not answer a moment ago
     v.known_empty("t/image/b/other")
-    clock[0] += 6
+    clock.now += T.down_for + 1
     put(base, "t/image/b/other/1.png")
     assert v.lookup("t/image/b/other/1.png") is not None
     assert p.lists == 2
@@ -195,15 +209,13 @@ def test_a_folder_already_listed_or_made_while_the_provider_is_down_is_not_assum
 
 def _settle(v: RemoteView, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while v._prefetching:
+    while not v.refresh.idle():
         assert time.monotonic() < deadline, "background listings still running"
         time.sleep(0.01)
 
 
-def test_reading_a_folder_lists_its_subfolders_in_the_background(
-        view: tuple[RemoteView, ListingProvider, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    v, p, base = view
-    monkeypatch.setattr(remote, "PREFETCH_SUBFOLDERS", 5)
+def test_reading_a_folder_lists_its_subfolders_in_the_background(tmp_path: Path, clock: Clock) -> None:
+    v, p, base = make_view(tmp_path, clock, ViewTunables(prefetch_subfolders=5))
     for i in range(8):
         put(base, f"t/image/b/a{i}/f.png")
     v.start()
@@ -225,13 +237,13 @@ def test_reading_a_folder_lists_its_subfolders_in_the_background(
 
 
 def test_no_background_listing_while_the_provider_is_down(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: Clock) -> None:
     v, p, base = view
     put(base, "t/image/b/a/f.png")
     v.start()
     try:
         listing = v.listing("t/image/b/")
-        v._down_until["s3"] = clock[0] + 5
+        v.health.mark_down("s3")
         v.prefetch_below("t/image/b/", listing)
         _settle(v)
         assert p.lists == 1
@@ -251,61 +263,60 @@ def test_own_changes_update_the_cached_listing(view: tuple[RemoteView, ListingPr
 
 
 def test_a_listing_in_use_is_refreshed_before_it_expires(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: Clock) -> None:
     v, p, base = view
     put(base, "t/image/b/a/1.png")
     assert set(v.listing("t/image/b/a/")) == {"1.png"}
-    clock[0] += v.ttl * (1 - remote.REFRESH_AHEAD) - 1
+    clock.now += v.ttl * (1 - T.refresh_ahead) - 1
     assert v.due_refreshes() == []  # not used since it was fetched
     assert v.lookup("t/image/b/a/1.png") is not None  # used
     assert v.due_refreshes() == []  # not close to expiring yet
-    clock[0] += 2
+    clock.now += 2
     assert v.due_refreshes() == ["t/image/b/a/"]
     put(base, "t/image/b/a/2.png")  # another client adds a file
-    v._listing("t/image/b/a/", remote.REFRESH_MAX_NAMES, refresh=True)  # what the refresher does
+    v.refresh.refresh_listing("t/image/b/a/")
     assert p.lists == 2
     assert v.due_refreshes() == []  # fresh again, and not used since
-    clock[0] += v.ttl - 1
+    clock.now += v.ttl - 1
     assert set(v.listing("t/image/b/a/")) == {"1.png", "2.png"}  # from the cache, no request waits
     assert p.lists == 2
 
 
 def test_a_listing_left_alone_is_not_refreshed(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float]) -> None:
+        view: tuple[RemoteView, ListingProvider, Path], clock: Clock) -> None:
     v, p, base = view
     v.listing("t/image/b/a/")
     for step in range(1, 40):
-        clock[0] = 1000.0 + step
+        clock.now = 1000.0 + step
         assert v.due_refreshes() == []
 
 
-def test_a_folder_used_lately_is_kept_listed_for_a_while_then_let_expire(
-        view: tuple[RemoteView, ListingProvider, Path], clock: list[float],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_used_lately_is_kept_listed_for_a_while_then_let_expire(tmp_path: Path, clock: Clock) -> None:
     """A job writes a batch and a walk comes a minute later: the folders it used stay listed for
-    KEEP_WARM_TTLS TTLs after their last use (never older than the TTL), then expire, so an
-    idle mount stops asking; only the KEEP_WARM_MAX folders used last are kept so."""
-    v, p, base = view
-    monkeypatch.setattr(remote, "KEEP_WARM_MAX", 2)
+    keep_warm_ttls TTLs after their last use (never older than the TTL), then expire, so an
+    idle mount stops asking; only the keep_warm_max folders used last are kept so."""
+    tunables = ViewTunables(keep_warm_max=2)
+    v, p, base = make_view(tmp_path, clock, tunables)
     for name in ("a", "b", "c"):
         put(base, f"t/image/b/{name}/1.png")
         assert v.lookup(f"t/image/b/{name}/1.png") is not None  # fetched ...
         assert v.lookup(f"t/image/b/{name}/1.png") is not None  # ... then used
-        clock[0] += 1
-    last_use = clock[0] - 1  # c's
+        clock.now += 1
+    last_use = clock.now - 1  # c's
     refreshes = 0
-    while clock[0] < last_use + v.ttl * (remote.KEEP_WARM_TTLS + 2):
-        clock[0] += 0.25
+    while clock.now < last_use + v.ttl * (tunables.keep_warm_ttls + 2):
+        clock.now += 0.25
         due = v.due_refreshes()
         assert "t/image/b/a/" not in due  # the third folder used last: not kept warm
         for prefix in due:
-            v._listing(prefix, remote.REFRESH_MAX_NAMES, refresh=True)  # what the refresher does
+            v.refresh.refresh_listing(prefix)
             refreshes += prefix == "t/image/b/c/"
-    # refreshed about every 0.8 TTL for KEEP_WARM_TTLS TTLs, then left to expire
-    assert int(remote.KEEP_WARM_TTLS / (1 - remote.REFRESH_AHEAD)) - 1 <= refreshes <= int(remote.KEEP_WARM_TTLS) + 1
-    with v._lock:
-        assert v._listings["t/image/b/c/"][0] < clock[0]  # expired now: no request while idle
-        assert v._listings["t/image/b/a/"][0] < clock[0]
+    # refreshed about every 0.8 TTL for keep_warm_ttls TTLs, then left to expire
+    assert (int(tunables.keep_warm_ttls / (1 - tunables.refresh_ahead)) - 1 <= refreshes
+            <= int(tunables.keep_warm_ttls) + 1)
+    for name in ("a", "c"):  # expired now: no request while idle
+        held = v.cache.held(f"t/image/b/{name}/")
+        assert held is not None and held.until < clock.now
 
 
 def test_the_refresher_thread_keeps_a_used_listing_fresh(tmp_path: Path) -> None:
