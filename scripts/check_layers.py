@@ -4,7 +4,7 @@
   - only the FUSE edge (storefs/fs.py) imports mfusepy;
   - only the S3 provider (storefs/providers/s3*.py, or a storefs/providers/s3/ package)
     imports botocore, boto3 or s3transfer;
-  - the core (storefs/core/, storefs/remote.py, storefs/keys.py, storefs/cache/) imports no provider
+  - the core (storefs/core/, storefs/view/, storefs/keys.py, storefs/cache/) imports no provider
     module but storefs.providers.base (and the package itself, which re-exports base); the
     wiring (storefs/daemon.py, cli.py, admin/, providers/factory.py) may import providers.
 
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FUSE = ("mfusepy",)
 BOTO = ("botocore", "boto3", "s3transfer")
-CORE_MODULES = ("remote.py", "keys.py")   # relative to the package folder ...
-CORE_FOLDERS = ("cache", "core")          # ... and everything below these
+CORE_MODULES = ("keys.py",)              # relative to the package folder ...
+CORE_FOLDERS = ("cache", "core", "view")  # ... and everything below these
 PROVIDERS = "storefs.providers"
 PROVIDERS_ALLOWED_IN_CORE = (PROVIDERS, f"{PROVIDERS}.base")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what is needed, run the static checks (ruff, import layers), then the whole test suite
+# Install what is needed, run the static checks (ruff, mypy, import layers), then the whole test suite
 # (unit + real FUSE mounts).
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -k rsync -x     # extra arguments go to pytest
@@ -14,9 +14,11 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 export STOREFS_TESTS_REQUIRE_FUSE="${STOREFS_TESTS_REQUIRE_FUSE:-1}"
 export STOREFS_TESTS_REQUIRE_S3="${STOREFS_TESTS_REQUIRE_S3:-1}"
 
-# static checks first, each failing the run: ruff (rules in pyproject.toml) and the import layers
-# (only fs.py imports mfusepy, only the S3 provider botocore/boto3, the core no provider module)
+# static checks first, each failing the run: ruff (rules in pyproject.toml), mypy (the whole package,
+# the core strictly: pyproject.toml) and the import layers (only fs.py imports mfusepy, only the S3
+# provider botocore/boto3, the core no provider module)
 "$PY" -m ruff check storefs tests scripts bench
+"$PY" -m mypy
 "$PY" scripts/check_layers.py
 
 set +e

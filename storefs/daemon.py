@@ -43,7 +43,7 @@ from .layout import Layout
 from .metrics import MetricsServer, hit_ratio
 from .providers.base import Provider
 from .providers.factory import make_providers
-from .remote import RemoteView
+from .view import RemoteView
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import fnmatch
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 from ..errors import UsageError
 from .common import (
@@ -131,7 +132,7 @@ def _print_stats(result: dict, levels: tuple[str, ...]) -> None:
 
 # -- ls -----------------------------------------------------------------------------------
 
-def _type_filter(store: Store, wanted: str | None):  # type: ignore[no-untyped-def]
+def _type_filter(store: Store, wanted: str | None) -> Callable[[Artifact, list[str]], bool]:
     """--type T: a layout type (image, video, ...) or a content type pattern (image/png, video/*)."""
     if wanted is None:
         return lambda art, ctypes: True
@@ -144,9 +145,14 @@ def _type_filter(store: Store, wanted: str | None):  # type: ignore[no-untyped-d
     return lambda art, ctypes: art.key.split("/")[i] == wanted
 
 
+def content_types(store: Store, art: Artifact) -> list[str]:
+    """The content types of an artifact's files, each once."""
+    return sorted({content_type(store, info) for _, info in art.files.values()})
+
+
 def artifact_row(store: Store, art: Artifact) -> dict[str, object]:
     """The --json form of one artifact (and what the table shows)."""
-    ctypes = sorted({content_type(store, info) for _, info in art.files.values()})
+    ctypes = content_types(store, art)
     return {"artifact": art.key, "files": len(art.files), "bytes": art.size, "mtime": art.mtime,
             "modified": iso_time(art.mtime), "providers": art.providers, "content_types": ctypes}
 
@@ -162,11 +168,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         chosen: list[tuple[Artifact, dict[str, object]]] = []
         for key in sorted(found):
             art = found[key]
-            row = artifact_row(store, art)
             if since is not None and art.mtime < since or until is not None and art.mtime >= until:
                 continue
-            if keep(art, row["content_types"]):
-                chosen.append((art, row))
+            if keep(art, content_types(store, art)):
+                chosen.append((art, artifact_row(store, art)))
     if args.json:
         print(json.dumps([row for _, row in chosen], indent=2))
         return 0

@@ -187,7 +187,7 @@ class Journal:
         log.warning("cache disk is full: the journal uses its reserved space")
         return True
 
-    def _execute(self, sql: str, args: tuple = ()) -> None:
+    def _execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
         """Run one statement of the open transaction; on a full disk, use the reserved space.
 
         SQLite may roll the whole transaction back on SQLITE_FULL, so the statements so far
@@ -228,7 +228,7 @@ class Journal:
         with self._lock:
             if self._depth == 0:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._stmts: list[tuple[str, tuple]] = []
+                self._stmts: list[tuple[str, tuple[object, ...]]] = []
             self._depth += 1
             try:
                 yield

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+#: the first retry waits about this long (seconds, before jitter); each failure doubles it
+BACKOFF_FIRST = 0.25
+#: doublings stop here (the cap, max_backoff, is reached long before)
+BACKOFF_MAX_DOUBLINGS = 16
+
 #: a burst of file activity holds back uploads that are due (never retries, never a flush's) ...
 YIELD_QUIET = 0.05  # ... until the file system has been this quiet (seconds) ...
 YIELD_MAX = 5.0     # ... or the upload is this late: on 2 cores, boto3 and the FUSE threads share one
@@ -119,7 +124,9 @@ class Uploader:
             self._changed.wait(timeout)
 
     def _backoff(self, attempts: int) -> float:
-        return min(self._max_backoff, 0.25 * (2 ** min(attempts, 16))) * random.uniform(0.5, 1.0)
+        """The pause before the next attempt: doubling from BACKOFF_FIRST, capped, with jitter."""
+        pause: float = min(self._max_backoff, BACKOFF_FIRST * 2.0 ** min(attempts, BACKOFF_MAX_DOUBLINGS))
+        return pause * random.uniform(0.5, 1.0)
 
     def _next(self) -> str | None:
         with self._cond:

@@ -16,7 +16,7 @@ from ..cache.journal import OP_MKDIR, Entry, State
 from ..errors import NameTooLong, NotADirectory, NotFound, ProviderUnavailable, ReadOnly, StorefsError
 from ..layout import Layout
 from ..providers.base import ObjectInfo, Provider
-from ..remote import RemoteView
+from ..view import RemoteView
 from .schedule import Schedule
 from .state import CoreState
 from .types import Attr, CachedFile, Folder, Found, OpenNode, RemoteFile, Settings

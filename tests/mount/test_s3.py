@@ -357,7 +357,7 @@ def test_a_folder_in_use_is_listed_again_in_the_background(store):
 
 def test_a_folder_used_lately_stays_listed_after_it_is_left_alone(store):
     """A job writes a batch and leaves; a walk comes later: the folder's listing was kept fresh
-    in the background meanwhile (remote.KEEP_WARM_TTLS), so the walk waits for no listing.
+    in the background meanwhile (ViewTunables.keep_warm_ttls), so the walk waits for no listing.
 
     Observable through the kernel: an object another client adds, and deletes again after the
     second background refresh, is still in `ls` once the first refresh's listing has expired;
