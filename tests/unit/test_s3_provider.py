@@ -33,11 +33,7 @@ from storefs.providers.s3 import (
     xattr_metadata_key,
 )
 from storefs.providers.s3_http import Answer
-
-try:
-    from seaweed import SeaweedServer, weed_binary  # tests/ is on sys.path via tests/conftest.py
-except ImportError:
-    from tests.seaweed import SeaweedServer, weed_binary
+from storefs.testing.seaweed import SeaweedServer, weed_binary
 
 MiB = 1024 * 1024
 BUCKET = "storefs-test"
