@@ -18,11 +18,14 @@ The functions at the end work on a started mount (`store`) whatever its provider
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".storefs-tmp."  # the local provider's own temporaries, never real objects
 S_IFLNK_0777 = stat.S_IFLNK | 0o777  # 41471, the mode s3fs stores for a symlink

@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import logging
 import mmap
 import os
 import random
 import sys
 import time
+
+log = logging.getLogger(__name__)
 
 PAGE = mmap.ALLOCATIONGRANULARITY
 LOG_TAIL = 40

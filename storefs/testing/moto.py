@@ -18,6 +18,8 @@ from typing import Any
 
 from .backends import boto3_client, ensure_bucket
 
+log = logging.getLogger(__name__)
+
 
 class MotoServer:
     """moto's ThreadedMotoServer on 127.0.0.1:<free port>, with fixed test credentials."""

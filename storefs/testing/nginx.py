@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def nginx_binary() -> str | None:

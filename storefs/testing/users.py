@@ -12,11 +12,14 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 NOBODY = 65534  # the second user
 THIRD = 65533  # a third user (sticky-folder tests)
