@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -35,11 +36,14 @@ from .report import METRICS, chart, machine, medians, ratios, table
 from .systems import ALL_SYSTEMS, SYSTEM_CLASSES, Ctx, System
 from .workloads import FOLDERS, SMALL, WORKLOADS, Bench, make_tarball
 
+log = logging.getLogger(__name__)
+
+PROG = "python -m bench"  # how it is run, for --help
 FROZEN_SECONDS = 10.0  # default length of the freeze in the frozen workload
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=parse_size, default=1024 * MiB, help="big file size (default 1GiB)")
     ap.add_argument("--files", type=int, default=2000, help="small files to create (default 2000)")
     ap.add_argument("--rounds", type=int, default=3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,9 @@ from storefs.testing.seaweed import SeaweedServer
 
 from .common import MiB, vm
 
+log = logging.getLogger(__name__)
+
+PROG = "python -m bench.rss"  # how it is run, for --help
 RSS_TARGET_MIB = 200
 
 
@@ -42,7 +46,7 @@ def daemon_pid(mnt: str) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -51,6 +52,10 @@ from storefs.testing.seaweed import SeaweedServer
 
 from . import common
 from .common import ROOT, MiB, drop_caches, exit_on_sigterm, vm, wait_gone
+
+log = logging.getLogger(__name__)
+
+PROG = "python -m bench.scale"  # how it is run, for --help
 
 LIST_DIR = "bench/image/b1/a1"
 BIG_KEY = "bench/video/b1/a1/big.bin"
@@ -330,7 +335,7 @@ def median(xs: list[float]) -> float:
 # -- main ------------------------------------------------------------------------------------
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=100_000, help="keys in the listed folder (default 100000)")
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the read object in MiB (default 1024)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved read rounds per mount (default 3)")
