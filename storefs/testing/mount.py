@@ -6,8 +6,9 @@ the backend only through the provider-neutral accessors `provider_read`, `provid
 `provider_exists` and `provider_meta` (see storefs.testing.backends), so that every test runs
 unchanged against each provider backend.
 
-`start()` never blocks for ever: a daemon that hangs while mounting (or in FUSE init) fails
-with MountHung after MOUNT_TIMEOUT seconds, its log attached, and is killed and detached.
+`start()` never blocks for ever: a daemon that hangs while mounting (or in FUSE init, so that
+a first stat of the mount gets no answer) fails with MountHung, its log attached, and is killed
+and detached.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 CMD_TIMEOUT = 120  # seconds, for any one storefs command
 TOOL_TIMEOUT = 120  # seconds, for cp, tar, rsync ...
 MOUNT_TIMEOUT = 90  # seconds for `storefs mount` to return; a daemon hung in init fails the start
-RESPONSIVE_TIMEOUT = 30  # seconds for a fresh mount to answer `ls -la`
+RESPONSIVE_TIMEOUT = 30  # seconds for a mount to answer a stat or `ls -la`
 MOUNTS = "/proc/self/mounts"
 
 
@@ -225,8 +227,8 @@ class StorefsMount:
         self.cache_options.update(cache)
         assert not self.mounted, f"{self._mnt} is already mounted"
         self.write_config()
-        out_path = self.root / "mount-command.out"
-        with open(out_path, "w") as out:
+        # an unnamed file: nothing appears beside the mount, which some tests check
+        with tempfile.TemporaryFile("w+") as out:
             proc = subprocess.Popen([sys.executable, "-m", "storefs", "mount", "-c", str(self.config_path),
                                      "--log-level", self.log_level, "--log-file", str(self.log_path), str(self._mnt)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=clean_env())
@@ -239,26 +241,27 @@ class StorefsMount:
                 self.kill_stuck_daemon()
                 raise MountHung(f"storefs mount did not return in {timeout:.0f}s (a daemon stuck while "
                                 f"mounting?)\nlog tail:\n{tail}") from None
+            out.seek(0)
+            output = out.read()
         if rc != 0:
-            raise AssertionError(f"storefs mount failed ({rc}):\n{out_path.read_text()}\n"
-                                 f"log tail:\n{self.log_tail()}")
-        assert self.mounted, f"storefs mount returned 0 but {self._mnt} is not mounted\n{out_path.read_text()}"
+            raise AssertionError(f"storefs mount failed ({rc}):\n{output}\nlog tail:\n{self.log_tail()}")
+        assert self.mounted, f"storefs mount returned 0 but {self._mnt} is not mounted\n{output}"
         self.pid = int(self.status()["pid"])
-        self.assert_responsive()
+        self.assert_responsive(listing=False)  # a stat only: a listing would fill the mount's caches
         return self
 
-    def assert_responsive(self, rel: str = "", timeout: float = RESPONSIVE_TIMEOUT) -> None:
-        """The mount answers a stat and a listing within timeout (checked from a child process, which a
-        hung FUSE request cannot keep: it is killed)."""
+    def assert_responsive(self, rel: str = "", timeout: float = RESPONSIVE_TIMEOUT, listing: bool = True) -> None:
+        """The mount answers a stat (and a listing) within timeout, checked from a child process, which a
+        hung FUSE request cannot keep: it is killed, and so are the stuck daemon and its mount."""
         path = str(self._mnt / rel) if rel else str(self._mnt)
+        cmd = ["ls", "-la", path] if listing else ["stat", path]
         try:
-            subprocess.run(["ls", "-la", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=timeout)
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
         except subprocess.TimeoutExpired:
             tail = self.log_tail()
             self.kill_stuck_daemon()
-            raise MountHung(f"{path}: the mount did not answer `ls -la` in {timeout:.0f}s (daemon stuck?)\n"
-                            f"log tail:\n{tail}") from None
+            raise MountHung(f"{path}: the mount did not answer `{' '.join(cmd[:-1])}` in {timeout:.0f}s "
+                            f"(daemon stuck?)\nlog tail:\n{tail}") from None
 
     def kill_stuck_daemon(self) -> None:
         """SIGKILL the mount's own daemon and detach the mount: with the daemon stuck, every access to
