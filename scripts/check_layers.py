@@ -3,7 +3,9 @@
 
   - only the FUSE edge (storefs/fs.py) imports mfusepy;
   - only the S3 provider (storefs/providers/s3*.py, or a storefs/providers/s3/ package)
-    imports botocore, boto3 or s3transfer;
+    and the test support package (storefs/testing/: S3 servers read with boto3) import
+    botocore, boto3 or s3transfer;
+  - nothing outside storefs/testing/ imports storefs.testing (the daemon never runs test code);
   - the core (storefs/core/, storefs/view/, storefs/keys.py, storefs/cache/) imports no provider
     module but storefs.providers.base (and the package itself, which re-exports base); the
     wiring (storefs/daemon.py, cli.py, admin/, providers/factory.py) may import providers.
@@ -31,6 +33,8 @@ CORE_MODULES = ("keys.py",)              # relative to the package folder ...
 CORE_FOLDERS = ("cache", "core", "view")  # ... and everything below these
 PROVIDERS = "storefs.providers"
 PROVIDERS_ALLOWED_IN_CORE = (PROVIDERS, f"{PROVIDERS}.base")
+TESTING = "storefs.testing"
+TESTING_FOLDER = "testing"  # the support package, relative to the package folder
 
 
 def _within(module: str, roots: tuple[str, ...]) -> bool:
@@ -47,12 +51,18 @@ def _is_s3_provider(rel: PurePosixPath) -> bool:
         (len(rel.parts) == 2 and rel.name.startswith("s3") and rel.suffix == ".py") or rel.parts[1] == "s3")
 
 
+def _is_testing(rel: PurePosixPath) -> bool:
+    return rel.parts[0] == TESTING_FOLDER
+
+
 def breach(rel: PurePosixPath, module: str) -> str | None:
     """Why the module at rel (relative to the package folder) may not import module, or None."""
     if _within(module, FUSE) and rel != PurePosixPath("fs.py"):
         return "only storefs/fs.py (the FUSE edge) imports mfusepy"
-    if _within(module, BOTO) and not _is_s3_provider(rel):
+    if _within(module, BOTO) and not (_is_s3_provider(rel) or _is_testing(rel)):
         return "only the S3 provider (storefs/providers/s3*.py) imports botocore/boto3"
+    if _within(module, (TESTING,)) and not _is_testing(rel):
+        return "only storefs/testing/ (test support) imports storefs.testing"
     if _is_core(rel) and _within(module, (PROVIDERS,)) and module not in PROVIDERS_ALLOWED_IN_CORE:
         return "the core imports no provider module but storefs.providers.base"
     return None

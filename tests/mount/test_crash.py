@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from helpers import ART, payload
+from storefs.testing.data import ART, payload
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -41,7 +41,8 @@ from typing import Any
 import pytest
 
 from conftest import require_fuse
-from helpers import ART, StorefsMount, payload, run, sha256
+from storefs.testing.data import ART, payload, sha256
+from storefs.testing.mount import StorefsMount, run
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -26,7 +26,9 @@ from pathlib import Path
 import pytest
 
 from conftest import require_fuse
-from helpers import ART, LocalBackend, StorefsMount, clean_env, is_mounted, run
+from storefs.testing.backends import LocalBackend
+from storefs.testing.data import ART
+from storefs.testing.mount import StorefsMount, clean_env, is_mounted, run
 
 OTHER_UID = 65534
 REPO = str(Path(__file__).resolve().parents[2])

@@ -12,7 +12,8 @@ import os
 
 import pytest
 
-from helpers import ART, create_file, expect_errno, run
+from storefs.testing.data import ART, create_file, expect_errno
+from storefs.testing.mount import run
 
 pytestmark = pytest.mark.timeout(180)
 

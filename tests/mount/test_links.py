@@ -21,18 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ART, create_file, expect_errno, payload, run
-from sharing_support import (
-    NOBODY,
-    S_IFLNK_0777,
-    as_user,
-    expect_statuses,
-    is_s3,
-    plant,
-    remount_guarded,
-    s3_head,
-    user_run,
-)
+from storefs.testing.backends import S_IFLNK_0777, is_s3, plant, s3_head
+from storefs.testing.data import ART, create_file, expect_errno, payload
+from storefs.testing.mount import run
+from storefs.testing.users import NOBODY, as_user, expect_statuses, user_run
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -176,7 +168,7 @@ def test_symlinks_and_s3fs_form(store):
         os.symlink("target.png", store.data / ART / "planted")
         os.symlink("dir", store.data / ART / "planted_dir")
     links["moved"] = "target.png"
-    remount_guarded(store)
+    store.remount(empty_cache=True)
     check()
     assert not os.path.lexists(art / "gone") and not os.path.lexists(art / "moved_src")
     assert os.readlink(art / "planted") == "target.png" and (art / "planted").read_bytes() == data
@@ -262,7 +254,7 @@ def test_link_trees_with_tools(store, tmp_path):
         assert (hub / "refs" / "main").read_text() == rev
 
     check()
-    remount_guarded(store)
+    store.remount(empty_cache=True)
     check()
 
 
@@ -289,7 +281,7 @@ def test_local_planted_links_never_followed(shared_store):
         os.symlink("/etc/passwd", base / ART / "pw")
         os.symlink("/etc", base / ART / "etcdir")
         os.symlink(str(outside), base / "t1/image/b1/evil")
-        remount_guarded(s)
+        s.remount(empty_cache=True)
 
         for name, target in (("pw", "/etc/passwd"), ("etcdir", "/etc")):
             assert stat.S_ISLNK(os.lstat(art / name).st_mode) and os.readlink(art / name) == target
@@ -445,7 +437,7 @@ def test_fifo_socket_device_and_hard_link(shared_store, umask022):
     else:
         assert os.lstat(s.data / ART / "u_fifo").st_uid == NOBODY
 
-    remount_guarded(s)
+    s.remount(empty_cache=True)
     kinds["p_fifo"] = (stat.S_IFIFO, 0o640, 0)
     for name, (kind, mode, rdev) in kinds.items():
         st = os.lstat(art / name)

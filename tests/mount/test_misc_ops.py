@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from helpers import ART, create_file, expect_errno, payload, pid_alive, run
+from storefs.control import pid_alive
+from storefs.testing.data import ART, create_file, expect_errno, payload
+from storefs.testing.mount import run
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,7 +12,7 @@ example: `storefs flush`, a remount with an empty cache, and the same comparison
 the provider kept. A failure message lists the steps of its example (also when the failure is
 timing dependent and Hypothesis cannot replay it) and what the provider holds at each differing path.
 
-`test_fsx_short` runs scripts/fsx.py (pread/pwrite, ftruncate, mmap reads and writes, reopen,
+`test_fsx_short` runs storefs.testing.fsx (pread/pwrite, ftruncate, mmap reads and writes, reopen,
 fsync, all checked against an in-memory model) on one file in the mount, then checks the
 provider's copy after a flush and an empty-cache remount.
 
@@ -45,12 +45,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from helpers import ART, file_sha256
+from storefs.testing.data import ART, file_sha256
 
 pytestmark = pytest.mark.timeout(600)
 
-ROOT = Path(__file__).resolve().parents[2]
-FSX = ROOT / "scripts" / "fsx.py"
+FSX = "storefs.testing.fsx"  # python -m FSX PATH
 
 MAX_EXAMPLES = int(os.environ.get("STOREFS_RANDOM_EXAMPLES", "8"))
 STEPS = int(os.environ.get("STOREFS_RANDOM_STEPS", "25"))
@@ -416,7 +415,7 @@ def test_random_ops_match_model(store, tmp_path, monkeypatch):
 def test_fsx_short(store):
     (store.mnt / ART).mkdir(parents=True)
     target = store.mnt / ART / "fsx.bin"
-    res = subprocess.run([sys.executable, str(FSX), "--ops", "3000", "--seed", "1", str(target)],
+    res = subprocess.run([sys.executable, "-m", FSX, "--ops", "3000", "--seed", "1", str(target)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"fsx failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     last = res.stdout.strip().splitlines()[-1]

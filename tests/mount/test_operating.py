@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_fuse
-from helpers import ART, StorefsMount, clean_env, is_mounted, payload, run, wait_pid_gone
+from storefs.testing.data import ART, payload
+from storefs.testing.mount import StorefsMount, clean_env, is_mounted, run, wait_pid_gone
 
 s3_only = pytest.mark.parametrize("provider_kind", ["s3"])
 local_only = pytest.mark.parametrize("provider_kind", ["local"])

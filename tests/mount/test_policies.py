@@ -41,19 +41,9 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import (
-    LocalBackend,
-    S3Backend,
-    StorefsMount,
-    clean_env,
-    create_file,
-    expect_errno,
-    is_mounted,
-    lazy_unmount,
-    payload,
-    run,
-    sha256,
-)
+from storefs.testing.backends import LocalBackend, S3Backend
+from storefs.testing.data import create_file, expect_errno, payload, sha256
+from storefs.testing.mount import StorefsMount, clean_env, is_mounted, lazy_unmount, run
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from helpers import ART, assert_same_tree, make_tarball, make_tree, run, tree_state
+from storefs.testing.data import ART, assert_same_tree, make_tarball, make_tree, tree_state
+from storefs.testing.mount import run
 
 pytestmark = pytest.mark.timeout(300)
 

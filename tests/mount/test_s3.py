@@ -34,19 +34,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from conftest import require_fuse
-from helpers import (
-    ART,
-    StorefsMount,
-    assert_same_tree,
-    clean_env,
-    file_sha256,
-    is_mounted,
-    lazy_unmount,
-    payload,
-    run,
-    sha256,
-    tree_state,
-)
+from storefs.testing.data import ART, assert_same_tree, file_sha256, payload, sha256, tree_state
+from storefs.testing.mount import StorefsMount, clean_env, is_mounted, lazy_unmount, run
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,7 +8,8 @@ import sqlite3
 
 import pytest
 
-from helpers import ART, create_file, payload, read_all_fd, run
+from storefs.testing.data import ART, create_file, payload, read_all_fd
+from storefs.testing.mount import run
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,23 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ART, create_file, expect_errno, payload, run
-from sharing_support import (
-    NOBODY,
-    THIRD,
-    Nginx,
-    as_user,
-    expect_statuses,
-    is_s3,
-    journal_rows,
-    nginx_binary,
-    plant,
-    provider_snapshot,
-    remount_guarded,
-    s3_head,
-    start_guarded,
-    user_errno,
-)
+from storefs.testing.backends import is_s3, journal_rows, plant, provider_snapshot, s3_head
+from storefs.testing.data import ART, create_file, expect_errno, payload
+from storefs.testing.mount import run
+from storefs.testing.nginx import Nginx, nginx_binary
+from storefs.testing.users import NOBODY, THIRD, as_user, expect_statuses, user_errno
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -173,7 +161,7 @@ def test_second_user_rules(shared_store):
         st = os.lstat(s.data / ART / "sticky")
         assert stat.S_IMODE(st.st_mode) == 0o1777
 
-    remount_guarded(s)
+    s.remount(empty_cache=True)
     assert _owner(mine) == (NOBODY, NOBODY)
     assert _mode(mine) == 0o640
     assert _owner(pub) == (THIRD, THIRD)
@@ -273,7 +261,7 @@ def test_open_flags_mode_and_umask(shared_store):
     assert stat.S_IMODE(res[2][1]["mode"]) == 0o444 and res[2][1]["uid"] == NOBODY
     assert (art / "ro.bin").read_bytes() == b"written"
 
-    remount_guarded(s)
+    s.remount(empty_cache=True)
     assert _mode(art / "x.bin") == 0o640 and (art / "x.bin").read_bytes() == b"abcd"
     assert (art / "t.bin").read_bytes() == b"xy"
     assert (_mode(art / "ro.bin"), _owner(art / "ro.bin")) == (0o444, (NOBODY, NOBODY))
@@ -329,7 +317,7 @@ def test_owner_and_modes_for_objects_without_metadata(store):
 
     store.extra_config["fuse"] = {"uid": 33, "gid": 34, "file_mode": "0640", "dir_mode": "0750"}
     shutil.rmtree(store.cache, ignore_errors=True)
-    start_guarded(store)
+    store.start()
     check((33, 34), 0o640, 0o750)
     # a file storefs creates carries its creator and mode, whatever the defaults
     create_file(store.mnt / ART / "made.png", b"m")
@@ -337,7 +325,7 @@ def test_owner_and_modes_for_objects_without_metadata(store):
     assert (_owner(store.mnt / ART / "made.png"), _mode(store.mnt / ART / "made.png")) == ((0, 0), 0o604)
 
     store.extra_config["fuse"] = {"uid": "nobody", "gid": NOBODY, "umask": "077"}
-    remount_guarded(store)
+    store.remount(empty_cache=True)
     check((NOBODY, NOBODY), 0o600, 0o700)
     assert (_owner(store.mnt / ART / "made.png"), _mode(store.mnt / ART / "made.png")) == ((0, 0), 0o604)
 
@@ -366,7 +354,7 @@ def test_read_only_mount(store):
     before = provider_snapshot(store)
     store.extra_config["fuse"] = {"read_only": True}
     shutil.rmtree(store.cache)
-    start_guarded(store)
+    store.start()
 
     def check() -> None:
         assert store.status().get("read_only") is True
@@ -408,7 +396,7 @@ def test_read_only_mount(store):
                 assert r.read() == data
 
     check()
-    remount_guarded(store)
+    store.remount(empty_cache=True)
     check()
     store.unmount()
     assert journal_rows(store.cache) == 0, "a read-only mount wrote rows into its journal"
@@ -459,7 +447,7 @@ def test_nginx_serves_from_allow_other_mount(shared_store, tmp_path):
             assert web.get(f"{ART}/missing.png")[0] == 404
 
         check()
-        remount_guarded(s)
+        s.remount(empty_cache=True)
         check()
         if shutil.which("curl"):
             res = subprocess.run(["curl", "-s", "-r", "0-99", "-o", "-", "-w", "%{http_code}",

@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from helpers import ART, create_file, run
-from sharing_support import THIRD, is_s3, remount_guarded, s3_head, settle, start_guarded
+from storefs.testing.backends import is_s3, s3_head
+from storefs.testing.data import ART, create_file, settle
+from storefs.testing.mount import run
+from storefs.testing.users import THIRD
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -116,7 +118,7 @@ def test_file_ctime_mtime_atime_rules(store):
         st = os.lstat(store.data / ART / "h.bin")
         assert (st.st_atime_ns, st.st_mtime_ns) == (A_NS, M_NS)
 
-    remount_guarded(store)
+    store.remount(empty_cache=True)
     for p, want in ((g, kept), (h, h_st)):
         st = os.stat(p)
         assert (st.st_mode, st.st_uid, st.st_gid, st.st_size) == (want.st_mode, want.st_uid, want.st_gid,
@@ -134,7 +136,7 @@ def test_file_ctime_mtime_atime_rules(store):
 def _remount_with_atime(store, mode: str | None) -> None:
     store.unmount()
     store.extra_config["fuse"] = {} if mode is None else {"atime": mode}
-    start_guarded(store)
+    store.start()
 
 
 def test_atime_options(store):
@@ -248,7 +250,7 @@ def test_folder_times_and_metadata(meta_store):
     assert os.stat(other / "m3").st_mtime_ns == M_NS + 1_000_000_000
     d_st = st
 
-    remount_guarded(s)
+    s.remount(empty_cache=True)
     # stat before any listing: a listing reads the folder, which may move its atime (ext4's relatime)
     st = os.stat(d)
     m3 = os.stat(other / "m3")

@@ -25,11 +25,7 @@ from storefs.config import S3ProviderConfig
 from storefs.providers.base import ObjectMeta
 from storefs.providers.s3 import S3Provider
 from storefs.providers.s3.http import Answer, ConnectionLost
-
-try:
-    from seaweed import SeaweedServer, weed_binary  # tests/ is on sys.path via tests/conftest.py
-except ImportError:
-    from tests.seaweed import SeaweedServer, weed_binary
+from storefs.testing.seaweed import SeaweedServer, weed_binary
 
 MiB = 1024 * 1024
 BUCKET = "storefs-test"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A file exerciser in the spirit of fsx: one file, a long random sequence of operations.
 
-    python scripts/fsx.py [--ops N] [--seed S] [--max-size BYTES] [--no-mmap] PATH
+    python -m storefs.testing.fsx [--ops N] [--seed S] [--max-size BYTES] [--no-mmap] PATH
 
 Every operation is applied to PATH (normally a file in a storefs mount) and to an in-memory
 bytearray model: pread / pwrite at random offsets and lengths (writes past the end leave a
@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import logging
 import mmap
 import os
 import random
 import sys
 import time
+
+log = logging.getLogger(__name__)
 
 PAGE = mmap.ALLOCATIONGRANULARITY
 LOG_TAIL = 40

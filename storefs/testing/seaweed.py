@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import secrets
@@ -15,10 +16,14 @@ import tempfile
 import time
 from typing import Any
 
+from .backends import boto3_client, ensure_bucket
+from .mount import file_tail
+
 log = logging.getLogger(__name__)
 
 GRPC_OFFSET = 10000  # weed dials port+10000 for gRPC whatever -*.port.grpc says (the admin worker does)
 SERVICES = ("s3", "master", "volume", "filer", "admin")
+MAX_POOL = 32  # connections per client: the tests' threads share one
 
 
 def weed_binary() -> str | None:
@@ -32,7 +37,9 @@ def _port_free(port: int) -> bool:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
-        except OSError:
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
             return False
     return True
 
@@ -98,31 +105,14 @@ class SeaweedServer:
 
     def client(self, **config: Any) -> Any:
         """A boto3 S3 client for this server (path-style, SigV4); config overrides botocore Config fields."""
-        import boto3
-        from botocore.config import Config
-
-        opts: dict[str, Any] = {"signature_version": "s3v4", "s3": {"addressing_style": "path"},
-                                "retries": {"max_attempts": 2, "mode": "standard"},
-                                "connect_timeout": 5, "read_timeout": 30, "max_pool_connections": 32,
-                                "request_checksum_calculation": "when_required",
-                                "response_checksum_validation": "when_required"}
-        opts.update(config)
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, config=Config(**opts))
+        client = boto3_client(self, **{"max_pool_connections": MAX_POOL, **config})
         # weed answers an empty PUT before "100 Continue", which stalls botocore's next PUT on that connection
         client.meta.events.register("before-send.s3", _drop_expect)
         return client
 
     def create_bucket(self, name: str) -> None:
         """Create a bucket (names need 3+ characters on SeaweedFS); no error if it exists."""
-        c = self.client()
-        try:
-            c.create_bucket(Bucket=name)
-        except (c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
-            pass
-        finally:
-            c.close()
+        ensure_bucket(self, name)
 
     # -- lifecycle ----------------------------------------------------------------------
     def _command(self) -> list[str]:
@@ -194,19 +184,14 @@ class SeaweedServer:
 
     def log_tail(self, n: int = 40) -> str:
         """Last lines of weed's log, for failure messages."""
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
-        except OSError:
-            return ""
+        return file_tail(self.log_path, n)
 
     def _terminate(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
         if self._paused:
-            proc.send_signal(signal.SIGCONT)
-            self._paused = False
+            self.resume()
         proc.terminate()  # weed exits in ~2 s, but can linger on open client connections
         try:
             proc.wait(5)
@@ -236,16 +221,21 @@ class SeaweedServer:
         self._launch()
         self._wait_ready()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause(self) -> None:
-        """Freeze weed (SIGSTOP): connections are accepted by the kernel but never answered."""
+        """Freeze weed (SIGSTOP to its whole process group): connections are accepted by the kernel
+        but never answered. resume() undoes it; stop() and the atexit hook resume first."""
         if self.proc is not None and not self._paused:
-            self.proc.send_signal(signal.SIGSTOP)
+            os.killpg(self.proc.pid, signal.SIGSTOP)  # its own session (start_new_session): weed and any child
             self._paused = True
 
     def resume(self) -> None:
         """Unfreeze weed after pause()."""
         if self.proc is not None and self._paused:
-            self.proc.send_signal(signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGCONT)
             self._paused = False
 
     def stop(self) -> None:
@@ -264,7 +254,7 @@ class SeaweedServer:
         self.stop()
 
 
-if __name__ == "__main__":  # python -m tests.seaweed: a server for manual poking
+if __name__ == "__main__":  # python -m storefs.testing.seaweed: a server for manual poking
     logging.basicConfig(level=logging.INFO)
     with SeaweedServer() as srv:
         print(f"endpoint {srv.endpoint_url} key {srv.access_key} secret {srv.secret_key} (Ctrl+C stops)")

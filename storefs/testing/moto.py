@@ -3,8 +3,9 @@
 moto keeps the user metadata of folder-marker objects (keys ending in '/') as AWS and MinIO do,
 where SeaweedFS 4.x drops it: the folder-metadata tests run their empty-cache checks against it.
 
-`MotoServer` has the interface `helpers.S3Backend` expects of a server (endpoint_url, region,
-access_key, secret_key, client(), create_bucket()), so a bucket on it is an ordinary S3Backend:
+`MotoServer` has the interface `storefs.testing.backends.S3Backend` expects of a server
+(endpoint_url, region, access_key, secret_key, client(), create_bucket()), so a bucket on it is
+an ordinary S3Backend:
 
     with MotoServer() as srv:
         backend = S3Backend(srv, "my-bucket")
@@ -14,6 +15,10 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
+from .backends import boto3_client, ensure_bucket
+
+log = logging.getLogger(__name__)
 
 
 class MotoServer:
@@ -56,27 +61,10 @@ class MotoServer:
 
     def client(self, **config: Any) -> Any:
         """A boto3 S3 client for this server (path-style, SigV4)."""
-        import boto3
-        from botocore.config import Config
-
-        opts: dict[str, Any] = {"signature_version": "s3v4", "s3": {"addressing_style": "path"},
-                                "retries": {"max_attempts": 2, "mode": "standard"},
-                                "connect_timeout": 5, "read_timeout": 30,
-                                "request_checksum_calculation": "when_required",
-                                "response_checksum_validation": "when_required"}
-        opts.update(config)
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, config=Config(**opts))
+        return boto3_client(self, **config)
 
     def create_bucket(self, name: str) -> None:
-        c = self.client()
-        try:
-            c.create_bucket(Bucket=name)
-        except (c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
-            pass
-        finally:
-            c.close()
+        ensure_bucket(self, name)
 
     def __enter__(self) -> MotoServer:
         return self.start()

