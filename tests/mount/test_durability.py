@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import require_fuse
+
 from storefs.testing.data import ART, payload, sha256
 from storefs.testing.mount import StorefsMount, run
 

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import require_fuse
+
 from storefs.testing.backends import LocalBackend
 from storefs.testing.data import ART
 from storefs.testing.mount import StorefsMount, clean_env, is_mounted, run

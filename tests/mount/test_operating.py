@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import require_fuse
+
 from storefs.testing.data import ART, payload
 from storefs.testing.mount import StorefsMount, clean_env, is_mounted, run, wait_pid_gone
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-
 from conftest import require_fuse
+
 from storefs.testing.data import ART, assert_same_tree, file_sha256, payload, sha256, tree_state
 from storefs.testing.mount import StorefsMount, clean_env, is_mounted, lazy_unmount, run
 
