@@ -36,6 +36,12 @@ def name(key: str) -> str:
     return key.rpartition("/")[2]
 
 
+def split(key: str) -> tuple[str, str]:
+    """'a/b/x' or 'a/b/x/' -> ('a/b/', 'x'): the listing prefix that holds key, and its name there."""
+    folder, _, last = key.rstrip("/").rpartition("/")
+    return prefix(folder), last
+
+
 def dir_key(key: str) -> str:
     """'a/b' -> 'a/b/': the journal's key of the folder at key."""
     return key + "/"

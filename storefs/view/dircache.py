@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import keys
 from .merge import Found
 from .tunables import DEFAULT_TUNABLES, ViewTunables
 
@@ -49,12 +50,6 @@ class Head:
     until: float
     fetched: float
     found: Found | None
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """'a/b/x' or 'a/b/x/' -> ('a/b/', 'x'): the folder prefix holding key, and its name."""
-    parent, _, name = key.rstrip("/").rpartition("/")
-    return (parent + "/" if parent else ""), name
 
 
 class DirCache:
@@ -183,7 +178,7 @@ class DirCache:
         """storefs itself just changed key (found: what is there now, None: gone): the cached
         listing of its folder is updated rather than dropped, and kept for listings under way."""
         key = key.rstrip("/")
-        prefix, name = split_key(key)
+        prefix, name = keys.split(key)
         now = self._clock()
         with self._lock:
             if found is None and several_providers:
@@ -199,20 +194,20 @@ class DirCache:
                     else:
                         hit.names = overlay(hit.names, {name: (now, found)})
             if found is None or not found[1].is_dir:  # a folder's marker landing leaves its children as they are
-                self._forget_listing(key + "/")
+                self._forget_listing(keys.dir_key(key))
             self._prune()
 
     def forget(self, key: str) -> None:
         """Expire what is cached about key and its folder, after another program changed it."""
         key = key.rstrip("/")
-        prefix, name = split_key(key)
+        prefix, name = keys.split(key)
         with self._lock:
             self._big.pop(prefix, None)
             hit = self._heads.get(key)
             if hit is not None:
                 self._heads[key] = dataclasses.replace(hit, until=0.0)
-            self._heads.pop(key + "/", None)  # the folder's own metadata
-            for p in (prefix, key + "/"):
+            self._heads.pop(keys.dir_key(key), None)  # the folder's own metadata
+            for p in (prefix, keys.dir_key(key)):
                 self._forget_listing(p)
                 self._recorded.get(p, {}).pop(name, None)
             self._prune()

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
+from .. import keys
 from ..errors import NotFound, ProviderUnavailable
 from ..providers.base import ObjectInfo, Provider
-from .dircache import DirCache, Head, Listing, Names, split_key
+from .dircache import DirCache, Head, Listing, Names
 from .health import ProviderHealth
 from .merge import Found, merge_listings
 from .refresh import Refresh
@@ -208,7 +209,7 @@ class RemoteView:
         Made while a provider does not answer, the empty listing stands in only until it does.
         """
         if self._list_lookups:  # a provider that does not answer gave no evidence that the folder is new
-            self.cache.known_empty(key.rstrip("/") + "/", verified=self._answering())
+            self.cache.known_empty(keys.dir_key(key.rstrip("/")), verified=self._answering())
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class RemoteView:
         need_meta=False accepts a listing's answer for a file (size and etag, no mode or
         mtime on object stores): enough to check a cached copy, and no HEAD to pay.
         """
-        prefix, name = split_key(key)
+        prefix, name = keys.split(key)
         listing = self.cache.fresh(prefix)
         now = self._clock()
         head = self.cache.head(key)
@@ -284,7 +285,7 @@ class RemoteView:
             # (an absent name's head lasts the short negative TTL: asked again inline, as it is
             # asked often; while the provider does not answer, its folder's listing says absent)
             stale.append((head.fetched, head.found))
-        prefix, name = split_key(key)
+        prefix, name = keys.split(key)
         held = self.cache.held(prefix)
         if held is not None and self._usable(held.fetched):
             stale.append((held.fetched, held.names.get(name) or held.names.get(name + "/")))
@@ -303,8 +304,8 @@ class RemoteView:
                 break
             except NotFound:
                 pass
-            if self.health.call(pname, p.dir_exists, key + "/"):
-                found = (pname, ObjectInfo(key=key + "/", size=0, mtime=0.0, is_dir=True))
+            if self.health.call(pname, p.dir_exists, keys.dir_key(key)):
+                found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime=0.0, is_dir=True))
                 break
         self.cache.put_head(key, found, started)
         return found
@@ -315,7 +316,7 @@ class RemoteView:
         and the folder with it."""
         if found[1].mode is not None:
             return True, found
-        hit = self.cache.head(key + "/")
+        hit = self.cache.head(keys.dir_key(key))
         if hit is not None and (hit.until > self._clock()
                                 or (self._usable(hit.fetched) and not self.health.answering(found[0]))):
             return True, hit.found or found
@@ -327,7 +328,7 @@ class RemoteView:
         pname, info = found
         if info.mode is not None:
             return found
-        hkey = key + "/"
+        hkey = keys.dir_key(key)
         hit = self.cache.head(hkey)
         if hit is not None and hit.until > self._clock():
             return hit.found or found

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from storefs import keys
 from storefs.providers.base import ObjectInfo
-from storefs.view.dircache import DirCache, split_key
+from storefs.view.dircache import DirCache
 from storefs.view.tunables import ViewTunables
 
 
@@ -29,9 +30,9 @@ def put(c: DirCache, prefix: str, *names: str) -> None:
 
 
 def test_split_key() -> None:
-    assert split_key("a/b/x") == ("a/b/", "x")
-    assert split_key("a/b/") == ("a/", "b")
-    assert split_key("x") == ("", "x")
+    assert keys.split("a/b/x") == ("a/b/", "x")
+    assert keys.split("a/b/") == ("a/", "b")
+    assert keys.split("x") == ("", "x")
 
 
 def test_a_listing_is_fresh_for_the_ttl_then_held_expired() -> None:
