@@ -70,7 +70,7 @@ class MigrationState:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # protects the SQLite connection (the copy threads share it)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a kill -9 of this process
@@ -143,7 +143,7 @@ class Migration:
         self.delete_source = delete_source
         self.progress = progress
         self.counts = Counts()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # protects counts (the copy threads add to it)
 
     def _count(self, field: str, files: int = 0, nbytes: int = 0) -> None:
         with self._lock:

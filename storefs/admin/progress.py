@@ -54,7 +54,7 @@ class Progress:
         self.interval = interval if interval is not None else (TTY_INTERVAL if self.tty else PLAIN_INTERVAL)
         self.files_done = 0
         self.bytes_done = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # protects the counts, the samples and the last draw (worker threads report)
         self._start = time.monotonic()
         self._last_draw = self._start
         self._samples: deque[tuple[float, int]] = deque([(self._start, 0)])

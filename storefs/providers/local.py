@@ -103,7 +103,7 @@ class LocalProvider(Provider):
         self._base_slash = self.base.rstrip("/") + "/"
         self._xattr_warned = False
         self._base_fd: int | None = None
-        self._base_lock = threading.Lock()
+        self._base_lock = threading.Lock()  # protects _base_fd while the first calls race to open it
         self._observer: BaseObserver | None = None  # the watchdog thread, once watch() started it
 
     # -- keys, descriptors and errors -------------------------------------------------------

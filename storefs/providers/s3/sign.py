@@ -34,7 +34,7 @@ class SigV4:
     def __init__(self, region: str, service: str = "s3") -> None:
         self.region = region
         self.service = service
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # protects _key, the day's signing key
         self._key: tuple[str, str, bytes] | None = None  # (secret, date, key)
 
     def _signing_key(self, secret: str, date: str) -> bytes:
