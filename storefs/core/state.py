@@ -14,8 +14,8 @@ Locks, in the order they may be taken (never the other way round):
    measured use), OpenFile._lock (one file's chunk fetches): leaves, each taken briefly,
    under 1 or alone; none calls into the core while holding its own (the uploader and the
    evictor call it with theirs released).
-4. RemoteView._lock (cached listings and heads): never held across a provider call, and
-   taken without 1 held.
+4. The view's locks (storefs/view/: DirCache._lock over listings and heads, ProviderHealth._lock,
+   Refresh._lock): leaves, never held across a provider call, and taken without 1 held.
 """
 
 from __future__ import annotations
