@@ -67,8 +67,8 @@ class EntryIndex:
     def amend(self, e: Entry, **changes: Any) -> None:
         """The one place a row's fields change once it is made: when e is the row indexed at its key,
         the folder indexes follow at once. Persisting is put()'s job (some changes never are, as atime)."""
-        reindex = self.entries.get(e.key) is e and any(
-            getattr(e, name) != changes[name] for name in INDEXED_FIELDS.intersection(changes))
+        reindex = (not INDEXED_FIELDS.isdisjoint(changes) and self.entries.get(e.key) is e
+                   and any(getattr(e, name) != changes[name] for name in INDEXED_FIELDS.intersection(changes)))
         if reindex:
             self._drop(e)
         for name, value in changes.items():

@@ -146,24 +146,36 @@ Found = Folder | CachedFile | OpenNode | RemoteFile
 
 
 class Counters:
-    """Byte and call counts for status and metrics, bumped by every FUSE thread."""
+    """Byte and call counts for status and metrics, bumped by every FUSE thread: each thread counts in
+    its own dict (no lock on the write path, which bumps them per request), summed when read."""
 
     NAMES = ("bytes_written", "bytes_read", "bytes_fetched", "bytes_warmed", "write_calls", "read_calls")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # protects _counts
-        self._counts = dict.fromkeys(self.NAMES, 0)
+        self._local = threading.local()
+        self._lock = threading.Lock()  # protects _threads (the list of per-thread dicts)
+        self._threads: list[dict[str, int]] = []
+
+    def _mine(self) -> dict[str, int]:
+        mine: dict[str, int] | None = getattr(self._local, "counts", None)
+        if mine is None:
+            mine = self._local.counts = dict.fromkeys(self.NAMES, 0)
+            with self._lock:
+                self._threads.append(mine)
+        return mine
 
     def add(self, name: str, n: int, calls: str | None = None) -> None:
-        """Add n to name (and one call to calls, when given) in one step."""
-        with self._lock:
-            self._counts[name] += n
-            if calls is not None:
-                self._counts[calls] += 1
+        """Add n to name (and one call to calls, when given), in this thread's counts."""
+        mine = self._mine()
+        mine[name] += n
+        if calls is not None:
+            mine[calls] += 1
 
     def snapshot(self) -> dict[str, int]:
+        """Every count, summed over the threads that ever counted."""
         with self._lock:
-            return dict(self._counts)
+            threads = list(self._threads)
+        return {name: sum(t[name] for t in threads) for name in self.NAMES}
 
 
 @dataclass(frozen=True)
