@@ -21,6 +21,7 @@ class Recorder:
         self.pending: set[str] = set()
         self.fail = fail
         self.done = threading.Event()
+        self.failed_once = threading.Event()  # the uploader has recorded a failed attempt
 
     def due_in(self, key: str) -> float | None:
         return 0.0 if key in self.pending else None
@@ -35,7 +36,7 @@ class Recorder:
             self.done.set()
 
     def failed(self, key: str, error: BaseException, attempts: int) -> None:
-        pass
+        self.failed_once.set()
 
     def jobs(self) -> UploadJobs:
         return UploadJobs(due_in=self.due_in, sync=self.sync, failed=self.failed)
@@ -121,7 +122,7 @@ def test_retries_do_not_give_way(monkeypatch: pytest.MonkeyPatch) -> None:
     up = Uploader(workers=1, idle=act.idle)
     up.start(rec.jobs())
     up.schedule("k", 0.0)
-    time.sleep(0.05)  # first attempt fails at once (nothing was busy yet)
+    assert rec.failed_once.wait(5)  # the first attempt fails at once (nothing is busy yet)
     burst = keep_busy(act, stop)
     try:
         assert rec.done.wait(5)  # the retry (after its backoff) runs under the burst
