@@ -112,6 +112,22 @@ class ProviderUnavailable(ProviderError):
     """The provider did not answer (connection refused, timeout, 5xx after retries)."""
 
 
+class Conflict(ProviderError):
+    """The provider's object at the key is not the version a change was based on (HTTP 412/409):
+    another writer changed it first, so the change must not replace it."""
+
+
+class Rejected(ProviderError):
+    """The provider refused this request for good (a 4xx other than throttling or 408): retrying
+    will not help until an operator fixes the cause, so the change is parked, not retried."""
+
+
+class MetadataTooLarge(StorefsError):
+    """The xattrs and attributes of a file would pass the provider's metadata limit (E2BIG)."""
+
+    errno = _errno.E2BIG
+
+
 class AccessDenied(ProviderError):
     """The provider refused the credentials for this key (EACCES)."""
 

@@ -71,6 +71,9 @@ class Provider(abc.ABC):
     listing_has_metadata: bool = True
     #: whether one listing of a folder is cheaper than asking for a name or two in it (round trips)
     lookup_by_listing: bool = False
+    #: whether the provider enforces put/copy/delete conditions atomically; False: checked by a head
+    #: just before the request, which leaves a short race window (README, "Several mounts, one bucket")
+    atomic_conditions: bool = True
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -93,20 +96,27 @@ class Provider(abc.ABC):
         """Up to length bytes of the object from offset (short only at the end)."""
 
     @abc.abstractmethod
-    def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
-        """Store the file at src_path under key, atomically: readers see old or new, never half."""
+    def put_file(self, key: str, src_path: str, meta: ObjectMeta, *, if_match: str | None = None,
+                 if_absent: bool = False) -> ObjectInfo:
+        """Store the file at src_path under key, atomically: readers see old or new, never half.
+
+        if_absent: Conflict if any object is at key. if_match: Conflict unless the object at key
+        has that etag, NotFound if there is none. Neither: replace whatever is there.
+        """
 
     @abc.abstractmethod
     def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
         """Replace the metadata of an existing object without sending its bytes again."""
 
     @abc.abstractmethod
-    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None) -> ObjectInfo:
-        """Server-side copy of src to dst (metadata kept, or replaced by meta)."""
+    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None, *, if_match: str | None = None) -> ObjectInfo:
+        """Server-side copy of src to dst (metadata kept, or replaced by meta); if_match: Conflict
+        unless src still has that etag."""
 
     @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object at key; no error if it is already gone."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove the object at key; no error if it is already gone; if_match: Conflict (and
+        nothing removed) when the object at key has another etag."""
 
     @abc.abstractmethod
     def make_dir(self, prefix: str, meta: ObjectMeta) -> None:
@@ -115,6 +125,13 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def remove_dir(self, prefix: str) -> None:
         """Remove the directory marker of prefix; no error if there is none."""
+
+    def check_key(self, key: str) -> None:  # noqa: B027  (optional: a backend may take any key)
+        """Refuse, before anything is written, a key this provider cannot store as given
+        (NameTooLong for a key over its limit, LayoutError for a name the server would change)."""
+
+    def check_meta(self, key: str, meta: ObjectMeta) -> None:  # noqa: B027  (optional: no limit)
+        """Refuse, at setxattr, metadata this provider cannot store in full (MetadataTooLarge)."""
 
     def head_dir(self, prefix: str) -> ObjectInfo | None:
         """Metadata of folder prefix ('a/b/'): mode, uid, gid, mtime, ctime, atime, xattrs; None when unknown."""
