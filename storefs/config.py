@@ -141,6 +141,26 @@ class SizeLimits:
 
 
 @dataclass(frozen=True)
+class MinFree:
+    """cache.min_free as written (bytes, a share of the disk or the lesser of both): the disk is known at mount."""
+
+    size: int | None = None
+    percent: float | None = None
+
+    def bytes_of(self, disk_size: int) -> int:
+        """The free bytes to keep on a cache disk of disk_size bytes."""
+        shares = [self.size] if self.size is not None else []
+        if self.percent is not None:
+            shares.append(int(disk_size * self.percent / 100))
+        return min(shares, default=0)
+
+
+#: 5 % of the cache disk or 1 GiB, whichever is less
+DEFAULT_MIN_FREE = MinFree(size=1 * GiB, percent=5.0)
+MAX_MIN_FREE_PERCENT = 100.0
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     dir: str
     max_size: int = 20 * GiB
@@ -151,6 +171,7 @@ class CacheConfig:
     chunk_size: int = 4 * MiB        # unit of ranged reads into the cache
     readahead: int = 8               # chunks fetched ahead of a sequential reader
     space_wait: float = 30.0         # how long a writer waits for room in a full cache before ENOSPC
+    min_free: MinFree = DEFAULT_MIN_FREE  # free space eviction keeps on the cache disk
 
 
 @dataclass(frozen=True)
@@ -247,6 +268,25 @@ def parse_size(value: object, source: str, key: str) -> int:
             return int(number) * unit if number.isdigit() else int(float(number) * unit)
     raise ConfigError(source, key, f"expected a size such as 512KiB, 100MiB, 1.5GB or a number of "
                                    f"bytes, got {_shown(value)}")
+
+
+def parse_min_free(value: object, source: str, key: str) -> MinFree:
+    """A size ("2GiB") or a share of the cache disk ("10%"), which only the mount can turn into bytes."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1].strip()
+        try:
+            percent = float(number)
+        except ValueError:
+            percent = math.nan
+        if not 0 <= percent <= MAX_MIN_FREE_PERCENT:
+            raise ConfigError(source, key, f"expected a share of the cache disk between 0% and "
+                                           f"{MAX_MIN_FREE_PERCENT:g}%, got {_shown(value)}")
+        return MinFree(percent=percent)
+    try:
+        return MinFree(size=parse_size(value, source, key))
+    except ConfigError:
+        raise ConfigError(source, key, f"expected a size such as 2GiB or 500MB, or a share of the cache "
+                                       f"disk such as 10%, got {_shown(value)}") from None
 
 
 def parse_duration(value: object, source: str, key: str) -> float:
@@ -569,6 +609,7 @@ _CACHE_CONV: dict[str, Conv[Any]] = {
     "chunk_size": _bounded(parse_size, 64 * KiB, 256 * MiB),
     "readahead": _bounded(_int, 0, 64),
     "space_wait": _bounded(parse_duration, 0),
+    "min_free": parse_min_free,
 }
 _ENV_OVERRIDES = {  # variable -> (cache field or top-level key, converter)
     "STOREFS_CACHE_DIR": ("dir", _path),

@@ -8,17 +8,20 @@ import textwrap
 import pytest
 
 from storefs.config import (
+    DEFAULT_MIN_FREE,
     CacheConfig,
     GiB,
     KiB,
     LayoutConfig,
     LocalProviderConfig,
     MiB,
+    MinFree,
     RoutingRule,
     S3ProviderConfig,
     SizeLimits,
     load_config,
     parse_duration,
+    parse_min_free,
     parse_size,
 )
 from storefs.errors import ConfigError
@@ -295,6 +298,10 @@ def test_unknown_key(tmp_path, text, key) -> None:
     (MINIMAL + "cache: [1]\n", "cache", "expected a mapping"),
     (MINIMAL + "cache: {max_size: huge}\n", "cache.max_size", "expected a size"),
     (MINIMAL + "cache: {writeback_delay: soon}\n", "cache.writeback_delay", "expected a duration"),
+    (MINIMAL + "cache: {min_free: lots}\n", "cache.min_free", "expected a size such as 2GiB or 500MB, or a share"),
+    (MINIMAL + "cache: {min_free: 150%}\n", "cache.min_free", "between 0% and 100%"),
+    (MINIMAL + "cache: {min_free: '-5%'}\n", "cache.min_free", "between 0% and 100%"),
+    (MINIMAL + "cache: {min_free: 'half%'}\n", "cache.min_free", "between 0% and 100%"),
     (MINIMAL + "cache: {fsync: always}\n", "cache.fsync", "expected one of local, upload"),
     (MINIMAL + "cache: {uploaders: 0}\n", "cache.uploaders", "must be between 1 and 64"),
     (MINIMAL + "fuse: {read_ahead: 2GiB}\n", "fuse.read_ahead", "must be between 0 and 1073741824"),
@@ -421,3 +428,35 @@ def test_wrong_fuse_values(tmp_path, text, key, reason) -> None:
     err = error(tmp_path, MINIMAL + text)
     assert err.key == key
     assert reason in err.reason
+
+
+# ---- cache.min_free --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2G", MinFree(size=2 * GiB)),
+    ("500MB", MinFree(size=500 * 1000**2)),
+    (0, MinFree(size=0)),
+    ("10%", MinFree(percent=10.0)),
+    (" 2.5 % ", MinFree(percent=2.5)),
+    ("0%", MinFree(percent=0.0)),
+])
+def test_min_free_values(value, expected) -> None:
+    assert parse_min_free(value, "f.yaml", "cache.min_free") == expected
+
+
+def test_min_free_from_the_file_and_its_default(tmp_path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).cache.min_free == DEFAULT_MIN_FREE
+    cfg = load_config(write(tmp_path, MINIMAL + "cache: {min_free: 10%}\n"))
+    assert cfg.cache.min_free == MinFree(percent=10.0)
+
+
+@pytest.mark.parametrize("min_free, disk, expected", [
+    (DEFAULT_MIN_FREE, 10 * GiB, 512 * MiB),   # 5 % of a small disk
+    (DEFAULT_MIN_FREE, 100 * GiB, GiB),        # 1 GiB of a big one: whichever is less
+    (MinFree(percent=10.0), 40 * MiB, 4 * MiB),
+    (MinFree(size=2 * GiB), 10 * GiB, 2 * GiB),
+    (MinFree(size=0), 10 * GiB, 0),
+])
+def test_min_free_in_bytes_of_a_disk(min_free, disk, expected) -> None:
+    assert min_free.bytes_of(disk) == expected
