@@ -11,15 +11,18 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import keys
+from .admin.progress import format_size
 from .bdi import set_read_ahead
 from .cache.datafiles import DataFiles
-from .cache.eviction import Evictor
+from .cache.eviction import Evictor, disk_space
 from .cache.index import EntryIndex
 from .cache.journal import Journal
 from .cache.uploader import Uploader
@@ -140,10 +143,34 @@ def _metrics_server(cfg: Config, snapshot: Callable[[], dict]) -> MetricsServer 
                           f"{e.strerror or e}") from None
 
 
+def open_journal(cfg: Config) -> Journal:
+    """The cache's journal, or a DaemonError that says how full the cache disk is (what usually stops it)."""
+    try:
+        return Journal(os.path.join(cfg.cache.dir, "journal.db"))
+    except sqlite3.Error as e:
+        try:
+            free = f"{format_size(disk_space(cfg.cache.dir)[1])} free on its disk"
+        except OSError:
+            free = "its disk cannot be measured"
+        raise DaemonError(f"cannot open the cache journal in {cfg.cache.dir} ({free}): {e}") from None
+
+
+def cache_disk_limits(cfg: Config, root: str, statvfs: Callable[[str], Any] = os.statvfs) -> int:
+    """cache.min_free in bytes for the cache disk at root; a max_size the disk cannot hold is warned about."""
+    size, _ = disk_space(root, statvfs)
+    min_free = cfg.cache.min_free.bytes_of(size)
+    if cfg.cache.max_size > size:
+        log.warning("cache.max_size (%s) is larger than the cache disk of %s (%s): the disk fills before the cache "
+                    "reaches its limit; eviction keeps %s of it free (cache.min_free)", format_size(cfg.cache.max_size),
+                    cfg.cache.dir, format_size(size), format_size(min_free))
+    return min_free
+
+
 def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], journal: Journal, data: DataFiles,
-               *, clock: Callable[[], float] = time.monotonic) -> Core:
+               *, clock: Callable[[], float] = time.monotonic, statvfs: Callable[[str], Any] = os.statvfs) -> Core:
     """The core's parts, each given what it uses, behind the facade; the journal's leftovers are recovered
-    first. clock (monotonic seconds) times quiet delays, waits and recent deletes: tests inject one."""
+    first, then clean copies evicted where the cache or its disk is over its limits. clock (monotonic seconds)
+    times quiet delays, waits and recent deletes, statvfs measures the cache disk: tests inject them."""
     settings = Settings.from_config(cfg, mounted_at=time.time())
     index = EntryIndex(journal, read_only=settings.read_only)
     recover(index, data)
@@ -156,7 +183,12 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     tree = Tree(settings, state, layout, providers, remote, data, schedule)
     counters = Counters()
     evictor = Evictor(tree, cfg.cache.max_size, lambda: data.usage()[0], cfg.cache.space_wait,
-                      after_pass=journal.restore_ballast)
+                      after_pass=journal.restore_ballast, min_free=cache_disk_limits(cfg, data.root, statvfs),
+                      free=lambda: disk_space(data.root, statvfs)[1])
+    dropped = evictor.make_room()  # a full cache disk is no reason to refuse the mount: clean copies go first
+    if dropped:
+        log.info("made room at mount: dropped %d clean cached copies (%s free on the cache disk, min_free %s)",
+                 dropped, format_size(evictor.free), format_size(evictor.min_free))
     status = Status(state, schedule, evictor, counters, data, settings.read_only)
     files = Files(tree, schedule, evictor, counters, status.wait_uploaded)
     lookup = Lookup(tree, files)
@@ -214,7 +246,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
             except StorefsError as e:
                 raise DaemonError(f"{cfg.source}: providers.{name}: {e}") from None
         metrics = _metrics_server(cfg, lambda: status())
-        journal = Journal(os.path.join(cfg.cache.dir, "journal.db"))
+        journal = open_journal(cfg)
         data = DataFiles(cfg.cache.dir)
         ns = build_core(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)
     except (StorefsError, DaemonError, OSError, UnsafeFolder) as e:
@@ -240,6 +272,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         st = ns.status()
         return {"pid": os.getpid(), "mountpoint": mountpoint, "config": cfg.source, "cache_dir": cfg.cache.dir,
                 "cache_bytes": used, "cache_free_bytes": free, "cache_max_bytes": cfg.cache.max_size,
+                "cache_min_free_bytes": ns.parts.evictor.min_free,
                 "read_only": cfg.fuse.read_only, "mount_options": mount_options(cfg.fuse),
                 "providers": {n: p.kind for n, p in providers.items()}, **st,
                 "operations": {k: n for k, n in OP_CALLS.items() if n},

@@ -147,13 +147,28 @@ class Journal:
                 fd = os.open(own, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 os.fchmod(fd, 0o600)  # an older cache's 0644 files too
                 os.close(fd)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
-        self._upgrade()
+        try:
+            self._open()
+            self.restore_ballast()
+        except sqlite3.OperationalError:
+            # a full disk fails the opening (SQLite cannot grow its -shm file): the reserved space is for this,
+            # and stays free for the mount's first writes until eviction has made room (restore_ballast)
+            if not self._release_ballast():
+                raise
+            self._open()
         self._depth = 0
-        self.restore_ballast()
+
+    def _open(self) -> None:
+        """Connect and bring the schema up to date; a failure leaves no connection open."""
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(SCHEMA)
+            self._upgrade()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _upgrade(self) -> None:
         """Bring a journal written by an older storefs to this schema, keeping its rows."""
