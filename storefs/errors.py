@@ -112,6 +112,15 @@ class ProviderUnavailable(ProviderError):
     """The provider did not answer (connection refused, timeout, 5xx after retries)."""
 
 
+class ProviderBusy(ProviderError):
+    """The provider answered that it is overloaded for now (SlowDown, 503, 429, another 5xx): retried after
+    a pause, never taken for the provider being down (it answered); retry_after: the seconds it asked for."""
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Conflict(ProviderError):
     """The provider's object at the key is not the version a change was based on (HTTP 412/409):
     another writer changed it first, so the change must not replace it."""

@@ -1,9 +1,12 @@
 """Whether each provider answers: down after a failure (a circuit breaker with backoff), slow while
 a call to it has made no progress for a moment.
 
-Only ProviderUnavailable (the provider could not be reached, or kept answering 5xx) counts: a
-missing key, a refusal or one bad object fails its own request and says nothing of the provider.
-Being down never lasts longer than max_down_for: the next call after that asks the provider again.
+Only ProviderUnavailable counts, and providers raise it only when a request got no whole answer
+(connection refused, reset, timed out). Anything that is an answer fails its own request and says
+nothing of the provider: a missing key, a refusal (4xx), a server busy for now (ProviderBusy: 5xx,
+429, SlowDown, after its retries), an answer this client cannot read (malformed, too many headers,
+a body too large), a conflict or a limit. Being down never lasts longer than max_down_for: the
+next call after that asks the provider again.
 """
 
 from __future__ import annotations
