@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import os
 import socket
 import threading
 from dataclasses import replace
@@ -220,3 +221,23 @@ def test_only_a_connection_failure_marks_the_provider_down():
     with pytest.raises(errors.ProviderUnavailable):
         health.call("s3", p.head, "k")
     assert health.is_down("s3")
+
+
+@pytest.mark.parametrize("kind", ["seaweed", "moto_server"])
+def test_the_name_probe_on_real_servers(kind, request):
+    """SeaweedFS stores '\\' as '/' (refused there), moto keeps it; either way the probe leaves nothing behind."""
+    srv = request.getfixturevalue(kind)
+    bucket = f"probe-{kind[:4]}-{os.urandom(4).hex()}"
+    srv.create_bucket(bucket)
+    cfg = S3ProviderConfig(name="s3", bucket=bucket, endpoint_url=srv.endpoint_url, region=srv.region,
+                           access_key_id=srv.access_key, secret_access_key=srv.secret_key, path_style=True,
+                           prefix="team")
+    p = S3Provider(cfg)
+    try:
+        p.check()
+        assert p.backslash_kept is (kind == "moto_server")
+        client = srv.client()
+        assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+        client.close()
+    finally:
+        p.close()
