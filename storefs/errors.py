@@ -112,9 +112,10 @@ class ProviderUnavailable(ProviderError):
     """The provider did not answer (connection refused, timeout, 5xx after retries)."""
 
 
-class ProviderBusy(ProviderError):
-    """The provider answered that it is overloaded for now (SlowDown, 503, 429, another 5xx): retried after
-    a pause, never taken for the provider being down (it answered); retry_after: the seconds it asked for."""
+class ProviderBusy(ProviderUnavailable):
+    """The provider answered that it is busy for now (SlowDown, 503, 429, another 5xx): retried after a pause
+    and, like an outage, answered from the cache where it can be; but it answered, so ProviderHealth never
+    takes it for the provider being down. retry_after: the seconds the provider asked for, if it said."""
 
     def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(message)

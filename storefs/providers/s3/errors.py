@@ -8,6 +8,9 @@ An answer's status and error code decide the exception (each carries its errno):
     SlowDown, InternalError, RequestTimeout,
       any 5xx, 429                                ProviderBusy      EIO (retried after a pause, Retry-After honoured)
     no whole answer                               ProviderUnavailable EIO (retried; the provider may be down)
+
+ProviderBusy is a ProviderUnavailable (callers answer from their cache as for an outage) that
+ProviderHealth never counts toward "down": the server answered.
     EntityTooLarge                                TooLarge          EFBIG
     anything else                                 ProviderError     EIO
 

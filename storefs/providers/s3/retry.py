@@ -140,7 +140,7 @@ class RetryPolicy:
             tries += 1
             try:
                 return attempt(timeouts)
-            except (errors.ProviderUnavailable, errors.ProviderBusy) as e:
+            except errors.ProviderUnavailable as e:  # ProviderBusy too
                 err = e
             delay = self._pause(tries, err)
             out_of_tries = limits.attempts is not None and tries >= limits.attempts
@@ -149,7 +149,7 @@ class RetryPolicy:
             log.debug("%s: %s; retry %d in %.2fs", what, err, tries, delay)
             self._sleep(delay)
 
-    def _pause(self, tries: int, err: errors.ProviderError) -> float:
+    def _pause(self, tries: int, err: errors.ProviderUnavailable) -> float:
         """Seconds to wait before the next attempt: the backoff, or more after a busy answer."""
         delay = backoff(tries) * (0.5 + self._jitter() / 2)
         if isinstance(err, errors.ProviderBusy):
@@ -157,7 +157,8 @@ class RetryPolicy:
         return delay
 
 
-def _gave_up(err: errors.ProviderError, tries: int, took: float, asked: float | None) -> errors.ProviderError:
+def _gave_up(err: errors.ProviderUnavailable, tries: int, took: float,
+             asked: float | None) -> errors.ProviderUnavailable:
     """The last error again, of its own kind, saying how long the operation tried."""
     why = f"the server asks to wait {asked:.0f}s, " if asked is not None else ""
     message = f"{err} (gave up after {why}{tries} attempt{'s' if tries > 1 else ''}, {took:.1f}s)"
