@@ -112,6 +112,16 @@ class ProviderUnavailable(ProviderError):
     """The provider did not answer (connection refused, timeout, 5xx after retries)."""
 
 
+class ProviderBusy(ProviderUnavailable):
+    """The provider answered that it is busy for now (SlowDown, 503, 429, another 5xx): retried after a pause
+    and, like an outage, answered from the cache where it can be; but it answered, so ProviderHealth never
+    takes it for the provider being down. retry_after: the seconds the provider asked for, if it said."""
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Conflict(ProviderError):
     """The provider's object at the key is not the version a change was based on (HTTP 412/409):
     another writer changed it first, so the change must not replace it."""

@@ -1,9 +1,12 @@
 """Whether each provider answers: down after a failure (a circuit breaker with backoff), slow while
 a call to it has made no progress for a moment.
 
-Only ProviderUnavailable (the provider could not be reached, or kept answering 5xx) counts: a
-missing key, a refusal or one bad object fails its own request and says nothing of the provider.
-Being down never lasts longer than max_down_for: the next call after that asks the provider again.
+Only a request that got no whole answer counts (ProviderUnavailable: connection refused, reset,
+timed out). Anything that is an answer fails its own request and says nothing of the provider:
+a missing key, a refusal (4xx), a server busy for now (ProviderBusy: 5xx, 429, SlowDown, after its
+retries; callers still answer from their cache as for an outage), an answer this client cannot
+read (malformed, too many headers, a body too large), a conflict or a limit. Being down never
+lasts longer than max_down_for: the next call after that asks the provider again.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from ..errors import ProviderUnavailable
+from ..errors import ProviderBusy, ProviderUnavailable
 from .tunables import DEFAULT_TUNABLES, ViewTunables
 
 log = logging.getLogger(__name__)
@@ -84,9 +87,8 @@ class ProviderHealth:
                     self._calls[call] = (pname, now)
         try:
             yield progress
-        except ProviderUnavailable:
-            self._end(call)
-            self.mark_down(pname)
+        except ProviderUnavailable as e:
+            self._failed(call, pname, e)
             raise
         except BaseException:
             self._end(call, answered=pname)
@@ -99,15 +101,22 @@ class ProviderHealth:
         call = self._begin(pname)
         try:
             result = fn(*args)
-        except ProviderUnavailable:
-            self._end(call)
-            self.mark_down(pname)
+        except ProviderUnavailable as e:
+            self._failed(call, pname, e)
             raise
         except BaseException:
             self._end(call, answered=pname)  # an answer all the same (not found, refused)
             raise
         self._end(call, answered=pname)
         return result
+
+    def _failed(self, call: int, pname: str, error: ProviderUnavailable) -> None:
+        """The call ended unanswered (pname is down) or busy (pname answered: its backoff starts over)."""
+        if isinstance(error, ProviderBusy):
+            self._end(call, answered=pname)
+        else:
+            self._end(call)
+            self.mark_down(pname)
 
     def _begin(self, pname: str) -> int:
         """Register a call to pname, or fail fast while it is down."""

@@ -7,7 +7,7 @@ import json
 import stat
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -75,11 +75,32 @@ def test_headers_for_and_back():
     headers = headers_for(meta)
     assert headers["content-type"] == "text/plain" and headers["x-amz-meta-comment"] == "hello world"
     assert headers["x-amz-meta-binary"].startswith("b64:") and "x-amz-meta-upper" not in headers
+    assert "user.Upper" in unquote(headers["x-amz-meta-xattr"])  # in s3fs's JSON key: S3 lower-cases names
     assert all(k == "content-type" or k.startswith("x-amz-meta-") for k in headers)
     answer = {**head({}), **{k: v for k, v in headers.items() if k.startswith("x-amz-meta-")}}
     info = info_from_headers("k", answer)
     assert (info.mtime, info.mode, info.uid, info.gid) == (1700000000.5, 0o100600, 0, 0)
-    assert info.xattrs == {"user.comment": b"hello world", "user.binary": bytes(range(256))}
+    assert info.xattrs == {"user.comment": b"hello world", "user.binary": bytes(range(256)), "user.Upper": b"x"}
+
+
+ODD_NAMES = {"user.Upper": b"x", "user.mtime": b"not the file's", "user.xattr": b"", "user.with space": b"1",
+             "user.héllo ✓": "ünïcode".encode(), "user.a\udcffb": bytes(range(256)), "user.k=v&x": b"%7B",
+             "user.quote\"": b'{"json": 1}'}
+
+
+def test_every_xattr_name_round_trips_none_is_dropped(caplog):
+    """A name S3 cannot keep as a metadata key goes into s3fs's 'xattr' key; headers stay ASCII."""
+    xattrs = {"user.plain": b"v", **ODD_NAMES}
+    with caplog.at_level("WARNING"):
+        headers = headers_for(ObjectMeta(mtime=1.0, xattrs=xattrs))
+    assert caplog.text == ""
+    assert all(k.isascii() and v.isascii() and "\n" not in v for k, v in headers.items())
+    assert headers["x-amz-meta-plain"] == "v"
+    answer = {**head({}), **{k: v for k, v in headers.items() if k.startswith("x-amz-meta-")}}
+    assert info_from_headers("k", answer).xattrs == xattrs
+    doc = json.loads(unquote(headers["x-amz-meta-xattr"], errors="surrogateescape"))  # s3fs's own form
+    assert set(doc) == set(ODD_NAMES) and base64.b64decode(doc["user.Upper"]) == b"x"
+    assert "xattr" not in metadata_for(ObjectMeta(mtime=1.0, xattrs={"user.plain": b"v"}))  # only when needed
     assert user_metadata({"X-Amz-Meta-Mode": "1", "content-type": "x"}) == {"mode": "1"}
 
 
@@ -179,4 +200,5 @@ def test_reserved_names_are_never_xattrs():
     assert xattrs_from_metadata(md) == {"user.note": b"kept"}
     meta = ObjectMeta(mtime=1.0, ctime=2.0, atime=3.0, rdev=4, xattrs={"user.rdev": b"x", "user.ok": b"y"})
     md = metadata_for(meta)
-    assert md["rdev"] == "4" and md["ok"] == "y"  # user.rdev cannot be kept: the name is s3fs's
+    assert md["rdev"] == "4" and md["ok"] == "y"  # user.rdev is not the rdev key: the name is s3fs's
+    assert xattrs_from_metadata(md) == {"user.ok": b"y", "user.rdev": b"x"}  # it goes by the 'xattr' key

@@ -18,13 +18,13 @@ CASES = {("NoSuchKey", 404): errors.NotFound, ("", 404): errors.NotFound, ("NotF
          ("AccessDenied", 403): errors.AccessDenied, ("", 403): errors.AccessDenied,
          ("InvalidAccessKeyId", 403): errors.AccessDenied, ("SignatureDoesNotMatch", 403): errors.AccessDenied,
          ("ExpiredToken", 400): errors.AccessDenied,
-         ("SlowDown", 503): errors.ProviderUnavailable, ("", 503): errors.ProviderUnavailable,
-         ("InternalError", 500): errors.ProviderUnavailable, ("RequestTimeout", 400): errors.ProviderUnavailable,
-         ("", 429): errors.ProviderUnavailable, ("InternalError", 200): errors.ProviderUnavailable,
+         ("SlowDown", 503): errors.ProviderBusy, ("", 503): errors.ProviderBusy,
+         ("InternalError", 500): errors.ProviderBusy, ("RequestTimeout", 400): errors.ProviderBusy,
+         ("", 429): errors.ProviderBusy, ("InternalError", 200): errors.ProviderBusy,
          ("EntityTooLarge", 400): errors.TooLarge,
          ("InvalidArgument", 400): errors.ProviderError, ("", 301): errors.ProviderError,
          ("PreconditionFailed", 412): errors.ProviderError}
-ERRNOS = {errors.NotFound: errno.ENOENT, errors.AccessDenied: errno.EACCES, errors.ProviderUnavailable: errno.EIO,
+ERRNOS = {errors.NotFound: errno.ENOENT, errors.AccessDenied: errno.EACCES, errors.ProviderBusy: errno.EIO,
           errors.TooLarge: errno.EFBIG, errors.ProviderError: errno.EIO}
 
 
@@ -48,7 +48,8 @@ def test_the_table():
     assert str(table.answer("s3://bkt/k", 404)) == "s3://bkt/k"
     down = table.unreachable("s3://bkt/k", ConnectionRefusedError())
     assert type(down) is errors.ProviderUnavailable and "cannot reach http://127.0.0.1:9" in str(down)
-    assert type(table.body("k", 503, b"<Error><Code>SlowDown</Code></Error>")) is errors.ProviderUnavailable
+    busy = table.body("k", 503, b"<Error><Code>SlowDown</Code></Error>", retry_after=2.0)
+    assert type(busy) is errors.ProviderBusy and busy.retry_after == 2.0
     assert type(table.odd("k", "why")) is errors.ProviderError
     assert error_code(b"<Error><Code>X</Code><Message>y &amp; z</Message></Error>") == ("X", "y &amp; z")
     assert error_code(b"") == ("", "")

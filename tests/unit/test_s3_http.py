@@ -16,10 +16,13 @@ import time
 import pytest
 
 from storefs.providers.s3.http import (
+    MAX_HEADERS,
+    BadAnswer,
     BodyTooLarge,
     ConnectFailed,
     ConnectionLost,
     Connections,
+    MalformedAnswer,
     TimedOut,
     Timeouts,
     TransportError,
@@ -67,6 +70,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/slow":
             time.sleep(1.5)
             self._answer(200, b"late")
+        elif self.path.startswith("/headers/"):  # /headers/N: an object with N x-amz-meta-* keys
+            n = int(self.path.rsplit("/", 1)[1])
+            self._answer(200, b"meta", {f"x-amz-meta-k{i}": f"v{i}" for i in range(n)})
         elif self.path == "/big":
             self._answer(200, b"b" * 10_000)
         elif self.path == "/big-chunked":
@@ -84,6 +90,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._answer(200, b"first")
         else:
             self._answer(404, b"")
+
+    def do_HEAD(self) -> None:
+        n = int(self.path.rsplit("/", 1)[1])  # /headers/N only: N x-amz-meta-* keys, no body
+        self.send_response(200)
+        for i in range(n):
+            self.send_header(f"x-amz-meta-k{i}", f"v{i}")
+        self.send_header("Content-Length", "4")
+        self.end_headers()
 
     def do_PUT(self) -> None:
         n = int(self.headers.get("Content-Length", 0))
@@ -293,3 +307,35 @@ def test_a_plain_http_origin_through_a_proxy_gets_absolute_targets_and_credentia
         Connections("https://s3.example.test", proxy=f"http://127.0.0.1:{port}").request("GET", "/", {}, T)
     with pytest.raises(ValueError):
         Connections("http://s3.example.test", proxy="socks5://127.0.0.1:1080")
+
+
+def test_an_answer_with_many_headers_is_read_and_one_past_every_limit_fails_alone(server):
+    c = Connections(url(server))
+    a = c.request("HEAD", "/headers/120", {"host": c.host}, T)  # 120 x-amz-meta-* keys: http.client allows 100
+    assert a.status == 200 and a.headers["x-amz-meta-k119"] == "v119"
+    assert c.request("GET", "/headers/120", {"host": c.host}, T).body == b"meta"
+    with pytest.raises(MalformedAnswer, match="more than"):
+        c.request("GET", f"/headers/{MAX_HEADERS + 10}", {"host": c.host}, T)
+    assert not isinstance(MalformedAnswer("x"), TransportError) and issubclass(BodyTooLarge, BadAnswer)
+    assert c.request("GET", "/ok", {"host": c.host}, T).body == b"hello"  # the pool still works
+    c.close()
+
+
+def test_a_garbled_answer_is_a_bad_answer_not_a_transport_error():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+
+        def garble() -> None:
+            for reply in (b"SPDY/9 200 OK\r\n\r\n", b"HTTP/1.1 200 " + b"x" * 70_000 + b"\r\n\r\n"):
+                conn, _ = listener.accept()
+                conn.recv(65536)
+                conn.sendall(reply)
+                conn.close()
+        t = threading.Thread(target=garble, daemon=True)
+        t.start()
+        odd = Connections(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        for _ in range(2):  # a status line that is not HTTP, then one over http.client's line limit
+            with pytest.raises(MalformedAnswer):
+                odd.request("GET", "/ok", {"host": odd.host}, T)
+        t.join(5)

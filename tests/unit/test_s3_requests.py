@@ -119,13 +119,13 @@ def test_each_odd_answer_fails_its_own_request_only(server):
     failures = [
         (lambda: r.head("missing", T), errors.NotFound),
         (lambda: r.get("denied", 0, 4, T), errors.AccessDenied),
-        (lambda: r.put("busy", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.ProviderUnavailable),
+        (lambda: r.put("busy", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.ProviderBusy),
         (lambda: r.put("odd", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.ProviderError),
         (lambda: r.put("huge", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.TooLarge),
         (lambda: r.get("norange", 10, 4, T), errors.ProviderError),
         (lambda: r.get("toolong", 0, 4, T), errors.ProviderError),
         (lambda: r.list_page("p/", T), errors.ProviderError),
-        (lambda: r.copy("src", "copied", None, T), errors.ProviderUnavailable),
+        (lambda: r.copy("src", "copied", None, T), errors.ProviderBusy),
     ]
     for call, cls in failures:
         with pytest.raises(cls) as ei:

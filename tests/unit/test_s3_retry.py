@@ -6,7 +6,7 @@ import pytest
 
 from storefs import errors
 from storefs.providers.s3.http import Timeouts
-from storefs.providers.s3.retry import BACKOFF_CAP, RetryPolicy
+from storefs.providers.s3.retry import BACKOFF_CAP, BUSY_PAUSE, RETRY_AFTER_MAX, RetryPolicy, parse_retry_after
 
 
 class Clock:
@@ -88,9 +88,9 @@ def test_a_read_deadline_of_zero_is_one_attempt():
 
 def test_the_stated_bounds():
     p = policy(Clock())
-    assert p.write.bound() == pytest.approx(5 * 35 + 0.2 + 0.4 + 0.8 + 1.6)  # 178 s with the defaults
+    assert p.write.bound() == pytest.approx(5 * 35 + 4 * RETRY_AFTER_MAX)  # 195 s with the defaults
     assert p.lookup.bound() == pytest.approx(5.2) and p.read.bound() == pytest.approx(20.2)
-    assert p.check.bound() == pytest.approx(2 * (3 + 4) + 0.2)
+    assert p.check.bound() == pytest.approx(2 * (3 + 4) + RETRY_AFTER_MAX)
     assert p.botocore_retries() == {"total_max_attempts": 5, "mode": "standard"}
     clock = Clock()
     q = policy(clock, max_attempts=12)
@@ -98,3 +98,48 @@ def test_the_stated_bounds():
     with pytest.raises(errors.ProviderUnavailable):
         q.run(q.write, "k", attempt)
     assert max(clock.slept) == BACKOFF_CAP and clock.now <= q.write.bound()
+
+
+def test_a_busy_answer_pauses_at_least_the_minimum_and_gives_up_as_busy():
+    clock = Clock()
+    p = policy(clock)
+    attempt, seen = failing(clock, errors.ProviderBusy("SlowDown"), 2)
+    assert p.run(p.write, "k", attempt) == "ok" and len(seen) == 3
+    assert clock.slept == [BUSY_PAUSE, BUSY_PAUSE]  # not the 0.2 s and 0.4 s of a connection failure
+    attempt, seen = failing(clock, errors.ProviderBusy("SlowDown"), 99)
+    with pytest.raises(errors.ProviderBusy, match=r"SlowDown \(gave up after 5 attempts") as info:
+        p.run(p.write, "k", attempt)
+    assert type(info.value) is errors.ProviderBusy  # it answered: ProviderHealth does not take it for "down"
+    for exc in (errors.Rejected("k"), errors.Conflict("k"), errors.MetadataTooLarge("k"), errors.NameTooLong("k")):
+        attempt, seen = failing(clock, exc, 1)
+        with pytest.raises(type(exc)):
+            p.run(p.write, "k", attempt)
+        assert len(seen) == 1
+
+
+def test_retry_after_is_honoured_within_the_deadline_and_a_long_one_ends_the_operation():
+    clock = Clock()
+    p = policy(clock)
+    attempt, seen = failing(clock, errors.ProviderBusy("503", retry_after=3.0), 1)
+    assert p.run(p.write, "k", attempt) == "ok" and clock.slept == [3.0]
+    clock = Clock()
+    p = policy(clock)
+    attempt, seen = failing(clock, errors.ProviderBusy("503", retry_after=60.0), 99)
+    with pytest.raises(errors.ProviderBusy, match="asks to wait 60s") as info:
+        p.run(p.write, "k", attempt)
+    assert len(seen) == 1 and clock.slept == [] and info.value.retry_after == 60.0  # the uploader waits instead
+    clock = Clock()
+    p = policy(clock)
+    attempt, seen = failing(clock, errors.ProviderBusy("503", retry_after=4.0), 99, cost=1.5)
+    with pytest.raises(errors.ProviderBusy):
+        p.run(p.lookup, "k", attempt)  # 1.5 + 4 would pass the lookup's 5 s deadline: no second try
+    assert len(seen) == 1 and clock.now == pytest.approx(1.5)
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0 and parse_retry_after(" 1.5 ") == 1.5 and parse_retry_after("-2") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
+    import time
+    from email.utils import formatdate
+    assert 50 < parse_retry_after(formatdate(time.time() + 60, usegmt=True)) <= 60

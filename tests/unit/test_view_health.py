@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from storefs import errors
 from storefs.errors import AccessDenied, NotFound, ProviderUnavailable
 from storefs.view.health import ProviderHealth
 from storefs.view.tunables import ViewTunables
@@ -73,3 +74,18 @@ def test_a_call_without_progress_makes_its_provider_slow_until_it_ends() -> None
         assert h.is_slow("s3") and not h.answering("s3") and not h.is_down("s3")
         assert h.answering("local")
     assert h.answering("s3")
+
+
+@pytest.mark.parametrize("exc", [
+    errors.ProviderBusy("503 SlowDown after its retries", retry_after=2.0),
+    errors.ProviderError("unexpected answer: too many headers"),  # malformed or oversized answers
+    errors.Rejected("400 InvalidArgument"), errors.Conflict("412"), errors.MetadataTooLarge("2 KiB"),
+    errors.NameTooLong("1,024 bytes"), errors.TooLarge("EntityTooLarge"), errors.LayoutError("'\\'")])
+def test_an_answer_of_any_kind_fails_its_request_alone(exc: Exception) -> None:
+    h = ProviderHealth(Clock(), TUNABLES)
+    for _ in range(3):
+        with pytest.raises(type(exc)):
+            h.call("s3", fail, exc)
+        with pytest.raises(type(exc)), h.calling("s3"):
+            raise exc
+    assert h.answering("s3") and h.call("s3", lambda: 1) == 1

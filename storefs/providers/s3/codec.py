@@ -3,8 +3,10 @@
 What lands in the bucket: x-amz-meta-mtime/-ctime/-atime (seconds with nine fraction digits,
 which rclone and s3fs both read), -mode, -uid, -gid (decimal, s3fs's names), -rdev for device
 nodes, and one metadata key per `user.*` xattr (values that are not printable ASCII as
-'b64:...'). What other tools wrote reads right too: s3fs's integer mtime and decimal mode,
-rclone's fractional or RFC 3339 times and octal mode, s3fs's urlencoded JSON 'xattr' key.
+'b64:...'). An xattr whose name S3 cannot keep as a metadata key (upper case, not ASCII, one of
+the reserved names) goes into s3fs's urlencoded JSON 'xattr' key instead, so no xattr is ever
+dropped. What other tools wrote reads right too: s3fs's integer mtime and decimal mode,
+rclone's fractional or RFC 3339 times and octal mode, s3fs's 'xattr' key.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import stat
 from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from ..base import ObjectInfo, ObjectMeta
 
@@ -30,6 +32,8 @@ DIR_CONTENT_TYPE = "application/x-directory"
 #: metadata keys with a meaning of their own (s3fs, rclone): never shown as xattrs
 RESERVED_KEYS = frozenset({"mtime", "mode", "uid", "gid", "atime", "ctime", "btime", "rdev", "md5chksum",
                            "xattr"})
+#: s3fs's metadata key holding xattrs as urlencoded JSON {name: base64 of the value}
+XATTR_KEY = "xattr"
 _PLAIN_VALUE = re.compile(r"[!-~](?:[ -~]*[!-~])?\Z")  # printable ASCII, no blank at either end
 _META_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")  # S3 lower-cases user metadata names
 _ISO_FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -159,21 +163,31 @@ def metadata_for(meta: ObjectMeta) -> dict[str, str]:
         md["gid"] = str(meta.gid)
     if meta.rdev is not None:
         md["rdev"] = str(meta.rdev)
+    odd: dict[str, bytes] = {}
     for name, value in meta.xattrs.items():
         key = xattr_metadata_key(name)
         if key is None:
-            log.warning("xattr %r cannot be kept as S3 metadata (names are lower-case ASCII), not stored", name)
-            continue
-        md[key] = encode_value(value)
+            odd[name] = value
+        else:
+            md[key] = encode_value(value)
+    if odd:
+        md[XATTR_KEY] = encode_xattr_json(odd)
     return md
+
+
+def encode_xattr_json(xattrs: dict[str, bytes]) -> str:
+    """s3fs's form of xattrs: JSON {name: base64 of the value}, urlencoded (names in UTF-8, as s3fs writes them)."""
+    doc = json.dumps({name: base64.b64encode(value).decode("ascii") for name, value in sorted(xattrs.items())},
+                     ensure_ascii=False, separators=(",", ":"))
+    return quote(doc.encode("utf-8", "surrogateescape"), safe="")
 
 
 def xattrs_from_metadata(md: dict[str, str]) -> dict[str, bytes]:
     """xattrs from user metadata: our one-key-per-xattr form and s3fs's urlencoded JSON 'xattr' key."""
     xattrs: dict[str, bytes] = {}
-    if "xattr" in md:
+    if XATTR_KEY in md:
         try:
-            for name, b64 in json.loads(unquote(md["xattr"])).items():
+            for name, b64 in json.loads(unquote(md[XATTR_KEY], errors="surrogateescape")).items():
                 if isinstance(name, str) and name.startswith("user.") and isinstance(b64, str):
                     xattrs[name] = base64.b64decode(b64)
         except (ValueError, AttributeError, binascii.Error):

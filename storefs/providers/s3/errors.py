@@ -6,7 +6,11 @@ An answer's status and error code decide the exception (each carries its errno):
     NoSuchKey, NotFound, 404                      NotFound          ENOENT
     AccessDenied, InvalidAccessKeyId, ..., 403    AccessDenied      EACCES
     SlowDown, InternalError, RequestTimeout,
-      any 5xx, 429, no whole answer               ProviderUnavailable EIO (the only ones retried)
+      any 5xx, 429                                ProviderBusy      EIO (retried after a pause, Retry-After honoured)
+    no whole answer                               ProviderUnavailable EIO (retried; the provider may be down)
+
+ProviderBusy is a ProviderUnavailable (callers answer from their cache as for an outage) that
+ProviderHealth never counts toward "down": the server answered.
     EntityTooLarge                                TooLarge          EFBIG
     anything else                                 ProviderError     EIO
 
@@ -62,8 +66,10 @@ class ErrorTable:
         """The bucket is missing: retrying will not fix it."""
         return errors.ProviderError(f"bucket {self.bucket} does not exist at {self.endpoint}")
 
-    def answer(self, what: str, status: int, code: str = "", message: str = "") -> errors.StorefsError:
-        """The error for an answer that is not a success (status and, when the body has them, code and message)."""
+    def answer(self, what: str, status: int, code: str = "", message: str = "", *,
+               retry_after: float | None = None) -> errors.StorefsError:
+        """The error for an answer that is not a success (status and, when the body has them, code and message;
+        retry_after: the seconds a busy server asked for)."""
         if code == NO_BUCKET:
             return self.no_bucket()
         if code in NOT_FOUND_CODES or status == NOT_FOUND:
@@ -71,14 +77,14 @@ class ErrorTable:
         if code in DENIED_CODES or status == FORBIDDEN:
             return errors.AccessDenied(f"{what}: access denied ({code or status}); check the credentials")
         if code in BUSY_CODES or status >= SERVER_ERROR or status == TOO_MANY_REQUESTS:
-            return errors.ProviderUnavailable(f"{what}: {self.endpoint} answered {code or status}")
+            return errors.ProviderBusy(f"{what}: {self.endpoint} answered {code or status}", retry_after=retry_after)
         if code in TOO_LARGE_CODES:
             return errors.TooLarge(f"{what}: {self.endpoint} answered {code}: {message}".rstrip(": "))
         return errors.ProviderError(f"{what}: {code or status}: {message}".rstrip(": "))
 
-    def body(self, what: str, status: int, body: bytes) -> errors.StorefsError:
+    def body(self, what: str, status: int, body: bytes, *, retry_after: float | None = None) -> errors.StorefsError:
         """The error for an answer whose body may be an S3 <Error> document."""
-        return self.answer(what, status, *error_code(body))
+        return self.answer(what, status, *error_code(body), retry_after=retry_after)
 
     def unreachable(self, what: str, exc: BaseException) -> errors.ProviderUnavailable:
         """No whole answer came (connection refused, reset, timed out, body cut off)."""

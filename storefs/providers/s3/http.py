@@ -4,7 +4,15 @@ boto3's transport (botocore's session over urllib3's pool) costs a small upload 
 its interpreter time: request and header objects built three times over, a pool per URL
 looked up, retries and proxies checked. The hot requests need none of that: one origin, an
 optional proxy, whole bodies. A request that gets no whole answer raises a TransportError
-(the error table makes it ProviderUnavailable); any answer, whatever its status, is returned.
+(the error table makes it ProviderUnavailable: the provider may be down); an answer that came
+but cannot be used (malformed, or a body over the caller's limit) raises a BadAnswer, which
+fails that request alone; any other answer, whatever its status, is returned.
+
+http.client refuses an answer with more than 100 header lines, and an S3 object may carry a
+few hundred x-amz-meta-* keys (S3 allows 2 KiB of them; servers that do not enforce that
+allow more): at import this module raises http.client's limit to MAX_HEADERS for the whole
+process. That is the one place it is set; botocore's urllib3 parses headers with the same
+function, so boto3's requests (a multipart copy HEADs its source) read such answers too.
 """
 
 from __future__ import annotations
@@ -28,8 +36,21 @@ MAX_IDLE = 32  # kept-alive connections held for reuse; more are closed after th
 BLOCK = 1 << 20  # a file body is sent in reads of this size (http.client's default is 8 KiB)
 #: the shortest socket wait near a deadline (a zero timeout would make the socket non-blocking)
 MIN_WAIT = 0.1
+#: header lines an answer may have: 2 KiB of S3 metadata makes at most about a thousand
+#: x-amz-meta-* lines, plus the server's own headers (http.client alone allows 100)
+MAX_HEADERS = 2000
 #: failures of a kept-alive connection the server may have closed while it sat idle
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+#: an answer came that is not HTTP as http.client reads it (RemoteDisconnected, a BadStatusLine, is caught first)
+_MALFORMED = (http.client.BadStatusLine, http.client.LineTooLong, http.client.UnknownProtocol)
+
+
+def allow_many_headers() -> None:
+    """Raise http.client's limit on header lines to MAX_HEADERS (never lower it: others may have raised it)."""
+    http.client._MAXHEADERS = max(getattr(http.client, "_MAXHEADERS", 0), MAX_HEADERS)  # type: ignore[attr-defined]
+
+
+allow_many_headers()
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -58,8 +79,17 @@ class ConnectionLost(TransportError):
     """The connection closed before the whole answer came (a body cut off mid-way too)."""
 
 
-class BodyTooLarge(Exception):
+class BadAnswer(Exception):
+    """An answer came but cannot be used: an error of this request alone, not a sign the server is down."""
+
+
+class BodyTooLarge(BadAnswer):
     """The answer's body is over the caller's limit: not read, and its connection closed."""
+
+
+class MalformedAnswer(BadAnswer):
+    """The answer is not HTTP this client can read (a garbled status line, a line or header count over
+    the limits): its connection is closed."""
 
 
 class Answer(NamedTuple):
@@ -192,7 +222,15 @@ class Connections:
         except http.client.IncompleteRead as e:
             conn.close()
             raise ConnectionLost(f"{self.url}: body cut off after {len(e.partial)} bytes") from e
-        except (OSError, http.client.HTTPException) as e:
+        except _MALFORMED as e:
+            conn.close()
+            raise MalformedAnswer(f"{self.url}: unreadable answer ({type(e).__name__}: {e})") from e
+        except http.client.HTTPException as e:
+            conn.close()
+            if type(e) is http.client.HTTPException:  # what http.client raises for too many header lines
+                raise MalformedAnswer(f"{self.url}: unreadable answer ({e})") from e
+            raise ConnectionLost(f"{self.url}: {type(e).__name__} while {doing}: {e}") from e
+        except OSError as e:
             conn.close()
             raise ConnectionLost(f"{self.url}: {type(e).__name__} while {doing}: {e}") from e
 

@@ -11,12 +11,13 @@ import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from ... import errors
 from ..base import ObjectInfo, ObjectMeta, Provider
-from . import codec
+from . import codec, limits
 from .boto import Boto
 from .errors import FORBIDDEN, NOT_FOUND, NOT_FOUND_CODES
 from .http import Timeouts
@@ -98,6 +99,7 @@ class S3Provider(Provider):
             raise self._table.body(what, status, answer.body)  # busy answers are retried
 
         self.retry.run(self.retry.check, what, attempt)
+        self._probe_names()
 
     def _head_info(self, key: str) -> tuple[ObjectInfo, dict[str, str]]:
         """The ObjectInfo of the file at key and the HEAD answer's headers it was read from."""
@@ -308,3 +310,42 @@ class S3Provider(Provider):
         self._requests.close()
         self._boto.close()
 
+    # -- limits checked at the operation (limits.py) -----------------------------------------
+    #: whether the server stores a '\\' in a key as given (found out at mount by _probe_names)
+    backslash_kept = True
+
+    def check_key(self, key: str) -> None:
+        """NameTooLong past S3's 1,024 bytes (prefix included); LayoutError for a name this server would change."""
+        limits.check_key(self._key(key), backslash_kept=self.backslash_kept)
+
+    def check_meta(self, key: str, meta: ObjectMeta) -> None:
+        """MetadataTooLarge when the x-amz-meta-* headers meta makes are over S3's 2 KiB."""
+        limits.check_metadata(self._what(key), codec.headers_for(meta))
+
+    def _probe_names(self) -> None:
+        """Find out whether the server keeps a '\\' in a key (SeaweedFS stores it as '/'): PUT a probe key with
+        one, list it back, delete it. A probe that fails leaves such names allowed and never fails the mount."""
+        stem = f"{self.prefix}{limits.NAME_PROBE}{os.getpid()}-{os.urandom(4).hex()}"
+        written = stem + limits.BACKSLASH + "n"
+        try:
+            self.retry.run(self.retry.check, self._requests.what(written), lambda t: self._requests.put(
+                written, payload_of(io.BytesIO(b""), 0), 0, {"content-type": "application/octet-stream"}, t))
+        except errors.StorefsError as e:
+            log.warning("%s: cannot tell whether it keeps '\\' in names (%s); they are allowed", self.endpoint, e)
+            return
+        found: list[str] = []
+        try:
+            page = self.retry.run(self.retry.check, self._requests.what(stem),
+                                  lambda t: self._requests.list_page(stem, t, max_keys=limits.PROBE_KEYS))
+            found = [o.key for o in page.objects]
+            self.backslash_kept = written in found
+        except errors.StorefsError as e:
+            log.warning("%s: cannot tell whether it keeps '\\' in names (%s); they are allowed", self.endpoint, e)
+        altered = [] if self.backslash_kept else [*found, stem + "/"]  # and the folder a '/' made, if any
+        for full in dict.fromkeys([written, *altered]):
+            try:
+                self.retry.run(self.retry.check, self._requests.what(full), partial(self._requests.delete, full))
+            except errors.StorefsError as e:
+                log.warning("%s: the name probe %s is left behind (%s)", self.endpoint, full, e)
+        if not self.backslash_kept:
+            log.info("%s stores '\\' in keys as '/': names with '\\' are refused (EINVAL)", self.endpoint)

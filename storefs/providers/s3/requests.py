@@ -24,7 +24,8 @@ from urllib.parse import quote
 from ... import __version__, errors
 from . import listing
 from .errors import ErrorTable, error_code
-from .http import Answer, BodyTooLarge, Connections, Timeouts, TransportError
+from .http import Answer, BadAnswer, Connections, Timeouts, TransportError
+from .retry import parse_retry_after
 from .sign import EMPTY_SHA256, SigV4, query_string
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class S3Requests:
             return http.request(method, f"{path}?{query}" if query else path, headers, timeouts, body, limit)
         except TransportError as e:
             raise self._table.unreachable(what, e) from e
-        except BodyTooLarge as e:
+        except BadAnswer as e:  # a malformed or oversized answer fails this request alone
             raise self._table.odd(what, str(e)) from e
 
     def _object(self, full: str) -> str:
@@ -138,7 +139,8 @@ class S3Requests:
         return endpoint.objects + quote(full, safe="/~")
 
     def _fail(self, what: str, answer: Answer) -> errors.StorefsError:
-        return self._table.body(what, answer.status, answer.body)
+        return self._table.body(what, answer.status, answer.body,
+                                retry_after=parse_retry_after(answer.headers.get("retry-after")))
 
     def _parsed(self, what: str, answer: Answer, parse: Callable[[bytes], T]) -> T:
         """parse(body) of a 2xx answer; the table's error for any other, an odd-answer error for an unreadable one."""

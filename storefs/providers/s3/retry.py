@@ -1,8 +1,12 @@
 """The S3 provider's one retry policy: which failures retry, how often, how long between, and for how long in all.
 
-Only ProviderUnavailable retries (the error table gives it to busy answers: 5xx, 429, SlowDown,
-RequestTimeout, and to requests that got no whole answer); every other error is raised at
-once. Between attempts: min(2 s, 0.1 s * 2**n) times a random factor in [0.5, 1) (n = 1, 2, ...).
+Two kinds of failure retry: ProviderUnavailable (the request got no whole answer) and
+ProviderBusy (the server answered that it is overloaded: 5xx, 429, SlowDown, RequestTimeout);
+every other error is raised at once, and giving up raises the last error's own kind. Between
+attempts: min(2 s, 0.1 s * 2**n) times a random factor in [0.5, 1) (n = 1, 2, ...); after a
+busy answer at least BUSY_PAUSE, or the Retry-After the server sent when that is longer. A
+Retry-After longer than RETRY_AFTER_MAX, or past the class's deadline, ends the operation at
+once (the uploader's own backoff, or the caller, takes over) instead of asking again too soon.
 Each operation belongs to one class, derived from the config keys connect_timeout (C),
 read_timeout (R), max_attempts (N) and read_deadline (D); the end-to-end bounds are:
 
@@ -13,9 +17,9 @@ read_timeout (R), max_attempts (N) and read_deadline (D); the end-to-end bounds 
 - read (a ranged GET, a page of walk, a piece of read_stream): the same with the deadline D
   and C, R per attempt: within D plus at most 0.2 s.
 - write (PUT, COPY, DELETE, a batch delete): N attempts, each connecting within C and waiting
-  at most R per socket read: at most N * (C + R) plus the pauses (3.0 s at most for N = 5):
-  178 s with the defaults (C = 5 s, R = 30 s, N = 5).
-- check (the bucket at mount time): 2 attempts of min(C, 3 s) + min(R, 4 s): at most 14.2 s.
+  at most R per socket read: at most N * (C + R) plus the pauses (at most RETRY_AFTER_MAX
+  each): 195 s with the defaults (C = 5 s, R = 30 s, N = 5).
+- check (the bucket at mount time): 2 attempts of min(C, 3 s) + min(R, 4 s) and one pause: at most 19 s.
 
 The bounds hold every wait on the socket; a server that keeps sending a body a few bytes at
 a time, or takes a big PUT body slowly but steadily, can stretch one attempt past them.
@@ -33,6 +37,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 from ... import errors
@@ -51,6 +56,10 @@ CHECK_READ = 4.0
 CHECK_ATTEMPTS = 2
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+#: the shortest pause after a busy answer (SlowDown, 503, 429): a throttled server needs a moment
+BUSY_PAUSE = 0.5
+#: the longest Retry-After waited for within one operation; a longer one ends the operation
+RETRY_AFTER_MAX = 5.0
 
 
 @dataclass(frozen=True)
@@ -67,12 +76,27 @@ class Limits:
         if self.deadline is not None:
             return self.deadline + 2 * MIN_WAIT
         n = self.attempts or 1
-        return n * (self.timeouts.connect + self.timeouts.read) + sum(backoff(i) for i in range(1, n))
+        return n * (self.timeouts.connect + self.timeouts.read) + (n - 1) * RETRY_AFTER_MAX
 
 
 def backoff(retry: int) -> float:
     """The longest pause before retry number `retry` (1, 2, ...); the pause taken is 0.5 to 1 times it."""
     return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** retry)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds, or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 class RetryPolicy:
@@ -116,13 +140,28 @@ class RetryPolicy:
             tries += 1
             try:
                 return attempt(timeouts)
-            except errors.ProviderUnavailable as e:
+            except errors.ProviderUnavailable as e:  # ProviderBusy too
                 err = e
-            delay = backoff(tries) * (0.5 + self._jitter() / 2)
+            delay = self._pause(tries, err)
             out_of_tries = limits.attempts is not None and tries >= limits.attempts
-            if out_of_tries or (end is not None and self._clock() + delay >= end):
-                raise errors.ProviderUnavailable(
-                    f"{err} (gave up after {tries} attempt{'s' if tries > 1 else ''}, "
-                    f"{self._clock() - start:.1f}s)") from err
+            if out_of_tries or delay > RETRY_AFTER_MAX or (end is not None and self._clock() + delay >= end):
+                raise _gave_up(err, tries, self._clock() - start, delay if delay > RETRY_AFTER_MAX else None)
             log.debug("%s: %s; retry %d in %.2fs", what, err, tries, delay)
             self._sleep(delay)
+
+    def _pause(self, tries: int, err: errors.ProviderUnavailable) -> float:
+        """Seconds to wait before the next attempt: the backoff, or more after a busy answer."""
+        delay = backoff(tries) * (0.5 + self._jitter() / 2)
+        if isinstance(err, errors.ProviderBusy):
+            delay = max(delay, BUSY_PAUSE, err.retry_after or 0.0)
+        return delay
+
+
+def _gave_up(err: errors.ProviderUnavailable, tries: int, took: float,
+             asked: float | None) -> errors.ProviderUnavailable:
+    """The last error again, of its own kind, saying how long the operation tried."""
+    why = f"the server asks to wait {asked:.0f}s, " if asked is not None else ""
+    message = f"{err} (gave up after {why}{tries} attempt{'s' if tries > 1 else ''}, {took:.1f}s)"
+    if isinstance(err, errors.ProviderBusy):
+        return errors.ProviderBusy(message, retry_after=err.retry_after)
+    return errors.ProviderUnavailable(message)
