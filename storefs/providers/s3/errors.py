@@ -109,7 +109,7 @@ class ErrorTable:
         if code in DAMAGED_BODY_CODES:
             return errors.ProviderError(f"{what}: {code}: {message}".rstrip(": "))
         if CLIENT_ERROR <= status < SERVER_ERROR or status == NOT_IMPLEMENTED:
-            return errors.Rejected(f"{what}: {self.endpoint} refused it: {code or status}: {message}".rstrip(": "))
+            return errors.Rejected(f"{what}: {code or status}: {message}".rstrip(": "))
         return errors.ProviderError(f"{what}: {code or status}: {message}".rstrip(": "))
 
     def body(self, what: str, status: int, body: bytes) -> errors.StorefsError:

@@ -316,7 +316,11 @@ class S3Provider(Provider):
             return
         if if_absent:
             raise errors.Conflict(f"{self._what(key)}: another writer stored it first")
-        if etag != codec.strip_etag(if_match):
+        self._same_version(key, etag, if_match)
+
+    def _same_version(self, key: str, etag: str | None, if_match: str | None) -> None:
+        """Conflict unless the etag seen at key is the one if_match names (None: no condition)."""
+        if if_match is not None and etag != codec.strip_etag(if_match):
             raise errors.Conflict(f"{self._what(key)}: changed by another writer (etag {etag}, "
                                   f"expected {codec.strip_etag(if_match)})")
 
@@ -365,9 +369,7 @@ class S3Provider(Provider):
         """Server-side copy; metadata kept or replaced; multipart copy above 5 GiB. if_match: the source's ETag
         is compared with the HEAD this makes anyway, and sent as x-amz-copy-source-if-match (atomic_conditions)."""
         info, headers = self._head_info(src)
-        if if_match is not None and info.etag != codec.strip_etag(if_match):
-            raise errors.Conflict(f"{self._what(src)}: changed by another writer (etag {info.etag}, "
-                                  f"expected {codec.strip_etag(if_match)})")
+        self._same_version(src, info.etag, if_match)
         sent_match = if_match if self.atomic_conditions else None
         src_full, dst_full, what = self._key(src), self._key(dst), self._what(dst)
         if info.size > self.copy_limit:
