@@ -39,6 +39,8 @@ NEW_DIR_MODE = 0o755
 #: where a held descriptor is reached by path (xattrs and chmod have no *at form that never follows)
 PROC_FD = "/proc/self/fd"
 _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+#: link(2) refused by a file system without hard links (vfat, some network and FUSE file systems)
+_NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
 #: a folder reached only as a place to resolve names in (no read permission needed)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -119,6 +121,7 @@ class LocalProvider(Provider):
         self.base = os.path.realpath(os.path.expanduser(base_path))
         self._base_slash = self.base.rstrip("/") + "/"
         self._xattr_warned = False
+        self._links_warned = False
         self._base_fd: int | None = None
         self._base_lock = threading.Lock()  # protects _base_fd while the first calls race to open it
         self._observer: BaseObserver | None = None  # the watchdog thread, once watch() started it
@@ -489,8 +492,7 @@ class LocalProvider(Provider):
             try:
                 make(pfd, tmp)
                 if cond.if_absent:
-                    self._link_new(pfd, tmp, name, key)
-                    os.unlink(tmp, dir_fd=pfd)
+                    self._move_new(pfd, tmp, name, key)
                 else:
                     if cond.if_match is not None:
                         self._expect(pfd, name, key, cond.if_match)
@@ -502,14 +504,30 @@ class LocalProvider(Provider):
             self._fsync_dir(pfd)
             return self._head_at(pfd, name, key)
 
-    def _link_new(self, pfd: int, tmp: str, name: str, key: str) -> None:
-        """Link the temp entry as name only if nothing is there (link(2) never replaces): Conflict otherwise."""
+    def _move_new(self, pfd: int, tmp: str, name: str, key: str) -> None:
+        """Move the temp entry to name only if nothing is there: linked (link(2) never replaces), then the temp
+        name dropped; Conflict otherwise. Without hard links: an lstat just before the rename (a short window)."""
         try:
             os.link(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+            os.unlink(tmp, dir_fd=pfd)
+            return
         except FileExistsError:
-            if stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
-                raise ProviderError(f"local provider {self.name}: {key}: a folder is there") from None
-            raise Conflict(f"local provider {self.name}: {key}: another writer stored it first") from None
+            there = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in _NO_LINKS:
+                raise
+            if not self._links_warned:
+                self._links_warned = True
+                log.warning("local provider %s: %s has no hard links (%s); a new file is put in place after a "
+                            "check that none is there, not atomically", self.name, self.base, e.strerror or e)
+            try:
+                there = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                return
+        if stat.S_ISDIR(there.st_mode):
+            raise ProviderError(f"local provider {self.name}: {key}: a folder is there")
+        raise Conflict(f"local provider {self.name}: {key}: another writer stored it first")
 
     def _expect(self, pfd: int, name: str, key: str, if_match: str) -> None:
         """The entry at name is the version if_match names (NotFound when there is none, else Conflict)."""

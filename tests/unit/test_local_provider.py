@@ -329,3 +329,20 @@ def test_if_absent_links_never_replaces(prov, base, tmp_path):
     info = prov.put_file("t/newlink", str(link), ObjectMeta(mtime=MTIME, mode=stat.S_IFLNK | 0o777), if_absent=True)
     assert os.readlink(base / "t" / "newlink") == "a/target" and stat.S_ISLNK(info.mode)
     assert _temps(base) == []
+
+
+def test_if_absent_without_hard_links_checks_just_before(prov, base, tmp_path, monkeypatch, caplog):
+    """A base_path on a file system without link(2) still takes new files (checked, then renamed), with a warning."""
+    src = tmp_path / "s"
+    src.write_bytes(b"ours")
+
+    def no_links(*args, **kw):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(local_mod.os, "link", no_links)
+    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    with pytest.raises(Conflict):
+        prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    prov.put_file("t/y", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    assert (base / "t" / "x").read_bytes() == b"ours" and _temps(base) == []
+    assert caplog.text.count("has no hard links") == 1
