@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import AccessDenied, Conflict, NotEmpty, NotFound, ProviderError, StorefsError
+from ..errors import AccessDenied, Conflict, NotEmpty, NotFound, ProviderError, Rejected, StorefsError, TooLarge
 from .base import ObjectInfo, ObjectMeta, Provider
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ NEW_DIR_MODE = 0o755
 #: where a held descriptor is reached by path (xattrs and chmod have no *at form that never follows)
 PROC_FD = "/proc/self/fd"
 _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+#: the file system refuses this name or size for good: the change is parked (Rejected, TooLarge), not retried
+_REFUSED_NAMES = (errno.ENAMETOOLONG, errno.EILSEQ)
 #: link(2) refused by a file system without hard links (vfat, some network and FUSE file systems)
 _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
@@ -221,6 +223,10 @@ class LocalProvider(Provider):
             return NotFound(key)
         if e.errno in (errno.EACCES, errno.EPERM):
             return AccessDenied(f"local provider {self.name}: {key}: permission denied")
+        if e.errno in _REFUSED_NAMES:
+            return Rejected(f"local provider {self.name}: {key}: the file system refuses the name: {e.strerror or e}")
+        if e.errno == errno.EFBIG:
+            return TooLarge(f"local provider {self.name}: {key}: too large for the file system")
         return ProviderError(f"local provider {self.name}: {key}: {e.strerror or e}")
 
     @contextlib.contextmanager

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from storefs.errors import Conflict, NotEmpty, NotFound, ProviderError
+from storefs.errors import Conflict, NotEmpty, NotFound, ProviderError, Rejected
 from storefs.providers import ObjectMeta
 from storefs.providers import local as local_mod
 from storefs.providers.local import TMP_PREFIX, LocalProvider
@@ -346,3 +346,11 @@ def test_if_absent_without_hard_links_checks_just_before(prov, base, tmp_path, m
     prov.put_file("t/y", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
     assert (base / "t" / "x").read_bytes() == b"ours" and _temps(base) == []
     assert caplog.text.count("has no hard links") == 1
+
+
+def test_a_name_the_file_system_refuses_is_a_permanent_refusal(prov, src):
+    """ENAMETOOLONG is Rejected (the core parks the change), not an error to retry forever."""
+    with pytest.raises(Rejected, match="refuses the name"):
+        prov.put_file("t/" + "n" * 300, str(src), ObjectMeta(mtime=MTIME))
+    with pytest.raises(Rejected):
+        prov.put_file("t/" + "d" * 300 + "/x", str(src), ObjectMeta(mtime=MTIME))
