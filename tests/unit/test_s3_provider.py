@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from storefs import errors
 from storefs.config import S3ProviderConfig
@@ -363,7 +364,7 @@ def test_outage_stopped_and_frozen_server(tmp_path):
 
 # -- issue 20: conditional writes ---------------------------------------------------------------
 
-class Scripted:
+class ScriptedByMethod:
     """Answers from a script first, one per request whose method is in `methods`; the real server the rest."""
 
     def __init__(self, real, methods: tuple[str, ...], *answers) -> None:
@@ -387,7 +388,7 @@ class Scripted:
 def test_check_probes_conditions_on_writable_mounts_only(server, raw, base, caplog):
     p = S3Provider(settings(server, prefix=base))
     try:
-        with wrapped_http(p, lambda real: Scripted(real, ())) as http:
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ())) as http:
             p.check()
             assert [m for m, _, _ in http.sent] == ["HEAD"] and not p.atomic_conditions  # a read-only mount
             caplog.set_level("INFO", logger="storefs.providers.s3.provider")
@@ -412,11 +413,11 @@ def test_a_server_that_does_not_honour_conditions_gets_a_head_before(server, raw
     p = S3Provider(settings(server, prefix=base))
     try:
         caplog.set_level("INFO", logger="storefs.providers.s3.provider")
-        with wrapped_http(p, lambda real: Scripted(real, ("PUT",), *answers)):
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), *answers)):
             p.check(writable=True)
         assert not p.atomic_conditions and "checked by a HEAD just before" in caplog.text
         src = write(tmp_path, b"mine")
-        with wrapped_http(p, lambda real: Scripted(real, ())) as http:
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ())) as http:
             p.put_file("k", src, ObjectMeta(mtime=1.0), if_absent=True)
             with pytest.raises(errors.Conflict):
                 p.put_file("k", src, ObjectMeta(mtime=1.0), if_absent=True)
@@ -432,16 +433,16 @@ def test_a_conditional_put_retried_after_a_lost_answer_meets_itself(server, raw,
     try:
         p.check(writable=True)
         src = write(tmp_path, b"our bytes")
-        with wrapped_http(p, lambda real: Scripted(real, ("PUT",), "forward, then lose the answer")) as http:
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), "forward, then lose the answer")) as http:
             info = p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_absent=True)
         assert info.etag == hashlib.md5(b"our bytes").hexdigest() and [m for m, _, _ in http.sent][:2] == ["PUT", "PUT"]
         raw.put_object(Bucket=BUCKET, Key=base + "k", Body=b"their bytes")
         seen = raw.head_object(Bucket=BUCKET, Key=base + "k")["ETag"].strip('"')
-        with wrapped_http(p, lambda real: Scripted(real, ("PUT",), ConnectionLost("lost"))):
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), ConnectionLost("lost"))):
             with pytest.raises(errors.Conflict):
                 p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_absent=True)
         assert raw.get_object(Bucket=BUCKET, Key=base + "k")["Body"].read() == b"their bytes"
-        with wrapped_http(p, lambda real: Scripted(real, ("PUT",), "forward, then lose the answer")):
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), "forward, then lose the answer")):
             p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_match=seen)  # our own If-Match PUT landed
         assert raw.get_object(Bucket=BUCKET, Key=base + "k")["Body"].read() == b"our bytes"
     finally:
@@ -460,6 +461,38 @@ def test_a_multipart_upload_refused_at_completion_is_aborted(server, raw, base, 
         etag = p._boto.upload_multipart(src, base + "new", {"ContentType": "video/mp4"}, "new", if_absent=True)
         assert etag.strip('"').endswith("-3") and p.head(base + "new").size == 11 * MiB  # 5 + 5 + 1 MiB parts
     finally:
+        p.close()
+
+
+def test_a_retried_multipart_completion_that_meets_its_own_first_one_succeeds(server, raw, base, tmp_path,
+                                                                              caplog):
+    """botocore retried CompleteMultipartUpload after the first one landed and its answer was lost: the 412
+    (or NoSuchUpload) is for our own object, whose ETag is what our parts make; another's stays a Conflict."""
+    p = S3Provider(settings(server))
+    real = p._boto.client.complete_multipart_upload
+
+    def retried(landed: bool):
+        def complete(**kw):
+            if landed:
+                real(**kw)
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "m"},
+                               "ResponseMetadata": {"HTTPStatusCode": 412, "RetryAttempts": 1}},
+                              "CompleteMultipartUpload")
+        return complete
+
+    try:
+        src = write(tmp_path, random.Random(6).randbytes(11 * MiB))
+        p._boto.client.complete_multipart_upload = retried(landed=True)
+        etag = p._boto.upload_multipart(src, base + "big", {}, "big", if_absent=True)
+        assert etag == p.head(base + "big").etag and etag.endswith("-3") and "abort" not in caplog.text
+        raw.put_object(Bucket=BUCKET, Key=base + "theirs", Body=b"theirs")
+        p._boto.client.complete_multipart_upload = retried(landed=False)
+        with pytest.raises(errors.Conflict):
+            p._boto.upload_multipart(src, base + "theirs", {}, "theirs", if_absent=True)
+        assert raw.get_object(Bucket=BUCKET, Key=base + "theirs")["Body"].read() == b"theirs"
+        assert not raw.list_multipart_uploads(Bucket=BUCKET, Prefix=base).get("Uploads")
+    finally:
+        p._boto.client.complete_multipart_upload = real
         p.close()
 
 

@@ -12,6 +12,7 @@ hot requests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -60,6 +61,12 @@ def _drop_expect_header(request: Any, **_: Any) -> None:
     # against the stale status line and stalls for read_timeout. The header is not signed: safe to drop.
     if "Expect" in request.headers:
         del request.headers["Expect"]
+
+
+def multipart_etag(parts: list[Any]) -> str:
+    """The ETag S3 gives the object these parts complete to: MD5 of the parts' binary MD5s, dash, their count."""
+    digests = b"".join(bytes.fromhex(str(p["ETag"]).strip('"')) for p in parts)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 class Boto:
@@ -147,6 +154,7 @@ class Boto:
             raise errors.ProviderError(f"{what}: cannot read the cache file: {e.strerror or e}") from e
         condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {} if if_match is None else {
             "IfMatch": quoted(if_match)}
+        parts: list[Any] = []
         try:
             numbers = range(1, max(1, -(-size // chunk)) + 1)
             with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="storefs-part") as pool:
@@ -160,12 +168,27 @@ class Boto:
                     raise
             done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
                                                          MultipartUpload={"Parts": parts}, **condition)
-        except BaseException as e:
+        except (BotoCoreError, ClientError) as e:
+            error = self.error(e, what)
+            retried = isinstance(e, ClientError) and e.response.get("ResponseMetadata", {}).get("RetryAttempts")
+            if retried and isinstance(error, (errors.Conflict, errors.NotFound)) and self._landed(full, parts):
+                return multipart_etag(parts)  # a retried completion met its own first one, whose answer was lost
             self._abort(full, upload_id, what)
-            if isinstance(e, (BotoCoreError, ClientError)):
-                raise self.error(e, what) from e
+            raise error from e
+        except BaseException:
+            self._abort(full, upload_id, what)
             raise
         return done.get("ETag")
+
+    def _landed(self, full: str, parts: list[Any]) -> bool:
+        """Whether the object at full is exactly what these parts complete to (its multipart ETag)."""
+        if not parts:
+            return False
+        try:
+            etag = self.client.head_object(Bucket=self.bucket, Key=full)["ETag"]
+        except (BotoCoreError, ClientError):
+            return False
+        return str(etag).strip('"') == multipart_etag(parts)
 
     def _upload_part(self, src_path: str, full: str, upload_id: str, number: int, chunk: int, size: int,
                      what: str) -> Any:
