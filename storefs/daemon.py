@@ -242,7 +242,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         providers = make_providers(cfg)
         for name, p in providers.items():
             try:
-                p.check()
+                p.check(writable=not cfg.fuse.read_only)
             except StorefsError as e:
                 raise DaemonError(f"{cfg.source}: providers.{name}: {e}") from None
         metrics = _metrics_server(cfg, lambda: status())

@@ -76,8 +76,9 @@ class Provider(abc.ABC):
     atomic_conditions: bool = True
 
     @abc.abstractmethod
-    def check(self) -> None:
-        """Fail fast at mount time (missing bucket, bad credentials, unwritable folder)."""
+    def check(self, *, writable: bool = False) -> None:
+        """Fail fast at mount time (missing bucket, bad credentials, unwritable folder); writable: the mount
+        will write, so probes that write a scratch object (which conditions the server honours) may run."""
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:

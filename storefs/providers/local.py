@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import AccessDenied, NotEmpty, NotFound, ProviderError, StorefsError
+from ..errors import AccessDenied, Conflict, NotEmpty, NotFound, ProviderError, Rejected, StorefsError, TooLarge
 from .base import ObjectInfo, ObjectMeta, Provider
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ NEW_DIR_MODE = 0o755
 #: where a held descriptor is reached by path (xattrs and chmod have no *at form that never follows)
 PROC_FD = "/proc/self/fd"
 _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+#: the file system refuses this name or size for good: the change is parked (Rejected, TooLarge), not retried
+_REFUSED_NAMES = (errno.ENAMETOOLONG, errno.EILSEQ)
+#: link(2) refused by a file system without hard links (vfat, some network and FUSE file systems)
+_NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
 #: a folder reached only as a place to resolve names in (no read permission needed)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -71,6 +75,21 @@ class _Attrs(NamedTuple):
     xattrs: dict[str, bytes]
 
 
+class _Condition(NamedTuple):
+    """What must be at the key for a write to go ahead: nothing (if_absent), or the version if_match names."""
+
+    if_match: str | None = None
+    if_absent: bool = False
+
+
+_NO_CONDITION = _Condition()
+
+
+def _token(st: os.stat_result) -> str:
+    """The etag of a file, link or node: inode, size and mtime in ns (a new write is a new inode)."""
+    return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
 def _to_ns(mtime: float) -> int:
     """Nanoseconds from the float's shortest decimal form, so 1.123456 stays .123456000."""
     return int(Decimal(repr(float(mtime))) * 1_000_000_000)
@@ -96,12 +115,15 @@ class LocalProvider(Provider):
     """Objects as plain files, links and nodes, written atomically (temp entry + rename) with their metadata."""
 
     kind = "local"
+    #: if_match is compared just before the rename over the key: a short window (module docstring)
+    atomic_conditions = False
 
     def __init__(self, name: str, base_path: str) -> None:
         self.name = name
         self.base = os.path.realpath(os.path.expanduser(base_path))
         self._base_slash = self.base.rstrip("/") + "/"
         self._xattr_warned = False
+        self._links_warned = False
         self._base_fd: int | None = None
         self._base_lock = threading.Lock()  # protects _base_fd while the first calls race to open it
         self._observer: BaseObserver | None = None  # the watchdog thread, once watch() started it
@@ -201,6 +223,10 @@ class LocalProvider(Provider):
             return NotFound(key)
         if e.errno in (errno.EACCES, errno.EPERM):
             return AccessDenied(f"local provider {self.name}: {key}: permission denied")
+        if e.errno in _REFUSED_NAMES:
+            return Rejected(f"local provider {self.name}: {key}: the file system refuses the name: {e.strerror or e}")
+        if e.errno == errno.EFBIG:
+            return TooLarge(f"local provider {self.name}: {key}: too large for the file system")
         return ProviderError(f"local provider {self.name}: {key}: {e.strerror or e}")
 
     @contextlib.contextmanager
@@ -296,7 +322,7 @@ class LocalProvider(Provider):
 
     # -- Provider: reads --------------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self, *, writable: bool = False) -> None:
         """Fail at mount time when the folder cannot hold objects."""
         where = f"local provider {self.name}: base_path {self.base}"
         try:
@@ -327,7 +353,7 @@ class LocalProvider(Provider):
         mode, size, mtime_ns = st.st_mode, st.st_size, st.st_mtime_ns
         fmt = mode & _IFMT  # list() calls this per entry: positional, in ObjectInfo's field order
         return ObjectInfo(key, size if fmt in _SIZED_TYPES else 0, mtime_ns / 1_000_000_000, False, mode,
-                          st.st_uid, st.st_gid, f"{mtime_ns:x}-{size:x}", None, xattrs or {},
+                          st.st_uid, st.st_gid, _token(st), None, xattrs or {},
                           st.st_ctime_ns / 1_000_000_000, st.st_atime_ns / 1_000_000_000,
                           st.st_rdev if fmt in _DEVICE_TYPES else None)
 
@@ -464,13 +490,19 @@ class LocalProvider(Provider):
 
     # -- Provider: writes -------------------------------------------------------------------
 
-    def _replace(self, key: str, make: Callable[[int, str], None]) -> ObjectInfo:
-        """make(parent_fd, tmp_name) builds the new entry beside key; rename it over key and fsync the folder."""
+    def _replace(self, key: str, make: Callable[[int, str], None], cond: _Condition = _NO_CONDITION) -> ObjectInfo:
+        """make(parent_fd, tmp_name) builds the new entry beside key; put it in place (renamed over key, or linked
+        where nothing is with if_absent) once cond holds, and fsync the folder."""
         with self._parent(key, create=True) as (pfd, name), self._mapped(key):
             tmp = TMP_PREFIX + secrets.token_hex(8)
             try:
                 make(pfd, tmp)
-                os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                if cond.if_absent:
+                    self._move_new(pfd, tmp, name, key)
+                else:
+                    if cond.if_match is not None:
+                        self._expect(pfd, name, key, cond.if_match)
+                    os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=pfd)
@@ -478,7 +510,45 @@ class LocalProvider(Provider):
             self._fsync_dir(pfd)
             return self._head_at(pfd, name, key)
 
-    def _write_regular(self, key: str, src_fd: int, a: _Attrs) -> ObjectInfo:
+    def _move_new(self, pfd: int, tmp: str, name: str, key: str) -> None:
+        """Move the temp entry to name only if nothing is there: linked (link(2) never replaces), then the temp
+        name dropped; Conflict otherwise. Without hard links: an lstat just before the rename (a short window)."""
+        try:
+            os.link(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+            os.unlink(tmp, dir_fd=pfd)
+            return
+        except FileExistsError:
+            there = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in _NO_LINKS:
+                raise
+            if not self._links_warned:
+                self._links_warned = True
+                log.warning("local provider %s: %s has no hard links (%s); a new file is put in place after a "
+                            "check that none is there, not atomically", self.name, self.base, e.strerror or e)
+            try:
+                there = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                return
+        if stat.S_ISDIR(there.st_mode):
+            raise ProviderError(f"local provider {self.name}: {key}: a folder is there")
+        raise Conflict(f"local provider {self.name}: {key}: another writer stored it first")
+
+    def _expect(self, pfd: int, name: str, key: str, if_match: str) -> None:
+        """The entry at name is the version if_match names (NotFound when there is none, else Conflict)."""
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in _NOT_FOUND:
+                raise NotFound(key) from e
+            raise
+        if stat.S_ISDIR(st.st_mode):
+            raise NotFound(key)
+        if _token(st) != if_match:
+            raise Conflict(f"local provider {self.name}: {key}: changed by another writer")
+
+    def _write_regular(self, key: str, src_fd: int, a: _Attrs, cond: _Condition = _NO_CONDITION) -> ObjectInfo:
         """Copy src_fd to a temp file beside key with its metadata, then rename: readers never see half."""
         def make(pfd: int, tmp: str) -> None:
             fd = os.open(tmp, _TMP_FLAGS, 0o600, dir_fd=pfd)
@@ -493,9 +563,9 @@ class LocalProvider(Provider):
             finally:
                 os.close(fd)
 
-        return self._replace(key, make)
+        return self._replace(key, make, cond)
 
-    def _write_link(self, key: str, target: bytes, a: _Attrs) -> ObjectInfo:
+    def _write_link(self, key: str, target: bytes, a: _Attrs, cond: _Condition = _NO_CONDITION) -> ObjectInfo:
         """A real symlink holding target as given, made under a temp name and renamed over key (atomic)."""
         if not target:
             raise ProviderError(f"local provider {self.name}: {key}: a symlink needs a target")
@@ -508,9 +578,9 @@ class LocalProvider(Provider):
             self._chown(tmp, a.uid, a.gid, dir_fd=pfd)
             os.utime(tmp, ns=(a.atime_ns, a.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
-        return self._replace(key, make)
+        return self._replace(key, make, cond)
 
-    def _write_node(self, key: str, kind: int, rdev: int, a: _Attrs) -> ObjectInfo:
+    def _write_node(self, key: str, kind: int, rdev: int, a: _Attrs, cond: _Condition = _NO_CONDITION) -> ObjectInfo:
         """A real FIFO, socket or device node (devices need root: AccessDenied otherwise)."""
         def make(pfd: int, tmp: str) -> None:
             if kind == stat.S_IFIFO:
@@ -522,21 +592,23 @@ class LocalProvider(Provider):
             os.utime(tmp, ns=(a.atime_ns, a.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
         try:
-            return self._replace(key, make)
+            return self._replace(key, make, cond)
         except AccessDenied as e:
             if kind in _DEVICE_TYPES:
                 raise AccessDenied(f"local provider {self.name}: {key}: device nodes can only be made "
                                    "by root") from e
             raise
 
-    def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
+    def put_file(self, key: str, src_path: str, meta: ObjectMeta, *, if_match: str | None = None,
+                 if_absent: bool = False) -> ObjectInfo:
         """Atomic store of a cache file under key, streamed; a symlink's target is the file's bytes."""
+        cond = _Condition(if_match, if_absent)
         kind = stat.S_IFMT(meta.mode)
         mtime_ns = _to_ns(meta.mtime)
         a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime is None else _to_ns(meta.atime),
                    mtime_ns, meta.xattrs)
         if kind in _NODE_TYPES:
-            return self._write_node(key, kind, meta.rdev or 0, a)
+            return self._write_node(key, kind, meta.rdev or 0, a, cond)
         if kind not in (0, stat.S_IFREG, stat.S_IFLNK):
             raise ProviderError(f"local provider {self.name}: {key}: cannot store file type {kind:#o} as a file")
         try:
@@ -547,8 +619,8 @@ class LocalProvider(Provider):
                                 f"{e.strerror or e}") from e
         try:
             if kind == stat.S_IFLNK:
-                return self._write_link(key, target, a)
-            return self._write_regular(key, src_fd, a)
+                return self._write_link(key, target, a, cond)
+            return self._write_regular(key, src_fd, a, cond)
         finally:
             os.close(src_fd)
 
@@ -571,11 +643,16 @@ class LocalProvider(Provider):
             os.utime(name, ns=(atime_ns, _to_ns(meta.mtime)), dir_fd=pfd, follow_symlinks=False)
             return self._head_at(pfd, name, key)
 
-    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None) -> ObjectInfo:
-        """Copy of what src is (file bytes, a link, a node); without meta its mode, owner, times and xattrs go along."""
+    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None, *, if_match: str | None = None) -> ObjectInfo:
+        """Copy of what src is (file bytes, a link, a node); without meta its mode, owner, times and xattrs go along.
+        if_match: the pinned source (the very version copied) must have that etag, else Conflict."""
         with self._parent(src) as (pfd, name), self._mapped(src):
             st, fd, target = self._open_regular(pfd, name, src)
             kind = stat.S_IFMT(st.st_mode)
+            if if_match is not None and _token(st) != if_match:
+                if fd is not None:
+                    os.close(fd)
+                raise Conflict(f"local provider {self.name}: {src}: changed by another writer")
             try:
                 xattrs = self._read_xattrs(fd) if fd is not None and meta is None else {}
             except BaseException:
@@ -598,10 +675,13 @@ class LocalProvider(Provider):
             if fd is not None:
                 os.close(fd)
 
-    def delete(self, key: str) -> None:
-        """Unlink the entry itself (a link, never its target); its folder stays, as on a local disk."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Unlink the entry itself (a link, never its target); its folder stays, as on a local disk.
+        if_match: compared just before the unlink (Conflict, and nothing removed, for another version)."""
         try:
             with self._parent(key) as (pfd, name):
+                if if_match is not None:
+                    self._expect(pfd, name, key, if_match)
                 os.unlink(name, dir_fd=pfd)
         except NotFound:
             return

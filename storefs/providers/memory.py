@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..errors import NotEmpty, NotFound, ProviderError
+from ..errors import Conflict, NotEmpty, NotFound, ProviderError
 from .base import ObjectInfo, ObjectMeta, Provider
 
 #: file types stored as zero bytes whatever the source file holds (their meaning is in mode and rdev)
@@ -54,6 +54,7 @@ class MemoryProvider(Provider):
     kind = "memory"
     listing_has_metadata = True
     lookup_by_listing = False
+    atomic_conditions = True  # compared and applied under one lock
 
     def __init__(self, name: str = "memory", *, latency: float = 0.0, fail_with: Exception | None = None,
                  lookup_by_listing: bool = False) -> None:
@@ -143,9 +144,20 @@ class MemoryProvider(Provider):
         """md5 of the bytes, as S3 gives a single-part object: same bytes, same etag."""
         return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
+    def _expect(self, key: str, if_match: str | None, if_absent: bool) -> None:
+        """Under the lock: Conflict (or NotFound) unless the object at key is what the condition names."""
+        obj = self._objects.get(key)
+        if if_absent and obj is not None:
+            raise Conflict(f"memory provider {self.name}: {key}: another writer stored it first")
+        if if_match is not None:
+            if obj is None:
+                raise NotFound(key)
+            if obj.etag != if_match:
+                raise Conflict(f"memory provider {self.name}: {key}: changed by another writer")
+
     # -- Provider: reads -------------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self, *, writable: bool = False) -> None:
         """Nothing to reach; fails only when a failure is injected."""
         self._enter("check")
 
@@ -249,8 +261,9 @@ class MemoryProvider(Provider):
 
     # -- Provider: writes ------------------------------------------------------------------
 
-    def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
-        """Read the source outside the lock, then swap the object in at once (readers see old or new)."""
+    def put_file(self, key: str, src_path: str, meta: ObjectMeta, *, if_match: str | None = None,
+                 if_absent: bool = False) -> ObjectInfo:
+        """Read the source outside the lock, then check the condition and swap the object in at once."""
         self._enter("put_file")
         key = self._file_key(key)
         kind = stat.S_IFMT(meta.mode)
@@ -266,6 +279,7 @@ class MemoryProvider(Provider):
                                     f"{e.strerror or e}") from e
         obj = _Object(data, copy.deepcopy(meta), self._etag(data))
         with self._lock:
+            self._expect(key, if_match, if_absent)
             self._store(key, obj)
         return self._info(key, obj)
 
@@ -281,23 +295,26 @@ class MemoryProvider(Provider):
             self._store(key, obj)
         return self._info(key, obj)
 
-    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None) -> ObjectInfo:
-        """The same bytes under dst with src's metadata, or with meta instead."""
+    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None, *, if_match: str | None = None) -> ObjectInfo:
+        """The same bytes under dst with src's metadata, or with meta instead; if_match: only while src is it."""
         self._enter("copy")
         src, dst = self._file_key(src), self._file_key(dst)
         with self._lock:
             old = self._objects.get(src)
             if old is None:
                 raise NotFound(src)
+            self._expect(src, if_match, False)
             obj = _Object(old.data, copy.deepcopy(old.meta if meta is None else meta), old.etag)
             self._store(dst, obj)
         return self._info(dst, obj)
 
-    def delete(self, key: str) -> None:
-        """Remove the object (a marker too, given its 'prefix/' key); already gone is fine."""
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove the object (a marker too, given its 'prefix/' key); already gone is fine; if_match: only it."""
         self._enter("delete")
         _check_key(key, self.name)
         with self._lock:
+            if if_match is not None and key in self._objects:
+                self._expect(key, if_match, False)
             self._drop(key)
 
     def delete_many(self, keys: Iterable[str]) -> None:

@@ -27,7 +27,7 @@ import boto3
 import pytest
 
 from storefs.config import S3ProviderConfig
-from storefs.errors import NotEmpty, NotFound, ProviderError, ProviderUnavailable
+from storefs.errors import Conflict, NotEmpty, NotFound, ProviderError, ProviderUnavailable
 from storefs.providers.base import ObjectInfo, ObjectMeta, Provider
 from storefs.providers.local import LocalProvider
 from storefs.providers.memory import MemoryProvider
@@ -44,6 +44,9 @@ DIR_MODE = stat.S_IFDIR | 0o750
 LINK_MODE = stat.S_IFLNK | 0o777
 FIFO_MODE = stat.S_IFIFO | 0o640
 PAYLOAD = bytes(range(256)) * 20 + b"tail"  # 5124 bytes: small, every byte value
+MiB = 1 << 20
+#: writers racing for one new key with if_absent
+RACERS = 8
 #: a symlink target as POSIX allows it: any bytes but NUL, not UTF-8
 LINK_TARGET = b"../t\xff\xfe-arget/\x80x"
 
@@ -82,15 +85,17 @@ class ProviderContract:
 
     @pytest.fixture
     def put(self, provider: Provider, tmp_path: Path) -> Put:
-        """put(key, data, **meta fields): put_file from a fresh source file."""
+        """put(key, data, if_match=, if_absent=, **meta fields): put_file from a fresh source file."""
         counter = itertools.count()
         src_dir = tmp_path / "src"
         src_dir.mkdir()
 
-        def do(key: str, data: bytes = PAYLOAD, m: ObjectMeta | None = None, **kw) -> ObjectInfo:
+        def do(key: str, data: bytes = PAYLOAD, m: ObjectMeta | None = None, *, if_match: str | None = None,
+               if_absent: bool = False, **kw) -> ObjectInfo:
             src = src_dir / f"f{next(counter)}"
             src.write_bytes(data)
-            return provider.put_file(key, str(src), m if m is not None else meta(**kw))
+            return provider.put_file(key, str(src), m if m is not None else meta(**kw), if_match=if_match,
+                                     if_absent=if_absent)
         return do
 
     # -- expectations that depend on the class's differences ------------------------------
@@ -318,6 +323,106 @@ class ProviderContract:
     def test_content_type(self, provider, put):
         put("a/x", content_type="image/webp")
         assert provider.head("a/x").content_type == ("image/webp" if self.keeps_content_type else None)
+
+
+    # -- conditions (put/copy/delete if_absent, if_match) --------------------------------------
+
+    @pytest.fixture
+    def atomic(self, provider: Provider) -> Provider:
+        """The provider as a mount uses it for conditional writes (S3: after check's probe)."""
+        return provider
+
+    @pytest.fixture
+    def conditional(self, atomic: Provider) -> Provider:
+        """The provider the condition tests run on (S3: also with the HEAD-compare fallback forced)."""
+        return atomic
+
+    def test_if_absent_stores_a_new_key(self, conditional, put):
+        stored = put("c/new", b"mine", if_absent=True)
+        assert conditional.get_range("c/new", 0, 10) == b"mine"
+        assert conditional.head("c/new").etag == stored.etag
+
+    def test_if_absent_over_an_existing_key_is_a_conflict(self, conditional, put):
+        theirs = put("c/x", b"theirs")
+        with pytest.raises(Conflict):
+            put("c/x", b"mine, which must not land", if_absent=True)
+        assert conditional.get_range("c/x", 0, 100) == b"theirs"
+        assert conditional.head("c/x").etag == theirs.etag
+
+    def test_if_match_of_the_current_version_replaces_it(self, conditional, put):
+        old = put("c/x", b"old version")
+        new = put("c/x", b"new version, longer", if_match=old.etag)
+        assert conditional.get_range("c/x", 0, 100) == b"new version, longer"
+        assert conditional.head("c/x").etag == new.etag != old.etag
+
+    def test_if_match_of_a_stale_version_is_a_conflict(self, conditional, put):
+        seen = put("c/x", b"the version we read")
+        theirs = put("c/x", b"their newer version")
+        with pytest.raises(Conflict):
+            put("c/x", b"our edit of the old one", if_match=seen.etag)
+        assert conditional.get_range("c/x", 0, 100) == b"their newer version"
+        assert conditional.head("c/x").etag == theirs.etag
+
+    def test_if_match_on_a_missing_key_is_not_found(self, conditional, put):
+        seen = put("c/x", b"was here")
+        conditional.delete("c/x")
+        with pytest.raises(NotFound):
+            put("c/x", b"our edit", if_match=seen.etag)
+        with pytest.raises(NotFound):
+            conditional.head("c/x")
+
+    def test_etag_is_the_same_token_from_put_head_and_list(self, conditional, put):
+        stored = put("c/x", b"one")
+        listed = [i for i in conditional.list("c/") if i.key == "c/x"]
+        assert [i.etag for i in listed] == [stored.etag] == [conditional.head("c/x").etag]
+
+    def test_copy_of_a_changed_source_is_a_conflict(self, conditional, put):
+        seen = put("c/src", b"the version we read")
+        theirs = put("c/src", b"their newer version")
+        with pytest.raises(Conflict):
+            conditional.copy("c/src", "c/dst", if_match=seen.etag)
+        with pytest.raises(NotFound):
+            conditional.head("c/dst")  # nothing was copied
+        assert conditional.get_range("c/src", 0, 100) == b"their newer version"
+        conditional.copy("c/src", "c/dst", if_match=theirs.etag)
+        assert conditional.get_range("c/dst", 0, 100) == b"their newer version"
+
+    def test_delete_of_a_changed_key_is_a_conflict(self, conditional, put):
+        seen = put("c/x", b"the version we read")
+        theirs = put("c/x", b"their newer version")
+        with pytest.raises(Conflict):
+            conditional.delete("c/x", if_match=seen.etag)
+        assert conditional.get_range("c/x", 0, 100) == b"their newer version"
+        conditional.delete("c/x", if_match=theirs.etag)
+        with pytest.raises(NotFound):
+            conditional.head("c/x")
+        conditional.delete("c/x", if_match=theirs.etag)  # already gone: no error
+
+    def test_racing_writers_of_a_new_key_one_wins(self, atomic, tmp_path):
+        """RACERS threads put one new key with if_absent at once: exactly one lands, whole; the rest conflict."""
+        sources = []
+        for n in range(RACERS):
+            src = tmp_path / f"racer{n}"
+            src.write_bytes(f"racer {n} ".encode() * 100)
+            sources.append(src)
+        start = threading.Barrier(RACERS)
+        outcome: list[object] = [None] * RACERS
+
+        def race(n: int) -> None:
+            start.wait()
+            try:
+                outcome[n] = atomic.put_file("c/race", str(sources[n]), meta(), if_absent=True)
+            except Conflict as e:
+                outcome[n] = e
+
+        threads = [threading.Thread(target=race, args=(n,)) for n in range(RACERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [n for n, o in enumerate(outcome) if isinstance(o, ObjectInfo)]
+        assert len(winners) == 1 and all(isinstance(o, (ObjectInfo, Conflict)) for o in outcome), outcome
+        assert atomic.get_range("c/race", 0, 10 ** 6) == sources[winners[0]].read_bytes()
 
     # -- delete -----------------------------------------------------------------------------
 
@@ -553,6 +658,65 @@ class _S3Contract(ProviderContract):
     remove_non_empty_dir_raises = None
     url_scheme = "http"
 
+    @pytest.fixture
+    def s3_config(self) -> S3ProviderConfig:
+        raise NotImplementedError("a concrete S3 class supplies the settings of a fresh, empty store")
+
+    @pytest.fixture
+    def provider(self, s3_config: S3ProviderConfig) -> Iterator[Provider]:
+        p = S3Provider(s3_config)
+        yield p
+        p.close()
+
+    @pytest.fixture
+    def atomic(self, provider: Provider) -> Provider:
+        provider.check(writable=True)
+        assert provider.atomic_conditions  # both servers honour If-None-Match: * (the probe says so)
+        return provider
+
+    @pytest.fixture(params=["probed", "head-compare"])
+    def conditional(self, request, atomic: Provider) -> Provider:
+        if request.param == "head-compare":
+            atomic.atomic_conditions = False  # as on a server that ignores the headers: HEAD just before
+        return atomic
+
+    def test_check_probes_conditions_only_when_writable(self, provider):
+        provider.check()
+        assert not provider.atomic_conditions  # not probed: every condition is HEAD-compared
+        provider.check(writable=True)
+        assert provider.atomic_conditions
+        assert list(provider.walk("")) == []  # the probe object is gone
+
+    @pytest.mark.parametrize("mode", ["probed", "head-compare"])
+    def test_multipart_uploads_carry_their_condition(self, s3_config, mode, tmp_path):
+        p = S3Provider(replace(s3_config, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+        try:
+            p.check(writable=True)
+            p.atomic_conditions = mode == "probed"
+            big = [bytes([n]) * (6 * MiB) for n in range(3)]  # two parts each
+            srcs = []
+            for n, data in enumerate(big):
+                src = tmp_path / f"big{n}"
+                src.write_bytes(data)
+                srcs.append(str(src))
+            first = p.put_file("c/big", srcs[0], meta(), if_absent=True)
+            assert first.etag.endswith("-2") and p.head("c/big").etag == first.etag  # a multipart upload
+            with pytest.raises(Conflict):
+                p.put_file("c/big", srcs[1], meta(), if_absent=True)
+            with pytest.raises(Conflict):
+                p.put_file("c/big", srcs[1], meta(), if_match="0" * 32 + "-2")
+            with pytest.raises(NotFound):
+                p.put_file("c/none", srcs[1], meta(), if_match=first.etag)
+            assert p.get_range("c/big", 6 * MiB - 3, 10) == big[0][-3:]  # the first version stayed
+            second = p.put_file("c/big", srcs[2], meta(), if_match=first.etag)
+            assert p.head("c/big").etag == second.etag != first.etag
+            assert p.get_range("c/big", 5 * MiB, 4) == big[2][:4]
+            with pytest.raises(NotFound):
+                p.head("c/none")
+            assert [i.key for i in p.walk("") if not i.is_dir] == ["c/big"]
+        finally:
+            p.close()
+
 
 class TestS3ProviderOnSeaweedFS(_S3Contract):
     """One bucket for the session; each test sees a fresh key prefix of it as its whole store."""
@@ -560,17 +724,15 @@ class TestS3ProviderOnSeaweedFS(_S3Contract):
     keeps_dir_metadata = False  # SeaweedFS 4.x drops the user metadata of folder markers
 
     @pytest.fixture
-    def provider(self, contract_seaweed: S3ProviderConfig) -> Iterator[Provider]:
-        p = S3Provider(replace(contract_seaweed, prefix=f"c{uuid.uuid4().hex[:12]}/"))
-        yield p
-        p.close()
+    def s3_config(self, contract_seaweed: S3ProviderConfig) -> S3ProviderConfig:
+        return replace(contract_seaweed, prefix=f"c{uuid.uuid4().hex[:12]}/")
 
 
 class TestS3ProviderOnMoto(_S3Contract):
     """A new bucket per test on moto, which keeps folder-marker metadata as AWS and MinIO do."""
 
     @pytest.fixture
-    def provider(self, contract_moto: S3ProviderConfig) -> Iterator[Provider]:
+    def s3_config(self, contract_moto: S3ProviderConfig) -> S3ProviderConfig:
         cfg = replace(contract_moto, bucket=f"c-{uuid.uuid4().hex[:16]}")
         raw = boto3.session.Session().client(
             "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, aws_access_key_id=cfg.access_key_id,
@@ -579,6 +741,4 @@ class TestS3ProviderOnMoto(_S3Contract):
             raw.create_bucket(Bucket=cfg.bucket)
         finally:
             raw.close()
-        p = S3Provider(cfg)
-        yield p
-        p.close()
+        return cfg

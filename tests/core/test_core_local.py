@@ -27,17 +27,17 @@ class CountingProvider(LocalProvider):
         with self.lock:
             self.calls.append((op, key))
 
-    def put_file(self, key, src_path, meta):  # type: ignore[override]
+    def put_file(self, key, src_path, meta, **conditions):  # type: ignore[override]
         self._rec("put", key)
-        return super().put_file(key, src_path, meta)
+        return super().put_file(key, src_path, meta, **conditions)
 
-    def copy(self, src, dst, meta=None):  # type: ignore[override]
+    def copy(self, src, dst, meta=None, **conditions):  # type: ignore[override]
         self._rec("copy", f"{src}->{dst}")
-        return super().copy(src, dst, meta)
+        return super().copy(src, dst, meta, **conditions)
 
-    def delete(self, key):  # type: ignore[override]
+    def delete(self, key, **conditions):  # type: ignore[override]
         self._rec("delete", key)
-        return super().delete(key)
+        return super().delete(key, **conditions)
 
 
 def make_ns(tmp: Path, delay: str = "0s", clock: FakeClock | None = None) -> tuple[Core, CountingProvider]:

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from storefs.errors import NotEmpty, NotFound, ProviderError
+from storefs.errors import Conflict, NotEmpty, NotFound, ProviderError, Rejected
 from storefs.providers import ObjectMeta
 from storefs.providers import local as local_mod
 from storefs.providers.local import TMP_PREFIX, LocalProvider
@@ -279,3 +279,78 @@ def test_filesystem_without_xattrs_warns_once(prov, src, monkeypatch, caplog):
     assert prov.put_file("a/x", str(src), meta).xattrs == {}
     assert prov.set_meta("a/x", meta).mtime == MTIME
     assert sum("no user xattrs" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- issue 20: conditions ----------------------------------------------------------------------
+
+def test_etag_names_one_version_even_with_the_same_size_and_mtime(prov, base, tmp_path):
+    """Two writes of equal size with the same mtime in their metadata are different versions (a new inode)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"version A")
+    b.write_bytes(b"version B")
+    first = prov.put_file("t/x", str(a), ObjectMeta(mtime=MTIME))
+    second = prov.put_file("t/x", str(b), ObjectMeta(mtime=MTIME))
+    assert first.etag != second.etag and prov.head("t/x").etag == second.etag
+    with pytest.raises(Conflict):
+        prov.put_file("t/x", str(a), ObjectMeta(mtime=MTIME), if_match=first.etag)
+    assert (base / "t" / "x").read_bytes() == b"version B" and _temps(base) == []
+
+
+def test_a_change_made_in_place_by_another_program_is_caught(prov, base, tmp_path):
+    src = tmp_path / "s"
+    src.write_bytes(b"ours")
+    seen = prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME))
+    with open(base / "t" / "x", "r+b") as f:  # an editor writing in place: same inode, new mtime
+        f.write(b"THEM")
+    for change in (lambda: prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_match=seen.etag),
+                   lambda: prov.copy("t/x", "t/y", if_match=seen.etag),
+                   lambda: prov.delete("t/x", if_match=seen.etag)):
+        with pytest.raises(Conflict):
+            change()
+    assert (base / "t" / "x").read_bytes() == b"THEM" and not (base / "t" / "y").exists()
+
+
+def test_if_absent_links_never_replaces(prov, base, tmp_path):
+    """if_absent puts the finished entry in place with link(2): a file, a symlink or a folder already there wins."""
+    src = tmp_path / "s"
+    src.write_bytes(b"ours")
+    (base / "t").mkdir(parents=True)
+    (base / "t" / "file").write_bytes(b"theirs")
+    os.symlink("elsewhere", base / "t" / "link")
+    (base / "t" / "dir").mkdir()
+    for name in ("file", "link"):
+        with pytest.raises(Conflict):
+            prov.put_file(f"t/{name}", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    with pytest.raises(ProviderError, match="a folder is there"):
+        prov.put_file("t/dir", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    assert (base / "t" / "file").read_bytes() == b"theirs" and os.readlink(base / "t" / "link") == "elsewhere"
+    link = tmp_path / "target"
+    link.write_bytes(b"a/target")
+    info = prov.put_file("t/newlink", str(link), ObjectMeta(mtime=MTIME, mode=stat.S_IFLNK | 0o777), if_absent=True)
+    assert os.readlink(base / "t" / "newlink") == "a/target" and stat.S_ISLNK(info.mode)
+    assert _temps(base) == []
+
+
+def test_if_absent_without_hard_links_checks_just_before(prov, base, tmp_path, monkeypatch, caplog):
+    """A base_path on a file system without link(2) still takes new files (checked, then renamed), with a warning."""
+    src = tmp_path / "s"
+    src.write_bytes(b"ours")
+
+    def no_links(*args, **kw):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(local_mod.os, "link", no_links)
+    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    with pytest.raises(Conflict):
+        prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    prov.put_file("t/y", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    assert (base / "t" / "x").read_bytes() == b"ours" and _temps(base) == []
+    assert caplog.text.count("has no hard links") == 1
+
+
+def test_a_name_the_file_system_refuses_is_a_permanent_refusal(prov, src):
+    """ENAMETOOLONG is Rejected (the core parks the change), not an error to retry forever."""
+    with pytest.raises(Rejected, match="refuses the name"):
+        prov.put_file("t/" + "n" * 300, str(src), ObjectMeta(mtime=MTIME))
+    with pytest.raises(Rejected):
+        prov.put_file("t/" + "d" * 300 + "/x", str(src), ObjectMeta(mtime=MTIME))

@@ -146,7 +146,7 @@ def test_metadata_over_2_kib_is_e2big_counted_as_the_headers_go(server):
 def test_the_name_probe_finds_a_server_that_stores_backslash_as_slash_and_cleans_up(server):
     server.backslash_to_slash = True
     p = provider(server, prefix="pre")
-    p.check()
+    p.check(writable=True)
     assert not p.backslash_kept and server.objects == {}  # the probe key and its folder marker are gone
     assert any(m == "PUT" and "\\" in path and "/bkt/pre/.storefs-probe-names-" in path
                for m, path in server.requests)
@@ -158,7 +158,7 @@ def test_the_name_probe_finds_a_server_that_stores_backslash_as_slash_and_cleans
 
 def test_a_server_that_keeps_backslash_keeps_such_names_allowed(server):
     p = provider(server)
-    p.check()
+    p.check(writable=True)
     assert p.backslash_kept and server.objects == {}
     p.check_key("a\\b")
 
@@ -175,7 +175,7 @@ def test_a_failed_probe_never_fails_the_mount_and_allows_the_names(server, caplo
         raise errors.AccessDenied("read-only credentials")
     p._requests.put = refused_put
     with caplog.at_level("WARNING"):
-        p.check()
+        p.check(writable=True)
     assert p.backslash_kept and "cannot tell whether it keeps" in caplog.text
     p._requests.put = real_put
     p.check_key("a\\b")
@@ -236,7 +236,7 @@ def test_the_name_probe_on_real_servers(kind, request):
                            prefix="team")
     p = S3Provider(cfg)
     try:
-        p.check()
+        p.check(writable=True)
         assert p.backslash_kept is (kind == "moto_server")
         client = srv.client()
         assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from storefs import errors
 from storefs.config import S3ProviderConfig
@@ -362,6 +363,140 @@ def test_outage_stopped_and_frozen_server(tmp_path):
 
 
 
+# -- issue 20: conditional writes ---------------------------------------------------------------
+
+class ScriptedByMethod:
+    """Answers from a script first, one per request whose method is in `methods`; the real server the rest."""
+
+    def __init__(self, real, methods: tuple[str, ...], *answers) -> None:
+        self.real, self.methods, self.answers, self.sent = real, methods, list(answers), []
+
+    def request(self, method, target, headers, timeouts, body=None, limit=None):
+        self.sent.append((method, target, dict(headers)))
+        if self.answers and method in self.methods:
+            answer = self.answers.pop(0)
+            if hasattr(body, "read"):
+                body.read()
+            if isinstance(answer, Exception):
+                raise answer
+            if answer == "forward, then lose the answer":
+                self.real.request(method, target, headers, timeouts, body, limit)
+                raise ConnectionLost("closed before the answer")
+            return answer
+        return self.real.request(method, target, headers, timeouts, body, limit)
+
+
+def test_check_probes_conditions_on_writable_mounts_only(server, raw, base, caplog):
+    p = S3Provider(settings(server, prefix=base))
+    try:
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ())) as http:
+            p.check()
+            assert [m for m, _, _ in http.sent] == ["HEAD"] and not p.atomic_conditions  # a read-only mount
+            caplog.set_level("INFO", logger="storefs.providers.s3.provider")
+            p.check(writable=True)
+        assert p.atomic_conditions and "honours conditional writes" in caplog.text
+        probe = [(m, t, h.get("if-none-match")) for m, t, h in http.sent[1:5]]  # then the name probe's requests
+        assert [(m, c) for m, _, c in probe] == [("HEAD", None), ("PUT", "*"), ("PUT", "*"), ("DELETE", None)]
+        assert len({t for _, t, _ in probe[1:]}) == 1 and f"/{base}.storefs-probe-" in probe[1][1]
+        assert raw.list_objects_v2(Bucket=BUCKET, Prefix=base).get("KeyCount") == 0  # nothing left behind
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("answers", [
+    (Answer(200, {"etag": '"a"'}, b""), Answer(200, {"etag": '"a"'}, b"")),  # the condition ignored
+    (Answer(501, {}, b"<Error><Code>NotImplemented</Code></Error>"),),  # refused
+    (ConnectionLost("gone"), ConnectionLost("gone")),  # no answer (both tries of the check class)
+])
+def test_a_server_that_does_not_honour_conditions_gets_a_head_before(server, raw, base, tmp_path, caplog, answers):
+    """The mount goes ahead with atomic_conditions False, and a conditional PUT is then HEAD-compared and sent
+    without the header (a server that ignores or refuses it must not fail every upload)."""
+    p = S3Provider(settings(server, prefix=base))
+    try:
+        caplog.set_level("INFO", logger="storefs.providers.s3.provider")
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), *answers)):
+            p.check(writable=True)
+        assert not p.atomic_conditions and "checked by a HEAD just before" in caplog.text
+        src = write(tmp_path, b"mine")
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ())) as http:
+            p.put_file("k", src, ObjectMeta(mtime=1.0), if_absent=True)
+            with pytest.raises(errors.Conflict):
+                p.put_file("k", src, ObjectMeta(mtime=1.0), if_absent=True)
+        assert [(m, h.get("if-none-match")) for m, _, h in http.sent] == [("HEAD", None), ("PUT", None), ("HEAD", None)]
+    finally:
+        p.close()
+
+
+def test_a_conditional_put_retried_after_a_lost_answer_meets_itself(server, raw, base, tmp_path):
+    """The first attempt landed but its answer was lost: the retry's 412 is for our own bytes, a success;
+    another writer's bytes there stay a Conflict."""
+    p = S3Provider(settings(server))
+    try:
+        p.check(writable=True)
+        src = write(tmp_path, b"our bytes")
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), "forward, then lose the answer")) as http:
+            info = p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_absent=True)
+        assert info.etag == hashlib.md5(b"our bytes").hexdigest() and [m for m, _, _ in http.sent][:2] == ["PUT", "PUT"]
+        raw.put_object(Bucket=BUCKET, Key=base + "k", Body=b"their bytes")
+        seen = raw.head_object(Bucket=BUCKET, Key=base + "k")["ETag"].strip('"')
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), ConnectionLost("lost"))):
+            with pytest.raises(errors.Conflict):
+                p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_absent=True)
+        assert raw.get_object(Bucket=BUCKET, Key=base + "k")["Body"].read() == b"their bytes"
+        with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), "forward, then lose the answer")):
+            p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_match=seen)  # our own If-Match PUT landed
+        assert raw.get_object(Bucket=BUCKET, Key=base + "k")["Body"].read() == b"our bytes"
+    finally:
+        p.close()
+
+
+def test_a_multipart_upload_refused_at_completion_is_aborted(server, raw, base, tmp_path):
+    p = S3Provider(settings(server))
+    try:
+        raw.put_object(Bucket=BUCKET, Key=base + "big", Body=b"theirs")
+        src = write(tmp_path, random.Random(5).randbytes(11 * MiB))
+        with pytest.raises(errors.Conflict):
+            p._boto.upload_multipart(src, base + "big", {"ContentType": "video/mp4"}, "big", if_absent=True)
+        assert raw.get_object(Bucket=BUCKET, Key=base + "big")["Body"].read() == b"theirs"
+        assert not raw.list_multipart_uploads(Bucket=BUCKET, Prefix=base).get("Uploads")  # its parts are gone
+        etag = p._boto.upload_multipart(src, base + "new", {"ContentType": "video/mp4"}, "new", if_absent=True)
+        assert etag.strip('"').endswith("-3") and p.head(base + "new").size == 11 * MiB  # 5 + 5 + 1 MiB parts
+    finally:
+        p.close()
+
+
+def test_a_retried_multipart_completion_that_meets_its_own_first_one_succeeds(server, raw, base, tmp_path,
+                                                                              caplog):
+    """botocore retried CompleteMultipartUpload after the first one landed and its answer was lost: the 412
+    (or NoSuchUpload) is for our own object, whose ETag is what our parts make; another's stays a Conflict."""
+    p = S3Provider(settings(server))
+    real = p._boto.client.complete_multipart_upload
+
+    def retried(landed: bool):
+        def complete(**kw):
+            if landed:
+                real(**kw)
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "m"},
+                               "ResponseMetadata": {"HTTPStatusCode": 412, "RetryAttempts": 1}},
+                              "CompleteMultipartUpload")
+        return complete
+
+    try:
+        src = write(tmp_path, random.Random(6).randbytes(11 * MiB))
+        p._boto.client.complete_multipart_upload = retried(landed=True)
+        etag = p._boto.upload_multipart(src, base + "big", {}, "big", if_absent=True)
+        assert etag == p.head(base + "big").etag and etag.endswith("-3") and "abort" not in caplog.text
+        raw.put_object(Bucket=BUCKET, Key=base + "theirs", Body=b"theirs")
+        p._boto.client.complete_multipart_upload = retried(landed=False)
+        with pytest.raises(errors.Conflict):
+            p._boto.upload_multipart(src, base + "theirs", {}, "theirs", if_absent=True)
+        assert raw.get_object(Bucket=BUCKET, Key=base + "theirs")["Body"].read() == b"theirs"
+        assert not raw.list_multipart_uploads(Bucket=BUCKET, Prefix=base).get("Uploads")
+    finally:
+        p._boto.client.complete_multipart_upload = real
+        p.close()
+
+
 def _wait_served(srv, bucket: str, key: str, timeout: float = 30.0) -> None:
     """Until the restarted server serves key again (its own readiness, not storefs')."""
     deadline = time.monotonic() + timeout
@@ -413,9 +548,9 @@ def test_small_puts_errors_fail_only_their_request(server, raw, base, tmp_path):
         assert http.calls == 3  # retried by the policy, on the same path
     odd = Answer(400, {}, b"<Error><Code>AuthorizationHeaderMalformed</Code><Message>m</Message></Error>")
     with wrapped_http(p, lambda real: Scripted(real, odd)) as http:
-        with pytest.raises(errors.ProviderError, match="AuthorizationHeaderMalformed") as ei:
+        with pytest.raises(errors.Rejected, match="AuthorizationHeaderMalformed") as ei:
             p.put_file(base + "odd.txt", src, meta)
-        assert type(ei.value) is errors.ProviderError
+        assert type(ei.value) is errors.Rejected  # a 400 is permanent: parked by the core, not retried
         p.put_file(base + "odd2.txt", src, meta)  # the next request is sent the same way, and succeeds
         assert http.calls == 2
     for k in ("busy.txt", "odd2.txt"):

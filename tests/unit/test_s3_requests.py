@@ -16,7 +16,7 @@ from storefs.config import S3ProviderConfig
 from storefs.providers.s3.boto import Boto
 from storefs.providers.s3.errors import ErrorTable
 from storefs.providers.s3.http import Timeouts
-from storefs.providers.s3.requests import Endpoint, Payload, S3Requests
+from storefs.providers.s3.requests import Endpoint, Payload, S3Requests, conditions
 from storefs.providers.s3.retry import RetryPolicy
 from storefs.providers.s3.sign import EMPTY_SHA256
 
@@ -99,6 +99,35 @@ def test_every_request_says_storefs_and_is_signed(server):
     r.close()
 
 
+def test_conditions_are_sent_as_s3_names_them(server):
+    """If-None-Match: * and If-Match on a PUT, x-amz-copy-source-if-match on a copy, If-Match on a DELETE;
+    a 412 to any of them is a Conflict, and an unconditional request carries none."""
+    r = requests_for(origin_of(server))
+    server.script = {("PUT", "/bkt/new"): (200, {"ETag": '"n"'}, b""),
+                     ("PUT", "/bkt/taken"): (412, {}, b"<Error><Code>PreconditionFailed</Code></Error>"),
+                     ("PUT", "/bkt/racing"): (409, {}, b"<Error><Code>ConditionalRequestConflict</Code></Error>"),
+                     ("PUT", "/bkt/dst"): (412, {}, b"<Error><Code>PreconditionFailed</Code></Error>"),
+                     ("DELETE", "/bkt/k"): (412, {}, b"<Error><Code>PreconditionFailed</Code></Error>")}
+    empty = Payload(b"", EMPTY_SHA256)
+    assert r.put("new", empty, 0, conditions(if_absent=True), T) == '"n"'
+    r.put("new", empty, 0, {}, T)
+    for key, cond in (("taken", conditions(if_match='"e1"')), ("racing", conditions(if_match="e1"))):
+        with pytest.raises(errors.Conflict):
+            r.put(key, empty, 0, cond, T)
+    with pytest.raises(errors.Conflict):
+        r.copy("src", "dst", None, T, if_match="e2")
+    with pytest.raises(errors.Conflict):
+        r.delete("k", T, if_match="e3")
+    sent = [(m, p, h.get("If-None-Match"), h.get("If-Match"), h.get("x-amz-copy-source-if-match"))
+            for m, p, h, _ in server.seen]
+    assert sent == [("PUT", "/bkt/new", "*", None, None), ("PUT", "/bkt/new", None, None, None),
+                    ("PUT", "/bkt/taken", None, '"e1"', None), ("PUT", "/bkt/racing", None, '"e1"', None),
+                    ("PUT", "/bkt/dst", None, None, '"e2"'), ("DELETE", "/bkt/k", None, '"e3"', None)]
+    signed = server.seen[0][2]["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert "if-none-match" in signed  # the condition is part of what the signature covers
+    r.close()
+
+
 def test_each_odd_answer_fails_its_own_request_only(server):
     r = requests_for(origin_of(server))
     ok = (206, {}, b"fine")
@@ -120,7 +149,7 @@ def test_each_odd_answer_fails_its_own_request_only(server):
         (lambda: r.head("missing", T), errors.NotFound),
         (lambda: r.get("denied", 0, 4, T), errors.AccessDenied),
         (lambda: r.put("busy", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.ProviderBusy),
-        (lambda: r.put("odd", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.ProviderError),
+        (lambda: r.put("odd", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.Rejected),
         (lambda: r.put("huge", Payload(b"", EMPTY_SHA256), 0, {}, T), errors.TooLarge),
         (lambda: r.get("norange", 10, 4, T), errors.ProviderError),
         (lambda: r.get("toolong", 0, 4, T), errors.ProviderError),

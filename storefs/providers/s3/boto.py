@@ -1,5 +1,9 @@
 """boto3 for what only it does here: the credential chain, the URLs of the bucket, multipart transfers, presigning.
 
+A multipart upload is made here with the client's create/upload_part/complete calls (parts in
+parallel), not with boto3's transfer manager, so that its condition (If-None-Match / If-Match)
+rides on CompleteMultipartUpload; a multipart copy (above 5 GiB) still uses the transfer manager.
+
 Only public boto3/botocore API: the session's credentials (refreshable ones refresh themselves
 in get_frozen_credentials), presigned URLs to learn the addressing style boto3 resolves, the
 client's transfer methods. Failures become storefs errors through the same error table as the
@@ -8,8 +12,11 @@ hot requests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +39,7 @@ from botocore.utils import get_environ_proxies
 
 from ... import errors
 from .errors import ErrorTable
-from .requests import Endpoint
+from .requests import Endpoint, quoted
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,12 @@ def _drop_expect_header(request: Any, **_: Any) -> None:
     # against the stale status line and stalls for read_timeout. The header is not signed: safe to drop.
     if "Expect" in request.headers:
         del request.headers["Expect"]
+
+
+def multipart_etag(parts: list[Any]) -> str:
+    """The ETag S3 gives the object these parts complete to: MD5 of the parts' binary MD5s, dash, their count."""
+    digests = b"".join(bytes.fromhex(str(p["ETag"]).strip('"')) for p in parts)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 class Boto:
@@ -127,15 +140,81 @@ class Boto:
                         verify=get_cert_path(ca_bundle or True) or True, proxy=proxy)
 
     # -- what only boto3 does ----------------------------------------------------------------------
-    def upload_file(self, src_path: str, full: str, extra: dict[str, Any], what: str) -> None:
-        """A multipart upload from the file at src_path, parts in parallel."""
+    def upload_multipart(self, src_path: str, full: str, extra: dict[str, Any], what: str, *,
+                         if_match: str | None = None, if_absent: bool = False) -> str | None:
+        """A multipart upload of the file at src_path, parts in parallel, its condition on the completion
+        (boto3's transfer manager cannot carry one there); aborted on any failure. The new ETag."""
+        chunk = int(self.cfg.multipart_chunksize)
         try:
-            self.client.upload_file(src_path, self.bucket, full, ExtraArgs=extra, Config=self.transfer)
-        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+            size = os.path.getsize(src_path)
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)["UploadId"]
+        except (BotoCoreError, ClientError) as e:
             raise self.error(e, what) from e
+        except OSError as e:
+            raise errors.ProviderError(f"{what}: cannot read the cache file: {e.strerror or e}") from e
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {} if if_match is None else {
+            "IfMatch": quoted(if_match)}
+        parts: list[Any] = []
+        try:
+            numbers = range(1, max(1, -(-size // chunk)) + 1)
+            with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="storefs-part") as pool:
+                futures = [pool.submit(self._upload_part, src_path, full, upload_id, n, chunk, size, what)
+                           for n in numbers]
+                try:
+                    parts = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+            done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts}, **condition)
+        except (BotoCoreError, ClientError) as e:
+            error = self.error(e, what)
+            retried = isinstance(e, ClientError) and e.response.get("ResponseMetadata", {}).get("RetryAttempts")
+            if retried and isinstance(error, (errors.Conflict, errors.NotFound)) and self._landed(full, parts):
+                return multipart_etag(parts)  # a retried completion met its own first one, whose answer was lost
+            self._abort(full, upload_id, what)
+            raise error from e
+        except BaseException:
+            self._abort(full, upload_id, what)
+            raise
+        return done.get("ETag")
+
+    def _landed(self, full: str, parts: list[Any]) -> bool:
+        """Whether the object at full is exactly what these parts complete to (its multipart ETag)."""
+        if not parts:
+            return False
+        try:
+            etag = self.client.head_object(Bucket=self.bucket, Key=full)["ETag"]
+        except (BotoCoreError, ClientError):
+            return False
+        return str(etag).strip('"') == multipart_etag(parts)
+
+    def _upload_part(self, src_path: str, full: str, upload_id: str, number: int, chunk: int, size: int,
+                     what: str) -> Any:
+        """Part `number` (from 1) of a multipart upload, read from its own descriptor: {PartNumber, ETag}."""
+        offset = (number - 1) * chunk
+        want = min(chunk, size - offset)
+        try:
+            with open(src_path, "rb") as f:
+                body = os.pread(f.fileno(), want, offset)
+        except OSError as e:
+            raise errors.ProviderError(f"{what}: cannot read the cache file: {e.strerror or e}") from e
+        if len(body) != want:
+            raise errors.ProviderError(f"{what}: the cache file changed size while uploading")
+        answer = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
+                                         Body=body)
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _abort(self, full: str, upload_id: str, what: str) -> None:
+        """Drop a failed multipart upload's parts (the server would keep them, and bill them, otherwise)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except (BotoCoreError, ClientError) as e:
+            log.warning("%s: aborting the failed multipart upload %s failed: %s", what, upload_id, e)
 
     def copy_multipart(self, src_full: str, dst_full: str, extra: dict[str, Any], what: str) -> None:
-        """A managed multipart copy (objects above CopyObject's 5 GiB)."""
+        """A managed multipart copy (objects above CopyObject's 5 GiB); extra may hold CopySourceIfMatch."""
         try:
             self.client.copy({"Bucket": self.bucket, "Key": src_full}, self.bucket, dst_full,
                              Config=self.transfer, ExtraArgs=extra)

@@ -4,15 +4,25 @@ An answer's status and error code decide the exception (each carries its errno):
 
     NoSuchBucket                                  ProviderError     EIO     (the message names bucket and endpoint)
     NoSuchKey, NotFound, 404                      NotFound          ENOENT
-    AccessDenied, InvalidAccessKeyId, ..., 403    AccessDenied      EACCES
+    AccessDenied, InvalidAccessKeyId, ..., 403    AccessDenied      EACCES  (the core decides after a credentials check)
+    PreconditionFailed, 412,
+      ConditionalRequestConflict, 409             Conflict          EIO     (another writer changed the key first)
     SlowDown, InternalError, RequestTimeout,
-      any 5xx, 429                                ProviderBusy      EIO (retried after a pause, Retry-After honoured)
-    no whole answer                               ProviderUnavailable EIO (retried; the provider may be down)
+      any 5xx but 501, 429, 408, OperationAborted ProviderBusy      EIO     (retried after a pause; Retry-After kept)
+    no whole answer (refused, reset, timed out)   ProviderUnavailable EIO   (retried in the request)
+    EntityTooLarge                                TooLarge          EFBIG   (a LayoutError: permanent)
+    IncompleteBody, BadDigest, ...                ProviderError     EIO     (the body arrived damaged: sent again later)
+    any other 4xx (KeyTooLongError, InvalidArgument,
+      MetadataTooLarge, InvalidRequest, ...), 501 Rejected          EIO     (permanent: park, do not retry)
+    anything else (3xx, an odd answer)            ProviderError     EIO
 
-ProviderBusy is a ProviderUnavailable (callers answer from their cache as for an outage) that
-ProviderHealth never counts toward "down": the server answered.
-    EntityTooLarge                                TooLarge          EFBIG
-    anything else                                 ProviderError     EIO
+ProviderBusy is a ProviderUnavailable, so the retry policy retries it (after at least a short
+pause) and callers answer from their cache as for an outage; ProviderHealth never counts it
+toward "down". A server that answers 5xx is answering: when the write retries run out on busy
+answers, the write methods raise a plain ProviderError (S3Provider._write), which the uploader
+retries later and which says nothing of whether the server can be reached. Only a request that
+got no whole answer ends as ProviderUnavailable. Rejected, Conflict and TooLarge are the
+permanent outcomes: retrying the same request cannot succeed.
 
 Messages name the object and the endpoint, never credentials.
 """
@@ -30,10 +40,22 @@ DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyI
 BUSY_CODES = frozenset({"SlowDown", "503", "500", "502", "504", "RequestTimeout", "InternalError",
                         "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded"})
 TOO_LARGE_CODES = frozenset({"EntityTooLarge"})
+#: the object at the key is not the version the request's condition named (409: a race with another writer)
+CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+#: 409s that mean "another operation is under way on this resource": try again
+BUSY_CONFLICT_CODES = frozenset({"OperationAborted"})
+#: 4xx codes that say this body arrived damaged (a cut or changed upload): sending it again may work
+DAMAGED_BODY_CODES = frozenset({"IncompleteBody", "BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 NO_BUCKET = "NoSuchBucket"
 #: HTTP statuses a server answers when it is overloaded or failing for the moment
 TOO_MANY_REQUESTS = 429
+REQUEST_TIMEOUT = 408
+PRECONDITION_FAILED = 412
+CONFLICT = 409
+CLIENT_ERROR = 400
 SERVER_ERROR = 500
+#: the server does not implement what was asked (a header, a request): permanent, unlike the other 5xx
+NOT_IMPLEMENTED = 501
 NOT_FOUND = 404
 FORBIDDEN = 403
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
@@ -76,10 +98,17 @@ class ErrorTable:
             return errors.NotFound(what)
         if code in DENIED_CODES or status == FORBIDDEN:
             return errors.AccessDenied(f"{what}: access denied ({code or status}); check the credentials")
-        if code in BUSY_CODES or status >= SERVER_ERROR or status == TOO_MANY_REQUESTS:
-            return errors.ProviderBusy(f"{what}: {self.endpoint} answered {code or status}", retry_after=retry_after)
+        if code in CONFLICT_CODES or status == PRECONDITION_FAILED or (status == CONFLICT and not code):
+            return errors.Conflict(f"{what}: changed by another writer ({code or status})")
         if code in TOO_LARGE_CODES:
             return errors.TooLarge(f"{what}: {self.endpoint} answered {code}: {message}".rstrip(": "))
+        if (code in BUSY_CODES or code in BUSY_CONFLICT_CODES or status in (TOO_MANY_REQUESTS, REQUEST_TIMEOUT)
+                or (status >= SERVER_ERROR and status != NOT_IMPLEMENTED)):
+            return errors.ProviderBusy(f"{what}: {self.endpoint} answered {code or status}", retry_after=retry_after)
+        if code in DAMAGED_BODY_CODES:
+            return errors.ProviderError(f"{what}: {code}: {message}".rstrip(": "))
+        if CLIENT_ERROR <= status < SERVER_ERROR or status == NOT_IMPLEMENTED:
+            return errors.Rejected(f"{what}: {code or status}: {message}".rstrip(": "))
         return errors.ProviderError(f"{what}: {code or status}: {message}".rstrip(": "))
 
     def body(self, what: str, status: int, body: bytes, *, retry_after: float | None = None) -> errors.StorefsError:

@@ -3,16 +3,28 @@
 Every request but a multipart transfer goes by requests.py (one attempt each), under the
 retry policy of retry.py; boto3 (boto.py) does multipart uploads and copies, presigned URLs
 and the credential chain. Every failure is a storefs error from errors.py's one table.
+
+Conditions (if_absent, if_match) go to the server as If-None-Match: * / If-Match on the PUT
+(on CompleteMultipartUpload for a multipart one), x-amz-copy-source-if-match on a copy and
+If-Match on a DELETE, once check(writable=True) has seen the server refuse a second
+If-None-Match PUT of a probe object (atomic_conditions). Until then, or where the server
+ignores them, each conditional request is preceded by a HEAD whose ETag is compared here:
+another writer's change between that HEAD and the request is not caught (a window of one
+round trip).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import re
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from ... import errors
@@ -22,10 +34,12 @@ from .boto import Boto
 from .errors import FORBIDDEN, NOT_FOUND, NOT_FOUND_CODES
 from .http import Timeouts
 from .listing import ListPage
-from .requests import DELETE_BATCH, Payload, S3Requests, payload_of
+from .requests import DELETE_BATCH, Payload, S3Requests, conditions, payload_of, quoted
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 COPY_LIMIT = 5 * 1024 ** 3  # CopyObject's ceiling; bigger objects need a multipart copy
 #: a streamed read fetches ranges of at least this size (fewer requests than one per caller's piece)
@@ -34,6 +48,22 @@ STREAM_RANGE = 8 << 20
 PAGE_KEYS = 1000
 MOVED_PERMANENTLY = 301
 BAD_REQUEST = 400
+#: the name of the object check() writes to learn whether the server honours conditions (under the prefix)
+PROBE_PREFIX = ".storefs-probe-"
+PROBE_BODY = b"storefs probe\n"
+_UNSAFE_HOST = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _md5_of(path: str) -> str | None:
+    """The hex MD5 of a file (a single PUT's ETag), or None when it cannot be read."""
+    h = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 class S3Provider(Provider):
@@ -56,6 +86,8 @@ class S3Provider(Provider):
         self.endpoint = self._table.endpoint
         self._requests = S3Requests(self.bucket, self._boto.region, self._table, self._boto.endpoint,
                                     self._boto.frozen_credentials)
+        #: whether the server enforces conditions itself: learnt by check(writable=True), HEAD-compared until then
+        self.atomic_conditions = False
 
     # -- helpers --------------------------------------------------------------------------
     def _key(self, key: str) -> str:
@@ -80,8 +112,9 @@ class S3Provider(Provider):
             full, t, delimiter=delimiter, token=token, max_keys=max_keys))
 
     # -- Provider -------------------------------------------------------------------------
-    def check(self) -> None:
-        """HEAD of the bucket with short timeouts, so a mount with a dead endpoint fails in seconds."""
+    def check(self, *, writable: bool = False) -> None:
+        """HEAD of the bucket with short timeouts, so a mount with a dead endpoint fails in seconds; on a
+        writable mount, also learn whether the server honours conditional writes (a probe object)."""
         what = f"bucket {self.bucket}"
 
         def attempt(timeouts: Timeouts) -> None:
@@ -99,7 +132,44 @@ class S3Provider(Provider):
             raise self._table.body(what, status, answer.body)  # busy answers are retried
 
         self.retry.run(self.retry.check, what, attempt)
-        self._probe_names()
+        if writable:  # probes write (and remove) an object: never on a read-only mount
+            self._probe_conditions()
+            self._probe_names()
+
+    def _probe_conditions(self) -> None:
+        """PUT a probe object with If-None-Match: *, PUT it again the same way (a server that honours the
+        condition answers 412), DELETE it: sets atomic_conditions. A failure never stops the mount: the
+        conditions are then HEAD-compared."""
+        host = _UNSAFE_HOST.sub("_", socket.gethostname().split(".")[0])[:64] or "host"
+        full = self._key(f"{PROBE_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(6)}")
+        what = self._requests.what(full)
+
+        def put(timeouts: Timeouts) -> str | None:
+            return self._requests.put(full, Payload(PROBE_BODY, hashlib.sha256(PROBE_BODY).hexdigest()),
+                                      len(PROBE_BODY), {**conditions(if_absent=True),
+                                                        "content-type": "application/octet-stream"}, timeouts)
+
+        honoured, why = False, "the server stored a second If-None-Match: * PUT over the first"
+        try:
+            self.retry.run(self.retry.check, what, put)
+            try:
+                self.retry.run(self.retry.check, what, put)
+            except errors.Conflict:
+                honoured, why = True, "If-None-Match: * answered 412"
+        except errors.StorefsError as e:
+            why = f"the probe failed: {e}"
+        finally:
+            try:
+                self.retry.run(self.retry.check, what, lambda t: self._requests.delete(full, t))
+            except errors.StorefsError as e:
+                log.warning("%s: removing the conditions probe failed (%s); delete it by hand", what, e)
+        self.atomic_conditions = honoured
+        if honoured:
+            log.info("bucket %s at %s honours conditional writes (%s): storefs relies on them",
+                     self.bucket, self.endpoint, why)
+        else:
+            log.info("bucket %s at %s: conditional writes not confirmed (%s); each conditional write is "
+                     "checked by a HEAD just before it instead (a short race window)", self.bucket, self.endpoint, why)
 
     def _head_info(self, key: str) -> tuple[ObjectInfo, dict[str, str]]:
         """The ObjectInfo of the file at key and the HEAD answer's headers it was read from."""
@@ -207,34 +277,102 @@ class S3Provider(Provider):
                 return
             offset += len(data)
 
-    def put_file(self, key: str, src_path: str, meta: ObjectMeta) -> ObjectInfo:
-        """One PUT below the multipart threshold (the transfer manager's threads cost more than
-        a small file's upload); above it, parts in parallel and then one HEAD for the etag."""
+    def put_file(self, key: str, src_path: str, meta: ObjectMeta, *, if_match: str | None = None,
+                 if_absent: bool = False) -> ObjectInfo:
+        """One PUT below the multipart threshold (the transfer manager's threads cost more than a small file's
+        upload); above it, parts in parallel. The condition rides on the PUT or on the multipart completion
+        (atomic_conditions), or is HEAD-compared just before; a multipart one is HEAD-compared as well (a HEAD
+        costs little beside it, and moto, for one, ignores If-Match on the completion)."""
         full, what = self._key(key), self._what(key)
-        headers = codec.headers_for(meta)
         try:
             with open(src_path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if size < int(self.cfg.multipart_threshold):
-                    return codec.info_from_meta(key, size, self._put(full, payload_of(f, size), size, headers), meta)
+                small = size < int(self.cfg.multipart_threshold)
+                self._expect(key, if_match, if_absent, always=not small)
+                if not self.atomic_conditions:
+                    if_match, if_absent = None, False  # compared above; a server that ignores them gets none
+                if small:
+                    headers = {**codec.headers_for(meta), **conditions(if_match, if_absent)}
+                    etag = self._put(full, payload_of(f, size), size, headers, src_path)
+                    return codec.info_from_meta(key, size, etag, meta)
         except OSError as e:
             raise errors.ProviderError(f"{what}: cannot read the cache file: {e.strerror or e}") from e
-        self._boto.upload_file(src_path, full, {"ContentType": meta.content_type,
-                                                "Metadata": codec.metadata_for(meta)}, what)
-        done = self._head_headers(full)
-        return codec.info_from_meta(key, int(done.get("content-length", 0)), done.get("etag"), meta)
+        try:
+            etag = self._boto.upload_multipart(src_path, full, {"ContentType": meta.content_type,
+                                                                "Metadata": codec.metadata_for(meta)},
+                                               what, if_match=if_match, if_absent=if_absent)
+        except errors.Conflict:
+            self._conflict_or_gone(key, if_match)
+            raise
+        return codec.info_from_meta(key, size, etag, meta)
 
-    def _put(self, full: str, payload: Payload, size: int, headers: dict[str, str]) -> str | None:
-        """One PUT (the write class's retries); its ETag."""
-        return self.retry.run(self.retry.write, self._requests.what(full),
-                              lambda t: self._requests.put(full, payload, size, headers, t))
+    def _expect(self, key: str, if_match: str | None, if_absent: bool, always: bool = False) -> None:
+        """Without atomic conditions (or always): a HEAD just before the write, compared here (Conflict, NotFound)."""
+        if (self.atomic_conditions and not always) or (if_match is None and not if_absent):
+            return
+        try:
+            etag = self._head_info(key)[0].etag
+        except errors.NotFound:
+            if if_match is not None:
+                raise
+            return
+        if if_absent:
+            raise errors.Conflict(f"{self._what(key)}: another writer stored it first")
+        self._same_version(key, etag, if_match)
+
+    def _same_version(self, key: str, etag: str | None, if_match: str | None) -> None:
+        """Conflict unless the etag seen at key is the one if_match names (None: no condition)."""
+        if if_match is not None and etag != codec.strip_etag(if_match):
+            raise errors.Conflict(f"{self._what(key)}: changed by another writer (etag {etag}, "
+                                  f"expected {codec.strip_etag(if_match)})")
+
+    def _conflict_or_gone(self, key: str, if_match: str | None) -> None:
+        """After a failed If-Match: NotFound when the key is gone (as the contract says), else nothing."""
+        if if_match is not None:
+            self._head_info(key)  # raises NotFound when no object is there
+
+    def _write(self, what: str, attempt: Callable[[Timeouts], T]) -> T:
+        """attempt under the write class's retries; busy answers to the last try end as a ProviderError:
+        the server answered, so it is reachable (the uploader retries later, the provider is not down)."""
+        try:
+            return self.retry.run(self.retry.write, what, attempt)
+        except errors.ProviderUnavailable as e:
+            if isinstance(e, errors.ProviderBusy) or isinstance(e.__cause__, errors.ProviderBusy):
+                raise errors.ProviderError(str(e)) from e
+            raise
+
+    def _put(self, full: str, payload: Payload, size: int, headers: dict[str, str],
+             src_path: str | None = None) -> str | None:
+        """One PUT (the write class's retries); its ETag. A conditional PUT retried after an attempt that got no
+        answer may meet its own first attempt: a 412 for an object holding exactly these bytes is a success."""
+        tries = 0
+
+        def attempt(timeouts: Timeouts) -> str | None:
+            nonlocal tries
+            tries += 1
+            return self._requests.put(full, payload, size, headers, timeouts)
+
+        try:
+            return self._write(self._requests.what(full), attempt)
+        except errors.Conflict:
+            key = self._strip(full)
+            if "if-match" in headers:
+                self._conflict_or_gone(key, headers["if-match"])
+            if tries > 1 and src_path is not None:
+                etag = self._head_info(key)[0].etag
+                if etag is not None and etag == _md5_of(src_path):
+                    return etag
+            raise
 
     def set_meta(self, key: str, meta: ObjectMeta) -> ObjectInfo:
         return self.copy(key, key, meta)
 
-    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None) -> ObjectInfo:
-        """Server-side copy; metadata kept or replaced; multipart copy above 5 GiB."""
+    def copy(self, src: str, dst: str, meta: ObjectMeta | None = None, *, if_match: str | None = None) -> ObjectInfo:
+        """Server-side copy; metadata kept or replaced; multipart copy above 5 GiB. if_match: the source's ETag
+        is compared with the HEAD this makes anyway, and sent as x-amz-copy-source-if-match (atomic_conditions)."""
         info, headers = self._head_info(src)
+        self._same_version(src, info.etag, if_match)
+        sent_match = if_match if self.atomic_conditions else None
         src_full, dst_full, what = self._key(src), self._key(dst), self._what(dst)
         if info.size > self.copy_limit:
             if meta is not None:
@@ -242,21 +380,37 @@ class S3Provider(Provider):
             else:  # a multipart copy does not carry metadata over by itself
                 content_type = info.content_type or "application/octet-stream"
                 metadata = codec.user_metadata(headers)
-            self._boto.copy_multipart(src_full, dst_full, {"MetadataDirective": "REPLACE",
-                                                           "ContentType": content_type, "Metadata": metadata}, what)
+            extra = {"MetadataDirective": "REPLACE", "ContentType": content_type, "Metadata": metadata}
+            if sent_match is not None:
+                extra["CopySourceIfMatch"] = quoted(sent_match)
+            self._boto.copy_multipart(src_full, dst_full, extra, what)
             etag = self._head_headers(dst_full).get("etag")
         else:
             replaced = None if meta is None else codec.headers_for(meta)
-            etag = self.retry.run(self.retry.write, what,
-                                  lambda t: self._requests.copy(src_full, dst_full, replaced, t))
+            etag = self._write(what, lambda t: self._requests.copy(src_full, dst_full, replaced, t, sent_match))
         if meta is not None:
             return codec.info_from_meta(dst, info.size, etag, meta)
         info.key, info.etag = dst, codec.strip_etag(etag) or info.etag
         return info
 
-    def delete(self, key: str) -> None:
-        full = self._key(key)
-        self.retry.run(self.retry.write, self._what(key), lambda t: self._requests.delete(full, t))
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """DELETE; already gone is fine. if_match: If-Match sent (atomic_conditions) or HEAD-compared first;
+        Conflict, and nothing removed, when another version is there."""
+        full, what = self._key(key), self._what(key)
+        if if_match is not None and not self.atomic_conditions:
+            try:
+                self._expect(key, if_match, False)
+            except errors.NotFound:
+                return
+            if_match = None
+        try:
+            self._write(what, lambda t: self._requests.delete(full, t, if_match))
+        except errors.Conflict:
+            try:
+                self._head_info(key)
+            except errors.NotFound:
+                return  # some servers answer 412 for a key that is gone: nothing left to keep
+            raise
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Batched delete (1000 keys per request); a missing key is not a failure."""
@@ -271,8 +425,7 @@ class S3Provider(Provider):
 
     def _delete_batch(self, fulls: Sequence[str]) -> Sequence[tuple[str, str]]:
         """One DeleteObjects request (the write class's retries); (key, code) of the keys not deleted."""
-        return self.retry.run(self.retry.write, self._requests.what(fulls[0]),
-                              lambda t: self._requests.delete_batch(fulls, t))
+        return self._write(self._requests.what(fulls[0]), lambda t: self._requests.delete_batch(fulls, t))
 
     def head_dir(self, prefix: str) -> ObjectInfo | None:
         """HEAD of the marker 'prefix/': None when there is none or it carries no metadata (SeaweedFS 4.x drops it)."""
@@ -293,7 +446,7 @@ class S3Provider(Provider):
         marker = prefix if prefix.endswith("/") else prefix + "/"
         headers = codec.headers_for(meta)
         headers["content-type"] = codec.DIR_CONTENT_TYPE
-        self._put(self._key(marker), payload_of(io.BytesIO(b""), 0), 0, headers)
+        self._put(self._key(marker), payload_of(io.BytesIO(b""), 0), 0, headers)  # no condition: idempotent
 
     def remove_dir(self, prefix: str) -> None:
         self.delete(prefix if prefix.endswith("/") else prefix + "/")

@@ -80,6 +80,21 @@ def payload_of(f: BinaryIO, size: int) -> Payload:
     return payload
 
 
+def quoted(etag: str) -> str:
+    """An ETag as the conditional headers take it (in double quotes), whether or not it came with them."""
+    return f'"{etag.strip(chr(34))}"'
+
+
+def conditions(if_match: str | None = None, if_absent: bool = False) -> dict[str, str]:
+    """The headers of a conditional PUT: If-None-Match: * (store only if no object is at the key), or
+    If-Match: "etag" (only if the object there is that version); none for an unconditional one."""
+    if if_absent:
+        return {"if-none-match": "*"}
+    if if_match is not None:
+        return {"if-match": quoted(if_match)}
+    return {}
+
+
 class S3Requests:
     """Single attempts of the hot requests on one bucket; safe to share between threads."""
 
@@ -165,7 +180,7 @@ class S3Requests:
         what = self.what(full)
         headers = {"range": f"bytes={offset}-{offset + length - 1}"}
         if if_match:
-            headers["if-match"] = f'"{if_match}"'
+            headers["if-match"] = quoted(if_match)
         answer = self._send("GET", self._object(full), "", headers, timeouts, what, limit=length)
         if answer.status == RANGE_NOT_SATISFIABLE:  # InvalidRange: the object ends before offset
             return b"", answer.headers
@@ -176,7 +191,7 @@ class S3Requests:
         return answer.body, answer.headers
 
     def put(self, full: str, payload: Payload, size: int, headers: dict[str, str], timeouts: Timeouts) -> str | None:
-        """PUT payload as full with headers (content-type, x-amz-meta-*) and return its ETag."""
+        """PUT payload as full with headers (content-type, x-amz-meta-*, conditions()) and return its ETag."""
         what = self.what(full)
         answer = self._send("PUT", self._object(full), "", {**headers, "content-length": str(size)}, timeouts,
                             what, payload)
@@ -184,10 +199,14 @@ class S3Requests:
             raise self._fail(what, answer)
         return answer.headers.get("etag")
 
-    def copy(self, src_full: str, dst_full: str, headers: dict[str, str] | None, timeouts: Timeouts) -> str | None:
-        """CopyObject of src_full to dst_full: metadata kept (headers None) or replaced by headers; the new ETag."""
+    def copy(self, src_full: str, dst_full: str, headers: dict[str, str] | None, timeouts: Timeouts,
+             if_match: str | None = None) -> str | None:
+        """CopyObject of src_full to dst_full: metadata kept (headers None) or replaced by headers; the new ETag.
+        if_match: only while the source is that version (x-amz-copy-source-if-match; else Conflict)."""
         what = self.what(dst_full)
         sent = {"x-amz-copy-source": quote(f"{self.bucket}/{src_full}", safe="/~"), "content-length": "0"}
+        if if_match is not None:
+            sent["x-amz-copy-source-if-match"] = quoted(if_match)
         if headers is None:
             sent["x-amz-metadata-directive"] = "COPY"
         else:
@@ -202,10 +221,11 @@ class S3Requests:
             raise self._table.odd(what, "a copy's answer without an ETag")
         return found
 
-    def delete(self, full: str, timeouts: Timeouts) -> None:
-        """DELETE full; a key already gone is not an error."""
+    def delete(self, full: str, timeouts: Timeouts, if_match: str | None = None) -> None:
+        """DELETE full; a key already gone is not an error; if_match: only that version (else Conflict)."""
         what = self.what(full)
-        answer = self._send("DELETE", self._object(full), "", {}, timeouts, what)
+        headers = {} if if_match is None else {"if-match": quoted(if_match)}
+        answer = self._send("DELETE", self._object(full), "", headers, timeouts, what)
         if not 200 <= answer.status < 300 and answer.status != NOT_FOUND:
             error = self._fail(what, answer)
             if not isinstance(error, errors.NotFound):
