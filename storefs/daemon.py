@@ -44,6 +44,7 @@ from .metrics import MetricsServer, hit_ratio
 from .providers.base import Provider
 from .providers.factory import make_providers
 from .view import RemoteView
+from .view.aliases import with_aliases
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
                *, clock: Callable[[], float] = time.monotonic) -> Core:
     """The core's parts, each given what it uses, behind the facade; the journal's leftovers are recovered
     first. clock (monotonic seconds) times quiet delays, waits and recent deletes: tests inject one."""
+    providers = with_aliases(providers)  # a file beside a folder of its name is known by its alias
     settings = Settings.from_config(cfg, mounted_at=time.time())
     index = EntryIndex(journal, read_only=settings.read_only)
     recover(index, data)

@@ -13,7 +13,15 @@ import stat
 from .. import keys
 from ..cache.datafiles import DataFiles
 from ..cache.journal import OP_MKDIR, Entry, State
-from ..errors import NameTooLong, NotADirectory, NotFound, ProviderUnavailable, ReadOnly, StorefsError
+from ..errors import (
+    LayoutError,
+    NameTooLong,
+    NotADirectory,
+    NotFound,
+    ProviderUnavailable,
+    ReadOnly,
+    StorefsError,
+)
 from ..layout import Layout
 from ..providers.base import ObjectInfo, Provider
 from ..view import RemoteView
@@ -74,6 +82,39 @@ class Tree:
     def route(self, key: str, size: int) -> str:
         """The provider a file of this size at key goes to (the routing rules)."""
         return self.cfg.provider_for(self.layout.type_of(keys.as_path(key)), size)
+
+    # ---- provider limits, checked at the operation ----------------------------------------
+
+    def stored_in(self, key: str, is_dir: bool = False) -> list[str]:
+        """The providers that may store key: for a file, every one its type's routing rules pick at
+        any size (a file that grows past a rule's size still fits); a folder adds its marker's."""
+        type_ = self.layout.type_of(keys.as_path(key))
+        out: list[str] = [self.cfg.default_provider] if is_dir else []
+        for rule in self.cfg.routing_rules:
+            if rule.type is not None and rule.type != type_:
+                continue
+            if rule.provider not in out:
+                out.append(rule.provider)
+            if rule.size_gt is None and rule.size_lt is None:
+                return out  # this rule takes every size: no later rule is reached
+        if self.cfg.default_provider not in out:
+            out.append(self.cfg.default_provider)
+        return out
+
+    def check_key(self, key: str, is_dir: bool = False) -> None:
+        """Refuse a key one of its providers cannot store as given (NameTooLong, LayoutError), before
+        anything is written. Provider.check_key is pure and local by contract: it never blocks, so
+        callers may run it anywhere (they do it before taking the core lock all the same)."""
+        stored = keys.dir_key(key) if is_dir else key
+        for pname in self.stored_in(key, is_dir):
+            self.providers[pname].check_key(stored)
+
+    def check_new(self, key: str, is_dir: bool = False) -> None:
+        """A new entry at key (nothing is there): no alias name of storefs' own, and a key its providers store."""
+        if keys.is_alias(key):
+            raise LayoutError(f"{keys.name(key)}: names ending in {keys.FILE_SUFFIX} are storefs' own "
+                              "(a file beside a folder of the same name); no such file is here")
+        self.check_key(key, is_dir)
 
     # ---- finding a key ----------------------------------------------------------------
 
