@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from typing import Any
 
 from .. import keys
 from ..cache.datafiles import DataFiles
@@ -316,6 +317,22 @@ class Tree:
             info = None
         if info is None or not still_valid(e, info):
             self.evict(e)
+
+    def refresh(self, key: str) -> dict[str, Any]:
+        """Drop what the mount holds of the providers' side at and below key (`storefs refresh`): cached
+        listings and heads, and clean closed cached copies with the attributes they carry, so the next
+        access asks the providers. Pending changes, open files and folders' kept metadata stay."""
+        prefixes, named = self.remote.drop_below(key)
+        below = keys.prefix(key)
+        with self.state.lock:
+            clean = [e for k, e in self.index.entries.items()
+                     if (k == key or k.startswith(below)) and e.kind == "file" and not e.pending
+                     and k not in self.state.nodes]
+        evicted = [e.key for e in clean if self.evict(e)]
+        log.info("refresh %s: dropped %d listings, %d cached names, %d cached copies", key or "/", len(prefixes),
+                 len(named), len(evicted))
+        return {"listings": len(prefixes), "names": len(set(named)), "cached_files": len(evicted),
+                "keys": sorted({key, *(p.rstrip("/") for p in prefixes), *named, *evicted})}
 
     def eviction_candidates(self) -> list[Entry]:
         """Clean, closed cached copies, least recently used first."""

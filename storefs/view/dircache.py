@@ -191,8 +191,8 @@ class DirCache:
                 self._put_head(key, beside, now, self.ttl)
                 self._put_head(keys.alias(key), None, now, self.ttl)
                 self._recorded.setdefault(prefix, {}).update(changes)
-                hit = self._listings[prefix]
-                hit.names = overlay(hit.names, changes)
+                shown = self._listings[prefix]  # _file_beside found the file in it
+                shown.names = overlay(shown.names, changes)
             elif found is None and several_providers:
                 self._heads.pop(key, None)  # another provider may hold the key too
                 self._forget_listing(prefix)

@@ -1,7 +1,10 @@
 """Provider limits checked at the operation (issue 20, item 3, the core's side), in-process on a memory
 provider that enforces S3's limits: a key over 1,024 bytes answers ENAMETOOLONG at create, mkdir, mknod,
 symlink and rename (a folder's deepest key included), a name the server would change EINVAL, and user
-metadata over 2 KiB E2BIG at setxattr; nothing refused is written, journaled or uploaded."""
+metadata over 2 KiB E2BIG at setxattr; nothing refused is written, journaled or uploaded.
+
+Also `storefs refresh`'s core side (Tree.refresh): what the mount cached of the providers at and below a
+key is dropped, pending changes are kept."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from coretier import build
+from test_file_and_prefix import put, read
 
 from storefs.core import Caller, Core
 from storefs.errors import LayoutError, MetadataTooLarge, NameTooLong, StorefsError
@@ -176,3 +180,42 @@ def test_setxattr_on_a_folder_is_checked_too(core: Core) -> None:
     core.setxattr(ART, "user.small", b"v")
     assert core.getxattr(ART, "user.small") == b"v"
 
+
+# ---- storefs refresh ---------------------------------------------------------------------------
+
+
+def test_refresh_drops_what_the_mount_cached_below_a_folder_and_keeps_pending_changes(tmp_path: Path) -> None:
+    provider = MemoryProvider("mem")
+    put(provider, f"{ART}/seen.png", b"old bytes")
+    put(provider, f"{ART}/sub/deep.png", b"deep")
+    put(provider, "t/image/b/other/kept.png", b"elsewhere")
+    core = build(tmp_path, {"mem": provider}, fuse="{dir_cache_ttl: 600s, negative_timeout: 600s}")
+    core.start()
+    try:
+        assert read(core, f"{ART}/seen.png") == b"old bytes"
+        assert core.readdir(f"{ART}/sub") == ["deep.png"]
+        assert core.readdir("t/image/b/other") == ["kept.png"]
+        write_pending = f"{ART}/mine.png"
+        fh = core.create(write_pending, 0o644, 0, 0, exclusive=True)
+        core.write(fh, b"not uploaded yet", 0)
+        core.release(fh)
+        # another client: new bytes of the same size and a new mode, a new file, a deleted one
+        put(provider, f"{ART}/seen.png", b"new bytes", mode=0o100600)
+        put(provider, f"{ART}/sub/new.png", b"new")
+        provider.delete("t/image/b/other/kept.png")
+        assert stat.S_IMODE(core.getattr(f"{ART}/seen.png").mode) == 0o644  # cached for the TTL
+        assert core.readdir(f"{ART}/sub") == ["deep.png"]
+
+        dropped = core.parts.tree.refresh(ART)
+        assert dropped["listings"] == 1 and dropped["cached_files"] == 1  # sub/ (ART was never listed)
+        assert f"{ART}/seen.png" in dropped["keys"] and f"{ART}/sub/deep.png" in dropped["keys"]
+        assert stat.S_IMODE(core.getattr(f"{ART}/seen.png").mode) == 0o600
+        assert read(core, f"{ART}/seen.png") == b"new bytes"
+        assert core.readdir(f"{ART}/sub") == ["deep.png", "new.png"]
+        assert core.readdir("t/image/b/other") == ["kept.png"]  # not below the refreshed folder
+        assert read(core, write_pending) == b"not uploaded yet"  # a pending change is never dropped
+        assert core.status()["pending"] >= 1
+        assert core.flush_all(30)
+        assert provider.get_range(write_pending, 0, 100) == b"not uploaded yet"
+    finally:
+        core.stop()

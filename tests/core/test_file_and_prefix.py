@@ -25,12 +25,12 @@ FILE = f"{ART}/h1"
 ALIAS = f"{ART}/h1{FILE_SUFFIX}"
 
 
-def put(provider: MemoryProvider, key: str, data: bytes) -> None:
-    """An object written by another S3 client."""
+def put(provider: MemoryProvider, key: str, data: bytes, mode: int = 0o100644) -> None:
+    """An object written by another S3 client, behind the mount's back."""
     with tempfile.NamedTemporaryFile() as src:
         src.write(data)
         src.flush()
-        provider.put_file(key, src.name, ObjectMeta(mtime=1.0, mode=0o100644))
+        provider.put_file(key, src.name, ObjectMeta(mtime=1.0, mode=mode))
 
 
 def read(core: Core, key: str) -> bytes:
