@@ -40,9 +40,11 @@ MAX_READ = MAX_IO - 16 * 1024
 
 
 
-_invalidate_path = mfusepy._libfuse.fuse_invalidate_path  # libfuse3's high-level inode invalidation
-_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
-_invalidate_path.restype = ctypes.c_int
+#: libfuse3's high-level inode invalidation (`storefs refresh`); None in a libfuse without it
+_invalidate_path = getattr(mfusepy._libfuse, "fuse_invalidate_path", None)
+if _invalidate_path is not None:
+    _invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+    _invalidate_path.restype = ctypes.c_int
 
 
 def shown(path: object) -> str:
@@ -166,7 +168,7 @@ class StorefsOperations(mfusepy.Operations):
     def invalidate(self, path: str) -> bool:
         """Have the kernel drop the attributes and cached pages of path ('/a/b') now rather than at its
         attr_timeout (`storefs refresh`); False when the kernel holds nothing of it."""
-        if not self._fuse:
+        if not self._fuse or _invalidate_path is None:
             return False
         return bool(_invalidate_path(self._fuse, os.fsencode(path)) == 0)
 
