@@ -345,6 +345,19 @@ def cmd_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    try:
+        mnt, rel = find_mount(args.path)
+        answer = next(iter(request(mnt, {"cmd": "refresh", "path": rel})))
+    except NotRunning as e:
+        raise CliError(str(e)) from None
+    if "error" in answer:
+        raise CliError(f"{args.path}: {answer['error']}")
+    print(f"{args.path}: dropped {answer['listings']} cached listings, {answer['names']} cached names, "
+          f"{answer['cached_files']} cached copies; the kernel forgot {answer['kernel']} paths")
+    return 0
+
+
 def cmd_install_helper(args: argparse.Namespace) -> int:
     from .mount_helper import install
     try:
@@ -403,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", default="60s", help="how long to wait for the file's upload (default 60s)")
     r.add_argument("path")
     r.set_defaults(func=cmd_url)
+
+    rf = sub.add_parser("refresh", help="drop the mount's cached listings and attributes at and below a path "
+                                        "(pending changes stay), so the next access asks the provider")
+    rf.add_argument("path")
+    rf.set_defaults(func=cmd_refresh)
 
     h = sub.add_parser("install-helper", help="install mount.fuse.storefs, for /etc/fstab and mount -t fuse.storefs")
     h.add_argument("--dir", default="/sbin", help="where mount(8) looks for helpers (default /sbin)")

@@ -47,6 +47,7 @@ from .metrics import MetricsServer, hit_ratio
 from .providers.base import Provider
 from .providers.factory import make_providers
 from .view import RemoteView
+from .view.aliases import with_aliases
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     """The core's parts, each given what it uses, behind the facade; the journal's leftovers are recovered
     first, then clean copies evicted where the cache or its disk is over its limits. clock (monotonic seconds)
     times quiet delays, waits and recent deletes, statvfs measures the cache disk: tests inject them."""
+    providers = with_aliases(providers)  # a file beside a folder of its name is known by its alias
     settings = Settings.from_config(cfg, mounted_at=time.time())
     index = EntryIndex(journal, read_only=settings.read_only)
     recover(index, data)
@@ -232,6 +234,16 @@ def file_url(ns: Core, path: str, expires: float, wait: float) -> dict:
     return {"url": url, "provider": provider, "key": key}
 
 
+def refresh_path(ns: Core, path: str, invalidate: Callable[[str], bool] | None) -> dict:
+    """`storefs refresh`: drop what the mount cached of the providers at and below a mount path, and
+    have the kernel drop its attributes and pages of those paths (invalidate, where the edge can)."""
+    key = mount_key(ns, path)
+    dropped = ns.parts.tree.refresh(key)
+    paths = [p for k in dropped.pop("keys") if (p := keys.to_mount_path(ns.root, k)) is not None]
+    kernel = sum(1 for p in paths if invalidate(p)) if invalidate is not None else 0
+    return {"path": "/" + path.strip("/"), **dropped, "kernel": kernel}
+
+
 def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> None:
     """Mount and serve until unmounted; ready(None) once usable, ready(message) if it cannot start."""
     mountpoint = os.path.realpath(mountpoint)
@@ -263,6 +275,8 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         if cmd == "url":
             return file_url(ns, str(req.get("path", "")), float(req.get("expires") or 3600),
                              float(req.get("wait") or URL_WAIT))
+        if cmd == "refresh":
+            return refresh_path(ns, str(req.get("path", "")), ops.invalidate)
         if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
             return {"keys": ns.pending_keys()}
         return {"error": f"unknown command {cmd!r}"}

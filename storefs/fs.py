@@ -40,6 +40,13 @@ MAX_READ = MAX_IO - 16 * 1024
 
 
 
+#: libfuse3's high-level inode invalidation (`storefs refresh`); None in a libfuse without it
+_invalidate_path = getattr(mfusepy._libfuse, "fuse_invalidate_path", None)
+if _invalidate_path is not None:
+    _invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+    _invalidate_path.restype = ctypes.c_int
+
+
 def shown(path: object) -> str:
     """A path for a log line: newlines, control characters and undecodable bytes escaped."""
     return repr(path)[1:-1] if isinstance(path, str) else str(path)
@@ -126,6 +133,7 @@ class StorefsOperations(mfusepy.Operations):
         self._dir_items: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
         self._on_init = on_init
         self._on_destroy = on_destroy
+        self._fuse: int | None = None  # libfuse's struct fuse, for invalidations sent from other threads
 
     def _key(self, path: str | None) -> str:
         """The object key of a mount path; a single-tenant mount's root is the tenant's folder."""
@@ -151,9 +159,18 @@ class StorefsOperations(mfusepy.Operations):
             # rename as the unlink): with hard_remove, fstat on such a file would fail (ESTALE)
             config_3.hard_remove = 0
             config_3.use_ino = 0
+        # init runs in a request context: its struct fuse is the handle invalidate() needs later
+        self._fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
         self.ns.start()
         if self._on_init:
             self._on_init()
+
+    def invalidate(self, path: str) -> bool:
+        """Have the kernel drop the attributes and cached pages of path ('/a/b') now rather than at its
+        attr_timeout (`storefs refresh`); False when the kernel holds nothing of it."""
+        if not self._fuse or _invalidate_path is None:
+            return False
+        return bool(_invalidate_path(self._fuse, os.fsencode(path)) == 0)
 
     def destroy(self, path: str) -> None:
         if self._on_destroy:

@@ -67,3 +67,33 @@ def from_mount_path(root: str, path: str | None) -> str:
     if not path or path == "/":
         return root
     return f"{root}{path}" if root else path[1:]
+
+
+def to_mount_path(root: str, key: str) -> str | None:
+    """The path below the mount of key ('/x/y'), None for a key outside a single-tenant mount's root."""
+    if key == root:
+        return "/"
+    if not root:
+        return "/" + key
+    return key[len(root):] if key.startswith(root + "/") else None
+
+
+#: the name a file takes beside a folder of the same name: when a provider holds both 'a/h1' and keys
+#: below 'a/h1/' (as other S3 tools may write), the folder keeps 'h1' and the file shows as 'h1.storefs-file'
+FILE_SUFFIX = ".storefs-file"
+
+
+def is_alias(key: str) -> bool:
+    """Whether the last component of key is a file's name beside a folder of the same name ('h1.storefs-file')."""
+    last = name(key)
+    return last.endswith(FILE_SUFFIX) and len(last) > len(FILE_SUFFIX)
+
+
+def alias(key: str) -> str:
+    """'a/h1' -> 'a/h1.storefs-file': the mount's key of the file at key beside folder 'a/h1/'."""
+    return key + FILE_SUFFIX
+
+
+def object_key(key: str) -> str:
+    """The provider's key of a mount key: 'a/h1.storefs-file' -> 'a/h1'; any other key is itself."""
+    return key[:-len(FILE_SUFFIX)] if is_alias(key) else key

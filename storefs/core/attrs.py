@@ -6,6 +6,7 @@ is taken to commit; a row that changed meanwhile carries the change instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from .files import PERM_BITS
 from .schedule import Schedule
 from .tree import Tree
 from .types import TRUSTED, Attr, Caller, Found
+from .writeback import object_meta
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,14 @@ class Attrs:
                      mode=info.mode or tree.settings.file_mode, uid=info.uid, gid=info.gid,
                      xattrs=dict(info.xattrs), remote=True, etag=info.etag)
 
-    def _change_meta(self, key: str, change: Callable[[Entry], dict[str, Any]]) -> None:
+    def _change_meta(self, key: str, change: Callable[[Entry], dict[str, Any]], check: bool = True) -> None:
         """Apply the fields change returns for key's row (it raises to refuse); ctime moves, the provider
-        hears of it. What the row must start from is asked of the provider first, without the core lock."""
+        hears of it. What the row must start from is asked of the provider first, without the core lock,
+        and (check) the metadata as it would be stored is checked against the provider's limit (E2BIG) there too."""
         self.tree.writable(key)
         e = self._meta_entry(key)
+        if check:
+            self._check_meta(e, change(e))
         with self.state.lock:
             cur = self.index.get(e.key)
             if cur is not None and cur is not e:
@@ -70,6 +75,17 @@ class Attrs:
             self.index.amend(e, **fields, ctime=time.time(), op=op, state=State.DIRTY, generation=e.generation + 1)
             self.index.put(e)
         self.schedule.changed(e.key)
+
+    def _check_meta(self, e: Entry, fields: dict[str, Any]) -> None:
+        """Refuse a change whose metadata, as the upload would store it, a provider of e cannot hold
+        (MetadataTooLarge). Provider.check_meta is pure and local by contract: no request, no wait."""
+        after = dataclasses.replace(e, **fields, ctime=time.time())
+        meta = object_meta(after, self.tree.layout)
+        if e.kind == "dir":
+            self.tree.providers[e.provider].check_meta(e.key, meta)
+            return
+        for pname in self.tree.stored_in(e.key):
+            self.tree.providers[pname].check_meta(e.key, meta)
 
     # ---- mode, owner, times --------------------------------------------------------------
 
@@ -206,4 +222,5 @@ class Attrs:
         _, xattrs = self._xattrs(key)
         if name not in xattrs:
             raise NoAttribute(name)
-        self._change_meta(key, lambda e: {"xattrs": {k: v for k, v in e.xattrs.items() if k != name}})
+        # unchecked: removing is how metadata over a provider's limit is brought back under it
+        self._change_meta(key, lambda e: {"xattrs": {k: v for k, v in e.xattrs.items() if k != name}}, check=False)

@@ -106,6 +106,7 @@ class Files:
             fh = self.open(key, os.O_RDWR, Caller(uid, gid))
             self.truncate(key, 0, fh)
             return fh
+        tree.check_new(key)
         uid, gid, _ = tree.new_owner(parent, uid, gid)
         name, fd = self.data.create()  # outside the lock: with no file ready, the disk makes one
         now = time.time()

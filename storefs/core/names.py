@@ -70,6 +70,7 @@ class Names:
         tree.writable(key)
         tree.layout.check_dir(keys.as_path(key))
         parent_key, parent = self._new_name(key)
+        tree.check_new(key, is_dir=True)
         uid, gid, inherit = tree.new_owner(parent, uid, gid)
         perm = (mode & PERM_BITS) | (stat.S_ISGID if inherit else 0)
         now = time.time()
@@ -161,6 +162,7 @@ class Names:
         tree.writable(key)
         tree.layout.check_file(keys.as_path(key))
         parent_key, parent = self._new_name(key)
+        tree.check_new(key)
         uid, gid, _ = tree.new_owner(parent, caller.uid, caller.gid)
         name, fd = tree.data.create()
         try:
@@ -261,6 +263,7 @@ class Names:
             raise IsADirectory(new)
         moves = self._collect_tree(old) if src.is_dir else []
         everything: Moves = [(old, src.is_dir, src), *moves]
+        self._check_targets(old, new, everything, dst is None)
         # what needs a provider's answer is asked now: never under the core lock
         remote_dirs = {path: self._provider_has_dir(path, f) for path, is_dir, f in everything if is_dir}
         dir_rows = {path: tree.prepared(path, f) for path, is_dir, f in everything if is_dir}
@@ -281,6 +284,15 @@ class Names:
             tree.touch_dir(keys.parent(old), old_parent, now)
             if keys.parent(new) != keys.parent(old):
                 tree.touch_dir(keys.parent(new), new_parent, now)
+
+    def _check_targets(self, old: str, new: str, everything: Moves, new_name: bool) -> None:
+        """Every key the rename makes, checked against its providers' limits before anything moves:
+        the folder's whole contents were listed for the move, so a deep key too long answers here."""
+        tree = self.tree
+        if new_name:
+            tree.check_new(new, everything[0][1])
+        for path, is_dir, _ in everything[1:] if new_name else everything:
+            tree.check_key(new + path[len(old):], is_dir)
 
     def _move_file(self, old: str, new: str, src: Found, remote_xattrs: dict[str, dict[str, bytes]]) -> None:
         """Called with the core lock held; remote_xattrs holds what rename asked before it."""

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import logging
 import stat
+from typing import Any
 
 from .. import keys
 from ..cache.datafiles import DataFiles
 from ..cache.journal import OP_MKDIR, Entry, State
-from ..errors import NameTooLong, NotADirectory, NotFound, ProviderUnavailable, ReadOnly, StorefsError
+from ..errors import (
+    LayoutError,
+    NameTooLong,
+    NotADirectory,
+    NotFound,
+    ProviderUnavailable,
+    ReadOnly,
+    StorefsError,
+)
 from ..layout import Layout
 from ..providers.base import ObjectInfo, Provider
 from ..view import RemoteView
@@ -74,6 +83,39 @@ class Tree:
     def route(self, key: str, size: int) -> str:
         """The provider a file of this size at key goes to (the routing rules)."""
         return self.cfg.provider_for(self.layout.type_of(keys.as_path(key)), size)
+
+    # ---- provider limits, checked at the operation ----------------------------------------
+
+    def stored_in(self, key: str, is_dir: bool = False) -> list[str]:
+        """The providers that may store key: for a file, every one its type's routing rules pick at
+        any size (a file that grows past a rule's size still fits); a folder adds its marker's."""
+        type_ = self.layout.type_of(keys.as_path(key))
+        out: list[str] = [self.cfg.default_provider] if is_dir else []
+        for rule in self.cfg.routing_rules:
+            if rule.type is not None and rule.type != type_:
+                continue
+            if rule.provider not in out:
+                out.append(rule.provider)
+            if rule.size_gt is None and rule.size_lt is None:
+                return out  # this rule takes every size: no later rule is reached
+        if self.cfg.default_provider not in out:
+            out.append(self.cfg.default_provider)
+        return out
+
+    def check_key(self, key: str, is_dir: bool = False) -> None:
+        """Refuse a key one of its providers cannot store as given (NameTooLong, LayoutError), before
+        anything is written. Provider.check_key is pure and local by contract: it never blocks, so
+        callers may run it anywhere (they do it before taking the core lock all the same)."""
+        stored = keys.dir_key(key) if is_dir else key
+        for pname in self.stored_in(key, is_dir):
+            self.providers[pname].check_key(stored)
+
+    def check_new(self, key: str, is_dir: bool = False) -> None:
+        """A new entry at key (nothing is there): no alias name of storefs' own, and a key its providers store."""
+        if keys.is_alias(key):
+            raise LayoutError(f"{keys.name(key)}: names ending in {keys.FILE_SUFFIX} are storefs' own "
+                              "(a file beside a folder of the same name); no such file is here")
+        self.check_key(key, is_dir)
 
     # ---- finding a key ----------------------------------------------------------------
 
@@ -275,6 +317,22 @@ class Tree:
             info = None
         if info is None or not still_valid(e, info):
             self.evict(e)
+
+    def refresh(self, key: str) -> dict[str, Any]:
+        """Drop what the mount holds of the providers' side at and below key (`storefs refresh`): cached
+        listings and heads, and clean closed cached copies with the attributes they carry, so the next
+        access asks the providers. Pending changes, open files and folders' kept metadata stay."""
+        prefixes, named = self.remote.drop_below(key)
+        below = keys.prefix(key)
+        with self.state.lock:
+            clean = [e for k, e in self.index.entries.items()
+                     if (k == key or k.startswith(below)) and e.kind == "file" and not e.pending
+                     and k not in self.state.nodes]
+        evicted = [e.key for e in clean if self.evict(e)]
+        log.info("refresh %s: dropped %d listings, %d cached names, %d cached copies", key or "/", len(prefixes),
+                 len(named), len(evicted))
+        return {"listings": len(prefixes), "names": len(set(named)), "cached_files": len(evicted),
+                "keys": sorted({key, *(p.rstrip("/") for p in prefixes), *named, *evicted})}
 
     def eviction_candidates(self) -> list[Entry]:
         """Clean, closed cached copies, least recently used first."""

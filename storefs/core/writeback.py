@@ -15,6 +15,7 @@ from .. import keys
 from ..cache.journal import OP_COPY, OP_DELETE, OP_META, OP_MKDIR, OP_PUT, OP_RMDIR, TOMBSTONES, Entry, State
 from ..cache.uploader import UploadJobs
 from ..errors import NotFound
+from ..layout import Layout
 from ..providers.base import ObjectInfo, ObjectMeta, Provider
 from .schedule import Schedule
 from .tree import Tree
@@ -31,6 +32,18 @@ BLOCKED_RECHECK = 0.2
 MARKER_RECHECK = 0.5
 #: the longest error text a row keeps
 MAX_ERROR_TEXT = 500
+
+
+def object_meta(e: Entry, layout: Layout) -> ObjectMeta:
+    """The metadata an upload of row e stores (setxattr checks it against the provider's limit first)."""
+    if e.kind == "dir":
+        ct = DIR_CONTENT_TYPE
+    elif stat.S_ISREG(e.mode):
+        ct = layout.content_type(keys.as_path(e.key))
+    else:
+        ct = OCTET_STREAM  # links and special files, as s3fs stores them
+    return ObjectMeta(mtime=e.mtime, mode=e.mode, uid=e.uid, gid=e.gid, content_type=ct, xattrs=dict(e.xattrs),
+                      ctime=e.ctime or None, atime=e.atime or None, rdev=e.rdev or None)
 
 
 class Writeback:
@@ -68,14 +81,7 @@ class Writeback:
             return 0.0
 
     def _meta_of(self, e: Entry) -> ObjectMeta:
-        if e.kind == "dir":
-            ct = DIR_CONTENT_TYPE
-        elif stat.S_ISREG(e.mode):
-            ct = self.tree.layout.content_type(keys.as_path(e.key))
-        else:
-            ct = OCTET_STREAM  # links and special files, as s3fs stores them
-        return ObjectMeta(mtime=e.mtime, mode=e.mode, uid=e.uid, gid=e.gid, content_type=ct, xattrs=dict(e.xattrs),
-                          ctime=e.ctime or None, atime=e.atime or None, rdev=e.rdev or None)
+        return object_meta(e, self.tree.layout)
 
     def sync(self, key: str) -> None:
         """Carry key's pending operation to its provider; raise to have it retried."""

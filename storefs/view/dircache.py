@@ -69,6 +69,7 @@ class DirCache:
         # storefs' own recent changes by folder and name: laid over listings fetched while they landed
         self._recorded: dict[str, dict[str, tuple[float, Found | None]]] = {}
         self._recorded_pruned = 0.0
+        self._dropped: dict[str, float] = {}  # folders `storefs refresh` dropped, and when: older fetches are stale
 
     # -- listings ------------------------------------------------------------------------
 
@@ -118,7 +119,8 @@ class DirCache:
         with self._lock:
             # another program's change noticed while we listed makes this listing old already:
             # keep it for outages, but do not serve it as fresh; storefs' own changes are known
-            fresh = self._epochs.get(prefix, 0) == epoch
+            fresh = self._epochs.get(prefix, 0) == epoch and not any(
+                prefix.startswith(p) and started <= t for p, t in self._dropped.items())
             self._prune()
             # a change recorded before the fetch began is in it already; a later one may not be
             since = {n: v for n, v in self._recorded.get(prefix, {}).items() if v[0] >= started}
@@ -177,15 +179,28 @@ class DirCache:
     def record(self, key: str, found: Found | None, several_providers: bool) -> None:
         """storefs itself just changed key (found: what is there now, None: gone): the cached
         listing of its folder is updated rather than dropped, and kept for listings under way."""
+        removed_dir = found is None and key.endswith("/")
         key = key.rstrip("/")
         prefix, name = keys.split(key)
         now = self._clock()
         with self._lock:
-            if found is None and several_providers:
+            beside = self._file_beside(prefix, name) if removed_dir else None
+            if beside is not None:
+                # the folder went; the file beside it, shown as name.storefs-file, takes its own name again
+                changes = {name: (now, beside), keys.name(keys.alias(key)): (now, None)}
+                self._put_head(key, beside, now, self.ttl)
+                self._put_head(keys.alias(key), None, now, self.ttl)
+                self._recorded.setdefault(prefix, {}).update(changes)
+                shown = self._listings[prefix]  # _file_beside found the file in it
+                shown.names = overlay(shown.names, changes)
+            elif found is None and several_providers:
                 self._heads.pop(key, None)  # another provider may hold the key too
                 self._forget_listing(prefix)
             else:
-                self._put_head(key, found, now, self.ttl)  # storefs knows: absent for a TTL too
+                if removed_dir:  # an object store may hold a file of its name, which the mount has not seen
+                    self._heads.pop(key, None)
+                else:
+                    self._put_head(key, found, now, self.ttl)  # storefs knows: absent for a TTL too
                 self._recorded.setdefault(prefix, {})[name] = (now, found)
                 hit = self._listings.get(prefix)
                 if hit is not None:
@@ -196,6 +211,15 @@ class DirCache:
             if found is None or not found[1].is_dir:  # a folder's marker landing leaves its children as they are
                 self._forget_listing(keys.dir_key(key))
             self._prune()
+
+    def _file_beside(self, prefix: str, name: str) -> Found | None:
+        """The file prefix's cached listing shows beside folder name (as name.storefs-file), under its
+        own key, or None. Called with the lock held."""
+        hit = self._listings.get(prefix)
+        found = hit.names.get(name + keys.FILE_SUFFIX) if hit is not None else None
+        if found is None:
+            return None
+        return found[0], dataclasses.replace(found[1], key=prefix + name)
 
     def forget(self, key: str) -> None:
         """Expire what is cached about key and its folder, after another program changed it."""
@@ -211,6 +235,28 @@ class DirCache:
                 self._forget_listing(p)
                 self._recorded.get(p, {}).pop(name, None)
             self._prune()
+
+    def drop_below(self, key: str) -> tuple[list[str], list[str]]:
+        """Drop the listings and heads at and below key (a file or folder, '' the root), and expire the
+        listing of its folder, which carries key's size and etag: the next lookup asks the provider.
+        Returns the folder prefixes whose listings were dropped and every key they or a head named."""
+        key = key.rstrip("/")
+        below = keys.prefix(key)  # '' (the root): everything
+        named: list[str] = []
+        with self._lock:
+            prefixes = [p for p in self._listings if p.startswith(below)]
+            for p in prefixes:
+                named += [p + n.rstrip("/") for n in self._listings.pop(p).names]
+                self._epochs[p] = self._epochs.get(p, 0) + 1  # a fetch under way is not fresh either
+            for p in [p for p in self._big if p.startswith(below)]:
+                del self._big[p]
+            self._dropped[below] = self._clock()  # a listing being fetched now is from before
+            heads = [k for k in self._heads if k == key or k.startswith(below)]
+            for k in heads:
+                del self._heads[k]
+            if key:
+                self._forget_listing(keys.split(key)[0])
+        return prefixes, [k.rstrip("/") for k in heads] + named
 
     def _forget_listing(self, prefix: str) -> None:
         hit = self._listings.get(prefix)
@@ -231,6 +277,7 @@ class DirCache:
             self._recorded = {p: kept for p, names in self._recorded.items()
                               if (kept := {n: v for n, v in names.items() if v[0] > keep_after})}
             self._recorded_pruned = now
+            self._dropped = {p: t for p, t in self._dropped.items() if t > keep_after}
         if len(self._epochs) > 4 * self._t.max_listings:
             self._epochs.clear()  # a fetch under way then caches as expired: harmless
         if len(self._big) > self._t.max_listings:

@@ -31,6 +31,8 @@ from .tunables import DEFAULT_TUNABLES, ViewTunables
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: the provider kind whose keys are a disk's paths: a file and a folder of one name never both exist there
+DISK_KIND = "local"
 
 
 class RemoteView:
@@ -297,13 +299,23 @@ class RemoteView:
         """key asked of each provider in turn: a HEAD, then a folder probe; cached as a head."""
         started = self._clock()
         found: Found | None = None
+        alias = keys.is_alias(key)
         for pname in self.order:
             p = self.providers[pname]
             try:
                 found = (pname, self.health.call(pname, p.head, key))
-                break
             except NotFound:
                 pass
+            if found is not None:
+                if alias or p.kind != DISK_KIND:  # an object store may hold a folder of the same name too
+                    beside = self.health.call(pname, p.dir_exists, keys.dir_key(keys.object_key(key)))
+                    if alias and not beside:
+                        found = None  # the alias names a file only while a folder of its name exists
+                    elif beside and not alias:  # the folder keeps the name
+                        found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime=0.0, is_dir=True))
+                break
+            if alias:
+                continue
             if self.health.call(pname, p.dir_exists, keys.dir_key(key)):
                 found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime=0.0, is_dir=True))
                 break
@@ -360,6 +372,11 @@ class RemoteView:
         laid over it: the next lookup in that folder costs no request.
         """
         self.cache.record(key, found, several_providers=len(self.order) > 1)
+
+    def drop_below(self, key: str) -> tuple[list[str], list[str]]:
+        """Drop every listing and head at and below key (`storefs refresh`): (folder prefixes whose
+        listings went, keys the dropped answers named)."""
+        return self.cache.drop_below(key)
 
     def forget(self, key: str) -> None:
         """Drop what is cached about key and its folder, after another program changed it."""

@@ -152,3 +152,42 @@ def test_an_unverified_empty_folder_is_held_expired() -> None:
     c.known_empty("a/", verified=False)
     held = c.held("a/")
     assert c.fresh("a/") is None and held is not None and held.names == {}
+
+
+def test_drop_below_forgets_listings_and_heads_at_and_below_a_folder_and_expires_its_folder() -> None:
+    clock = Clock()
+    c = cache(clock)
+    put(c, "a/", "x", "b/")
+    put(c, "a/b/", "y", "c/")
+    put(c, "a/b/c/", "z")
+    put(c, "a/bb/", "w")  # a sibling whose name starts alike: kept
+    c.put_head("a/b/y", file("a/b/y"), clock.now)
+    c.put_head("a/b/", file("a/b/"), clock.now)
+    c.put_head("a/x", file("a/x"), clock.now)
+    prefixes, named = c.drop_below("a/b")
+    assert sorted(prefixes) == ["a/b/", "a/b/c/"]
+    assert sorted(named) == ["a/b", "a/b/c", "a/b/c/z", "a/b/y", "a/b/y"]
+    assert c.held("a/b/") is None and c.held("a/b/c/") is None
+    assert c.head("a/b/y") is None and c.head("a/b/") is None
+    assert c.fresh("a/bb/") == {"w": file("a/bb/w")} and c.head("a/x") is not None
+    assert c.fresh("a/") is None and c.held("a/") is not None  # expired: it carries b's own entry
+
+
+def test_drop_below_the_root_forgets_everything() -> None:
+    clock = Clock()
+    c = cache(clock)
+    put(c, "", "a/")
+    put(c, "a/", "x")
+    c.put_head("a/x", file("a/x"), clock.now)
+    prefixes, _ = c.drop_below("")
+    assert sorted(prefixes) == ["", "a/"]
+    assert c.held("") is None and c.head("a/x") is None
+
+
+def test_a_listing_fetched_while_drop_below_ran_is_not_fresh() -> None:
+    clock = Clock()
+    c = cache(clock)
+    epoch, started = c.begin_fetch("a/b/")
+    c.drop_below("a/b")
+    c.put_listing("a/b/", {"old": file("a/b/old")}, epoch, started)
+    assert c.fresh("a/b/") is None
