@@ -15,6 +15,7 @@ and at once after `storefs refresh PATH`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -29,7 +30,16 @@ from storefs.core.state import DELETE_MEMORY_SLACK
 from storefs.testing.backends import S3Backend
 from storefs.testing.data import ART, payload
 from storefs.testing.mount import run
-from storefs.testing.pair import MountPair, TcpGate, describe, files_below, gated, lost_or_foreign, running
+from storefs.testing.pair import (
+    MountPair,
+    TcpGate,
+    conflict_copies,
+    describe,
+    files_below,
+    gated,
+    lost_or_foreign,
+    running,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -115,6 +125,16 @@ def caught_up(pair: MountPair) -> float:
     return pair.view_lag() + DELETE_MEMORY_SLACK
 
 
+def assert_conflicts_reported(pair: MountPair, rel: str, name: str, count: int) -> None:
+    """count conflict copies of rel/name are in the bucket, and `storefs status --json` of the mounts
+    lists each with both keys (under `conflicts`: the name the conditional-upload change gives it)."""
+    copies = [f"{rel}/{c}" for c in conflict_copies(pair.provider_files(rel), name)]
+    assert len(copies) == count, f"conflict copies of {name} in the bucket: {copies}"
+    reported = json.dumps([m.status().get("conflicts") for m in pair.both])
+    for copy in copies:
+        assert f"{rel}/{name}" in reported and copy in reported, f"{copy} not in storefs status: {reported}"
+
+
 def read_by_both(pair: MountPair, tmp_path: Path, rel: str, data: bytes) -> None:
     """host1 `cp`s a file in and uploads it; then both hosts read it (each has seen that version)."""
     run(["cp", str(write_source(tmp_path / "src", os.path.basename(rel), data)), str(pair.a.mnt / rel)])
@@ -177,6 +197,7 @@ def test_both_write_the_same_new_key_at_once(held, art, tmp_path):
     assert [p.wait(60) for p in procs] == [0, 0]
     held.flush_both()
     assert_nothing_lost(held, {("same.png", va): True, ("same.png", vb): True}, art)
+    assert_conflicts_reported(held, art, "same.png", 1)
 
 
 def test_both_edit_a_file_both_read_earlier(held, art, tmp_path):
@@ -244,6 +265,7 @@ def test_noclobber_during_an_outage_never_replaces_the_bucket_copy(bucket, tmp_p
         if res.returncode == 0:  # the write was accepted: its bytes are a closed version to keep
             versions[("keep.png", b"x\n")] = True
         assert_nothing_lost(pair, versions)
+        assert_conflicts_reported(pair, ART, "keep.png", len(versions) - 1)
 
 
 def wait_until(what: str, get, want: bytes | None, deadline: float) -> float:
