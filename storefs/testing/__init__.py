@@ -1,6 +1,7 @@
 """Support code shared by the tests and the benchmarks (as numpy.testing is): real mounts, servers, data.
 
     mount.py     StorefsMount (a real mount driven through the CLI), run, clean_env, FUSE checks
+    pair.py      two mounts of one bucket (two hosts), a gate that cuts one off, the no-lost-update check
     backends.py  what a local folder or a bucket holds, read behind storefs' back
     data.py      payloads, trees of files, errno checks through the kernel
     seaweed.py   a throwaway SeaweedFS S3 server (start, stop, SIGSTOP/SIGCONT)
