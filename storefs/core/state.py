@@ -63,7 +63,8 @@ class CoreState:
     def recently_deleted(self, key: str) -> bool:
         """Whether a delete of key landed a moment ago (a listing from before it may still show it)."""
         with self.lock:
-            return key in self._just_deleted
+            at = self._just_deleted.get(key)
+            return at is not None and self._clock() - at < self._keep_deleted
 
     def recreated(self, key: str) -> None:
         """key exists again: listings show it. Called with the lock held."""

@@ -220,3 +220,16 @@ def test_the_facade_offers_every_call_of_the_protocol_with_its_signature() -> No
         ours = getattr(Core, name)
         assert list(inspect.signature(ours).parameters) == list(inspect.signature(member).parameters), name
     assert isinstance(vars(Core)["root"], property) and isinstance(vars(Core)["cfg"], property)
+
+
+def test_a_landed_delete_hides_a_stale_listing_only_for_a_while(core: Core, mem: MemoryProvider,
+                                                                  clock: FakeClock) -> None:
+    key = f"{ART}/remote.png"
+    core.unlink(key)
+    core.parts.writeback.sync(key)
+    assert core.parts.state.recently_deleted(key)  # a listing fetched before the delete may still show it
+    clock.advance(core.parts.state._keep_deleted + 1)
+    assert not core.parts.state.recently_deleted(key)  # another mount may have made it again since
+    put(mem, key, b"made again elsewhere")
+    core.parts.tree.remote.drop_below(keys.dir_key(ART))
+    assert "remote.png" in core.readdir(ART)
