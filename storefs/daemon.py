@@ -233,6 +233,8 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                              float(req.get("wait") or URL_WAIT))
         if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
             return {"keys": ns.pending_keys()}
+        if cmd == "retry":  # parked changes at or below a path back in the queue
+            return {"retried": ns.retry(mount_key(ns, str(req.get("path", "/"))))}
         return {"error": f"unknown command {cmd!r}"}
 
     def status() -> dict:
@@ -276,10 +278,13 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
             log.info("unmounted %s; finishing pending uploads", mountpoint)
             t0 = time.monotonic()
             done = ns.flush_all(EXIT_FLUSH_TIMEOUT)
+            final = ns.status()
             if not done:
-                left = ns.status()["pending"]
                 log.warning("%d changes still pending after %.0fs; they stay in the journal for the next mount",
-                            left, time.monotonic() - t0)
+                            final["pending"], time.monotonic() - t0)
+            elif final["parked_changes"]:
+                log.warning("%d parked changes stay in the journal (see `storefs status` at the next mount, "
+                            "then `storefs retry`)", final["parked_changes"])
             control.stop()
         else:
             stopper.unblock()  # no thread takes them: a stop signal acts as usual again
