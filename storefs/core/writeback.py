@@ -84,6 +84,9 @@ class Writeback:
         self.wall: Callable[[], float] = time.time
         #: the host part of conflict-copy names
         self.host = host_label()
+        #: keys parked lately, a superset of the rows parked now (a write unparks one without telling
+        #: this part): folder markers wait for the pending rows below them, except these. Core lock.
+        self._parked: set[str] = {e.key for e in self.index.pending() if e.state == State.PARKED}
 
     def jobs(self) -> UploadJobs:
         """The three functions the uploader runs."""
@@ -104,11 +107,21 @@ class Writeback:
                 return quiet
             if e.op != OP_COPY and self.index.is_copy_source(key):
                 return BLOCKED_RECHECK  # a copy still reads the provider's object at this key
-            if e.op == OP_RMDIR and self.index.pending_below(key) > 0:
+            if e.op == OP_RMDIR and self._waiting_below(key) > 0:
                 return BLOCKED_RECHECK
-            if e.op == OP_MKDIR and self.index.pending_below(key) > 0:
+            if e.op == OP_MKDIR and self._waiting_below(key) > 0:
                 return MARKER_RECHECK
             return 0.0
+
+    def _waiting_below(self, prefix: str) -> int:
+        """Pending rows below folder prefix that will go by themselves (parked ones wait for an operator).
+        Called with the core lock held."""
+        n = self.index.pending_below(prefix)
+        if n and self._parked:
+            self._parked = {k for k in self._parked
+                            if (r := self.index.get(k)) is not None and r.state == State.PARKED}
+            n -= sum(1 for k in self._parked if k.startswith(prefix))
+        return n
 
     def _meta_of(self, e: Entry) -> ObjectMeta:
         if e.kind == "dir":
@@ -324,7 +337,15 @@ class Writeback:
             if parked:
                 self.index.amend(e, state=State.PARKED, last_error=reason, attempts=e.attempts + 1)
                 self.index.put(e)
+                self._parked.add(key)
                 self.schedule.settled(key)
+                src = self.index.get(e.copy_src) if op == OP_COPY and e.copy_src else None
+                if src is not None and src.op == OP_DELETE:
+                    # the rename's source may go only after its copy: it waits for the same retry
+                    self.index.amend(src, state=State.PARKED, last_error=f"waits for the parked rename to {key}")
+                    self.index.put(src)
+                    self._parked.add(src.key)
+                    self.schedule.settled(src.key)
             else:
                 self._retry_later(e)
         if not parked:
@@ -428,7 +449,7 @@ class Writeback:
         the marker goes now rather than at its next check. Called with the core lock held."""
         parent = keys.parent(key.rstrip("/"))
         row = self.index.get(keys.dir_key(parent)) if parent else None
-        if row is not None and row.op == OP_MKDIR and self.index.pending_below(keys.dir_key(parent)) <= 1:
+        if row is not None and row.op == OP_MKDIR and self._waiting_below(keys.dir_key(parent)) <= 1:
             self.schedule.now(row.key)
 
     def retry(self, key: str) -> int:
@@ -436,6 +457,8 @@ class Writeback:
         with self.state.lock:
             rows = [e for e in self.index.pending() if e.state == State.PARKED
                     and (not key or e.key.rstrip("/") == key or e.key.startswith(key + "/"))]
+            sources = (self.index.get(e.copy_src) for e in rows if e.op == OP_COPY and e.copy_src)
+            rows += [s for s in sources if s is not None and s.state == State.PARKED and s not in rows]
             with self.index.transaction():
                 for e in rows:
                     self.index.amend(e, state=State.DIRTY, attempts=0, last_error=None)

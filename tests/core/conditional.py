@@ -17,7 +17,7 @@ class ConditionalMemory(MemoryProvider):
 
     def __init__(self, name: str = "mem") -> None:
         super().__init__(name)
-        #: key -> the error every put_file of it raises (a server refusing it)
+        #: key -> the error every put_file or copy to it raises (a server refusing it)
         self.refuse: dict[str, Exception] = {}
         #: when set, check() raises it (credentials refused)
         self.check_fails: Exception | None = None
@@ -51,6 +51,8 @@ class ConditionalMemory(MemoryProvider):
 
     def copy(self, src: str, dst: str, meta: ObjectMeta | None = None, *,
              if_match: str | None = None) -> ObjectInfo:
+        if dst in self.refuse:
+            raise self.refuse[dst]
         if if_match is not None:
             now = self._etag_at(src)
             if now is None:
