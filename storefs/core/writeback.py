@@ -63,11 +63,22 @@ BLOCKED_RECHECK = 0.2
 MARKER_RECHECK = 0.5
 #: the longest error text a row keeps
 MAX_ERROR_TEXT = 500
+#: what an error text shortened to MAX_ERROR_TEXT keeps of its start (the rest is its end, where the
+#: server's reason usually is: a long key in the middle must not push it out)
+ERROR_TEXT_HEAD = 200
 #: config `conflicts` value under which uploads are conditional
 KEEP_BOTH = "keep-both"
 #: a provider's refusals that no retry will change: the row is parked (AccessDenied too, once the
 #: provider's credentials check passes: then the key is refused, not the credentials)
 PERMANENT = (Rejected, LayoutError, NameTooLong, MetadataTooLarge)
+
+
+def error_text(error: BaseException) -> str:
+    """'Type: message', at most MAX_ERROR_TEXT characters, its start and its end kept."""
+    text = f"{type(error).__name__}: {error}"
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return text[:ERROR_TEXT_HEAD] + " ... " + text[-(MAX_ERROR_TEXT - ERROR_TEXT_HEAD - 5):]
 
 
 class Writeback:
@@ -331,7 +342,7 @@ class Writeback:
     def _park(self, key: str, e: Entry, gen: int, op: str | None, provider: Provider, refused: Exception) -> None:
         """Park key's change (kept, not retried) after the provider refused it for good; raises Parked,
         or the refusal itself when the row changed meanwhile (the newer change is tried instead)."""
-        reason = f"{type(refused).__name__}: {refused}"[:MAX_ERROR_TEXT]
+        reason = error_text(refused)
         with self.state.lock:
             parked = self.index.get(key) is e and e.generation == gen
             if parked:
@@ -475,6 +486,6 @@ class Writeback:
             e = self.index.get(key)
             if e is None:
                 return
-            self.index.amend(e, attempts=attempts, last_error=f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT],
+            self.index.amend(e, attempts=attempts, last_error=error_text(error),
                              state=State.DIRTY if e.state == State.UPLOADING else e.state)
             self.index.put(e)

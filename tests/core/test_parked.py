@@ -184,3 +184,11 @@ def test_a_parked_rename_holds_its_source_and_retry_of_the_target_frees_both(
     assert core.retry(BAD) == 2
     assert core.flush_all(FLUSH_TIMEOUT)
     assert mem.bytes_at(BAD) == b"renamed" and src not in mem.keys_in(f"{ART}/")
+
+
+def test_a_long_refusal_keeps_the_servers_reason_at_its_end() -> None:
+    from storefs.core.writeback import MAX_ERROR_TEXT, error_text
+    text = error_text(Rejected("s3://bucket/" + "k" * 2000 + ": KeyTooLongError: Your key is too long (400)"))
+    assert len(text) == MAX_ERROR_TEXT
+    assert text.startswith("Rejected: s3://bucket/kkk") and text.endswith("KeyTooLongError: Your key is too long (400)")
+    assert error_text(Rejected("short")) == "Rejected: short"
