@@ -1,10 +1,13 @@
 """A memory provider that honours put/copy/delete conditions exactly as storefs.providers.base says, and
-refuses chosen keys on demand: the other writer and the strict server of the conflict and parked tests."""
+refuses chosen keys on demand: the other writer and the strict server of the conflict and parked tests;
+plus writing and reading a whole file through the core."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 
+from storefs.core import Core
 from storefs.errors import Conflict, NotFound
 from storefs.providers.base import ObjectInfo, ObjectMeta
 from storefs.providers.memory import MemoryProvider
@@ -80,3 +83,21 @@ class ConditionalMemory(MemoryProvider):
 
     def keys_in(self, prefix: str) -> list[str]:
         return sorted(i.key for i in self.list(prefix) if not i.is_dir)
+
+
+def write(core: Core, key: str, data: bytes) -> None:
+    """Create (or truncate) key through the core, write data, close."""
+    fh = core.create(key, 0o644, 0, 0, exclusive=False)
+    core.truncate(key, 0, fh)
+    core.write(fh, data, 0)
+    core.release(fh)
+
+
+def read(core: Core, key: str) -> bytes:
+    """The bytes of key as the mount serves them."""
+    fh = core.open(key, os.O_RDONLY)
+    try:
+        fd, n = core.read_source(fh, 1 << 20, 0)
+        return os.pread(fd, n, 0)
+    finally:
+        core.release(fh)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conditional import ART, ConditionalMemory
+from conditional import ART, ConditionalMemory, read, write
 from coretier import build
 
 from storefs.cache.datafiles import DataFiles
@@ -25,22 +25,6 @@ KEEP = f"{ART}/keep.png"
 #: 2026-12-02 12:05:01 UTC, the time conflict copies are named with here
 WALL = float(calendar.timegm((2026, 12, 2, 12, 5, 1, 0, 0, 0)))
 COPY_NAME = re.compile(r"keep\.conflict-[A-Za-z0-9_-]+-\d{8}T\d{6}Z\.png")
-
-
-def write(core: Core, key: str, data: bytes) -> None:
-    fh = core.create(key, 0o644, 0, 0, exclusive=False)
-    core.truncate(key, 0, fh)
-    core.write(fh, data, 0)
-    core.release(fh)
-
-
-def read(core: Core, key: str) -> bytes:
-    fh = core.open(key, os.O_RDONLY)
-    try:
-        fd, n = core.read_source(fh, 1 << 20, 0)
-        return os.pread(fd, n, 0)
-    finally:
-        core.release(fh)
 
 
 def names(core: Core) -> set[str]:
@@ -186,15 +170,23 @@ def test_a_file_whose_version_was_deleted_elsewhere_is_uploaded_anew(core: Core,
     assert core.status()["conflicts_total"] == 0
 
 
-def test_a_file_saved_over_a_known_one_by_rename_is_based_on_that_one(core: Core, mem: ConditionalMemory) -> None:
+@pytest.mark.parametrize("other_writer", [False, True])
+def test_a_file_saved_over_a_known_one_by_rename_is_based_on_that_one(
+        core: Core, mem: ConditionalMemory, other_writer: bool) -> None:
     """The save pattern (write a temporary, rename it over the file) conflicts only with a real other writer."""
     mem.write_theirs(KEEP, b"v1")
     assert core.getattr(KEEP).size == 2
     write(core, f"{ART}/.keep.png.tmp", b"saved")
     core.rename(f"{ART}/.keep.png.tmp", KEEP)
+    if other_writer:
+        mem.write_theirs(KEEP, b"v2 by another host")
     sync(core, KEEP)
-    assert mem.bytes_at(KEEP) == b"saved"
-    assert core.status()["conflicts_total"] == 0
+    if other_writer:
+        assert mem.bytes_at(KEEP) == b"v2 by another host"
+        assert mem.bytes_at(f"{ART}/keep.conflict-web1-20261202T120501Z.png") == b"saved"
+    else:
+        assert mem.bytes_at(KEEP) == b"saved"
+    assert core.status()["conflicts_total"] == int(other_writer)
 
 
 # ---- delete, rename, metadata ---------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conditional import ART, ConditionalMemory
+from conditional import ART, ConditionalMemory, read, write
 from coretier import build
 
 from storefs.cache.datafiles import DataFiles
@@ -24,22 +24,6 @@ from storefs.metrics import render
 BAD = f"{ART}/refused.png"
 GOOD = f"{ART}/fine.png"
 FLUSH_TIMEOUT = 20.0
-
-
-def write(core: Core, key: str, data: bytes) -> None:
-    fh = core.create(key, 0o644, 0, 0, exclusive=False)
-    core.truncate(key, 0, fh)
-    core.write(fh, data, 0)
-    core.release(fh)
-
-
-def read(core: Core, key: str) -> bytes:
-    fh = core.open(key, os.O_RDONLY)
-    try:
-        fd, n = core.read_source(fh, 1 << 20, 0)
-        return os.pread(fd, n, 0)
-    finally:
-        core.release(fh)
 
 
 @pytest.fixture
