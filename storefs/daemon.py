@@ -190,7 +190,8 @@ def file_url(ns: Core, path: str, expires: float, wait: float) -> dict:
         except StorefsError:
             pass  # told below, with the reason
         if ns.getxattr(key, "user.storefs.state") != b"clean":
-            last = next((e["error"] for e in ns.status()["errors"] if e["key"] == key), None)
+            st = ns.status()
+            last = next((e["error"] for e in st["errors"] + st["parked"] if e["key"] == key), None)
             return {"error": f"not uploaded yet after {wait:g}s"
                              + (f" (last error: {last})" if last else "") + "; try again after `storefs flush`"}
     provider = ns.getxattr(key, "user.storefs.provider").decode()
@@ -234,6 +235,8 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
             return {"keys": ns.pending_keys()}
         if cmd == "retry":  # parked changes at or below a path back in the queue
+            if cfg.fuse.read_only:
+                return {"error": "a read-only mount uploads nothing: retry on a read-write mount of this cache"}
             return {"retried": ns.retry(mount_key(ns, str(req.get("path", "/"))))}
         return {"error": f"unknown command {cmd!r}"}
 

@@ -20,6 +20,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from .. import keys
 from ..cache.journal import (
@@ -188,7 +189,13 @@ class Writeback:
             self._retry_later(e)
             raise
         except Conflict as c:
-            self._conflicted(key, e, gen, op, provider, data_path, meta, c)
+            try:
+                self._conflicted(key, e, gen, op, provider, data_path, meta, c)
+            except PERMANENT as refused:  # the conflict copy's own upload
+                self._park(key, e, gen, op, provider, refused)
+            except BaseException:
+                self._retry_later(e)
+                raise
             return
         except PERMANENT as refused:
             self._park(key, e, gen, op, provider, refused)
@@ -339,7 +346,8 @@ class Writeback:
             return False
         return True
 
-    def _park(self, key: str, e: Entry, gen: int, op: str | None, provider: Provider, refused: Exception) -> None:
+    def _park(self, key: str, e: Entry, gen: int, op: str | None, provider: Provider,
+              refused: Exception) -> NoReturn:
         """Park key's change (kept, not retried) after the provider refused it for good; raises Parked,
         or the refusal itself when the row changed meanwhile (the newer change is tried instead)."""
         reason = error_text(refused)

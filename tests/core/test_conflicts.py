@@ -15,10 +15,12 @@ from coretier import build
 
 from storefs.cache.datafiles import DataFiles
 from storefs.cache.journal import OP_COPY, OP_DELETE, OP_PUT, Journal, State
+from storefs.cache.uploader import Parked
 from storefs.config import load_config
 from storefs.core import Core
 from storefs.core.conflicts import conflict_key, host_label, known_etag
 from storefs.daemon import build_core
+from storefs.errors import ProviderError, ProviderUnavailable, Rejected
 from storefs.layout import Layout
 
 KEEP = f"{ART}/keep.png"
@@ -114,6 +116,48 @@ def test_an_edit_of_a_version_another_writer_replaced_keeps_both(core: Core, mem
     assert mem.bytes_at(KEEP) == b"v2 by another host"
     assert mem.bytes_at(copy) == b"v1 edited here"
     assert read(core, KEEP) == b"v2 by another host"
+
+
+def test_a_conflict_found_while_the_file_is_open_settles_after_its_last_close(
+        core: Core, mem: ConditionalMemory) -> None:
+    write(core, KEEP, b"mine")
+    mem.write_theirs(KEEP, b"theirs")
+    reader = core.open(KEEP, os.O_RDONLY)
+    with pytest.raises(ProviderError, match="open"):
+        sync(core, KEEP)
+    row = core.parts.index.get(KEEP)
+    assert row is not None and row.state == State.DIRTY and row.pending
+    assert mem.keys_in(f"{ART}/") == [KEEP, f"{ART}/seed.txt"]  # no conflict copy yet
+    fd, n = core.read_source(reader, 100, 0)
+    assert os.pread(fd, n, 0) == b"mine"
+    core.release(reader)
+    sync(core, KEEP)
+    assert mem.bytes_at(f"{ART}/keep.conflict-web1-20261202T120501Z.png") == b"mine"
+    assert mem.bytes_at(KEEP) == b"theirs"
+
+
+def test_a_conflict_copy_that_cannot_be_uploaded_now_is_tried_again(core: Core, mem: ConditionalMemory) -> None:
+    copy = f"{ART}/keep.conflict-web1-20261202T120501Z.png"
+    write(core, KEEP, b"mine")
+    mem.write_theirs(KEEP, b"theirs")
+    mem.refuse[copy] = ProviderUnavailable("connection reset")
+    with pytest.raises(ProviderUnavailable):
+        sync(core, KEEP)
+    assert core.parts.index.get(KEEP).state == State.DIRTY  # type: ignore[union-attr]
+    del mem.refuse[copy]
+    sync(core, KEEP)
+    assert (mem.bytes_at(KEEP), mem.bytes_at(copy)) == (b"theirs", b"mine")
+
+
+def test_a_conflict_copy_the_provider_refuses_parks_the_change(core: Core, mem: ConditionalMemory) -> None:
+    copy = f"{ART}/keep.conflict-web1-20261202T120501Z.png"
+    write(core, KEEP, b"mine")
+    mem.write_theirs(KEEP, b"theirs")
+    mem.refuse[copy] = Rejected("InvalidArgument (400)")
+    with pytest.raises(Parked):
+        sync(core, KEEP)
+    assert core.parts.index.get(KEEP).state == State.PARKED  # type: ignore[union-attr]
+    assert mem.bytes_at(KEEP) == b"theirs"
 
 
 def test_a_taken_conflict_name_gets_a_number(core: Core, mem: ConditionalMemory) -> None:
