@@ -1,5 +1,6 @@
-"""A change the S3 server refuses for good is parked, on a real mount over SeaweedFS: status shows it with
-the reason, flush says so and fails, unmount finishes, and `storefs retry` queues it again once fixed.
+"""What becomes of a change SeaweedFS will not take as it is, on a real mount: refused for good, it is
+parked (status shows it with the reason, flush says so and fails, unmount finishes, `storefs retry`
+queues it again once fixed); beaten by another writer (a 412), it goes to a conflict copy.
 
 The refusal is made as an operator could make it: changes written under a short key prefix wait in
 the journal (the daemon is killed before uploading them), and the next mount is configured with a
@@ -7,6 +8,8 @@ prefix long enough to push one key past S3's 1,024 bytes (SeaweedFS: KeyTooLongE
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -56,3 +59,20 @@ def test_a_refused_key_is_parked_reported_and_retried_after_the_fix(store: Store
     store.flush()
     assert store.provider_read(DEEP) == BODY
     assert store.status()["parked_changes"] == 0
+
+
+@pytest.mark.storefs_config(writeback_delay="1h")
+def test_a_key_another_client_wrote_first_keeps_theirs_and_gets_a_conflict_copy(store: StorefsMount) -> None:
+    key = f"{ART}/keep.png"
+    (store.mnt / ART).mkdir(parents=True)
+    (store.mnt / key).write_bytes(b"mine")
+    store.backend.client.put_object(Bucket=store.backend.bucket, Key=key, Body=b"theirs")
+    store.flush()
+    named = re.compile(rf"{ART}/keep\.conflict-[\w-]+-\d{{8}}T\d{{6}}Z\.png")
+    copies = [k for k in store.provider_keys(ART) if named.fullmatch(k)]
+    assert len(copies) == 1, store.provider_keys(ART)
+    assert store.provider_read(key) == b"theirs" and store.provider_read(copies[0]) == b"mine"
+    assert (store.mnt / copies[0]).read_bytes() == b"mine"
+    st = store.status()
+    assert st["conflicts_total"] == 1 and st["conflicts"][0]["conflict_key"] == copies[0], st["conflicts"]
+    assert "conflict:   " in store.storefs("status", str(store.mnt)).stdout
