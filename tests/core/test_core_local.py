@@ -27,15 +27,15 @@ class CountingProvider(LocalProvider):
         with self.lock:
             self.calls.append((op, key))
 
-    def put_file(self, key, src_path, meta, **conditions):  # type: ignore[no-untyped-def]
+    def put_file(self, key, src_path, meta, **conditions):  # type: ignore[override]
         self._rec("put", key)
         return super().put_file(key, src_path, meta, **conditions)
 
-    def copy(self, src, dst, meta=None, **conditions):  # type: ignore[no-untyped-def]
+    def copy(self, src, dst, meta=None, **conditions):  # type: ignore[override]
         self._rec("copy", f"{src}->{dst}")
         return super().copy(src, dst, meta, **conditions)
 
-    def delete(self, key, **conditions):  # type: ignore[no-untyped-def]
+    def delete(self, key, **conditions):  # type: ignore[override]
         self._rec("delete", key)
         return super().delete(key, **conditions)
 
