@@ -129,7 +129,8 @@ def test_a_rename_unparks_it(core: Core, mem: ConditionalMemory) -> None:
     assert mem.bytes_at(GOOD) == b"v1"
 
 
-def test_parked_changes_survive_a_rebuild_from_the_journal(tmp_path: Path, mem: ConditionalMemory) -> None:
+def test_parked_changes_survive_a_rebuild_from_the_journal(tmp_path: Path, mem: ConditionalMemory,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     first = build(tmp_path, {"mem": mem}, delay="1h")
     write(first, BAD, b"kept across remounts")
     with pytest.raises(Parked):
@@ -140,6 +141,7 @@ def test_parked_changes_survive_a_rebuild_from_the_journal(tmp_path: Path, mem: 
     cfg = load_config(str(tmp_path / "cfg.yaml"))
     again = build_core(cfg, Layout(cfg.layout, cfg.max_file_size), {"mem": mem},
                        Journal(os.path.join(cfg.cache.dir, "journal.db")), DataFiles(cfg.cache.dir))
+    assert f"1 changes stay parked (refused by their provider for good), e.g. {BAD}" in caplog.text
     try:
         again.start()
         assert again.flush_all(FLUSH_TIMEOUT)
