@@ -72,6 +72,10 @@ KEEP_BOTH = "keep-both"
 #: a provider's refusals that no retry will change: the row is parked (AccessDenied too, once the
 #: provider's credentials check passes: then the key is refused, not the credentials)
 PERMANENT = (Rejected, LayoutError, NameTooLong, MetadataTooLarge)
+#: how a rename whose source another writer changed was settled: the version renamed went to the
+#: destination from the cache, or (not cached) the destination got the source's current version
+SOURCE_CACHED = "cached"
+SOURCE_NOW = "source"
 
 
 def error_text(error: BaseException) -> str:
@@ -163,7 +167,7 @@ class Writeback:
             etag = e.etag if self.keep_both else None
             self.index.amend(e, state=State.UPLOADING)
         info: ObjectInfo | None = None
-        source_changed = False
+        source_changed: str | None = None  # a rename whose source another writer changed: how it was settled
         try:
             if target != source:
                 info = self._move_across(key, size, provider, tree.providers[target], op, copy_src,
@@ -173,7 +177,8 @@ class Writeback:
             elif op == OP_META:
                 info = self._set_meta(provider, key, meta, etag)
             elif op == OP_COPY:
-                info, source_changed = self._copy(provider, copy_src, key, meta, etag)  # type: ignore[arg-type]
+                info, source_changed = self._copy(provider, copy_src, key, meta, etag,  # type: ignore[arg-type]
+                                                  data_path, was_remote)
             elif op == OP_DELETE:
                 provider.delete(key, if_match=etag)
             elif op == OP_MKDIR:
@@ -209,11 +214,15 @@ class Writeback:
             raise
         tree.remote.mark_up(target)
         self._settle(key, e, gen, op, info, provider=target)
-        if source_changed:
+        if source_changed == SOURCE_CACHED:
             self._record(OP_COPY, key, None, provider.name,
-                         f"its source {copy_src} changed since the rename: {key} holds the source's current "
-                         f"version, and {copy_src} keeps it")
-            tree.evict(e)  # the cached bytes are the version renamed, not the one the provider copied
+                         f"its source {copy_src} changed since the rename: the version renamed went to {key} "
+                         f"from this mount's cache, and {copy_src} keeps the other writer's")
+        elif source_changed == SOURCE_NOW:
+            self._record(OP_COPY, key, None, provider.name,
+                         f"its source {copy_src} changed since the rename, and the version renamed is not cached "
+                         f"here: {key} holds the source's current version, and {copy_src} keeps it")
+            tree.evict(e)  # the cached bytes (if any) are not the version the provider copied
             tree.remote.forget(key)
 
     def _retry_later(self, e: Entry) -> None:
@@ -247,17 +256,20 @@ class Writeback:
                 raise Conflict(f"{key}: {provider.name} holds version {now}, the change was made on {etag}")
         return provider.set_meta(key, meta)
 
-    def _copy(self, provider: Provider, src: str, key: str, meta: ObjectMeta,
-              etag: str | None) -> tuple[ObjectInfo, bool]:
-        """The server-side copy of a rename, and whether its source had changed since storefs saw it: then
-        key gets what the source holds now (with its metadata) and the source keeps it (its delete meets
-        the same conflict)."""
+    def _copy(self, provider: Provider, src: str, key: str, meta: ObjectMeta, etag: str | None,
+              data_path: str | None, was_remote: bool) -> tuple[ObjectInfo, str | None]:
+        """The server-side copy of a rename, and (when its source had changed since storefs saw it) how that
+        was settled: the version renamed goes to key from the cache where the cache holds all of it
+        (SOURCE_CACHED), else key gets what the source holds now, with its metadata (SOURCE_NOW). Either
+        way the source keeps the other writer's version: its delete meets the same conflict."""
         if etag is None:
-            return provider.copy(src, key, meta), False
+            return provider.copy(src, key, meta), None
         try:
-            return provider.copy(src, key, meta, if_match=etag), False
+            return provider.copy(src, key, meta, if_match=etag), None
         except Conflict:
-            return provider.copy(src, key), True
+            if data_path is not None:
+                return self._put(provider, key, data_path, meta, was_remote, None), SOURCE_CACHED
+            return provider.copy(src, key), SOURCE_NOW
 
     # ---- conflicts: another writer changed the key first ----------------------------------------
 
@@ -265,8 +277,9 @@ class Writeback:
                     meta: ObjectMeta, c: Conflict) -> None:
         """Their version keeps the key: storefs' bytes go to a conflict copy (put), its change is dropped
         (meta), its delete is undone (delete); recorded and logged once."""
-        if op == OP_PUT:
-            self._keep_both(key, e, gen, provider, data_path, meta)
+        if op == OP_PUT or (op == OP_COPY and data_path is not None):
+            # bytes of this mount's (a rename's from the cache, when a third writer took its destination)
+            self._keep_both(key, e, gen, op, provider, data_path, meta)
             return
         with self.state.lock:
             cur = self.index.get(key)
@@ -287,7 +300,7 @@ class Writeback:
             what = "the file stays (their version)" if op == OP_DELETE else "this mount's metadata change is dropped"
             self._record(op or "", key, None, provider.name, f"{what}: {c}")
 
-    def _keep_both(self, key: str, e: Entry, gen: int, provider: Provider, data_path: str | None,
+    def _keep_both(self, key: str, e: Entry, gen: int, op: str, provider: Provider, data_path: str | None,
                    meta: ObjectMeta) -> None:
         """Upload the bytes storefs holds for key as its conflict copy, and move key's row there."""
         with self.state.lock:
@@ -314,7 +327,7 @@ class Writeback:
                 self._retry_later(e)
         self.tree.remote.forget(key)  # their version, fetched fresh
         self.tree.remote.record(ckey, (provider.name, info))
-        self._record(OP_PUT, key, ckey, provider.name, f"this mount's version is in {ckey}")
+        self._record(op, key, ckey, provider.name, f"this mount's version is in {ckey}")
 
     def _upload_copy(self, provider: Provider, key: str, data_path: str | None,
                      meta: ObjectMeta) -> tuple[str, ObjectInfo]:

@@ -259,8 +259,42 @@ def test_a_delete_of_an_unchanged_file_goes_through(core: Core, mem: Conditional
     assert KEEP not in mem.keys_in(f"{ART}/")
 
 
-def test_a_rename_whose_source_changed_copies_what_it_holds_now(core: Core, mem: ConditionalMemory) -> None:
-    """The destination gets the source's current version; the source keeps it (two conflicts reported)."""
+def test_a_rename_whose_source_changed_takes_the_version_renamed_from_the_cache(
+        core: Core, mem: ConditionalMemory) -> None:
+    """The version renamed (cached here) lands at the destination; the source keeps the other writer's."""
+    src, dst = f"{ART}/src.png", f"{ART}/dst.png"
+    mem.write_theirs(src, b"v1")
+    assert read(core, src) == b"v1"  # all of it in the cache
+    core.rename(src, dst)
+    mem.write_theirs(src, b"v2 by another host")
+    sync(core, dst)
+    sync(core, src)
+    assert mem.bytes_at(dst) == b"v1"
+    assert mem.bytes_at(src) == b"v2 by another host"
+    assert read(core, dst) == b"v1" and read(core, src) == b"v2 by another host"
+    ops = sorted((c["op"], c["key"]) for c in core.status()["conflicts"])
+    assert ops == [(OP_COPY, dst), (OP_DELETE, src)]
+
+
+def test_a_rename_from_the_cache_onto_a_destination_another_writer_took_keeps_both(
+        core: Core, mem: ConditionalMemory) -> None:
+    src, dst = f"{ART}/src.png", f"{ART}/dst.png"
+    mem.write_theirs(src, b"v1")
+    assert read(core, src) == b"v1"
+    core.rename(src, dst)
+    mem.write_theirs(src, b"v2 by another host")
+    mem.write_theirs(dst, b"a third writer's")
+    sync(core, dst)
+    assert mem.bytes_at(dst) == b"a third writer's"
+    assert mem.bytes_at(f"{ART}/dst.conflict-web1-20261202T120501Z.png") == b"v1"
+    [c] = core.status()["conflicts"]
+    assert (c["op"], c["key"]) == (OP_COPY, dst)
+
+
+def test_a_rename_whose_source_changed_and_is_not_cached_copies_what_it_holds_now(
+        core: Core, mem: ConditionalMemory) -> None:
+    """Not cached, the version renamed is nowhere any more: the destination gets the source's current
+    version, and the source keeps it too (two conflicts reported)."""
     src, dst = f"{ART}/src.png", f"{ART}/dst.png"
     mem.write_theirs(src, b"v1")
     assert core.getattr(src).size == 2
