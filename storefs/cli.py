@@ -1,4 +1,4 @@
-"""Command line: storefs mount | unmount | status | flush | url | install-helper."""
+"""Command line: storefs mount | unmount | status | flush | retry | url | install-helper."""
 
 from __future__ import annotations
 
@@ -266,7 +266,33 @@ def cmd_flush(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if not final.get("done"):
         raise CliError(f"{final.get('pending')} changes still pending after {args.timeout}s")
+    if final.get("parked_changes"):
+        raise CliError(_parked_message(final) + "; fix the cause, then run `storefs retry`")
     print("storefs: everything is in the provider", file=sys.stderr)
+    return 0
+
+
+#: parked changes a message names at most
+PARKED_NAMED = 5
+
+
+def _parked_message(st: dict) -> str:
+    """'N changes are parked (refused by the provider for good): KEY (REASON), ...'."""
+    named = ", ".join(f"{p['key']} ({p['error']})" for p in st.get("parked", [])[:PARKED_NAMED])
+    more = st["parked_changes"] - min(PARKED_NAMED, len(st.get("parked", [])))
+    return (f"{st['parked_changes']} changes are parked (refused by the provider for good): {named}"
+            + (f" and {more} more (storefs status)" if more > 0 else ""))
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    try:
+        mnt, rel = find_mount(args.path)
+        answer = next(iter(request(mnt, {"cmd": "retry", "path": rel})))
+    except NotRunning as e:
+        raise CliError(str(e)) from None
+    if "error" in answer:
+        raise CliError(f"{args.path}: {answer['error']}")
+    print(f"storefs: {answer['retried']} parked changes back in the upload queue", file=sys.stderr)
     return 0
 
 
@@ -285,6 +311,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if not final.get("done") and not args.force:
         raise CliError(f"{final.get('pending')} changes still pending after {args.timeout}s; not unmounting "
                        "(they are safe in the journal: use --force to unmount anyway)")
+    parked = final.get("parked_changes", 0)
     res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if res.returncode != 0:
         raise CliError(f"unmount of {mnt} failed: {res.stderr.strip() or res.returncode} "
@@ -297,6 +324,9 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     else:
         raise CliError(f"unmounted, but daemon {st['pid']} is still running (finishing uploads); see its log")
     print(f"storefs: unmounted {mnt}", file=sys.stderr)
+    if parked:
+        print(f"storefs: {_parked_message(final)}. They stay in the cache journal: after fixing the cause, "
+              "mount again and run `storefs retry`", file=sys.stderr)
     return 0
 
 
@@ -322,7 +352,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"uploads:      {st['uploads_done']} done, {st['upload_failures']} failed attempts")
     for err in st["errors"][:10]:
         print(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts): {err['error']}")
+    _print_outcomes(st)
     return 0
+
+
+#: parked changes and conflicts `storefs status` prints at most (--json has up to 100 of each)
+OUTCOMES_SHOWN = 10
+
+
+def _print_outcomes(st: dict) -> None:
+    """The parked changes (with their reasons) and the latest conflicts (both keys, when, what op)."""
+    if st.get("parked_changes"):
+        print(f"parked:       {st['parked_changes']} changes refused by the provider for good "
+              "(kept in the cache; fix the cause, then `storefs retry`)")
+        for p in st.get("parked", [])[:OUTCOMES_SHOWN]:
+            print(f"  parked:     {p['key']} ({p['op']}): {p['error']}")
+    if st.get("conflicts_total"):
+        print(f"conflicts:    {st['conflicts_total']} (another writer changed the key first; latest first)")
+        for c in st.get("conflicts", [])[:OUTCOMES_SHOWN]:
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(c["at"]))
+            kept = f" -> this mount's version in {c['conflict_key']}" if c.get("conflict_key") else ""
+            print(f"  conflict:   {when} {c['op']} {c['key']}{kept}: {c.get('detail') or ''}")
 
 
 def cmd_url(args: argparse.Namespace) -> int:
@@ -410,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=float, default=None)
     f.add_argument("mountpoint")
     f.set_defaults(func=cmd_flush)
+
+    rt = sub.add_parser("retry", help="put parked changes (refused by the provider) back in the upload queue")
+    rt.add_argument("path", nargs="?", default=".",
+                    help="the mountpoint (every parked change) or a file or folder in it (default: .)")
+    rt.set_defaults(func=cmd_retry)
 
     r = sub.add_parser("url", help="the public or presigned URL of a file in a mount (uploads it first)")
     r.add_argument("--expires", default="1h", help="lifetime of a presigned URL: 30m, 1h, 7d (default 1h)")

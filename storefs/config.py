@@ -230,6 +230,8 @@ class Config:
     tenant: str | None = None
     #: loopback port of the Prometheus /metrics endpoint (0: none)
     metrics_port: int = 0
+    #: what an upload does when another writer changed the key first: keep-both (a conflict copy) or overwrite
+    conflicts: str = "keep-both"
 
     def provider_for(self, type_: str | None, size: int) -> str:
         """Routing is first match wins, so the order of rules in the file is the priority."""
@@ -462,8 +464,11 @@ class _Map:
         return conv(value, self.source, self._join(self.key, name))
 
 
+#: config `conflicts`: keep both versions (the default), or let the last writer win
+CONFLICT_MODES = ("keep-both", "overwrite")
+
 _TOP_KEYS = ("default_provider", "providers", "routing_rules", "layout", "max_file_size",
-             "cache", "fuse", "log_level", "tenant", "metrics_port")
+             "cache", "fuse", "log_level", "tenant", "metrics_port", "conflicts")
 _S3_KEYS = ("type", "bucket", "endpoint_url", "region", "prefix", "public_url_base",
             "access_key_id", "secret_access_key", "session_token", "path_style", "presign_expiry",
             "multipart_threshold", "multipart_chunksize", "connect_timeout", "read_timeout",
@@ -745,6 +750,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         log_level=top.get("log_level", _choice(*LOG_LEVELS, fold=str.upper), "INFO"),
         tenant=_tenant(top.get("tenant", _str, None), source, layout),
         metrics_port=top.get("metrics_port", _bounded(_int, 0, 65535), 0),
+        conflicts=top.get("conflicts", _choice(*CONFLICT_MODES), CONFLICT_MODES[0]),
     )
 
 

@@ -224,7 +224,8 @@ def file_url(ns: Core, path: str, expires: float, wait: float) -> dict:
         except StorefsError:
             pass  # told below, with the reason
         if ns.getxattr(key, "user.storefs.state") != b"clean":
-            last = next((e["error"] for e in ns.status()["errors"] if e["key"] == key), None)
+            st = ns.status()
+            last = next((e["error"] for e in st["errors"] + st["parked"] if e["key"] == key), None)
             return {"error": f"not uploaded yet after {wait:g}s"
                              + (f" (last error: {last})" if last else "") + "; try again after `storefs flush`"}
     provider = ns.getxattr(key, "user.storefs.provider").decode()
@@ -279,6 +280,10 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
             return refresh_path(ns, str(req.get("path", "")), ops.invalidate)
         if cmd == "pending":  # what `storefs cleanup` must not delete: changes not uploaded yet, sources of copies
             return {"keys": ns.pending_keys()}
+        if cmd == "retry":  # parked changes at or below a path back in the queue
+            if cfg.fuse.read_only:
+                return {"error": "a read-only mount uploads nothing: retry on a read-write mount of this cache"}
+            return {"retried": ns.retry(mount_key(ns, str(req.get("path", "/"))))}
         return {"error": f"unknown command {cmd!r}"}
 
     def status() -> dict:
@@ -323,10 +328,13 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
             log.info("unmounted %s; finishing pending uploads", mountpoint)
             t0 = time.monotonic()
             done = ns.flush_all(EXIT_FLUSH_TIMEOUT)
+            final = ns.status()
             if not done:
-                left = ns.status()["pending"]
                 log.warning("%d changes still pending after %.0fs; they stay in the journal for the next mount",
-                            left, time.monotonic() - t0)
+                            final["pending"], time.monotonic() - t0)
+            elif final["parked_changes"]:
+                log.warning("%d parked changes stay in the journal (see `storefs status` at the next mount, "
+                            "then `storefs retry`)", final["parked_changes"])
             control.stop()
         else:
             stopper.unblock()  # no thread takes them: a stop signal acts as usual again

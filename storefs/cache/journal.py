@@ -58,7 +58,19 @@ CREATE TABLE IF NOT EXISTS entries (
     atime      REAL NOT NULL DEFAULT 0,
     rdev       INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS conflicts (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           REAL NOT NULL,
+    op           TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    conflict_key TEXT,
+    provider     TEXT NOT NULL,
+    detail       TEXT
+);
 """
+
+#: conflicts the journal remembers (the newest); the count of all of them is kept regardless
+MAX_CONFLICTS_KEPT = 1000
 
 #: columns added since the first schema: (name, declaration), added to older journals at open
 ADDED_COLUMNS = (("ctime", "REAL NOT NULL DEFAULT 0"), ("rdev", "INTEGER NOT NULL DEFAULT 0"),
@@ -79,6 +91,19 @@ class State(StrEnum):
     CLEAN = "clean"          # the provider has what the cache has (or nothing is pending)
     DIRTY = "dirty"          # a change waits for its upload
     UPLOADING = "uploading"  # an uploader is carrying the change out now
+    PARKED = "parked"        # the provider refused the change for good: kept, not retried until `storefs retry`
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """One conflict: another writer changed key first; where storefs' own version went (if anywhere)."""
+
+    at: float                  # wall-clock seconds
+    op: str                    # the operation that met it: put, meta, copy (a rename), delete
+    key: str
+    conflict_key: str | None   # the conflict copy holding storefs' bytes; None when nothing was uploaded
+    provider: str
+    detail: str | None = None  # what happened to storefs' change, in a few words
 
 
 @dataclass(frozen=True)
@@ -277,6 +302,22 @@ class Journal:
     def remove(self, key: str) -> None:
         with self.transaction():
             self._execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def add_conflict(self, c: ConflictRecord) -> None:
+        """Remember a conflict, keeping the newest MAX_CONFLICTS_KEPT."""
+        with self.transaction():
+            self._execute("INSERT INTO conflicts (at, op, key, conflict_key, provider, detail) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (c.at, c.op, c.key, c.conflict_key, c.provider, c.detail))
+            self._execute("DELETE FROM conflicts WHERE id <= (SELECT MAX(id) FROM conflicts) - ?",
+                          (MAX_CONFLICTS_KEPT,))
+
+    def conflicts(self, limit: int = MAX_CONFLICTS_KEPT) -> tuple[int, list[ConflictRecord]]:
+        """How many conflicts this cache ever met, and the newest limit of them, newest first."""
+        with self._lock:
+            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'conflicts'").fetchone()
+            cur = self._conn.execute("SELECT at, op, key, conflict_key, provider, detail FROM conflicts "
+                                     "ORDER BY id DESC LIMIT ?", (limit,))
+            return (int(row[0]) if row else 0), [ConflictRecord(*r) for r in cur]
 
     def sync(self) -> None:
         """Make every committed row durable on disk (fsync semantics), not only crash-safe."""

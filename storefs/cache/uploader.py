@@ -29,13 +29,18 @@ YIELD_MAX = 5.0     # ... or the upload is this late: on 2 cores, boto3 and the 
                     # interpreter lock, and uploads running under a burst of creates halve its pace
 
 
+class Parked(Exception):
+    """sync's answer for an operation the provider refused for good: the core has recorded it, and
+    it waits for an operator (not retried, not counted as done) until the key is scheduled again."""
+
+
 @dataclass(frozen=True)
 class UploadJobs:
     """The three functions the uploader runs for a key (the core's writeback part gives them)."""
 
     #: 0 when key's pending operation can run now, seconds to wait, or None if nothing is pending
     due_in: Callable[[str], float | None]
-    #: carry key's pending operation to its provider; raise to have it retried
+    #: carry key's pending operation to its provider; raise to have it retried, Parked to have it wait
     sync: Callable[[str], None]
     #: record a failed attempt (journal and status): key, the error, attempts so far
     failed: Callable[[str, BaseException, int], None]
@@ -67,6 +72,7 @@ class Uploader:
         self.uploaded = 0
         self.failures = 0
         self.retries = 0  # operations run again after a failed attempt
+        self.parked = 0  # operations the provider refused for good (not retried)
 
     def start(self, jobs: UploadJobs) -> None:
         """Start the workers, which run jobs for each scheduled key."""
@@ -195,7 +201,11 @@ class Uploader:
                     # sync may leave work behind (the file changed meanwhile): look again
                     if jobs.due_in(key) is not None:
                         retry_in = 0.0
-            except Exception as e:  # every failure is retried: the row stays pending
+            except Parked:
+                self._attempts.pop(key, None)
+                with self._cond:
+                    self.parked += 1
+            except Exception as e:  # every other failure is retried: the row stays pending
                 n = self._attempts.get(key, 0) + 1
                 self._attempts[key] = n
                 with self._cond:

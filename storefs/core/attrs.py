@@ -185,6 +185,8 @@ class Attrs:
         if attr == "state":
             if e is None or e.op is None:
                 return State.CLEAN
+            if e.state == State.PARKED:
+                return State.PARKED
             return State.UPLOADING if self.schedule.is_busy(key) else State.DIRTY
         if attr == "url":
             return tree.providers[pname].url(key)  # the provider's own expiry (S3: presign_expiry)

@@ -168,3 +168,6 @@ class Core:
 
     def pending_keys(self) -> list[str]:
         return self.parts.status.pending_keys()
+
+    def retry(self, key: str) -> int:
+        return self.parts.writeback.retry(key)

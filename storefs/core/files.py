@@ -22,6 +22,7 @@ from ..cache.eviction import Evictor
 from ..cache.journal import OP_COPY, OP_PUT, Entry, State
 from ..cache.openfile import OpenFile, default_warm_limit
 from ..errors import Exists, IsADirectory, NotFound, StorefsError, TooLarge
+from .conflicts import known_etag
 from .schedule import Schedule
 from .tree import Tree
 from .types import TRUSTED, Caller, Counters, Found, Handle
@@ -114,7 +115,7 @@ class Files:
             old = self.index.get(key)
             e = Entry(key, tree.route(key, 0), kind="file", state=State.DIRTY, op=OP_PUT, data_name=name,
                       mtime=now, ctime=now, atime=now, mode=stat.S_IFREG | (mode & PERM_BITS), uid=uid, gid=gid,
-                      generation=(old.generation + 1) if old else 1,
+                      generation=(old.generation + 1) if old else 1, etag=known_etag(old, None),
                       remote=bool(old and (old.remote or self.schedule.is_busy(key))))
             # journaled at the first flush (close): a crash before that loses a file nobody
             # closed, as on a disk, and the recovery sweep removes its orphaned data file

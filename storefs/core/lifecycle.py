@@ -8,6 +8,7 @@ import threading
 
 from ..cache.datafiles import DataFiles
 from ..cache.eviction import Evictor
+from ..cache.journal import State
 from ..cache.uploader import Uploader
 from .files import Files
 from .state import CoreState
@@ -43,8 +44,8 @@ class Lifecycle:
         # into this very mount would make it wait on the kernel, which waits for init to return
         threading.Thread(target=self._watch_providers, name="storefs-watch", daemon=True).start()
         if not read_only:
-            with self.state.lock:
-                pending = [e.key for e in self.state.index.pending()]
+            with self.state.lock:  # parked changes wait for `storefs retry`
+                pending = [e.key for e in self.state.index.pending() if e.state != State.PARKED]
             for key in pending:
                 self.uploader.schedule(key, 0.0)
 

@@ -24,6 +24,7 @@ from ..errors import (
     ProviderUnavailable,
     StorefsError,
 )
+from .conflicts import known_etag
 from .files import PERM_BITS, Files
 from .lookup import Lookup
 from .schedule import Schedule
@@ -210,7 +211,7 @@ class Names:
         if remote:
             provider = e.provider if e else f.remote[0]  # type: ignore[index]
             self.index.put(Entry(key, provider, kind="file", state=State.DIRTY, op=OP_DELETE, remote=True,
-                                 generation=(e.generation + 1) if e else 1))
+                                 generation=(e.generation + 1) if e else 1, etag=known_etag(e, f)))
             self.schedule.changed(key)
         elif e is not None:
             self.index.remove(key)
@@ -304,27 +305,31 @@ class Names:
             e = node.entry  # opened from the provider, not journaled yet
         if e is not None:
             src_remote = e.remote or self.schedule.is_busy(old) or (src.remote is not None)
+            src_etag = known_etag(e, src)
             if self.index.get(old) is e:
                 self.index.remove(old)
             dst_old = self.index.get(new)
-            copy = {"op": OP_COPY, "copy_src": old} if e.op in (None, OP_META) else {}
+            # a copy's etag is its source's; new bytes are based on what new held
+            copy = {"op": OP_COPY, "copy_src": old} if e.op in (None, OP_META) else (
+                {} if e.op == OP_COPY else {"etag": known_etag(dst_old, None)})
             self.index.amend(e, key=new, ctime=time.time(), remote=bool(dst_old and dst_old.remote), state=State.DIRTY,
                              generation=max(e.generation, dst_old.generation if dst_old else 0) + 1, **copy)
             self.index.put(e)
         else:
             pname, info = src.remote  # type: ignore[misc]
             src_remote = True
+            src_etag = info.etag
             dst_old = self.index.get(new)
             e = Entry(new, pname, kind="file", state=State.DIRTY, op=OP_COPY, copy_src=old, size=info.size,
                       mtime=info.mtime, ctime=time.time(), atime=info.atime or 0.0, rdev=info.rdev or 0,
                       mode=info.mode or self.tree.settings.file_mode, uid=info.uid, gid=info.gid,
                       xattrs=remote_xattrs.get(old, dict(info.xattrs)), remote=bool(dst_old and dst_old.remote),
-                      generation=(dst_old.generation + 1) if dst_old else 1)
+                      generation=(dst_old.generation + 1) if dst_old else 1, etag=info.etag)
             self.index.put(e)
         if src_remote:
             old_gen = self.index.get(old)
             self.index.put(Entry(old, e.provider, kind="file", state=State.DIRTY, op=OP_DELETE, remote=True,
-                                 generation=(old_gen.generation + 1) if old_gen else 1))
+                                 generation=(old_gen.generation + 1) if old_gen else 1, etag=src_etag))
             self.schedule.changed(old)
         if node is not None:
             self.state.nodes[new] = node

@@ -1,4 +1,5 @@
-"""What a previous run (perhaps killed) left: pending rows resumed, orphaned cache files dropped."""
+"""What a previous run (perhaps killed) left: pending rows resumed (parked ones stay parked), orphaned
+cache files dropped."""
 
 from __future__ import annotations
 
@@ -34,3 +35,7 @@ def recover(index: EntryIndex, data: DataFiles) -> None:
     pending = index.pending()
     if pending:
         log.info("recovered %d pending changes from the journal", len(pending))
+    parked = [e.key for e in pending if e.state == State.PARKED]
+    if parked:
+        log.warning("%d changes stay parked (refused by their provider for good), e.g. %s: see `storefs status`, "
+                    "then `storefs retry` once the cause is fixed", len(parked), parked[0])

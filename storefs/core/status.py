@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from typing import Any
 
 from ..cache.datafiles import DataFiles
 from ..cache.eviction import Evictor
-from ..cache.journal import OP_PUT, Entry
+from ..cache.journal import OP_PUT, Entry, State
 from ..errors import ProviderError
 from .schedule import Schedule
 from .state import CoreState
@@ -25,7 +26,7 @@ FLUSH_SCAN_INTERVAL = 0.2
 FLUSH_PROGRESS_INTERVAL = 0.5
 #: seconds a waiter sleeps at most between looks at the uploader
 WAIT_STEP = 0.2
-#: errors status lists at most
+#: errors status lists at most (parked changes and conflicts too)
 MAX_ERRORS_SHOWN = 100
 NAME_MAX = 255
 
@@ -45,17 +46,21 @@ class Status:
         self.read_only = read_only
 
     def waiting(self) -> tuple[list[Entry], list[Entry]]:
-        """Pending entries that can be uploaded, and those held open for writing."""
+        """Pending entries that can be uploaded, and those held open for writing (parked ones are neither:
+        they wait for `storefs retry`)."""
         with self.state.lock:
             ready: list[Entry] = []
             held: list[Entry] = []
             for e in self.index.pending():
+                if e.state == State.PARKED:
+                    continue
                 node = self.state.nodes.get(e.key)
                 (held if node is not None and node.writers > 0 else ready).append(e)
             return ready, held
 
     def ready_count(self) -> int:
-        """len(waiting()[0]) from counters and the open files, not a scan of every entry."""
+        """len(waiting()[0]) from counters and the open files, not a scan of every entry (parked
+        changes count here: flush's full scan, five times a second, tells them apart)."""
         with self.state.lock:
             held = 0
             for key, node in self.state.nodes.items():
@@ -81,6 +86,9 @@ class Status:
                 e = self.index.get(key)
                 if e is None or not e.pending:
                     return
+                if e.state == State.PARKED:
+                    raise ProviderError(f"upload of {key} is parked: {e.last_error} (fix the cause, then "
+                                        "`storefs retry`)")
                 if e.attempts and e.last_error and e.attempts >= WAIT_MAX_ATTEMPTS:
                     raise ProviderError(f"upload of {key} failed: {e.last_error}")
             if deadline is not None and clock() > deadline:
@@ -88,7 +96,7 @@ class Status:
             self.uploader.wait_change(WAIT_STEP)
 
     def flush_all(self, timeout: float | None, progress: Callable[[dict[str, Any]], None] | None = None) -> bool:
-        """Wait until every closed change has reached its provider; False on timeout."""
+        """Wait until every closed change has reached its provider or is parked; False on timeout."""
         if self.read_only:
             return True  # nothing of this mount's own to upload; an earlier mount's changes wait for a writable one
         clock = self.schedule.clock
@@ -121,9 +129,12 @@ class Status:
             pending = self.index.pending()
             dirty = [e for e in pending if e.op == OP_PUT]
             errors = [{"key": e.key, "op": e.op, "attempts": e.attempts, "error": e.last_error}
-                      for e in pending if e.last_error]
+                      for e in pending if e.last_error and e.state != State.PARKED]
+            parked = [{"key": e.key, "op": e.op, "provider": e.provider, "error": e.last_error}
+                      for e in sorted(pending, key=lambda e: e.key) if e.state == State.PARKED]
             cached = sum(1 for e in self.index.entries.values() if e.data_name)
             open_files = len(self.state.nodes)
+        conflicts_total, conflicts = self.index.journal.conflicts(MAX_ERRORS_SHOWN)
         return {
             "pending": len(pending),
             "dirty_files": len(dirty),
@@ -134,6 +145,10 @@ class Status:
             "upload_failures": self.uploader.failures,
             "upload_retries": self.uploader.retries,
             "errors": errors[:MAX_ERRORS_SHOWN],
+            "parked": parked[:MAX_ERRORS_SHOWN],
+            "parked_changes": len(parked),
+            "conflicts": [dataclasses.asdict(c) for c in conflicts],
+            "conflicts_total": conflicts_total,
             "cached_files": cached,
             "cache_evictions": self.evictor.evicted,
             "open_files": open_files,

@@ -136,12 +136,12 @@ def test_changed_during_upload_stays_dirty(tmp_path: Path) -> None:
     # a write lands between the snapshot and the end of the upload
     orig = p.put_file
 
-    def slow_put(key, src, meta):  # type: ignore[no-untyped-def]
+    def slow_put(key, src, meta, **conditions):  # type: ignore[no-untyped-def]
         fh = ns.open(key, os.O_RDWR)
         ns.write(fh, b"new", 0)
         ns.flush(fh)
         ns.release(fh)
-        return orig(key, src, meta)
+        return orig(key, src, meta, **conditions)
 
     p.put_file = slow_put  # type: ignore[method-assign]
     ns.parts.writeback.sync("t/image/b/a/f")
@@ -172,11 +172,11 @@ def test_uploads_resume_after_provider_failure(tmp_path: Path) -> None:
     orig = p.put_file
     fails = {"n": 3}
 
-    def flaky(key, src, meta):  # type: ignore[no-untyped-def]
+    def flaky(key, src, meta, **conditions):  # type: ignore[no-untyped-def]
         if fails["n"] > 0:
             fails["n"] -= 1
             raise ProviderUnavailable("down")
-        return orig(key, src, meta)
+        return orig(key, src, meta, **conditions)
 
     p.put_file = flaky  # type: ignore[method-assign]
     ns.start()

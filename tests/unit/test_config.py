@@ -460,3 +460,18 @@ def test_min_free_from_the_file_and_its_default(tmp_path) -> None:
 ])
 def test_min_free_in_bytes_of_a_disk(min_free, disk, expected) -> None:
     assert min_free.bytes_of(disk) == expected
+@pytest.mark.parametrize(("text", "expected"), [("", "keep-both"), ("conflicts: keep-both\n", "keep-both"),
+                                                ("conflicts: overwrite\n", "overwrite"),
+                                                ("conflicts: Overwrite\n", "overwrite")])
+def test_conflicts_keeps_both_unless_told_to_overwrite(tmp_path, text, expected) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"providers:\n  local: {{type: local, base_path: {tmp_path}}}\n{text}")
+    assert load_config(str(path)).conflicts == expected
+
+
+def test_conflicts_refuses_another_word(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"providers:\n  local: {{type: local, base_path: {tmp_path}}}\nconflicts: newest\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert (err.value.key, err.value.reason) == ("conflicts", "expected one of keep-both, overwrite, got 'newest'")

@@ -75,3 +75,26 @@ def test_states_come_back_as_the_enum_and_older_journals_open(tmp_path: Path) ->
     j.close()
     (again,) = Journal(str(path), ballast=0).load()
     assert again.state is State.DIRTY and (again.atime, again.rdev, again.used) == (7.0, 259, 5.0)
+
+
+def test_conflicts_are_kept_newest_first_capped_and_counted(tmp_path: Path, monkeypatch) -> None:
+    from storefs.cache import journal as journal_mod
+    from storefs.cache.journal import ConflictRecord
+    monkeypatch.setattr(journal_mod, "MAX_CONFLICTS_KEPT", 3)
+    j = Journal(str(tmp_path / "journal.db"), ballast=0)
+    assert j.conflicts() == (0, [])
+    for i in range(5):
+        j.add_conflict(ConflictRecord(at=float(i), op="put", key=f"k{i}", conflict_key=f"k{i}.conflict", provider="s3"))
+    j.close()
+    total, records = Journal(str(tmp_path / "journal.db"), ballast=0).conflicts()
+    assert total == 5
+    assert [r.key for r in records] == ["k4", "k3", "k2"]
+    assert records[0] == ConflictRecord(at=4.0, op="put", key="k4", conflict_key="k4.conflict", provider="s3")
+
+
+def test_parked_rows_come_back_parked(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "journal.db"), ballast=0)
+    j.put(Entry("k", "s3", op="put", state=State.PARKED, last_error="Rejected: KeyTooLongError"))
+    j.close()
+    (e,) = Journal(str(tmp_path / "journal.db"), ballast=0).load()
+    assert e.state is State.PARKED and e.pending and e.last_error == "Rejected: KeyTooLongError"

@@ -131,3 +131,31 @@ def test_retries_do_not_give_way(monkeypatch: pytest.MonkeyPatch) -> None:
         stop.set()
         burst.join()
         up.stop()
+
+
+def test_a_parked_operation_is_neither_retried_nor_counted_as_done() -> None:
+    from storefs.cache.uploader import Parked
+
+    class Refused(Recorder):
+        calls = 0
+
+        def sync(self, key: str) -> None:
+            self.calls += 1
+            self.done.set()
+            raise Parked("refused for good")
+
+    rec = Refused()
+    rec.pending = {"k"}
+    up = Uploader(workers=1)
+    up.start(rec.jobs())
+    try:
+        up.schedule("k", 0.0)
+        assert rec.done.wait(5)
+        deadline = time.monotonic() + 5
+        while up.scheduled() and time.monotonic() < deadline:
+            up.wait_change(0.05)
+        time.sleep(0.6)  # longer than the first backoff: a retry would have run by now
+        assert (rec.calls, up.parked, up.uploaded, up.failures, up.scheduled()) == (1, 1, 0, 0, 0)
+        assert not rec.failed_once.is_set()
+    finally:
+        up.stop()
