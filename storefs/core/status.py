@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from .. import keys
 from ..cache.datafiles import DataFiles
 from ..cache.eviction import Evictor
 from ..cache.journal import OP_PUT, Entry, State
@@ -70,10 +71,11 @@ class Status:
             return self.index.pending_count() - held
 
     def pending_keys(self) -> list[str]:
-        """Keys `storefs cleanup` must not delete: changes not uploaded yet, and sources of pending copies."""
+        """Keys `storefs cleanup` must not delete: changes not uploaded yet, and sources of pending copies
+        (as the provider spells them: a file beside a folder of its name is known here by its alias)."""
         with self.state.lock:
             rows = self.index.pending()
-        return sorted({k for e in rows for k in (e.key, e.copy_src) if k})
+        return sorted({keys.object_key(k) for e in rows for k in (e.key, e.copy_src) if k})
 
     def wait_uploaded(self, key: str, timeout: float | None) -> None:
         """Block until key has reached its provider (fsync: upload, and `storefs url`), uploading

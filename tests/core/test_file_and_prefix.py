@@ -90,6 +90,18 @@ def test_an_overwrite_goes_back_to_the_files_key(both) -> None:  # type: ignore[
     assert provider.head(FILE).xattrs == {"user.note": b"kept"}
 
 
+def test_cleanup_is_told_the_objects_key_of_a_pending_alias(tmp_path: Path) -> None:
+    provider = MemoryProvider("mem", lookup_by_listing=True)
+    put(provider, FILE, b"the file")
+    put(provider, f"{FILE}/x.png", b"inside the folder")
+    core = build(tmp_path, {"mem": provider}, delay="1h")
+    try:
+        write(core, ALIAS, b"not uploaded yet")
+        assert FILE in core.pending_keys() and ALIAS not in core.pending_keys()  # what the bucket holds
+    finally:
+        core.stop()
+
+
 def test_a_copy_and_a_rename_read_the_files_key(both) -> None:  # type: ignore[no-untyped-def]
     core, provider = both
     write(core, f"{ART}/copy.png", read(core, ALIAS), exclusive=True)
