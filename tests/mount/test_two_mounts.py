@@ -337,3 +337,28 @@ def test_refresh_shows_the_other_mounts_change_at_once(bucket, tmp_path):
             assert res.returncode == 0, f"storefs refresh failed: {res.stderr}"
             assert "fresh.png" in os.listdir(there), f"{step}: not listed on host2 right after refresh"
             assert (there / "fresh.png").read_bytes() == data, f"{step}: other bytes on host2 after refresh"
+
+
+def test_on_moto_too_a_race_and_a_stale_edit_keep_every_version(moto_server, tmp_path):
+    """The same two races on moto's S3 server (the other server the issue names): both write one
+    new name, then both edit a file both read; every version at its key or in a conflict copy."""
+    require_fuse()
+    b = S3Backend(moto_server, f"t-{uuid.uuid4().hex[:20]}")
+    art = f"t1/image/b1/{uuid.uuid4().hex[:12]}"
+    try:
+        with running(MountPair(tmp_path / "pair", b, fuse=QUICK_VIEWS, writeback_delay=HELD)) as pair:
+            va, vb = payload("moto/a", SIZE), payload("moto/b", SIZE + 3)
+            mkdir_both(pair, art)
+            for data, m in ((va, pair.a), (vb, pair.b)):
+                (m.mnt / art / "same.png").write_bytes(data)
+            pair.flush_both()
+            assert_conflicts_reported(pair, art, "same.png", 1)
+            v0, e1, e2 = payload("moto/0", SIZE), payload("moto/e1", SIZE + 1), b"host2's edit\n"
+            read_by_both(pair, tmp_path, f"{art}/doc.png", v0)
+            (pair.a.mnt / art / "doc.png").write_bytes(e1)
+            sh('echo "host2'"'"'s edit" > "$1"', pair.b.mnt / art / "doc.png")
+            pair.flush_both()
+            assert_nothing_lost(pair, {("same.png", va): True, ("same.png", vb): True, ("doc.png", v0): False,
+                                       ("doc.png", e1): True, ("doc.png", e2): True}, art)
+    finally:
+        b.close()
