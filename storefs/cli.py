@@ -284,14 +284,20 @@ def _parked_message(st: dict) -> str:
             + (f" and {more} more (storefs status)" if more > 0 else ""))
 
 
-def cmd_retry(args: argparse.Namespace) -> int:
+def _ask_for_path(cmd: str, path: str) -> dict:
+    """The daemon's answer to a control command about a path in its mount (retry, refresh)."""
     try:
-        mnt, rel = find_mount(args.path)
-        answer = next(iter(request(mnt, {"cmd": "retry", "path": rel})))
+        mnt, rel = find_mount(path)
+        answer: dict = next(iter(request(mnt, {"cmd": cmd, "path": rel})))
     except NotRunning as e:
         raise CliError(str(e)) from None
     if "error" in answer:
-        raise CliError(f"{args.path}: {answer['error']}")
+        raise CliError(f"{path}: {answer['error']}")
+    return answer
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    answer = _ask_for_path("retry", args.path)
     print(f"storefs: {answer['retried']} parked changes back in the upload queue", file=sys.stderr)
     return 0
 
@@ -396,13 +402,7 @@ def cmd_url(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    try:
-        mnt, rel = find_mount(args.path)
-        answer = next(iter(request(mnt, {"cmd": "refresh", "path": rel})))
-    except NotRunning as e:
-        raise CliError(str(e)) from None
-    if "error" in answer:
-        raise CliError(f"{args.path}: {answer['error']}")
+    answer = _ask_for_path("refresh", args.path)
     print(f"{args.path}: dropped {answer['listings']} cached listings, {answer['names']} cached names, "
           f"{answer['cached_files']} cached copies; the kernel forgot {answer['kernel']} paths")
     return 0

@@ -7,11 +7,11 @@ names up by listing (as on S3) and by asking for each name."""
 from __future__ import annotations
 
 import errno
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from conditional import read
 from coretier import build
 
 from storefs.core import Core
@@ -31,15 +31,6 @@ def put(provider: MemoryProvider, key: str, data: bytes, mode: int = 0o100644) -
         src.write(data)
         src.flush()
         provider.put_file(key, src.name, ObjectMeta(mtime=1.0, mode=mode))
-
-
-def read(core: Core, key: str) -> bytes:
-    fh = core.open(key, os.O_RDONLY)
-    try:
-        fd, n = core.read_source(fh, 1 << 20, 0)
-        return os.pread(fd, n, 0)
-    finally:
-        core.release(fh)
 
 
 def write(core: Core, key: str, data: bytes, exclusive: bool = False) -> None:
