@@ -90,6 +90,14 @@ def _token(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
 
 
+def _is_version(st: os.stat_result, etag: str) -> bool:
+    """Whether etag names the file st describes; an etag of storefs before conditional writes
+    (mtime-size, kept in an older cache's journal) is compared on mtime and size, as it was made."""
+    if etag.count("-") == 1:
+        return etag == f"{st.st_mtime_ns:x}-{st.st_size:x}"
+    return etag == _token(st)
+
+
 def _to_ns(mtime: float) -> int:
     """Nanoseconds from the float's shortest decimal form, so 1.123456 stays .123456000."""
     return int(Decimal(repr(float(mtime))) * 1_000_000_000)
@@ -545,7 +553,7 @@ class LocalProvider(Provider):
             raise
         if stat.S_ISDIR(st.st_mode):
             raise NotFound(key)
-        if _token(st) != if_match:
+        if not _is_version(st, if_match):
             raise Conflict(f"local provider {self.name}: {key}: changed by another writer")
 
     def _write_regular(self, key: str, src_fd: int, a: _Attrs, cond: _Condition = _NO_CONDITION) -> ObjectInfo:
@@ -649,7 +657,7 @@ class LocalProvider(Provider):
         with self._parent(src) as (pfd, name), self._mapped(src):
             st, fd, target = self._open_regular(pfd, name, src)
             kind = stat.S_IFMT(st.st_mode)
-            if if_match is not None and _token(st) != if_match:
+            if if_match is not None and not _is_version(st, if_match):
                 if fd is not None:
                     os.close(fd)
                 raise Conflict(f"local provider {self.name}: {src}: changed by another writer")

@@ -296,6 +296,19 @@ def test_etag_names_one_version_even_with_the_same_size_and_mtime(prov, base, tm
     assert (base / "t" / "x").read_bytes() == b"version B" and _temps(base) == []
 
 
+def test_an_etag_from_before_conditional_writes_still_names_its_version(prov, base, tmp_path):
+    """A cache journal written by an older storefs holds mtime-size etags: an edit of such a file
+    replaces it (no false conflict), and a stale one still meets the conflict."""
+    src = tmp_path / "s"
+    src.write_bytes(b"ours")
+    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME))
+    st = os.stat(base / "t" / "x")
+    legacy = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME + 5), if_match=legacy)
+    with pytest.raises(Conflict):
+        prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_match=legacy)  # the file changed since
+
+
 def test_a_change_made_in_place_by_another_program_is_caught(prov, base, tmp_path):
     src = tmp_path / "s"
     src.write_bytes(b"ours")
