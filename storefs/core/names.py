@@ -205,13 +205,15 @@ class Names:
         if node is not None:
             node.unlinked = True
         e = self.index.get(key)
-        remote = f.remote is not None or (e is not None and (e.remote or self.schedule.is_busy(key)))
+        # a file opened from a listing has its row only in its node until the last close journals it
+        row = e if e is not None or node is None else node.entry
+        remote = f.remote is not None or (row is not None and (row.remote or self.schedule.is_busy(key)))
         if e is not None and node is None:
             self.tree.data.discard(e.data_name)
         if remote:
-            provider = e.provider if e else f.remote[0]  # type: ignore[index]
+            provider = row.provider if row else f.remote[0]  # type: ignore[index]
             self.index.put(Entry(key, provider, kind="file", state=State.DIRTY, op=OP_DELETE, remote=True,
-                                 generation=(e.generation + 1) if e else 1, etag=known_etag(e, f)))
+                                 generation=(row.generation + 1) if row else 1, etag=known_etag(row, f)))
             self.schedule.changed(key)
         elif e is not None:
             self.index.remove(key)

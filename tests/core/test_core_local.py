@@ -55,6 +55,11 @@ def write_file(ns: Core, key: str, data: bytes) -> None:
     ns.release(fh)
 
 
+def read_at(ns: Core, fh: int, size: int, offset: int) -> bytes:
+    fd, n = ns.read_source(fh, size, offset)
+    return os.pread(fd, n, offset)
+
+
 def mkdirs(ns: Core, key: str) -> None:
     parts = key.split("/")
     for i in range(1, len(parts) + 1):
@@ -94,6 +99,27 @@ def test_unlink_of_never_uploaded_file_is_local(tmp_path: Path) -> None:
     ns.unlink("t/image/b/a/scratch")
     assert ns.flush_all(10)
     assert not [c for c in p.calls if c[0] in ("put", "delete", "copy")]
+    ns.stop()
+
+
+def test_unlink_of_file_open_from_the_listing_deletes_it(tmp_path: Path) -> None:
+    """A file known only from the provider, open for reading when it is unlinked (libfuse's hidden
+    rename when the last close has not reached the daemon yet): the delete still reaches the provider."""
+    data = tmp_path / "data/t/image/b/a"
+    data.mkdir(parents=True)
+    (data / "f").write_bytes(b"from-elsewhere")
+    ns, p = make_ns(tmp_path, delay="30s")
+    ns.start()
+    fh = ns.open("t/image/b/a/f", os.O_RDONLY)
+    assert read_at(ns, fh, 100, 0) == b"from-elsewhere"
+    ns.rename("t/image/b/a/f", "t/image/b/a/.fuse_hidden0001")
+    assert ns.readdir("t/image/b/a") == []
+    assert read_at(ns, fh, 4, 0) == b"from"  # the open handle still reads
+    ns.rmdir("t/image/b/a")  # empty to whoever lists it, as on a local disk
+    ns.release(fh)
+    assert ns.flush_all(10)
+    assert ("delete", "t/image/b/a/f") in p.calls
+    assert not (data / "f").exists()
     ns.stop()
 
 

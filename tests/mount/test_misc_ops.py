@@ -171,6 +171,28 @@ def test_rmdir_non_empty_is_enotempty(store, art):
     assert os.listdir(store.mnt / ART) == []
 
 
+def test_unlink_of_an_open_file_known_from_the_listing(store, art):
+    """An open file is unlinked (libfuse renames it .fuse_hiddenN): it leaves the listing at once, its
+    folder can go, the handle still reads, and the delete reaches the provider."""
+    sub = art / "sub"
+    sub.mkdir()
+    create_file(sub / "f", b"elsewhere")
+    store.remount(empty_cache=True)  # known only from the provider's listing
+    fd = os.open(store.mnt / ART / "sub" / "f", os.O_RDONLY)
+    try:
+        assert os.read(fd, 4) == b"else"
+        os.unlink(store.mnt / ART / "sub" / "f")
+        assert os.listdir(store.mnt / ART / "sub") == []
+        os.rmdir(store.mnt / ART / "sub")
+        assert os.pread(fd, 5, 4) == b"where"
+    finally:
+        os.close(fd)
+    store.flush()
+    assert not store.provider_exists(f"{ART}/sub/f")
+    store.remount(empty_cache=True)
+    assert os.listdir(store.mnt / ART) == []
+
+
 @pytest.mark.parametrize("uploaded_first", [False, True], ids=["dirty", "uploaded"])
 def test_rename_artifact_to_other_board(store, art, uploaded_first):
     files = {"a.bin": payload("a", 100_000), "sub/b.bin": payload("b", 10), "sub/deep/c": b"",
