@@ -12,6 +12,7 @@ others depend on run anyway, unrecorded), the `frozen` workload in bench/frozen.
     python -m bench                                  # 1 GiB, 2000 files, 3 rounds, every workload
     python -m bench --size 128MiB --files 200 --rounds 1 --systems storefs,raw
     python -m bench --no-install --systems storefs,rclone --workloads frozen --rounds 1
+    python -m bench --no-install --systems storefs,direct --workloads write,cold_read,create
 
 MB/s are 10^6 bytes per second. Needs root (drop_caches, FUSE mounts).
 """
@@ -32,6 +33,8 @@ from storefs.testing.seaweed import SeaweedServer
 
 from . import frozen
 from .common import ROOT, MiB, drop_caches, exit_on_sigterm, first_line, parse_size, say
+from .direct import NAME as DIRECT
+from .direct import Direct
 from .report import METRICS, chart, machine, medians, ratios, table
 from .systems import ALL_SYSTEMS, SYSTEM_CLASSES, Ctx, System
 from .workloads import FOLDERS, SMALL, WORKLOADS, Bench, make_tarball
@@ -47,7 +50,9 @@ def main() -> int:
     ap.add_argument("--size", type=parse_size, default=1024 * MiB, help="big file size (default 1GiB)")
     ap.add_argument("--files", type=int, default=2000, help="small files to create (default 2000)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--systems", default=",".join(ALL_SYSTEMS))
+    ap.add_argument("--systems", default=",".join((*ALL_SYSTEMS, DIRECT)),
+                    help=f"comma-separated, of {', '.join((*ALL_SYSTEMS, DIRECT))} ({DIRECT}: boto3 itself, "
+                         "a reference)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--rand-seconds", type=float, default=10.0, help="duration of the random-read test")
     ap.add_argument("--frozen-seconds", type=float, default=FROZEN_SECONDS,
@@ -59,8 +64,8 @@ def main() -> int:
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for s in args.systems:
-        if s not in SYSTEM_CLASSES:
-            ap.error(f"unknown system {s!r} (known: {', '.join(ALL_SYSTEMS)})")
+        if s not in SYSTEM_CLASSES and s != DIRECT:
+            ap.error(f"unknown system {s!r} (known: {', '.join((*ALL_SYSTEMS, DIRECT))})")
     for w in args.workloads:
         if w not in WORKLOADS:
             ap.error(f"unknown workload {w!r} (known: {', '.join(WORKLOADS)})")
@@ -78,6 +83,7 @@ def main() -> int:
     systems: list[System] = []
     bench: Bench | None = None
     ctx: Ctx | None = None
+    direct: Direct | None = None
     failed_setup: dict[str, str] = {}
     try:
         server.start()
@@ -85,7 +91,7 @@ def main() -> int:
         ctx.tarball = os.path.join(work, "stdlib.tar")
         ctx.tar_files = make_tarball(ctx.tarball) if "tar" in args.workloads else 0
         say(f"work dir {work}; SeaweedFS at {server.endpoint_url}; tarball of {ctx.tar_files} files")
-        for name in args.systems:
+        for name in (n for n in args.systems if n != DIRECT):
             s = SYSTEM_CLASSES[name](ctx)
             try:
                 s.setup()
@@ -99,7 +105,10 @@ def main() -> int:
                     s.unmount()
                 except Exception as e2:  # noqa: BLE001
                     say(f"{name}: unmount after the failed setup failed too: {e2}")
-        bench = Bench(ctx, systems)
+        direct = Direct(ctx) if DIRECT in args.systems else None
+        bench = Bench(ctx, systems, direct)
+        if direct is not None:
+            direct.setup(args.size, bench.pattern)
         bench.run()
     except KeyboardInterrupt:
         say("interrupted: cleaning up")
@@ -112,6 +121,8 @@ def main() -> int:
         versions = {s.name: s.version() for s in systems}
         versions["seaweedfs"] = first_line(["weed", "version"])
         versions["fio"] = first_line(["fio", "--version"]) if shutil.which("fio") else "not installed"
+        if direct is not None:
+            direct.close()
         if ctx is not None:
             ctx.s3.close()
         server.stop()
@@ -120,7 +131,7 @@ def main() -> int:
     if bench is None or not bench.rows:
         say("no figures")
         return 1
-    names = [s.name for s in systems]
+    names = [s.name for s in systems] + ([DIRECT] if direct is not None else [])
     med = medians(bench.rows)
     rat = ratios(med)
     print(table(med, rat, names))

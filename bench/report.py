@@ -40,7 +40,7 @@ METRICS: list[tuple[str, str, str, bool]] = [
 ]
 METRIC = {m[0]: m for m in METRICS}
 COLORS = {"storefs": "#d62728", "rclone": "#1f77b4", "juicefs": "#2ca02c", "s3fs": "#9467bd", "raw": "#7f7f7f",
-          "floor": "#bcbd22", "overlay": "#17becf"}
+          "floor": "#bcbd22", "overlay": "#17becf", "direct": "#8c564b"}
 MEMINFO = "/proc/meminfo"
 CPUINFO = "/proc/cpuinfo"
 
@@ -84,7 +84,8 @@ def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
         out[metric] = {"best_peer": best,
                        "vs_best_peer": better(metric, sv, peers[best]) if sv and best else None,
                        "vs_raw": better(metric, sv, vals["raw"]) if sv and vals.get("raw") else None,
-                       "vs_floor": better(metric, sv, vals["floor"]) if sv and vals.get("floor") else None}
+                       "vs_floor": better(metric, sv, vals["floor"]) if sv and vals.get("floor") else None,
+                       "vs_direct": better(metric, sv, vals["direct"]) if sv and vals.get("direct") else None}
         for ref in REFERENCES:
             out[metric][f"{ref}_vs_best_peer"] = (better(metric, vals[ref], peers[best])
                                                   if vals.get(ref) and best else None)
@@ -93,9 +94,11 @@ def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
 
 def table(med: dict[str, dict[str, float]], rat: dict[str, dict[str, Any]], systems: list[str]) -> str:
     """The side-by-side table (markdown): one row per metric, one column per system, then the ratios."""
-    extra = (["vs_floor"] if "floor" in systems else []) + [f"{r}_vs_best_peer" for r in REFERENCES if r in systems]
+    extra = (["vs_floor"] if "floor" in systems else []) + (["vs_direct"] if "direct" in systems else [])
+    extra += [f"{r}_vs_best_peer" for r in REFERENCES if r in systems]
     head = ["workload", "unit", *systems, "storefs vs best peer", "storefs vs raw"]
-    head += [k.replace("vs_floor", "storefs vs floor").replace("_vs_best_peer", " vs best peer") for k in extra]
+    head += [k.replace("vs_floor", "storefs vs floor").replace("vs_direct", "storefs vs direct")
+             .replace("_vs_best_peer", " vs best peer") for k in extra]
     lines = []
     for key, label, unit, hb in METRICS:
         if key not in med:

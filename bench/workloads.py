@@ -11,6 +11,8 @@
   rm          `rm -r` of their board folder
   tar         `tar -xf` of an uncompressed tarball of this Python's stdlib (no __pycache__,
               no site-packages) into an artifact folder; and until in the bucket
+  direct      not a workload: with --systems ...,direct, boto3 uploads the same big file and small
+              files and downloads the big file on its own (bench/direct.py), as a reference
   frozen      SeaweedFS frozen (SIGSTOP) for --frozen-seconds while 4 threads stat, list, read
               cached entries and create files in known folders (bench/frozen.py); p99 per operation
 and each daemon's peak RSS over the round (VmRSS every 0.2 s, and VmHWM before each unmount,
@@ -29,12 +31,15 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import MB, MiB, drop_caches, run, say, tree_vm
 from .frozen import OPS, Timings, run_frozen
 from .report import METRIC, fmt
 from .systems import REFERENCES, Ctx, System
+
+if TYPE_CHECKING:
+    from .direct import Direct
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +160,9 @@ def rand_read(path: str, size: int, seconds: float) -> float:
 
 
 class Bench:
-    def __init__(self, ctx: Ctx, systems: list[System]) -> None:
+    def __init__(self, ctx: Ctx, systems: list[System], direct: Direct | None = None) -> None:
         self.ctx, self.systems, self.args = ctx, systems, ctx.args
+        self.direct = direct  # the boto3 reference (bench/direct.py), when asked for
         self.rows: list[dict[str, Any]] = []       # one per round, system and metric
         self.errors: list[dict[str, Any]] = []
         self.sampler = RssSampler(systems)
@@ -168,10 +174,11 @@ class Bench:
     def live(self) -> list[System]:
         return [s for s in self.systems if s.ok and (s.big_files or not self.big_phase)]
 
-    def record(self, rnd: int, s: System, metric: str, value: float) -> None:
-        self.rows.append({"round": rnd, "system": s.name, "metric": metric, "value": value})
+    def record(self, rnd: int, s: System | str, metric: str, value: float) -> None:
+        name = s if isinstance(s, str) else s.name
+        self.rows.append({"round": rnd, "system": name, "metric": metric, "value": value})
         _, label, unit, _ = METRIC[metric]
-        say(f"  r{rnd} {s.name:8} {label}: {fmt(value)} {unit}")
+        say(f"  r{rnd} {name:8} {label}: {fmt(value)} {unit}")
 
     def each(self, rnd: int, what: str, step: Callable[[System], None]) -> None:
         """step on every live system in turn; a failure is noted and the others go on."""
@@ -346,6 +353,27 @@ class Bench:
                 s.wait_count(tboard + "/", 0)
             self.each(rnd, "delete the extracted tree", clean)
 
+    def reference(self, rnd: int, d: Direct) -> None:
+        """The direct client's round: the big file up and down, then the small files, as figures to beat."""
+        prefix, name = f"bench/model/d{rnd}", d.name
+        try:
+            if any(self.want(w) for w in ("write", "cold_read")):
+                key = f"{prefix}/big.bin"
+                took = d.upload_big(key)
+                if self.want("write"):
+                    self.record(rnd, name, "write_bucket_s", took)
+                if self.want("cold_read"):
+                    self.record(rnd, name, "cold_read_mbps", d.download_big(key, self.args.size))
+            if self.want("create"):
+                names = [f"art{i % FOLDERS + 1:02d}/file{i + 1:04d}.bin" for i in range(self.args.files)]
+                self.record(rnd, name, "create_bucket_s", d.put_small(prefix, names, self.pattern[:SMALL]))
+        except Exception as e:  # noqa: BLE001 - a benchmark reports and goes on
+            msg = f"{type(e).__name__}: {e}"
+            say(f"  r{rnd} {name}: failed: {msg}")
+            self.errors.append({"round": rnd, "system": name, "step": "direct", "error": msg[-3000:]})
+        finally:
+            d.clean(prefix + "/")
+
     def freeze(self, rnd: int) -> None:
         """The frozen workload (bench/frozen.py) on every system that has a bucket, on fresh mounts."""
         self.remount(rnd, "read")
@@ -377,6 +405,8 @@ class Bench:
             if any(self.want(w) for w in BIG):
                 self.big(rnd)
             self.small(rnd)
+            if self.direct is not None:
+                self.reference(rnd, self.direct)
             if self.want("frozen"):
                 self.freeze(rnd)
             peaks = self.sampler.take()
