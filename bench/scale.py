@@ -10,7 +10,12 @@ buckets of that server:
    0.1 s during the listings (VmRSS, and VmHWM at the end). Target: peak under 300 MiB.
    Also the time `storefs mount` takes on that bucket versus on an empty one (nothing is
    listed at mount, so they should be close).
-2. cold sequential read: one object of M MiB of random bytes, read with
+2. `ls -l`: a folder of --wide-keys objects (20,000) put by boto3 with no storefs metadata under
+   bench/image/b1/a2/; `ls -l DIR | wc -l` on a fresh mount (empty cache, cold), storefs and
+   rclone interleaved, --rounds rounds: each listed name is then stat'ed, which for objects
+   whose listing carries no metadata costs a HEAD apiece. Then once `ls -l` of the N-key folder
+   on storefs: it completes, with the daemon's peak RSS under the target.
+3. cold sequential read: one object of M MiB of random bytes, read with
    `dd of=/dev/null bs=1M` through storefs (fresh cache) and rclone (fresh cache),
    interleaved, 3 rounds each, page caches dropped before each run where the kernel lets
    us; median throughput and the storefs/rclone ratio; the sha256 of what each mount
@@ -58,6 +63,7 @@ log = logging.getLogger(__name__)
 PROG = "python -m bench.scale"  # how it is run, for --help
 
 LIST_DIR = "bench/image/b1/a1"
+WIDE_DIR = "bench/image/b1/a2"  # the `ls -l` folder
 BIG_KEY = "bench/video/b1/a1/big.bin"
 RSS_TARGET_MIB = 300
 
@@ -256,12 +262,12 @@ class RcloneMount:
 
 # -- workloads ------------------------------------------------------------------------------
 
-def put_keys(server: SeaweedServer, bucket: str, n: int, workers: int = 64) -> float:
+def put_keys(server: SeaweedServer, bucket: str, n: int, workers: int = 64, folder: str = LIST_DIR) -> float:
     client = server.client(max_pool_connections=workers, retries={"max_attempts": 5, "mode": "standard"})
     body = b"\x89PNG\r\n\x1a\n"
 
     def put(i: int) -> None:
-        client.put_object(Bucket=bucket, Key=f"{LIST_DIR}/f{i:06d}.png", Body=body, ContentType="image/png")
+        client.put_object(Bucket=bucket, Key=f"{folder}/f{i:06d}.png", Body=body, ContentType="image/png")
 
     t0 = time.monotonic()
     try:
@@ -291,6 +297,14 @@ def timed_ls(path: str) -> tuple[float, int]:
                        timeout=1800, executable="/bin/bash")
     took = time.monotonic() - t0
     return took, int(r.stdout.strip())
+
+
+def timed_ls_l(path: str) -> tuple[float, int]:
+    """Seconds for `ls -l path | wc -l` (a readdir, then a stat of every name), and the lines it printed."""
+    t0 = time.monotonic()
+    r = subprocess.run(f"ls -l '{path}' | wc -l", shell=True, check=True, capture_output=True, text=True,
+                       timeout=3600, executable="/bin/bash")
+    return time.monotonic() - t0, int(r.stdout.strip())
 
 
 def listings(pid: int, path: str) -> list[tuple[float, int, RssSampler]]:
@@ -337,6 +351,8 @@ def median(xs: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=100_000, help="keys in the listed folder (default 100000)")
+    ap.add_argument("--wide-keys", type=int, default=20_000,
+                    help="keys in the folder listed with ls -l, storefs beside rclone (default 20000)")
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the read object in MiB (default 1024)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved read rounds per mount (default 3)")
     ap.add_argument("--workdir", default=None, help="where the temp dir goes (default: $TMPDIR)")
@@ -421,7 +437,45 @@ def main() -> int:
         rl.unmount()
         say(f"  cold {res['rclone_ls_cold_s']:.2f}s warm {res['rclone_ls_warm_s']:.2f}s, counts {r_cold}/{r_warm}")
 
-        # ---- 2. cold sequential read of one big object --------------------------------------
+        # ---- 2. ls -l: a stat of every name ----------------------------------------------------
+        say(f"putting {args.wide_keys} keys under {WIDE_DIR}/ (64 threads)")
+        put_keys(server, "scale", args.wide_keys, folder=WIDE_DIR)
+        swide = StorefsMount(work, server, "scale", "wide")
+        rwide = RcloneMount(rclone, work, server, "scale", "wide")
+        mounts += [swide, rwide]
+        lsl: dict[str, list[float]] = {"storefs": [], "rclone": []}
+        for rnd in range(args.rounds):
+            order: list[tuple[str, StorefsMount | RcloneMount]] = [("storefs", swide), ("rclone", rwide)]
+            if rnd % 2:
+                order.reverse()
+            for name, m in order:
+                m.mount()
+                try:
+                    drop_caches()
+                    secs, lines = timed_ls_l(os.path.join(m.mnt, WIDE_DIR))
+                finally:
+                    m.unmount()
+                lsl[name].append(secs)
+                if lines != args.wide_keys + 1:  # "total N" first
+                    problems.append(f"{name} ls -l printed {lines} lines, expected {args.wide_keys + 1}")
+                say(f"  round {rnd + 1} {name}: ls -l of {args.wide_keys} keys, cold: {secs:.2f} s")
+        res["ls_l_storefs_s_runs"], res["ls_l_rclone_s_runs"] = lsl["storefs"], lsl["rclone"]
+        res["ls_l_storefs_s"], res["ls_l_rclone_s"] = median(lsl["storefs"]), median(lsl["rclone"])
+        say(f"storefs: ls -l of the {args.keys}-key folder, cold")
+        full.mount()
+        try:
+            fpid = full.pid
+            assert fpid is not None
+            with RssSampler(fpid) as rss_l:
+                res["ls_l_full_s"], full_lines = timed_ls_l(os.path.join(full.mnt, LIST_DIR))
+            res["storefs_rss_peak_ls_l_mib"] = max(rss_l.peak_mib, vm(fpid, "VmHWM") / MiB)
+        finally:
+            full.unmount()
+        if full_lines != args.keys + 1:
+            problems.append(f"storefs ls -l of {args.keys} keys printed {full_lines} lines")
+        say(f"  {res['ls_l_full_s']:.1f} s, peak RSS {res['storefs_rss_peak_ls_l_mib']:.0f} MiB")
+
+        # ---- 3. cold sequential read of one big object --------------------------------------
         say(f"uploading a {args.size_mib} MiB object of random bytes")
         src = os.path.join(work, "big.bin")
         want = make_big(src, args.size_mib)
@@ -485,7 +539,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     peak = max(res["storefs_rss_peak_ls_cold_mib"], res["storefs_rss_peak_ls_warm_mib"],
-               res["storefs_hwm_after_ls_mib"])
+               res["storefs_hwm_after_ls_mib"], res["storefs_rss_peak_ls_l_mib"])
     res["storefs_rss_peak_mib"] = peak
     res["rss_ok"] = peak < RSS_TARGET_MIB
     res["problems"] = problems
@@ -503,6 +557,10 @@ def main() -> int:
         (f"ls -f | wc -l, {k} keys, warm", f"{res['storefs_ls_warm_s']:.2f} s", f"{res['rclone_ls_warm_s']:.2f} s",
          ratio(res["storefs_ls_warm_s"], res["rclone_ls_warm_s"])),
         ("  count printed (cold/warm)", f"{n_cold}/{n_warm}", f"{r_cold}/{r_warm}", ""),
+        (f"ls -l | wc -l, {args.wide_keys:,} keys, cold (median of {args.rounds})", f"{res['ls_l_storefs_s']:.2f} s",
+         f"{res['ls_l_rclone_s']:.2f} s", ratio(res["ls_l_storefs_s"], res["ls_l_rclone_s"])),
+        ("  runs", " ".join(f"{x:.2f}" for x in lsl["storefs"]), " ".join(f"{x:.2f}" for x in lsl["rclone"]), ""),
+        (f"ls -l | wc -l, {k} keys, cold", f"{res['ls_l_full_s']:.1f} s", "", ""),
         (f"mount, bucket of {k} keys", f"{res['mount_full_s']:.2f} s", f"{res['rclone_mount_full_s']:.2f} s",
          ratio(res["mount_full_s"], res["rclone_mount_full_s"])),
         ("mount, empty bucket", f"{res['mount_empty_s']:.2f} s", "", ""),
@@ -533,8 +591,8 @@ def main() -> int:
     print(f"1-min load average at the listing phase {res['loadavg_ls']:.1f}, at the read phase "
           f"{res['loadavg_read']:.1f} ({os.cpu_count()} CPUs): figures are noisy on a busy machine")
     print(f"daemon peak RSS {peak:.0f} MiB (target < {RSS_TARGET_MIB} MiB): {'OK' if res['rss_ok'] else 'OVER'}")
-    for p in problems:
-        print(f"PROBLEM: {p}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
     print(f"figures written to {os.path.relpath(args.out, os.getcwd())}")
     return 0 if res["rss_ok"] and not problems else 1
 
