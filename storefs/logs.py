@@ -130,9 +130,7 @@ def handler_for(target: str | None, environ: Mapping[str, str] | None = None) ->
 def setup_logging(level: str, target: str | None) -> None:
     """Send the process's log lines to target (see handler_for) at level; quiet the chatty libraries."""
     root = logging.getLogger()
-    for old in root.handlers:
-        old.close()
-    root.handlers[:] = [handler_for(target)]
+    root.handlers[:] = [handler_for(target)]  # once per process: the CLI's or the daemon's setup
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for noisy in QUIET_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -143,7 +141,12 @@ def reopen() -> list[str]:
     done = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, ReopeningFileHandler):
-            handler.reopen()
+            try:
+                handler.reopen()
+            except OSError as e:  # a folder gone, a full disk: keep writing where the lines went so far
+                log.error("cannot reopen the log file %s: %s; still writing the file opened before",
+                          handler.path, e.strerror or e)
+                continue
             done.append(handler.path)
     return done
 

@@ -124,6 +124,17 @@ def test_reopen_after_logrotate_moved_the_file(tmp_path, root_logging):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_log_file_that_cannot_be_reopened_keeps_the_old_one(tmp_path, root_logging):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    logs.setup_logging("INFO", str(folder / "storefs.log"))
+    os.rename(folder, tmp_path / "moved")  # the folder itself went away: no fresh file can be made
+    assert logs.reopen() == []
+    logging.getLogger("storefs.test").warning("still logged")
+    text = (tmp_path / "moved" / "storefs.log").read_text()
+    assert "cannot reopen the log file" in text and "still logged" in text
+
+
 def test_reopen_without_a_log_file_does_nothing(root_logging):
     logs.setup_logging("INFO", logs.STDERR)
     assert logs.reopen() == []
