@@ -13,49 +13,23 @@ import subprocess
 import sys
 import time
 
-from . import __version__
+from . import __version__, notify
 from .admin import add_commands
 from .admin.progress import Progress, format_size
 from .config import LOG_LEVELS, Config, FuseConfig, load_config, parse_duration, with_mount_options, with_tenant
 from .control import NotRunning, UnsafeFolder, find_mount, pid_alive, request
 from .errors import ConfigError
+from .logs import STDERR, log_target, open_log_file, setup_logging
 
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 60.0
 FUSE_CONF = "/etc/fuse.conf"
 USER_ALLOW_OTHER = "user_allow_other"
-LOG_FILE_MODE = 0o600
 
 
 class CliError(Exception):
     """A message for the user and a non-zero exit."""
-
-
-def open_log_file(path: str) -> int:
-    """The log file, appended to, readable by the daemon's user only (it names every file touched)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, LOG_FILE_MODE)
-    st = os.fstat(fd)
-    if st.st_uid == os.geteuid() and st.st_mode & 0o777 != LOG_FILE_MODE:
-        os.fchmod(fd, LOG_FILE_MODE)
-    return fd
-
-
-def _setup_logging(level: str, log_file: str | None) -> None:
-    # names from the kernel may hold undecodable bytes (surrogates): a log line must never fail
-    if log_file:
-        os.close(open_log_file(log_file))  # created 0600 before logging opens it with the umask's mode
-        handler: logging.Handler = logging.FileHandler(log_file, errors="backslashreplace")
-    else:
-        sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    logging.getLogger("mfusepy").setLevel(logging.WARNING)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _check_mountpoint(mnt: str) -> None:
@@ -128,12 +102,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except (DaemonError, OSError) as e:
         raise CliError(str(e)) from None
     level = args.log_level or cfg.log_level
+    target = log_target(args.log_file, cfg.cache.dir, args.foreground)
+    if target and target != STDERR:
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     if args.foreground:
-        _setup_logging(level, args.log_file)
+        setup_logging(level, target)
         return _run_foreground(cfg, mnt)
-    log_file = args.log_file or os.path.join(cfg.cache.dir, "storefs.log")
-    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-    return _run_background(cfg, mnt, level, log_file)
+    return _run_background(cfg, mnt, level, target)
 
 
 def _run_foreground(cfg: Config, mnt: str) -> int:
@@ -143,8 +118,10 @@ def _run_foreground(cfg: Config, mnt: str) -> int:
     def ready(msg: str | None) -> None:
         if msg:
             failure.append(msg)
+            notify.status(f"failed: {msg}")
         else:
             print(f"storefs: mounted {mnt}", file=sys.stderr, flush=True)
+            notify.ready(f"serving {mnt}")
 
     run(cfg, mnt, ready)
     if failure:
@@ -152,23 +129,29 @@ def _run_foreground(cfg: Config, mnt: str) -> int:
     return 0
 
 
-def _run_background(cfg: Config, mnt: str, level: str, log_file: str) -> int:
-    """Fork before any thread exists; the child becomes the daemon and reports through a pipe."""
+def _run_background(cfg: Config, mnt: str, level: str, log_file: str | None) -> int:
+    """Fork before any thread exists; the child becomes the daemon and reports through a pipe.
+
+    The parent tells systemd READY=1 with the daemon's pid (a Type=notify unit's main process
+    may hand its role on so); a log_file of None or STDERR keeps the inherited stderr (the journal)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
-        logfd = open_log_file(log_file)
         os.dup2(devnull, 0)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
+        if log_file and log_file != STDERR:
+            logfd = open_log_file(log_file)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            os.close(logfd)
+        else:
+            os.dup2(2, 1)  # print() must never reach a terminal that may be gone
         os.close(devnull)
-        os.close(logfd)
         code = 0
         try:
-            _setup_logging(level, log_file)
+            setup_logging(level, log_file)
             from .daemon import run
 
             def ready(msg: str | None) -> None:
@@ -195,7 +178,9 @@ def _run_background(cfg: Config, mnt: str, level: str, log_file: str) -> int:
     os.close(r)
     line = buf.decode(errors="replace").strip()
     if line == "ok":
-        print(f"storefs: mounted {mnt} (daemon pid {pid}, log {log_file})", file=sys.stderr)
+        notify.ready(f"serving {mnt}", main_pid=pid)
+        shown = log_file if log_file and log_file != STDERR else "stderr"
+        print(f"storefs: mounted {mnt} (daemon pid {pid}, log {shown})", file=sys.stderr)
         return 0
     if line.startswith("error:"):
         os.waitpid(pid, 0)
@@ -204,7 +189,7 @@ def _run_background(cfg: Config, mnt: str, level: str, log_file: str) -> int:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    raise CliError(f"the daemon did not come up; see {log_file}")
+    raise CliError(f"the daemon did not come up; see {log_file or 'its stderr'}")
 
 
 class _FlushProgress:
@@ -409,11 +394,18 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_install_helper(args: argparse.Namespace) -> int:
-    from .mount_helper import install
+    if args.systemd:
+        from .systemd_unit import UNIT_DIR
+        from .systemd_unit import install as install_unit
+        directory, what, install = args.dir or UNIT_DIR, "the unit", install_unit
+    else:
+        from .mount_helper import HELPER_DIR
+        from .mount_helper import install as install_helper
+        directory, what, install = args.dir or HELPER_DIR, "the helper", install_helper
     try:
-        done = install(args.dir, remove=args.remove)
+        done = install(directory, remove=args.remove)
     except OSError as e:
-        raise CliError(f"cannot write the helper into {args.dir}: {e.strerror or e} (run it as root)") from None
+        raise CliError(f"cannot write {what} into {directory}: {e.strerror or e} (run it as root)") from None
     for line in done:
         print(f"storefs: {line}", file=sys.stderr)
     return 0
@@ -477,9 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("path")
     rf.set_defaults(func=cmd_refresh)
 
-    h = sub.add_parser("install-helper", help="install mount.fuse.storefs, for /etc/fstab and mount -t fuse.storefs")
-    h.add_argument("--dir", default="/sbin", help="where mount(8) looks for helpers (default /sbin)")
-    h.add_argument("--remove", action="store_true", help="remove the helpers instead")
+    h = sub.add_parser("install-helper", help="install mount.fuse.storefs, for /etc/fstab and mount -t fuse.storefs "
+                                              "(--systemd: the unit storefs@.service)")
+    h.add_argument("--dir", help="where mount(8) looks for helpers (default /sbin), or with --systemd where "
+                                 "systemd looks for units (default /etc/systemd/system)")
+    h.add_argument("--systemd", action="store_true",
+                   help="write storefs@.service (Type=notify, ExecStart naming this storefs) instead")
+    h.add_argument("--remove", action="store_true", help="remove the helpers (or the unit) instead")
     h.set_defaults(func=cmd_install_helper)
 
     add_commands(sub)  # stats, ls, cleanup, migrate (storefs.admin)

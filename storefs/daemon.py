@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import keys
+from . import keys, logs, notify
 from .admin.progress import format_size
 from .bdi import set_read_ahead
 from .cache.datafiles import DataFiles
@@ -52,7 +52,10 @@ from .view.aliases import with_aliases
 log = logging.getLogger(__name__)
 
 EXIT_FLUSH_TIMEOUT = 30.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: logrotate's convention: reopen the log file, keep serving
+REOPEN_SIGNAL = signal.SIGHUP
+HANDLED_SIGNALS = (*STOP_SIGNALS, REOPEN_SIGNAL)
 URL_WAIT = 60.0  # how long `storefs url` waits for the file's upload by default
 #: the cache folder may be readable by others (an old cache made 0755), never writable
 CACHE_FORBIDDEN_BITS = 0o022
@@ -90,12 +93,13 @@ def lock_cache(cache_dir: str) -> int:
 
 
 class StopOnSignal:
-    """SIGTERM, SIGINT and SIGHUP unmount the mount, so the FUSE loop ends and the final uploads run.
+    """SIGTERM and SIGINT unmount the mount, so the FUSE loop ends and the final uploads run;
+    SIGHUP reopens the log file (after logrotate moved it) and changes nothing else.
 
     The signals are blocked in the main thread before libfuse starts (every later thread
     inherits that) and taken by one thread with sigwait: libfuse's own handler would end
     the loop with an error code, and a Python handler never runs while the main thread is
-    inside libfuse. A second signal exits at once; the journal keeps what is not uploaded.
+    inside libfuse. A second stop signal exits at once; the journal keeps what is not uploaded.
     """
 
     def __init__(self, mountpoint: str) -> None:
@@ -103,22 +107,28 @@ class StopOnSignal:
         self.received: str | None = None
 
     def block(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
 
     def unblock(self) -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def start(self) -> None:
         threading.Thread(target=self._wait, name="storefs-signals", daemon=True).start()
 
     def _wait(self) -> None:
         while True:
-            name = signal.Signals(signal.sigwait(STOP_SIGNALS)).name
+            signum = signal.sigwait(HANDLED_SIGNALS)
+            name = signal.Signals(signum).name
+            if signum == REOPEN_SIGNAL:
+                reopened = logs.reopen()
+                log.info("%s: %s", name, f"reopened {', '.join(reopened)}" if reopened else "no log file to reopen")
+                continue
             if self.received is not None:
                 log.warning("%s again: exiting now; changes not uploaded stay in the journal for the next mount", name)
                 os._exit(1)
             self.received = name
             log.info("%s: unmounting %s, then finishing pending uploads", name, self.mountpoint)
+            notify.stopping(f"{name}: unmounting {self.mountpoint}")
             self._unmount()
 
     def _unmount(self) -> None:
@@ -203,6 +213,11 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
                           status=status, lifecycle=lifecycle))
 
 
+def pending_status(doing: str, st: dict) -> str:
+    """A STATUS= line for `systemctl status`: what the daemon does, and what is left to upload."""
+    return f"{doing}: {st['pending']} changes left to upload ({format_size(st['dirty_bytes'])})"
+
+
 def mount_key(core: Core, path: str) -> str:
     """The key of a path below the mount (a single-tenant mount's root is the tenant's folder)."""
     return keys.from_mount_path(core.root, "/" + path.strip("/"))
@@ -271,7 +286,12 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         if cmd == "status":
             return status()
         if cmd == "flush":
-            ok = ns.flush_all(req.get("timeout"), lambda st: send({"progress": st}))
+            def progress(st: dict) -> None:
+                notify.status(pending_status("flushing", st))
+                send({"progress": st})
+
+            ok = ns.flush_all(req.get("timeout"), progress)
+            notify.status(f"serving {mountpoint}")
             return {"done": ok, **status()}
         if cmd == "url":
             return file_url(ns, str(req.get("path", "")), float(req.get("expires") or 3600),
@@ -326,12 +346,19 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
     finally:
         if started:
             log.info("unmounted %s; finishing pending uploads", mountpoint)
+            doing = f"unmounted {mountpoint}, uploading"
+            notify.stopping(pending_status(doing, ns.status()))
+
+            def progress(st: dict) -> None:
+                notify.status(pending_status(doing, st))
+
             t0 = time.monotonic()
-            done = ns.flush_all(EXIT_FLUSH_TIMEOUT)
+            done = ns.flush_all(EXIT_FLUSH_TIMEOUT, progress)
             final = ns.status()
             if not done:
                 log.warning("%d changes still pending after %.0fs; they stay in the journal for the next mount",
                             final["pending"], time.monotonic() - t0)
+                notify.status(f"exiting: {final['pending']} changes stay in the cache journal for the next mount")
             elif final["parked_changes"]:
                 log.warning("%d parked changes stay in the journal (see `storefs status` at the next mount, "
                             "then `storefs retry`)", final["parked_changes"])

@@ -36,6 +36,10 @@ MAX_IO = 1 << 20
 #: pipe, which may not outgrow the kernel's pipe-max-size (1 MiB by default) without
 #: CAP_SYS_RESOURCE; a 1 MiB read would not, and libfuse would copy it through a malloc'd buffer
 MAX_READ = MAX_IO - 16 * 1024
+#: idle worker threads libfuse keeps: at least its 10 worker threads, so none is ever ended (as with its
+#: default); said explicitly because libfuse 3.12-3.15 logs "Ignoring invalid max threads value 4294967295"
+#: at every mount for the default it passes itself
+FUSE_IDLE_THREADS = 10
 
 
 
@@ -500,6 +504,7 @@ def mount(ops: StorefsOperations, mountpoint: str, fsname: str) -> None:
         default_permissions=True,
         auto_cache=True,
         max_read=MAX_READ,
+        max_idle_threads=FUSE_IDLE_THREADS,
         nodev=True,
         nosuid=True,
         **options,

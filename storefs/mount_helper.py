@@ -22,6 +22,8 @@ from .config import parse_mount_options
 from .errors import ConfigError, UsageError
 
 HELPER_NAMES = ("mount.fuse.storefs", "mount.storefs")
+#: where mount(8) looks for mount.TYPE helpers
+HELPER_DIR = "/sbin"
 #: storefs options -> `storefs mount` flags
 FLAGS = {"tenant": "--tenant", "log_level": "--log-level", "log_file": "--log-file"}
 #: options of mount(8), systemd and fuse that mean nothing to storefs (the kernel's FUSE mounts
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_FAILED if storefs_main(args) else 0
 
 
-def install(directory: str = "/sbin", remove: bool = False) -> list[str]:
+def install(directory: str = HELPER_DIR, remove: bool = False) -> list[str]:
     """Put mount.fuse.storefs (and mount.storefs) where mount(8) finds them; what was done, in words.
 
     The helper is a two-line script that runs this Python, not a link to a console script:
