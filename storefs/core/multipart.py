@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 RETRY_DELAY = 30.0
 MAX_RETRY_DELAY = 600.0
 #: seconds a clean stop waits, at most, for the aborts of the uploads still open (the rest wait for the next mount)
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
 
 
 class _JournalLog(UploadLog):
