@@ -33,6 +33,7 @@ from .core.attrs import Attrs
 from .core.files import Files
 from .core.lifecycle import Lifecycle
 from .core.lookup import Lookup
+from .core.multipart import OpenUploads
 from .core.names import Names
 from .core.recovery import recover
 from .core.schedule import Activity, Schedule
@@ -207,7 +208,8 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     names = Names(tree, lookup, files, schedule)
     attrs = Attrs(tree, schedule)
     writeback = Writeback(tree, schedule)
-    lifecycle = Lifecycle(tree, state, data, uploader, evictor, writeback, files)
+    lifecycle = Lifecycle(tree, state, data, uploader, evictor, writeback, files,
+                          OpenUploads(journal, providers, read_only=settings.read_only))
     return Core(CoreParts(state=state, schedule=schedule, uploader=uploader, evictor=evictor, counters=counters,
                           tree=tree, files=files, lookup=lookup, names=names, attrs=attrs, writeback=writeback,
                           status=status, lifecycle=lifecycle))

@@ -72,6 +72,18 @@ CREATE TABLE IF NOT EXISTS conflicts (
 #: conflicts the journal remembers (the newest); the count of all of them is kept regardless
 MAX_CONFLICTS_KEPT = 1000
 
+#: the multipart uploads storefs opened and has not yet completed or aborted (storefs.core.multipart);
+#: a table of its own, created in an older journal at open like any missing table
+UPLOADS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    provider  TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    started   REAL NOT NULL,
+    PRIMARY KEY (provider, upload_id)
+);
+"""
+
 #: columns added since the first schema: (name, declaration), added to older journals at open
 ADDED_COLUMNS = (("ctime", "REAL NOT NULL DEFAULT 0"), ("rdev", "INTEGER NOT NULL DEFAULT 0"),
                  ("atime", "REAL NOT NULL DEFAULT 0"))
@@ -104,6 +116,16 @@ class ConflictRecord:
     conflict_key: str | None   # the conflict copy holding storefs' bytes; None when nothing was uploaded
     provider: str
     detail: str | None = None  # what happened to storefs' change, in a few words
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A multipart upload storefs opened at a provider: kept until it is completed or aborted."""
+
+    provider: str
+    key: str        # the provider's key (its own prefix not included)
+    upload_id: str
+    started: float  # wall-clock seconds
 
 
 @dataclass(frozen=True)
@@ -190,6 +212,7 @@ class Journal:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+            self._conn.executescript(UPLOADS_SCHEMA)
             self._upgrade()
         except BaseException:
             self._conn.close()
@@ -318,6 +341,23 @@ class Journal:
             cur = self._conn.execute("SELECT at, op, key, conflict_key, provider, detail FROM conflicts "
                                      "ORDER BY id DESC LIMIT ?", (limit,))
             return (int(row[0]) if row else 0), [ConflictRecord(*r) for r in cur]
+
+    def add_upload(self, u: UploadRecord) -> None:
+        """Remember an open multipart upload (committed before its first part is sent)."""
+        with self.transaction():
+            self._execute("INSERT OR REPLACE INTO uploads (provider, upload_id, key, started) VALUES (?, ?, ?, ?)",
+                          (u.provider, u.upload_id, u.key, u.started))
+
+    def remove_upload(self, provider: str, upload_id: str) -> None:
+        """Forget a multipart upload that was completed or aborted (no error if it is not recorded)."""
+        with self.transaction():
+            self._execute("DELETE FROM uploads WHERE provider = ? AND upload_id = ?", (provider, upload_id))
+
+    def uploads(self) -> list[UploadRecord]:
+        """Every recorded open multipart upload, oldest first."""
+        with self._lock:
+            cur = self._conn.execute("SELECT provider, key, upload_id, started FROM uploads ORDER BY started")
+            return [UploadRecord(*row) for row in cur]
 
     def sync(self) -> None:
         """Make every committed row durable on disk (fsync semantics), not only crash-safe."""

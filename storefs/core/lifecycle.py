@@ -11,6 +11,7 @@ from ..cache.eviction import Evictor
 from ..cache.journal import State
 from ..cache.uploader import Uploader
 from .files import Files
+from .multipart import OpenUploads
 from .state import CoreState
 from .tree import Tree
 from .writeback import Writeback
@@ -22,7 +23,7 @@ class Lifecycle:
     """The threads of a mount: uploaders, evictor, listing refresh, provider watchers."""
 
     def __init__(self, tree: Tree, state: CoreState, data: DataFiles, uploader: Uploader, evictor: Evictor,
-                 writeback: Writeback, files: Files) -> None:
+                 writeback: Writeback, files: Files, multipart: OpenUploads) -> None:
         self.tree = tree
         self.state = state
         self.data = data
@@ -30,12 +31,14 @@ class Lifecycle:
         self.evictor = evictor
         self.writeback = writeback
         self.files = files
+        self.multipart = multipart
 
     def start(self) -> None:
         """Start the uploader threads (called from FUSE init, never before a fork); a read-only
         mount uploads nothing, so pending rows of an earlier mount wait for a writable one."""
         read_only = self.tree.settings.read_only
         self.data.start()
+        self.multipart.start()  # takes the uploads an earlier run left open before this run opens any
         if not read_only:
             self.uploader.start(self.writeback.jobs())
         self.evictor.start()
@@ -60,6 +63,7 @@ class Lifecycle:
     def stop(self) -> None:
         """Stop every thread; rows not uploaded stay in the journal."""
         self.uploader.stop()
+        self.multipart.stop()  # after the uploaders: aborts what they left open
         self.evictor.stop()
         self.tree.remote.stop()
         self.files.stop()

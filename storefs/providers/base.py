@@ -54,6 +54,21 @@ class ObjectInfo:
         return self.key.rstrip("/").rsplit("/", 1)[-1]
 
 
+class UploadLog:
+    """Where a provider notes the multipart uploads it opens until they end, so that the next mount can
+    abort one a crash cut short (its parts would stay stored, and billed); this default keeps nothing."""
+
+    def started(self, key: str, upload_id: str) -> None:
+        """The upload was created and no part is sent yet; raising makes the provider abort it and fail."""
+
+    def ended(self, key: str, upload_id: str) -> None:
+        """The upload was completed or aborted: the server holds nothing of it any more."""
+
+
+#: the UploadLog of a provider nobody gave one (tools and tests without a journal)
+NO_UPLOAD_LOG = UploadLog()
+
+
 class Provider(abc.ABC):
     """A key-value object store seen as keys with '/'-separated prefixes.
 
@@ -74,6 +89,8 @@ class Provider(abc.ABC):
     #: whether the provider enforces put/copy/delete conditions atomically; False: checked by a head
     #: just before the request, which leaves a short race window (README, "Several mounts, one bucket")
     atomic_conditions: bool = True
+    #: where multipart uploads are noted while open (the core gives the journal's at build time)
+    uploads: UploadLog = NO_UPLOAD_LOG
 
     @abc.abstractmethod
     def check(self, *, writable: bool = False) -> None:
@@ -170,6 +187,10 @@ class Provider(abc.ABC):
     def url(self, key: str, expires: int = 3600) -> str | None:
         """A URL a browser can fetch the object from, when the backend has one."""
         return None
+
+    def abort_upload(self, key: str, upload_id: str) -> None:  # noqa: B027  (optional: no multipart uploads)
+        """Abort a multipart upload this provider opened at key, dropping its stored parts; one the server no
+        longer knows (NoSuchUpload) is done already. Other failures raise (ProviderUnavailable: try later)."""
 
     def watch(self, on_change: Callable[[str], None]) -> None:  # noqa: B027  (optional: most backends cannot tell)
         """Call on_change(key) when another program changes the store (where the backend can tell)."""

@@ -16,7 +16,8 @@ The checks only rely on the stem, the CONFLICT_MARK and the extension.
 
 `TcpGate` is a TCP relay in front of the S3 server that can be shut: one mount reaches the
 server through it (`GatedBackend`), so that mount alone loses the server, as a host that lost
-its network does, while the other mount and the test's own client keep it.
+its network does, while the other mount and the test's own client keep it. Its `delay` slows
+the link down instead (an upload then lasts long enough to be cut short).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import select
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,8 @@ class TcpGate:
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
+        #: seconds each relayed piece (up to RELAY_CHUNK bytes) waits before it is passed on: a slow link
+        self.delay = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -296,6 +300,8 @@ class TcpGate:
                     data = s.recv(RELAY_CHUNK)
                     if not data:
                         return
+                    if self.delay:
+                        time.sleep(self.delay)
                     peer[s].sendall(data)
         except OSError:
             return

@@ -28,7 +28,7 @@ import pytest
 
 from storefs.config import S3ProviderConfig
 from storefs.errors import Conflict, NotEmpty, NotFound, ProviderError, ProviderUnavailable
-from storefs.providers.base import ObjectInfo, ObjectMeta, Provider
+from storefs.providers.base import ObjectInfo, ObjectMeta, Provider, UploadLog
 from storefs.providers.local import LocalProvider
 from storefs.providers.memory import MemoryProvider
 from storefs.providers.s3 import S3Provider
@@ -49,6 +49,8 @@ MiB = 1 << 20
 RACERS = 8
 #: a symlink target as POSIX allows it: any bytes but NUL, not UTF-8
 LINK_TARGET = b"../t\xff\xfe-arget/\x80x"
+#: a multipart upload id no server has given out
+UNKNOWN_UPLOAD = "bm8tc3VjaC11cGxvYWQ"
 
 Put = Callable[..., ObjectInfo]
 
@@ -544,6 +546,14 @@ class ProviderContract:
             assert isinstance(url, str) and url.startswith(self.url_scheme + "://")
             assert "b%20c.png" in url
 
+    # -- multipart uploads cut short -----------------------------------------------------------
+
+    def test_abort_upload_of_an_unknown_id_is_fine(self, provider, put):
+        put("a/x", b"x")
+        provider.abort_upload("a/x", UNKNOWN_UPLOAD)  # completed or aborted already, or never opened here
+        provider.abort_upload("a/none", UNKNOWN_UPLOAD)
+        assert provider.get_range("a/x", 0, 10) == b"x"
+
     def test_watch_then_close(self, provider):
         provider.watch(lambda key: None)
         provider.close()
@@ -716,6 +726,87 @@ class _S3Contract(ProviderContract):
             assert [i.key for i in p.walk("") if not i.is_dir] == ["c/big"]
         finally:
             p.close()
+
+
+    @pytest.fixture
+    def multipart(self, s3_config) -> Iterator[tuple[S3Provider, NotedUploads]]:
+        """A provider that uploads 6 MiB in two parts, noting its open uploads in a NotedUploads."""
+        p = S3Provider(replace(s3_config, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+        p.uploads = noted = NotedUploads(p)
+        try:
+            yield p, noted
+        finally:
+            p.close()
+
+    def test_a_multipart_upload_is_noted_before_its_first_part_until_it_ends(self, multipart, tmp_path):
+        p, noted = multipart
+        src = tmp_path / "big"
+        src.write_bytes(b"m" * (6 * MiB))
+        info = p.put_file("c/big", str(src), meta())
+        assert info.etag.endswith("-2")  # a multipart upload
+        (upload_id,) = {u for _event, _key, u in noted.events}
+        assert noted.events == [("started", "c/big", upload_id), ("ended", "c/big", upload_id)]
+        assert noted.parts_at_start == [0]
+        noted.then = lambda: os.truncate(src, 5 * MiB)  # the second part cannot be read: the upload fails ...
+        with pytest.raises(ProviderError, match="changed size"):
+            p.put_file("c/big", str(src), meta())
+        assert [e for e, _k, _u in noted.events[2:]] == ["started", "ended"] and not noted.open  # ... is aborted
+        assert noted.server_open() == []
+
+    def test_an_upload_whose_noting_fails_is_aborted(self, multipart, tmp_path):
+        p, noted = multipart
+        src = tmp_path / "big"
+        src.write_bytes(b"m" * (6 * MiB))
+        noted.refuse = ProviderError("the journal cannot record it")
+        with pytest.raises(ProviderError, match="journal"):
+            p.put_file("c/big", str(src), meta())
+        assert noted.server_open() == [] and noted.parts_at_start == []
+        with pytest.raises(NotFound):
+            p.head("c/big")
+
+    def test_abort_upload_drops_an_open_upload_and_its_parts(self, multipart):
+        p, noted = multipart
+        client, full = p._boto.client, p.prefix + "c/cut"
+        upload_id = client.create_multipart_upload(Bucket=p.bucket, Key=full)["UploadId"]
+        client.upload_part(Bucket=p.bucket, Key=full, UploadId=upload_id, PartNumber=1, Body=b"p" * MiB)
+        assert noted.server_open() == [("c/cut", upload_id)]
+        p.abort_upload("c/cut", upload_id)
+        assert noted.server_open() == []
+        p.abort_upload("c/cut", upload_id)  # twice is fine: the server no longer knows it
+
+
+class NotedUploads(UploadLog):
+    """An UploadLog that records what it is told, and how many parts the server held at each start."""
+
+    def __init__(self, provider: S3Provider) -> None:
+        self.provider = provider
+        self.events: list[tuple[str, str, str]] = []
+        self.open: set[str] = set()
+        self.parts_at_start: list[int] = []
+        #: raised by started() when set, as a journal that cannot record would
+        self.refuse: Exception | None = None
+        #: called by started() once it has noted the upload
+        self.then: Callable[[], object] = lambda: None
+
+    def started(self, key: str, upload_id: str) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        p = self.provider
+        parts = p._boto.client.list_parts(Bucket=p.bucket, Key=p.prefix + key, UploadId=upload_id).get("Parts", [])
+        self.parts_at_start.append(len(parts))
+        self.events.append(("started", key, upload_id))
+        self.open.add(upload_id)
+        self.then()
+
+    def ended(self, key: str, upload_id: str) -> None:
+        self.events.append(("ended", key, upload_id))
+        self.open.discard(upload_id)
+
+    def server_open(self) -> list[tuple[str, str]]:
+        """(key, upload id) of the uploads the server holds open below the provider's prefix."""
+        p = self.provider
+        answer = p._boto.client.list_multipart_uploads(Bucket=p.bucket, Prefix=p.prefix)
+        return [(u["Key"][len(p.prefix):], u["UploadId"]) for u in answer.get("Uploads", [])]
 
 
 class TestS3ProviderOnSeaweedFS(_S3Contract):

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +62,10 @@ def _drop_expect_header(request: Any, **_: Any) -> None:
     # against the stale status line and stalls for read_timeout. The header is not signed: safe to drop.
     if "Expect" in request.headers:
         del request.headers["Expect"]
+
+
+def _unnoted(upload_id: str) -> None:
+    """Where nobody keeps track of open multipart uploads."""
 
 
 def multipart_etag(parts: list[Any]) -> str:
@@ -141,9 +146,13 @@ class Boto:
 
     # -- what only boto3 does ----------------------------------------------------------------------
     def upload_multipart(self, src_path: str, full: str, extra: dict[str, Any], what: str, *,
-                         if_match: str | None = None, if_absent: bool = False) -> str | None:
+                         if_match: str | None = None, if_absent: bool = False, opened: Callable[[str], None] = _unnoted,
+                         ended: Callable[[str], None] = _unnoted) -> str | None:
         """A multipart upload of the file at src_path, parts in parallel, its condition on the completion
-        (boto3's transfer manager cannot carry one there); aborted on any failure. The new ETag."""
+        (boto3's transfer manager cannot carry one there); aborted on any failure. The new ETag.
+
+        opened(upload_id) runs before the first part is sent (raising aborts the upload), ended(upload_id)
+        once the upload is completed or aborted: what a `kill -9` cuts short in between, the next mount aborts."""
         chunk = int(self.cfg.multipart_chunksize)
         try:
             size = os.path.getsize(src_path)
@@ -156,6 +165,7 @@ class Boto:
             "IfMatch": quoted(if_match)}
         parts: list[Any] = []
         try:
+            opened(upload_id)
             numbers = range(1, max(1, -(-size // chunk)) + 1)
             with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="storefs-part") as pool:
                 futures = [pool.submit(self._upload_part, src_path, full, upload_id, n, chunk, size, what)
@@ -172,12 +182,14 @@ class Boto:
             error = self.error(e, what)
             retried = isinstance(e, ClientError) and e.response.get("ResponseMetadata", {}).get("RetryAttempts")
             if retried and isinstance(error, (errors.Conflict, errors.NotFound)) and self._landed(full, parts):
+                ended(upload_id)
                 return multipart_etag(parts)  # a retried completion met its own first one, whose answer was lost
-            self._abort(full, upload_id, what)
+            self._abort(full, upload_id, what, ended)
             raise error from e
         except BaseException:
-            self._abort(full, upload_id, what)
+            self._abort(full, upload_id, what, ended)
             raise
+        ended(upload_id)
         return done.get("ETag")
 
     def _landed(self, full: str, parts: list[Any]) -> bool:
@@ -206,12 +218,25 @@ class Boto:
                                          Body=body)
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
-    def _abort(self, full: str, upload_id: str, what: str) -> None:
-        """Drop a failed multipart upload's parts (the server would keep them, and bill them, otherwise)."""
+    def _abort(self, full: str, upload_id: str, what: str, ended: Callable[[str], None]) -> None:
+        """Drop a failed multipart upload's parts (the server would keep them, and bill them, otherwise), then
+        ended(upload_id); an abort that fails leaves the upload noted as open, for a later abort."""
+        try:
+            self.abort(full, upload_id, what)
+        except errors.StorefsError as e:
+            log.warning("%s: aborting the failed multipart upload %s failed (%s): its parts stay stored until it "
+                        "is aborted", what, upload_id, e)
+            return
+        ended(upload_id)
+
+    def abort(self, full: str, upload_id: str, what: str) -> None:
+        """AbortMultipartUpload; an upload the server no longer knows (NoSuchUpload) is aborted already."""
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
         except (BotoCoreError, ClientError) as e:
-            log.warning("%s: aborting the failed multipart upload %s failed: %s", what, upload_id, e)
+            error = self.error(e, what)
+            if not isinstance(error, errors.NotFound):
+                raise error from e
 
     def copy_multipart(self, src_full: str, dst_full: str, extra: dict[str, Any], what: str) -> None:
         """A managed multipart copy (objects above CopyObject's 5 GiB); extra may hold CopySourceIfMatch."""

@@ -300,7 +300,9 @@ class S3Provider(Provider):
         try:
             etag = self._boto.upload_multipart(src_path, full, {"ContentType": meta.content_type,
                                                                 "Metadata": codec.metadata_for(meta)},
-                                               what, if_match=if_match, if_absent=if_absent)
+                                               what, if_match=if_match, if_absent=if_absent,
+                                               opened=partial(self.uploads.started, key),
+                                               ended=partial(self.uploads.ended, key))
         except errors.Conflict:
             self._conflict_or_gone(key, if_match)
             raise
@@ -411,6 +413,10 @@ class S3Provider(Provider):
             except errors.NotFound:
                 return  # some servers answer 412 for a key that is gone: nothing left to keep
             raise
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload of an upload put_file opened at key; NoSuchUpload (completed or aborted) is done."""
+        self._boto.abort(self._key(key), upload_id, self._what(key))
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Batched delete (1000 keys per request); a missing key is not a failure."""
