@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -624,14 +624,15 @@ class _Map:
     def get(self, name: str, conv: Conv[T], default: Any = _REQUIRED) -> T:
         """The converted value; a mistake is kept (during a load) and reads as the default, or None if required."""
         value = self.data.get(name)
-        fallback = None if default is self._REQUIRED else default
+        # a required key's mistake reads as None: the load raises before that Config leaves it
+        fallback: Any = None if default is self._REQUIRED else default
         if value is None:
             if default is self._REQUIRED:
                 error = ConfigError(self.source, self._join(self.key, name), "missing (required)")
                 if not _report(error):
                     raise error
-            return fallback  # type: ignore[no-any-return]
-        return _attempt(lambda: conv(value, self.source, self._join(self.key, name)), fallback)
+            return cast(T, fallback)
+        return _attempt(lambda: conv(value, self.source, self._join(self.key, name)), cast(T, fallback))
 
 
 #: config `conflicts`: keep both versions (the default), or let the last writer win
