@@ -2,8 +2,10 @@
 
 Loading order:
 
-1. the YAML file given with ``-c``, or with none the embedded default: one local provider
-   "local" under ``$XDG_DATA_HOME/storefs/data`` and the cache in ``$XDG_CACHE_HOME/storefs``;
+1. the YAML file find_config() picks: ``-c``, else ``$STOREFS_CONFIG``, else
+   ``$XDG_CONFIG_HOME/storefs/config.yaml``, else ``/etc/storefs/storefs.yaml``, else the embedded
+   default: one local provider "local" under ``$XDG_DATA_HOME/storefs/data`` and the cache in
+   ``$XDG_CACHE_HOME/storefs``;
 2. ``${VAR}`` and ``${VAR:-default}`` replaced in every string value (a variable that is not
    set and has no default is an error; ``:-`` also replaces a variable set to "");
 3. these environment variables on top of whatever the file says:
@@ -17,8 +19,10 @@ Loading order:
        STOREFS_LOG_LEVEL               log_level
 
 Every mistake is a ConfigError naming the file (or "environment"), the dotted key
-(``providers.s3.bucket``, ``routing_rules[1].match.size_gt``) and what is wrong. Paths get
-``~`` expanded and are made absolute against the current directory.
+(``providers.s3.bucket``, ``routing_rules[1].match.size_gt``) and what is wrong; a load goes on
+past a mistake and raises them all together (ConfigErrors) at its end. Paths get ``~`` expanded
+and are made absolute against the current directory. Config.warnings says when the file holds
+literal secrets other users can read.
 """
 
 from __future__ import annotations
