@@ -15,8 +15,18 @@ import time
 
 from . import __version__, notify
 from .admin import add_commands
+from .admin.configcheck import add_config_command
 from .admin.progress import Progress, format_size
-from .config import LOG_LEVELS, Config, FuseConfig, load_config, parse_duration, with_mount_options, with_tenant
+from .config import (
+    LOG_LEVELS,
+    Config,
+    FuseConfig,
+    find_config,
+    load_config,
+    parse_duration,
+    with_mount_options,
+    with_tenant,
+)
 from .control import NotRunning, UnsafeFolder, find_mount, pid_alive, request
 from .errors import ConfigError
 from .logs import STDERR, log_target, open_log_file, setup_logging
@@ -79,11 +89,13 @@ def check_allow_other(fuse: FuseConfig, euid: int | None = None, conf: str = FUS
 def _mount_config(args: argparse.Namespace) -> Config:
     """The config file (or the embedded default), then --tenant and -o on top: the command line wins."""
     try:
-        cfg = load_config(os.path.abspath(args.config) if args.config else None)
+        cfg = load_config(find_config(args.config).path)
         if args.tenant:
             cfg = with_tenant(cfg, args.tenant)
     except ConfigError as e:
         raise CliError(f"bad config: {e}") from None
+    for warning in cfg.warnings:
+        print(f"storefs: WARNING: {warning}", file=sys.stderr)
     try:
         return with_mount_options(cfg, args.options or [])
     except ConfigError as e:
@@ -424,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount the store (returns once the mount is usable)")
-    m.add_argument("-c", "--config", help="YAML config file (default: the embedded local-folder config)")
+    m.add_argument("-c", "--config", help="YAML config file (default: $STOREFS_CONFIG, "
+                                          "~/.config/storefs/config.yaml, /etc/storefs/storefs.yaml, "
+                                          "else the embedded local-folder config)")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     m.add_argument("--log-level", type=_log_level, help="DEBUG, INFO, WARNING, ERROR (default: config log_level)")
     m.add_argument("--log-file", help="log file (default: CACHE_DIR/storefs.log in the background)")
@@ -479,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_install_helper)
 
     add_commands(sub)  # stats, ls, cleanup, migrate (storefs.admin)
+    add_config_command(sub)  # config check (storefs.admin.configcheck)
     return p
 
 

@@ -2,8 +2,10 @@
 
 Loading order:
 
-1. the YAML file given with ``-c``, or with none the embedded default: one local provider
-   "local" under ``$XDG_DATA_HOME/storefs/data`` and the cache in ``$XDG_CACHE_HOME/storefs``;
+1. the YAML file find_config() picks: ``-c``, else ``$STOREFS_CONFIG``, else
+   ``$XDG_CONFIG_HOME/storefs/config.yaml``, else ``/etc/storefs/storefs.yaml``, else the embedded
+   default: one local provider "local" under ``$XDG_DATA_HOME/storefs/data`` and the cache in
+   ``$XDG_CACHE_HOME/storefs``;
 2. ``${VAR}`` and ``${VAR:-default}`` replaced in every string value (a variable that is not
    set and has no default is an error; ``:-`` also replaces a variable set to "");
 3. these environment variables on top of whatever the file says:
@@ -17,22 +19,29 @@ Loading order:
        STOREFS_LOG_LEVEL               log_level
 
 Every mistake is a ConfigError naming the file (or "environment"), the dotted key
-(``providers.s3.bucket``, ``routing_rules[1].match.size_gt``) and what is wrong. Paths get
-``~`` expanded and are made absolute against the current directory.
+(``providers.s3.bucket``, ``routing_rules[1].match.size_gt``) and what is wrong; a load goes on
+past a mistake and raises them all together (ConfigErrors) at its end. Paths get ``~`` expanded
+and are made absolute against the current directory. Config.warnings says when the file holds
+literal secrets other users can read.
 """
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import grp
+import ipaddress
 import logging
 import math
 import os
 import pwd
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -45,6 +54,11 @@ Conv = Callable[[Any, str, str], T]
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 EMBEDDED = "<embedded default>"
+#: the field metadata of settings that hold a secret: `config check` shows them as SECRET_SHOWN
+SECRET = {"secret": True}
+SECRET_SHOWN = "***"
+#: a config other users can read (group or other read bits) must not hold literal secrets
+OTHERS_READ = 0o044
 ENVIRONMENT = "environment"
 DEFAULT_LEVELS = ("tenant", "type", "board", "artifact")
 DEFAULT_TYPES = ("image", "video", "audio", "model", "metadata")
@@ -90,8 +104,8 @@ class S3ProviderConfig:
     prefix: str = ""
     public_url_base: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False, metadata=SECRET)
+    session_token: str | None = field(default=None, repr=False, metadata=SECRET)
     path_style: bool = False
     presign_expiry: float = 3600.0
     multipart_threshold: int = 64 * MiB
@@ -101,6 +115,14 @@ class S3ProviderConfig:
     max_attempts: int = 5
     #: seconds a read of uncached data may keep retrying before it fails with EIO
     read_deadline: float = 20.0
+    #: a named profile of ~/.aws/config and ~/.aws/credentials for boto3's credential chain
+    profile: str | None = None
+    #: server-side encryption of every upload: AES256 or aws:kms (None: the bucket's default)
+    sse: str | None = None
+    #: the KMS key of sse aws:kms (None: the account's aws/s3 key)
+    kms_key_id: str | None = None
+    #: the storage class of every upload (None: the server's default, STANDARD on AWS)
+    storage_class: str | None = None
 
 
 ProviderConfig = LocalProviderConfig | S3ProviderConfig
@@ -230,8 +252,12 @@ class Config:
     tenant: str | None = None
     #: loopback port of the Prometheus /metrics endpoint (0: none)
     metrics_port: int = 0
+    #: the IP address the /metrics endpoint listens on
+    metrics_address: str = "127.0.0.1"
     #: what an upload does when another writer changed the key first: keep-both (a conflict copy) or overwrite
     conflicts: str = "keep-both"
+    #: what the operator should hear about the config file itself (secrets others can read)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def provider_for(self, type_: str | None, size: int) -> str:
         """Routing is first match wins, so the order of rules in the file is the priority."""
@@ -239,6 +265,72 @@ class Config:
             if rule.matches(type_, size):
                 return rule.provider
         return self.default_provider
+
+
+# ---- every mistake at once ------------------------------------------------------------
+
+
+class ConfigErrors(ConfigError):
+    """Several mistakes in one config: the first one's source, key and reason, and every one's line."""
+
+    def __init__(self, found: list[ConfigError]) -> None:
+        first = found[0]
+        super().__init__(first.source, first.key, first.reason)
+        self.errors = list(found)
+        self.args = (f"{len(found)} errors:\n  " + "\n  ".join(str(e) for e in found),)
+
+
+@dataclass
+class _Found:
+    """The mistakes a load found so far, and the keys whose ${VAR} is unset (their other mistakes follow from it)."""
+
+    errors: list[ConfigError] = field(default_factory=list)
+    unset: set[tuple[str, str]] = field(default_factory=set)
+
+
+#: the load in progress (None outside one: the first mistake raises)
+_FOUND: ContextVar[_Found | None] = ContextVar("storefs_config_errors", default=None)
+
+
+def _report(error: ConfigError) -> bool:
+    """Keep error for the end of the load; False outside a load (the caller raises it instead)."""
+    found = _FOUND.get()
+    if found is None:
+        return False
+    if (error.source, error.key) not in found.unset and not any(e is error for e in found.errors):
+        found.errors.append(error)
+    return True
+
+
+def _attempt(build: Callable[[], T], fallback: T) -> T:
+    """build(), or fallback once its mistake is kept, so that the rest of the file is checked too."""
+    try:
+        return build()
+    except ConfigError as e:
+        if not _report(e):
+            raise
+        return fallback
+
+
+def _mistakes() -> int:
+    """How many mistakes the load in progress has found: checks across keys skip a section that has one."""
+    found = _FOUND.get()
+    return len(found.errors) if found is not None else 0
+
+
+@contextmanager
+def _collecting() -> Iterator[_Found]:
+    """Every mistake of a load is kept instead of stopping at the first; raised together at the end."""
+    found = _Found()
+    token = _FOUND.set(found)
+    try:
+        yield found
+    except ConfigError as e:
+        _report(e)
+    finally:
+        _FOUND.reset(token)
+    if found.errors:
+        raise found.errors[0] if len(found.errors) == 1 else ConfigErrors(found.errors)
 
 
 # ---- scalar converters: (value, source, key) -> typed value or ConfigError ------------
@@ -343,6 +435,82 @@ def _url(value: object, source: str, key: str) -> str:
     return text.rstrip("/")
 
 
+def _ip(value: object, source: str, key: str) -> str:
+    """An IPv4 or IPv6 address to listen on ("[::1]" as URLs write it is taken too)."""
+    text = _str(value, source, key).strip()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        raise ConfigError(source, key, f"expected an IP address such as 127.0.0.1, 0.0.0.0 or ::1, "
+                                       f"got {text!r}") from None
+
+
+#: sse: the server-side encryption S3 offers on a PUT, as x-amz-server-side-encryption names it
+SSE_MODES = ("AES256", "aws:kms")
+#: storage_class: the classes whose objects a GET reads at once
+STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                   "GLACIER_IR", "EXPRESS_ONEZONE")
+#: classes whose objects need a restore before a GET: a mount could not read back what it wrote
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+
+def _sse(value: object, source: str, key: str) -> str:
+    text = _str(value, source, key).strip()
+    for mode in SSE_MODES:
+        if text.lower() == mode.lower():
+            return mode
+    raise ConfigError(source, key, f"expected {' or '.join(SSE_MODES)}, got {text!r}")
+
+
+def _storage_class(value: object, source: str, key: str) -> str:
+    text = _str(value, source, key).strip().upper()
+    if text in ARCHIVE_CLASSES:
+        raise ConfigError(source, key, f"{text} objects must be restored before they can be read, so the "
+                                       "mount could not read back what it writes (use GLACIER_IR, or a "
+                                       "lifecycle rule on the bucket)")
+    if text not in STORAGE_CLASSES:
+        raise ConfigError(source, key, f"expected one of {', '.join(STORAGE_CLASSES)}, got {_shown(value)}")
+    return text
+
+
+def _aws_file(var: str, default: str) -> str:
+    return os.path.expanduser(os.environ.get(var) or default)
+
+
+def aws_profiles() -> set[str]:
+    """The profiles boto3 finds: [default] and [profile NAME] in ~/.aws/config, [NAME] in ~/.aws/credentials."""
+    names: set[str] = set()
+    for var, default, config_file in (("AWS_CONFIG_FILE", "~/.aws/config", True),
+                                      ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials", False)):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(_aws_file(var, default), encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as e:
+            log.debug("cannot read %s: %s", _aws_file(var, default), e)
+            continue
+        for section in parser.sections():
+            if not config_file:
+                names.add(section.strip())
+            elif section.strip() == "default":
+                names.add("default")
+            elif section.startswith("profile ") or section.startswith("profile\t"):
+                names.add(section[len("profile"):].strip())
+    return names
+
+
+def _profile(value: object, source: str, key: str) -> str:
+    """A profile boto3 will find, checked now: a typo would otherwise surface as 'no credentials' at mount."""
+    name = _str(value, source, key).strip()
+    known = aws_profiles()
+    if name not in known:
+        files = f"{_aws_file('AWS_CONFIG_FILE', '~/.aws/config')} or " \
+                f"{_aws_file('AWS_SHARED_CREDENTIALS_FILE', '~/.aws/credentials')}"
+        raise ConfigError(source, key, f"no AWS profile {name!r} in {files} "
+                                       f"(profiles: {', '.join(sorted(known)) or 'none'})")
+    return name
+
+
 def _bucket(value: object, source: str, key: str) -> str:
     text = _str(value, source, key)
     if not 3 <= len(text) <= 63 or not _BUCKET_RE.fullmatch(text):
@@ -444,7 +612,9 @@ class _Map:
             raise ConfigError(source, key, f"expected {what}, got {_kind(value)}")
         for k in value:
             if k not in known:
-                raise ConfigError(source, self._join(key, k), f"unknown key (known: {', '.join(known)})")
+                error = ConfigError(source, self._join(key, k), f"unknown key (known: {', '.join(known)})")
+                if not _report(error):
+                    raise error
         self.data, self.source, self.key = value, source, key
 
     @staticmethod
@@ -456,23 +626,28 @@ class _Map:
         return self.data.get(name)
 
     def get(self, name: str, conv: Conv[T], default: Any = _REQUIRED) -> T:
+        """The converted value; a mistake is kept (during a load) and reads as the default, or None if required."""
         value = self.data.get(name)
+        # a required key's mistake reads as None: the load raises before that Config leaves it
+        fallback: Any = None if default is self._REQUIRED else default
         if value is None:
             if default is self._REQUIRED:
-                raise ConfigError(self.source, self._join(self.key, name), "missing (required)")
-            return default
-        return conv(value, self.source, self._join(self.key, name))
+                error = ConfigError(self.source, self._join(self.key, name), "missing (required)")
+                if not _report(error):
+                    raise error
+            return cast(T, fallback)
+        return _attempt(lambda: conv(value, self.source, self._join(self.key, name)), cast(T, fallback))
 
 
 #: config `conflicts`: keep both versions (the default), or let the last writer win
 CONFLICT_MODES = ("keep-both", "overwrite")
 
 _TOP_KEYS = ("default_provider", "providers", "routing_rules", "layout", "max_file_size",
-             "cache", "fuse", "log_level", "tenant", "metrics_port", "conflicts")
+             "cache", "fuse", "log_level", "tenant", "metrics_port", "conflicts", "metrics_address")
 _S3_KEYS = ("type", "bucket", "endpoint_url", "region", "prefix", "public_url_base",
             "access_key_id", "secret_access_key", "session_token", "path_style", "presign_expiry",
             "multipart_threshold", "multipart_chunksize", "connect_timeout", "read_timeout",
-            "max_attempts", "read_deadline")
+            "max_attempts", "read_deadline", "profile", "sse", "kms_key_id", "storage_class")
 
 
 def _provider(name: object, spec: object, source: str) -> ProviderConfig:
@@ -487,6 +662,7 @@ def _provider(name: object, spec: object, source: str) -> ProviderConfig:
         return LocalProviderConfig(name, m.get("base_path", _path))
     if kind != "s3":
         raise ConfigError(source, key + ".type", f"expected local or s3, got {_shown(kind)}")
+    before = _mistakes()
     m = _Map(spec, source, key, _S3_KEYS)
     prefix = m.get("prefix", _str, "").lstrip("/")
     s3 = S3ProviderConfig(
@@ -507,10 +683,20 @@ def _provider(name: object, spec: object, source: str) -> ProviderConfig:
         read_timeout=m.get("read_timeout", _bounded(parse_duration, 0.1), 30.0),
         max_attempts=m.get("max_attempts", _bounded(_int, 1, 50), 5),
         read_deadline=m.get("read_deadline", _bounded(parse_duration, 0), 20.0),
+        profile=m.get("profile", _profile, None),
+        sse=m.get("sse", _sse, None),
+        kms_key_id=m.get("kms_key_id", _str, "") or None,
+        storage_class=m.get("storage_class", _storage_class, None),
     )
+    if _mistakes() > before:
+        return s3  # a key with a mistake reads as unset: the checks across keys would only echo it
     if bool(s3.access_key_id) != bool(s3.secret_access_key) or (s3.session_token and not s3.access_key_id):
         raise ConfigError(source, key, "give access_key_id and secret_access_key together (and "
                                        "session_token only with them), or none for boto3's chain")
+    if s3.profile and s3.access_key_id:
+        raise ConfigError(source, key, "give either profile or access_key_id and secret_access_key, not both")
+    if s3.kms_key_id and s3.sse != "aws:kms":
+        raise ConfigError(source, key + ".kms_key_id", "a KMS key is used with sse: aws:kms only")
     return s3
 
 
@@ -579,30 +765,32 @@ def _limits(value: object, source: str, types: tuple[str, ...]) -> SizeLimits:
     return SizeLimits(m.get("default", size, 1 * GiB), per_type)
 
 
-def _routing(value: object, source: str, providers: dict[str, ProviderConfig],
+def _routing(value: object, source: str, providers: Collection[str],
              layout: LayoutConfig) -> tuple[RoutingRule, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ConfigError(source, "routing_rules", f"expected a list of rules, got {_kind(value)}")
-    rules = []
-    for i, item in enumerate(value):
-        key = f"routing_rules[{i}]"
-        m = _Map(item, source, key, ("match", "provider"), "a mapping like {match: {...}, provider: NAME}")
-        provider = m.get("provider", _str)
-        if provider not in providers:
-            raise ConfigError(source, key + ".provider",
-                              f"unknown provider {provider!r} (providers: {', '.join(providers)})")
-        mm = _Map(m.data.get("match"), source, key + ".match", ("type", "size_gt", "size_lt"))
-        rule = RoutingRule(provider, mm.get("type", _str, None),
-                           mm.get("size_gt", parse_size, None), mm.get("size_lt", parse_size, None))
-        if rule.type is not None and "type" in layout.levels and rule.type not in layout.types:
-            raise ConfigError(source, key + ".match.type",
-                              f"unknown type {rule.type!r} (allowed: {', '.join(layout.types)})")
-        if rule.size_gt is not None and rule.size_lt is not None and rule.size_lt <= rule.size_gt + 1:
-            raise ConfigError(source, key + ".match", "size_gt and size_lt leave no size that matches")
-        rules.append(rule)
-    return tuple(rules)
+    rules = (_attempt(partial(_rule, i, item, source, providers, layout), None) for i, item in enumerate(value))
+    return tuple(rule for rule in rules if rule is not None)
+
+
+def _rule(i: int, item: object, source: str, providers: Collection[str], layout: LayoutConfig) -> RoutingRule:
+    key = f"routing_rules[{i}]"
+    m = _Map(item, source, key, ("match", "provider"), "a mapping like {match: {...}, provider: NAME}")
+    provider = m.get("provider", _str)
+    if provider is not None and provider not in providers:
+        raise ConfigError(source, key + ".provider",
+                          f"unknown provider {provider!r} (providers: {', '.join(providers)})")
+    mm = _Map(m.data.get("match"), source, key + ".match", ("type", "size_gt", "size_lt"))
+    rule = RoutingRule(provider, mm.get("type", _str, None),
+                       mm.get("size_gt", parse_size, None), mm.get("size_lt", parse_size, None))
+    if rule.type is not None and "type" in layout.levels and rule.type not in layout.types:
+        raise ConfigError(source, key + ".match.type",
+                          f"unknown type {rule.type!r} (allowed: {', '.join(layout.types)})")
+    if rule.size_gt is not None and rule.size_lt is not None and rule.size_lt <= rule.size_gt + 1:
+        raise ConfigError(source, key + ".match", "size_gt and size_lt leave no size that matches")
+    return rule
 
 
 _CACHE_CONV: dict[str, Conv[Any]] = {
@@ -671,10 +859,11 @@ def _check_fuse(fuse: FuseConfig, source: str, key: str) -> FuseConfig:
 
 
 def _fuse(value: object, source: str) -> FuseConfig:
+    before = _mistakes()
     m = _Map(value, source, "fuse", _FUSE_NAMES)
     fuse = FuseConfig(**{n: m.get(n, _FUSE_CONV.get(n, parse_duration), getattr(FuseConfig, n))
                          for n in _FUSE_NAMES})
-    return _check_fuse(fuse, source, "fuse")
+    return fuse if _mistakes() > before else _check_fuse(fuse, source, "fuse")
 
 
 def parse_mount_options(groups: list[str], source: str = OPTIONS_SOURCE) -> dict[str, Any]:
@@ -717,39 +906,47 @@ def with_mount_options(cfg: Config, groups: list[str], source: str = OPTIONS_SOU
     return dataclasses.replace(cfg, fuse=_check_fuse(fuse, source, "allow_other"))
 
 
-def _build(raw: dict[str, Any], source: str) -> Config:
-    top = _Map(raw, source, "", _TOP_KEYS)
-    spec = raw.get("providers")
-    if not isinstance(spec, dict) or not spec:
-        got = "an empty mapping" if isinstance(spec, dict) else _kind(spec)
-        raise ConfigError(source, "providers", f"expected a mapping of provider names to settings, got {got}")
-    providers = {name: _provider(name, s, source) for name, s in spec.items()}
+def _default_provider(top: _Map, providers: Collection[str], source: str) -> str | None:
+    """STOREFS_DEFAULT_PROVIDER, else the file's default_provider; None with one provider (that one)."""
     names = ", ".join(providers)
     env_default = os.environ.get("STOREFS_DEFAULT_PROVIDER")
     if env_default:
         if env_default not in providers:
             raise ConfigError(ENVIRONMENT, "STOREFS_DEFAULT_PROVIDER",
                               f"unknown provider {env_default!r} (providers in {source}: {names})")
-        default = env_default
-    else:
-        default = top.get("default_provider", _str, None)
-        if default is None and len(providers) > 1:
-            raise ConfigError(source, "default_provider", f"missing: required with more than one provider ({names})")
-        if default is not None and default not in providers:
-            raise ConfigError(source, "default_provider", f"unknown provider {default!r} (providers: {names})")
-    layout = _layout(raw.get("layout"), source)
+        return env_default
+    default = top.get("default_provider", _str, None)
+    if default is None and len(providers) > 1:
+        raise ConfigError(source, "default_provider", f"missing: required with more than one provider ({names})")
+    if default is not None and default not in providers:
+        raise ConfigError(source, "default_provider", f"unknown provider {default!r} (providers: {names})")
+    return default
+
+
+def _build(raw: dict[str, Any], source: str) -> Config:
+    top = _Map(raw, source, "", _TOP_KEYS)
+    spec = raw.get("providers")
+    if not isinstance(spec, dict) or not spec:
+        got = "an empty mapping" if isinstance(spec, dict) else _kind(spec)
+        raise ConfigError(source, "providers", f"expected a mapping of provider names to settings, got {got}")
+    built = {name: _attempt(partial(_provider, name, s, source), None) for name, s in spec.items()}
+    providers = {name: p for name, p in built.items() if p is not None}
+    # a provider with a mistake is still a name the default and the rules may use: `built` has them all
+    default = _attempt(lambda: _default_provider(top, built, source), None)
+    layout = _attempt(lambda: _layout(raw.get("layout"), source), LayoutConfig())
     return Config(
         source=source,
-        default_provider=default or next(iter(providers)),
+        default_provider=default or next(iter(built)),
         providers=providers,
-        routing_rules=_routing(raw.get("routing_rules"), source, providers, layout),
+        routing_rules=_attempt(lambda: _routing(raw.get("routing_rules"), source, built, layout), ()),
         layout=layout,
-        max_file_size=_limits(raw.get("max_file_size"), source, layout.types),
-        cache=_cache(raw.get("cache"), source),
-        fuse=_fuse(raw.get("fuse"), source),
+        max_file_size=_attempt(lambda: _limits(raw.get("max_file_size"), source, layout.types), SizeLimits()),
+        cache=_attempt(lambda: _cache(raw.get("cache"), source), _cache(None, source)),
+        fuse=_attempt(lambda: _fuse(raw.get("fuse"), source), FuseConfig()),
         log_level=top.get("log_level", _choice(*LOG_LEVELS, fold=str.upper), "INFO"),
-        tenant=_tenant(top.get("tenant", _str, None), source, layout),
+        tenant=_attempt(lambda: _tenant(top.get("tenant", _str, None), source, layout), None),
         metrics_port=top.get("metrics_port", _bounded(_int, 0, 65535), 0),
+        metrics_address=top.get("metrics_address", _ip, Config.metrics_address),
         conflicts=top.get("conflicts", _choice(*CONFLICT_MODES), CONFLICT_MODES[0]),
     )
 
@@ -761,7 +958,8 @@ def _apply_env(cfg: Config) -> Config:
     for var, (name, conv) in _ENV_OVERRIDES.items():
         value = os.environ.get(var)
         if value:
-            (top if name == "log_level" else cache)[name] = conv(value, ENVIRONMENT, var)
+            (top if name == "log_level" else cache)[name] = _attempt(partial(conv, value, ENVIRONMENT, var),
+                                                                     getattr(cfg.cache, name, cfg.log_level))
     if cache:
         top["cache"] = dataclasses.replace(cfg.cache, **cache)
     return dataclasses.replace(cfg, **top) if top else cfg
@@ -804,8 +1002,14 @@ def _substitute(value: Any, source: str, key: str) -> Any:
             name, default = m.group(1), m.group(2)
             got = os.environ.get(name)
             if got is None and default is None:
-                raise ConfigError(source, key, f"environment variable {name} is not set "
-                                               f"(write ${{{name}:-default}} to give a fallback)")
+                error = ConfigError(source, key, f"environment variable {name} is not set "
+                                                 f"(write ${{{name}:-default}} to give a fallback)")
+                if not _report(error):
+                    raise error
+                found = _FOUND.get()
+                if found is not None:
+                    found.unset.add((source, key))
+                return m.group(0)
             if got or default is None:
                 return got or ""
             return default
@@ -817,15 +1021,81 @@ def _substitute(value: Any, source: str, key: str) -> Any:
     return value
 
 
+#: the config every user of the host shares, when neither -c, $STOREFS_CONFIG nor the user's own names one
+SYSTEM_CONFIG = "/etc/storefs/storefs.yaml"
+CONFIG_ENV = "STOREFS_CONFIG"
+USER_CONFIG = ("storefs", "config.yaml")  # below $XDG_CONFIG_HOME
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The config file a command uses (None: the embedded default) and the rule that chose it."""
+
+    path: str | None
+    rule: str
+
+
+def find_config(explicit: str | None) -> ConfigFile:
+    """-c, else $STOREFS_CONFIG, else $XDG_CONFIG_HOME/storefs/config.yaml, else /etc/storefs/storefs.yaml,
+    else the embedded default: the first two must exist (they were asked for), the others are looked for."""
+    if explicit:
+        return ConfigFile(os.path.abspath(os.path.expanduser(explicit)), "-c")
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return ConfigFile(os.path.abspath(os.path.expanduser(named)), f"${CONFIG_ENV}")
+    user = _xdg("XDG_CONFIG_HOME", "~/.config", *USER_CONFIG)
+    xdg = "$XDG_CONFIG_HOME" if os.path.isabs(os.environ.get("XDG_CONFIG_HOME", "")) else "~/.config"
+    if os.path.exists(user):
+        return ConfigFile(user, f"{xdg}/{'/'.join(USER_CONFIG)}")
+    if os.path.exists(SYSTEM_CONFIG):
+        return ConfigFile(SYSTEM_CONFIG, f"the system config (no -c, no ${CONFIG_ENV}, no {user})")
+    return ConfigFile(None, f"no config file (no -c, no ${CONFIG_ENV}, no {user}, no {SYSTEM_CONFIG})")
+
+
+def _secret_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(S3ProviderConfig) if f.metadata.get("secret"))
+
+
+def literal_secrets(raw: dict[str, Any]) -> list[str]:
+    """The keys of a config file as written that hold a secret itself rather than a ${VAR} naming one."""
+    providers = raw.get("providers")
+    found = []
+    for name, spec in (providers.items() if isinstance(providers, dict) else ()):
+        for key in _secret_names():
+            value = spec.get(key) if isinstance(spec, dict) else None
+            if value is not None and (not isinstance(value, str) or _VAR_RE.sub("", value).strip()):
+                found.append(f"providers.{name}.{key}")
+    return found
+
+
+def exposed_secrets(path: str, raw: dict[str, Any]) -> str | None:
+    """A warning when the file holds literal secrets other users can read (as ssh and rclone warn), else None."""
+    keys = literal_secrets(raw)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not keys or not mode & OTHERS_READ:
+        return None
+    return (f"{path} holds secrets ({', '.join(keys)}) that other users can read (mode {mode:04o}): "
+            f"chmod 600 {path}, or write ${{VAR}} in their place and keep the values in the environment "
+            "(the systemd unit reads /etc/storefs/INSTANCE.env)")
+
+
 def load_config(path: str | None) -> Config:
     """One entry point for the CLI and the tests, so every source is validated the same way."""
-    if path is None:
-        source = EMBEDDED
-        raw: dict[str, Any] = {"providers": {"local": {
-            "type": "local", "base_path": _xdg("XDG_DATA_HOME", "~/.local/share", "storefs", "data")}}}
-    else:
-        source, raw = path, _substitute(_read_yaml(path), path, "")
-    cfg = _apply_env(_build(raw, source))
+    warnings: list[str] = []
+    with _collecting():
+        if path is None:
+            source = EMBEDDED
+            raw: dict[str, Any] = {"providers": {"local": {
+                "type": "local", "base_path": _xdg("XDG_DATA_HOME", "~/.local/share", "storefs", "data")}}}
+        else:
+            source, written = path, _read_yaml(path)
+            raw = _substitute(written, path, "")
+            warning = exposed_secrets(path, written)
+            warnings += [warning] if warning else []
+        cfg = dataclasses.replace(_apply_env(_build(raw, source)), warnings=tuple(warnings))
     log.debug("config from %s: providers %s, default %s, cache %s", source,
               ", ".join(cfg.providers), cfg.default_provider, cfg.cache.dir)
     return cfg

@@ -41,7 +41,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     from .migrate import DEFAULT_JOBS, cmd_migrate
 
     def config_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", help="YAML config file (default: the embedded config `storefs mount` uses)")
+        p.add_argument("-c", "--config", help="YAML config file (default: the one `storefs mount` finds without -c)")
 
     s = sub.add_parser("stats", help="artifacts, files and bytes per level, across providers")
     config_option(s)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -11,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..config import Config, load_config
+from ..config import Config, find_config, load_config
 from ..errors import ConfigError, StorefsError, UsageError
 from ..keys import parents
 from ..layout import Layout
@@ -90,9 +89,9 @@ class Store:
 
     @classmethod
     def open(cls, config_path: str | None) -> Store:
-        """The same config a mount would use (the embedded default without -c)."""
+        """The same config a mount would use: -c, else the one `storefs mount` finds without it."""
         try:
-            cfg = load_config(os.path.abspath(config_path) if config_path else None)
+            cfg = load_config(find_config(config_path).path)
         except ConfigError as e:
             raise AdminError(f"bad config: {e}") from None
         except OSError as e:

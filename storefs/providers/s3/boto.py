@@ -40,7 +40,7 @@ from botocore.utils import get_environ_proxies
 
 from ... import errors
 from .errors import ErrorTable
-from .requests import Endpoint, quoted
+from .requests import Endpoint, quoted, upload_params
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,10 @@ class Boto:
         self._core = botocore.session.get_session()
         self.session = boto3.session.Session(
             aws_access_key_id=cfg.access_key_id, aws_secret_access_key=cfg.secret_access_key,
-            aws_session_token=cfg.session_token, region_name=cfg.region, botocore_session=self._core)
+            aws_session_token=cfg.session_token, region_name=cfg.region, botocore_session=self._core,
+            profile_name=cfg.profile)
+        #: sse, kms_key_id and storage_class as boto3 takes them, on every multipart upload and copy
+        self.upload_params = upload_params(cfg)
         timeouts = retry.write.timeouts
         retries: Any = retry.botocore_retries()
         config = Config(
@@ -156,7 +159,8 @@ class Boto:
         chunk = int(self.cfg.multipart_chunksize)
         try:
             size = os.path.getsize(src_path)
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)["UploadId"]
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full,
+                                                            **{**extra, **self.upload_params})["UploadId"]
         except (BotoCoreError, ClientError) as e:
             raise self.error(e, what) from e
         except OSError as e:
@@ -242,7 +246,7 @@ class Boto:
         """A managed multipart copy (objects above CopyObject's 5 GiB); extra may hold CopySourceIfMatch."""
         try:
             self.client.copy({"Bucket": self.bucket, "Key": src_full}, self.bucket, dst_full,
-                             Config=self.transfer, ExtraArgs=extra)
+                             Config=self.transfer, ExtraArgs={**extra, **self.upload_params})
         except (BotoCoreError, ClientError) as e:
             raise self.error(e, what) from e
 

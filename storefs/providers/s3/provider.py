@@ -34,7 +34,7 @@ from .boto import Boto
 from .errors import FORBIDDEN, NOT_FOUND, NOT_FOUND_CODES
 from .http import Timeouts
 from .listing import ListPage
-from .requests import DELETE_BATCH, Payload, S3Requests, conditions, payload_of, quoted
+from .requests import DELETE_BATCH, Payload, S3Requests, conditions, payload_of, quoted, upload_headers
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class S3Provider(Provider):
         self._table = self._boto.table
         self.endpoint = self._table.endpoint
         self._requests = S3Requests(self.bucket, self._boto.region, self._table, self._boto.endpoint,
-                                    self._boto.frozen_credentials)
+                                    self._boto.frozen_credentials, upload_headers(cfg))
         #: whether the server enforces conditions itself: learnt by check(writable=True), HEAD-compared until then
         self.atomic_conditions = False
 

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 from urllib.parse import quote
@@ -80,6 +80,29 @@ def payload_of(f: BinaryIO, size: int) -> Payload:
     return payload
 
 
+#: provider settings every upload carries: config key -> (the header of a PUT or copy, the boto3 parameter of a
+#: multipart create or copy); a copy (a rename, a chmod) that left them out would get the bucket's defaults
+UPLOAD_OPTIONS = {
+    "sse": ("x-amz-server-side-encryption", "ServerSideEncryption"),
+    "kms_key_id": ("x-amz-server-side-encryption-aws-kms-key-id", "SSEKMSKeyId"),
+    "storage_class": ("x-amz-storage-class", "StorageClass"),
+}
+
+
+def _upload_options(cfg: Any, form: int) -> dict[str, str]:
+    return {names[form]: str(getattr(cfg, key)) for key, names in UPLOAD_OPTIONS.items() if getattr(cfg, key, None)}
+
+
+def upload_headers(cfg: Any) -> dict[str, str]:
+    """The headers of the upload options an S3 provider's config sets (sse, kms_key_id, storage_class)."""
+    return _upload_options(cfg, 0)
+
+
+def upload_params(cfg: Any) -> dict[str, str]:
+    """The same options as boto3's parameters, for the uploads and copies boto3 makes."""
+    return _upload_options(cfg, 1)
+
+
 def quoted(etag: str) -> str:
     """An ETag as the conditional headers take it (in double quotes), whether or not it came with them."""
     return f'"{etag.strip(chr(34))}"'
@@ -99,10 +122,12 @@ class S3Requests:
     """Single attempts of the hot requests on one bucket; safe to share between threads."""
 
     def __init__(self, bucket: str, region: str, table: ErrorTable, endpoint: Callable[[], Endpoint],
-                 credentials: Callable[[], Any]) -> None:
+                 credentials: Callable[[], Any], upload: Mapping[str, str] | None = None) -> None:
         """endpoint: resolves the URLs (called once, at the first request); credentials: frozen credentials
-        (access_key, secret_key, token) for this request, refreshed by their source when they expire, or None."""
+        (access_key, secret_key, token) for this request, refreshed by their source when they expire, or None;
+        upload: headers every PUT and copy carries (upload_headers())."""
         self.bucket = bucket
+        self._upload = dict(upload or {})
         self._table = table
         self._resolve_endpoint = endpoint
         self._credentials = credentials
@@ -193,8 +218,8 @@ class S3Requests:
     def put(self, full: str, payload: Payload, size: int, headers: dict[str, str], timeouts: Timeouts) -> str | None:
         """PUT payload as full with headers (content-type, x-amz-meta-*, conditions()) and return its ETag."""
         what = self.what(full)
-        answer = self._send("PUT", self._object(full), "", {**headers, "content-length": str(size)}, timeouts,
-                            what, payload)
+        answer = self._send("PUT", self._object(full), "", {**headers, **self._upload, "content-length": str(size)},
+                            timeouts, what, payload)
         if not 200 <= answer.status < 300:
             raise self._fail(what, answer)
         return answer.headers.get("etag")
@@ -212,6 +237,7 @@ class S3Requests:
         else:
             sent.update(headers)
             sent["x-amz-metadata-directive"] = "REPLACE"
+        sent.update(self._upload)  # not metadata: a copy without them gets the bucket's defaults
         answer = self._send("PUT", self._object(dst_full), "", sent, timeouts, what, Payload(b"", EMPTY_SHA256))
         code, message = error_code(answer.body)
         if not 200 <= answer.status < 300 or code:  # a copy can fail after its 200 has been sent
