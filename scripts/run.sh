@@ -12,8 +12,21 @@ if [ $# -ne 1 ]; then
 fi
 MNT="$1"
 
-bash scripts/install.sh
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
+
+# install.sh (apt, pip: seconds) only when something is missing or pyproject.toml changed since
+# the last install from this checkout: the stamp records pyproject.toml's hash and the interpreter
+CHECKOUT="$(pwd -P)"
+STAMP="${XDG_CACHE_HOME:-$HOME/.cache}/storefs/install-stamp-$(printf %s "$CHECKOUT" | sha256sum | cut -c1-16)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $PY $("$PY" --version 2>&1)"
+installed_here() {  # storefs imports from this checkout, outside it (the checkout's folder is not on the path)
+    (cd / && "$PY" -c 'import os, sys, storefs; sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(storefs.__file__))) != sys.argv[1])' "$CHECKOUT") 2>/dev/null
+}
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || ! command -v fusermount3 >/dev/null 2>&1 || ! installed_here; then
+    bash scripts/install.sh
+    mkdir -p "$(dirname "$STAMP")"
+    printf '%s\n' "$want" > "$STAMP"
+fi
 storefs() { "$PY" -m storefs "$@"; }
 
 is_mounted() { awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/self/mounts; }

@@ -1,4 +1,4 @@
-"""Command line: storefs mount | unmount | status | flush | retry | url | install-helper."""
+"""Command line: storefs mount | unmount | status | flush | retry | url | refresh | install-helper | completion."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import time
 from . import __version__, notify
 from .admin import add_commands
 from .admin.configcheck import add_config_command
+from .admin.escape import printable, printable_lines
 from .admin.progress import Progress, format_size
+from .completion import SHELLS, script
 from .config import (
     LOG_LEVELS,
     Config,
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 MOUNT_TIMEOUT = 60.0
 FUSE_CONF = "/etc/fuse.conf"
 USER_ALLOW_OTHER = "user_allow_other"
+#: how a shell reports a program killed by SIGPIPE, as coreutils' `seq 99999 | head -1` ends
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 class CliError(Exception):
@@ -232,7 +236,7 @@ class _FlushProgress:
         for err in st.get("errors", [])[:3]:
             if err["key"] not in self.errors_shown:
                 self.errors_shown.add(err["key"])
-                print(f"{chr(10) if self.bar.tty else ''}  retrying {err['key']}: {err['error']}",
+                print(f"{chr(10) if self.bar.tty else ''}  " + printable(f"retrying {err['key']}: {err['error']}"),
                       file=sys.stderr, flush=True)
 
     def close(self, final: dict) -> None:
@@ -255,8 +259,20 @@ def _flush(mnt: str, timeout: float | None, quiet: bool = False, label: str = "s
     return final
 
 
+def _mountpoint_of(path: str) -> str:
+    """The storefs mountpoint holding path (the mountpoint itself or any file or folder in it), as `url` takes it.
+
+    A path in no storefs mount of the mount table is asked about as given: the daemon's silence
+    (or a refused socket folder) then says why.
+    """
+    try:
+        return find_mount(path)[0]
+    except NotRunning:
+        return os.path.abspath(path)
+
+
 def cmd_flush(args: argparse.Namespace) -> int:
-    mnt = os.path.abspath(args.mountpoint)
+    mnt = _mountpoint_of(args.mountpoint)
     try:
         final = _flush(mnt, args.timeout)
     except NotRunning as e:
@@ -334,7 +350,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    mnt = os.path.abspath(args.mountpoint)
+    mnt = _mountpoint_of(args.mountpoint)
     try:
         st = next(iter(request(mnt, {"cmd": "status"})))
     except NotRunning as e:
@@ -354,7 +370,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"in {st['cache_dir']} ({format_size(st['cache_free_bytes'])} free on disk)")
     print(f"uploads:      {st['uploads_done']} done, {st['upload_failures']} failed attempts")
     for err in st["errors"][:10]:
-        print(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts): {err['error']}")
+        print(printable(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts): {err['error']}"))
     _print_outcomes(st)
     return 0
 
@@ -369,13 +385,13 @@ def _print_outcomes(st: dict) -> None:
         print(f"parked:       {st['parked_changes']} changes refused by the provider for good "
               "(kept in the cache; fix the cause, then `storefs retry`)")
         for p in st.get("parked", [])[:OUTCOMES_SHOWN]:
-            print(f"  parked:     {p['key']} ({p['op']}): {p['error']}")
+            print(printable(f"  parked:     {p['key']} ({p['op']}): {p['error']}"))
     if st.get("conflicts_total"):
         print(f"conflicts:    {st['conflicts_total']} (another writer changed the key first; latest first)")
         for c in st.get("conflicts", [])[:OUTCOMES_SHOWN]:
             when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(c["at"]))
             kept = f" -> this mount's version in {c['conflict_key']}" if c.get("conflict_key") else ""
-            print(f"  conflict:   {when} {c['op']} {c['key']}{kept}: {c.get('detail') or ''}")
+            print(printable(f"  conflict:   {when} {c['op']} {c['key']}{kept}: {c.get('detail') or ''}"))
 
 
 def cmd_url(args: argparse.Namespace) -> int:
@@ -423,11 +439,20 @@ def cmd_install_helper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(script(args.shell, build_parser()), end="")
+    return 0
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
     return level
+
+
+#: what status and flush take: any path in the mount names it, as `url` and `refresh` take theirs
+IN_MOUNT_HELP = "the mountpoint, or any file or folder in the mount"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,12 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="pending uploads, cache use, errors")
     s.add_argument("--json", action="store_true")
-    s.add_argument("mountpoint")
+    s.add_argument("mountpoint", help=IN_MOUNT_HELP)
     s.set_defaults(func=cmd_status)
 
     f = sub.add_parser("flush", help="wait until nothing is pending")
     f.add_argument("--timeout", type=float, default=None)
-    f.add_argument("mountpoint")
+    f.add_argument("mountpoint", help=IN_MOUNT_HELP)
     f.set_defaults(func=cmd_flush)
 
     rt = sub.add_parser("retry", help="put parked changes (refused by the provider) back in the upload queue")
@@ -492,17 +517,42 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--remove", action="store_true", help="remove the helpers (or the unit) instead")
     h.set_defaults(func=cmd_install_helper)
 
+    cp = sub.add_parser("completion", help="print the shell completion script for every command and option",
+                        description="Print a completion script, made from this command line's own parser. "
+                                    "bash: storefs completion bash > /etc/bash_completion.d/storefs; "
+                                    "zsh: storefs completion zsh > \"${fpath[1]}/_storefs\"")
+    cp.add_argument("shell", choices=SHELLS)
+    cp.set_defaults(func=cmd_completion)
+
     add_commands(sub)  # stats, ls, cleanup, migrate (storefs.admin)
     add_config_command(sub)  # config check (storefs.admin.configcheck)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _reader_gone() -> int:
+    """stdout's reader went away (`| head -1`): print nothing more and end as coreutils do, with no traceback."""
     try:
-        return args.func(args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush at exit then goes nowhere
+        os.close(devnull)
+    except (OSError, ValueError) as e:
+        log.debug("stdout not redirected after a broken pipe: %s", e)
+    return EXIT_BROKEN_PIPE
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        finally:
+            sys.stdout.flush()  # --help and --version: their pipe too may be closed
+        code: int = args.func(args)
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except (CliError, UnsafeFolder) as e:
-        print(f"storefs: {e}", file=sys.stderr)
+        print(printable_lines(f"storefs: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -33,6 +33,8 @@ GENERIC = frozenset("""defaults _netdev auto noauto nofail rw user users nouser 
     silent loud""".split())
 GENERIC_PREFIXES = ("x-", "comment=", "user=", "helper=")
 
+#: python's "safe path" flag (3.11): `-m` does not put the current folder first on sys.path
+SAFE_PATH_FLAG = "-P"
 EXIT_USAGE = 1   # mount(8): incorrect invocation
 EXIT_FAILED = 32  # mount(8): mount failure
 
@@ -113,7 +115,9 @@ def install(directory: str = HELPER_DIR, remove: bool = False) -> list[str]:
     """Put mount.fuse.storefs (and mount.storefs) where mount(8) finds them; what was done, in words.
 
     The helper is a two-line script that runs this Python, not a link to a console script:
-    at boot there is no virtualenv or pyenv shim on PATH to find it through.
+    at boot there is no virtualenv or pyenv shim on PATH to find it through. `-P` keeps the
+    current folder off the import path: mount(8) runs the helper (as root) in whatever folder
+    the caller stands in, and a `storefs/` folder there must not stand in for the package.
     """
     done = []
     for name in HELPER_NAMES:
@@ -127,10 +131,10 @@ def install(directory: str = HELPER_DIR, remove: bool = False) -> list[str]:
     main_path = os.path.join(directory, HELPER_NAMES[0])
     with open(main_path, "w") as f:
         f.write("#!/bin/sh\n# written by `storefs install-helper`: mount(8) runs this for fuse.storefs mounts\n"
-                f"exec {shlex.quote(sys.executable)} -m storefs.mount_helper \"$@\"\n")
+                f"exec {shlex.quote(sys.executable)} {SAFE_PATH_FLAG} -m storefs.mount_helper \"$@\"\n")
     os.chmod(main_path, 0o755)
     os.symlink(HELPER_NAMES[0], os.path.join(directory, HELPER_NAMES[1]))
-    return [f"installed {main_path} (runs {sys.executable} -m storefs.mount_helper)",
+    return [f"installed {main_path} (runs {sys.executable} {SAFE_PATH_FLAG} -m storefs.mount_helper)",
             f"linked {os.path.join(directory, HELPER_NAMES[1])} -> {HELPER_NAMES[0]}"]
 
 

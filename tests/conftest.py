@@ -145,6 +145,18 @@ def _no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory):
         lazy_unmount(mp)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory):
+    """`storefs migrate` keeps its resume state in XDG_STATE_HOME: the tests' go to their temp folder."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
+
+
 # --------------------------------------------------------------------------- issue 18: shared mounts
 # Mounts that other users can reach (below a 0755 folder in /tmp, since pytest's own tmp folders
 # are 0700), and an in-process moto S3 server, whose folder markers keep their metadata.

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from ..errors import StorefsError, UsageError
 from .common import AdminError
+from .escape import printable_lines
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,10 @@ def _guarded(fn: Command) -> Command:
         try:
             return fn(args)
         except (AdminError, UsageError) as e:
-            print(f"storefs: {e}", file=sys.stderr)
+            print(printable_lines(f"storefs: {e}"), file=sys.stderr)
             return e.exit_code
         except StorefsError as e:
-            print(f"storefs: {args.command}: {e}", file=sys.stderr)
+            print(printable_lines(f"storefs: {args.command}: {e}"), file=sys.stderr)
             return 1
 
     return run
@@ -79,7 +80,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     m.add_argument("--to", dest="dest", required=True, metavar="Q", help="destination provider name")
     m.add_argument("--delete-source", action="store_true", help="delete each source key once its copy is verified")
     m.add_argument("--state", metavar="FILE",
-                   help="resume state (default: CACHE_DIR/migrate-P-to-Q.db)")
+                   help="resume state (default: a file named by P and Q in $XDG_STATE_HOME/storefs, "
+                        "~/.local/state/storefs or, for root, /var/lib/storefs)")
     m.add_argument("--keep-owner", action="store_true",
                    help="to a local provider: give files the uid/gid of their object metadata (root only; "
                         "without it they belong to you). Setuid/setgid bits are dropped either way")

@@ -9,6 +9,7 @@ import time
 
 from ..errors import NotEmpty, StorefsError, UsageError
 from .common import Artifact, Store, artifacts, format_time, normalize_prefix, parse_age
+from .escape import printable
 from .mounts import pending_keys
 from .progress import format_size
 
@@ -78,13 +79,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 pending = pending_keys(store.cfg)  # again, just before deleting: the mounts keep writing
                 blockers = _blockers(pending, art.key)
             if blockers:
-                print(f"skipped {art.key}: pending changes in the mount at {', '.join(blockers)}")
+                print(printable(f"skipped {art.key}: pending changes in the mount at {', '.join(blockers)}"))
                 skipped += 1
                 continue
             if not args.dry_run:
                 fresh = artifacts(store, art.key).get(art.key)
                 if fresh is not None and fresh.mtime >= cutoff:
-                    print(f"skipped {art.key}: changed since the scan (newest {format_time(fresh.mtime)})")
+                    print(printable(f"skipped {art.key}: changed since the scan (newest {format_time(fresh.mtime)})"))
                     skipped += 1
                     continue
                 if fresh is not None:  # the scan inside the artifact does not see the artifact's own folder
@@ -93,12 +94,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                     art = fresh
                 try:
                     for warning in delete_artifact(store, art):
-                        print(f"storefs: {art.key}: {warning}", file=sys.stderr)
+                        print(printable(f"storefs: {art.key}: {warning}"), file=sys.stderr)
                 except StorefsError as e:
-                    print(f"storefs: {art.key}: delete failed: {e}", file=sys.stderr)
+                    print(printable(f"storefs: {art.key}: delete failed: {e}"), file=sys.stderr)
                     failed += 1
                     continue
-            print(f"{verb} {art.key} ({_describe(art)})")
+            print(printable(f"{verb} {art.key} ({_describe(art)})"))
             done += 1
             done_files += len(art.files)
             done_bytes += art.size

@@ -17,6 +17,7 @@ from ..layout import Layout
 from ..providers.base import ObjectInfo, Provider
 from ..providers.factory import make_providers
 from ..view import merge
+from .escape import printable
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,8 @@ def content_type(store: Store, info: ObjectInfo) -> str:
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
-    """Columns padded to their widest cell; numbers and sizes right-aligned, names left-aligned."""
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+    """Columns padded to their widest cell; numbers and sizes right-aligned, names left-aligned; keys escaped."""
+    cells = [headers] + [[printable(str(c)) for c in row] for row in rows]
     right = [all(_numeric(r[i]) for r in cells[1:]) and bool(rows) for i in range(len(headers))]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:

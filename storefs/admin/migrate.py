@@ -36,6 +36,8 @@ from ..errors import NotEmpty, NotFound, StorefsError, UsageError
 from ..keys import parents
 from ..providers.base import ObjectInfo, ObjectMeta, Provider
 from .common import AdminError, Store, content_type, normalize_prefix
+from .escape import printable
+from .mounts import storage_identity
 from .progress import Progress, format_size
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,14 @@ FILE_MODE = 0o100644
 MTIME_SLACK = 0.001  # S3 keeps microseconds of an mtime, a local disk nanoseconds
 #: mode bits object metadata never sets on a local destination
 PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
+ROOT_STATE_DIR = "/var/lib/storefs"
+USER_STATE_HOME = "~/.local/state"  # XDG_STATE_HOME's default
+STATE_SUBFOLDER = "storefs"
+STATE_DIR_MODE = 0o700  # the state names every key migrated
+STATE_DIGEST_CHARS = 12
+LOCK_SUFFIX = ".lock"
+#: the state database and what SQLite keeps beside it in WAL mode
+SQLITE_SIDE_FILES = ("", "-wal", "-shm")
 
 
 class VerifyError(StorefsError):
@@ -226,7 +236,7 @@ class Migration:
             if self.delete_source:
                 self._delete_source(key, listed)
         except StorefsError as e:
-            print(f"storefs: migrate {key}: {e}", file=sys.stderr, flush=True)
+            print(printable(f"storefs: migrate {key}: {e}"), file=sys.stderr, flush=True)
             self._count("failed", 1)
 
     def folders(self, dirs: list[ObjectInfo], files: list[ObjectInfo]) -> None:
@@ -241,7 +251,7 @@ class Migration:
                                                     uid=uid, gid=gid, content_type="application/x-directory"))
                 self._count("folders")
             except StorefsError as e:
-                print(f"storefs: migrate folder {d.key}: {e}", file=sys.stderr)
+                print(printable(f"storefs: migrate folder {d.key}: {e}"), file=sys.stderr)
                 self._count("failed")
 
     def remove_source_folders(self, prefix: str, dirs: list[ObjectInfo], files: list[ObjectInfo]) -> None:
@@ -255,15 +265,48 @@ class Migration:
                     self.src.remove_dir(folder)
 
 
+def state_dir() -> str:
+    """Where resume state lives, apart from the cache (which may be wiped): $XDG_STATE_HOME/storefs, else
+    /var/lib/storefs for root (systemd's StateDirectory=storefs) and ~/.local/state/storefs for others."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(base):  # the XDG spec: a relative value is ignored
+        return os.path.join(base, STATE_SUBFOLDER)
+    if os.geteuid() == 0:
+        return ROOT_STATE_DIR
+    return os.path.join(os.path.expanduser(USER_STATE_HOME), STATE_SUBFOLDER)
+
+
 def state_path(store: Store, src: str, dst: str) -> str:
-    """One state file per (source, destination) pair, in the cache folder of the config."""
+    """One state file per (source, destination) pair, named by the storage both name (folder, or endpoint,
+    bucket and prefix): two configs that call different buckets `s3` keep apart, a renamed section does not."""
+    pair = repr((storage_identity(store.cfg.providers[src]), storage_identity(store.cfg.providers[dst])))
+    digest = hashlib.sha256(pair.encode("utf-8", "surrogateescape")).hexdigest()[:STATE_DIGEST_CHARS]
+    return os.path.join(state_dir(), f"migrate-{src}-to-{dst}-{digest}.db")
+
+
+def legacy_state_path(store: Store, src: str, dst: str) -> str:
+    """Where earlier storefs versions kept the state: the cache folder, lost with it."""
     return os.path.join(store.cfg.cache.dir, f"migrate-{src}-to-{dst}.db")
+
+
+def adopt_legacy_state(old: str, new: str) -> bool:
+    """Move a state file (and its SQLite WAL and shared memory) from the cache folder to new, once,
+    unless a state is there already; whether it moved. A run still using the old file blocks it."""
+    if not os.path.exists(old) or os.path.exists(new):
+        return False
+    with _exclusive(old):
+        for suffix in SQLITE_SIDE_FILES:
+            if os.path.exists(old + suffix):
+                shutil.move(old + suffix, new + suffix)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(old + LOCK_SUFFIX)
+    return True
 
 
 @contextlib.contextmanager
 def _exclusive(path: str) -> Iterator[None]:
     """One run per state file at a time: two runs would both copy every key."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -287,7 +330,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.source == args.dest:
             raise UsageError(f"--from and --to are both {args.source!r}")
         path = os.path.abspath(args.state) if args.state else state_path(store, args.source, args.dest)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=STATE_DIR_MODE, exist_ok=True)
+        if not args.state:
+            old = legacy_state_path(store, args.source, args.dest)
+            if adopt_legacy_state(old, path):
+                print(f"storefs: moved the resume state {old} to {path} (out of the cache folder)", file=sys.stderr)
         with _exclusive(path):
             return _run(store, args, prefix, path)
 

@@ -56,7 +56,7 @@ def running_mounts() -> list[RunningMount]:
     return found
 
 
-def _identity(pcfg: object) -> tuple:
+def storage_identity(pcfg: object) -> tuple:
     """What makes two provider sections the same storage: the folder, or endpoint + bucket + prefix."""
     if isinstance(pcfg, LocalProviderConfig):
         return ("local", os.path.realpath(pcfg.base_path))
@@ -75,8 +75,8 @@ def shares_storage(cfg: Config, mount: RunningMount) -> bool:
         log.debug("config %s of %s unreadable (%s): treating it as the same store", mount.config,
                   mount.mountpoint, e)
         return True
-    ours = {_identity(p) for p in cfg.providers.values()}
-    return any(_identity(p) in ours for p in theirs.providers.values())
+    ours = {storage_identity(p) for p in cfg.providers.values()}
+    return any(storage_identity(p) in ours for p in theirs.providers.values())
 
 
 def pending_keys(cfg: Config) -> dict[str, set[str]]:
