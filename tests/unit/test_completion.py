@@ -64,13 +64,19 @@ def test_every_command_and_option_of_the_parser_is_in_the_scripts():
 def test_an_option_added_later_is_completed_without_touching_the_generator():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    config = sub.add_parser("config", help="config files")
-    check = config.add_subparsers(dest="config_command").add_parser("check", help="validate a config")
+    later = sub.add_parser("later", help="a command added after the generator was written")
+    check = later.add_subparsers(dest="later_command").add_parser("check", help="a nested one")
     check.add_argument("--format", choices=["text", "json"])
     script = bash_script(parser)
+    assert _bash_complete(script, "storefs later ") == {"check"}
+    assert _bash_complete(script, "storefs later check --f") == {"--format"}
+    assert _bash_complete(script, "storefs later check --format j") == {"json"}
+
+
+def test_the_config_check_command_is_completed():
+    script = bash_script(build_parser())
     assert _bash_complete(script, "storefs config ") == {"check"}
-    assert _bash_complete(script, "storefs config check --f") == {"--format"}
-    assert _bash_complete(script, "storefs config check --format j") == {"json"}
+    assert "-c" in _bash_complete(script, "storefs config check -")
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
