@@ -19,7 +19,7 @@ class CountingProvider(LocalProvider):
     """A local provider that records every change it is asked to make."""
 
     def __init__(self, name: str, base: str) -> None:
-        super().__init__(name, base)
+        super().__init__(name, base, create=True)
         self.calls: list[tuple[str, str]] = []
         self.lock = threading.Lock()
 
