@@ -93,6 +93,8 @@ _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]")
 class LocalProviderConfig:
     name: str
     base_path: str
+    create: bool = False  # make a missing base_path (its parent must exist): else a typo would mount an empty store
+    create_parents: bool = False  # the embedded default's folder is storefs' own: made with its parents
 
 
 @dataclass(frozen=True)
@@ -658,8 +660,9 @@ def _provider(name: object, spec: object, source: str) -> ProviderConfig:
         raise ConfigError(source, key, f"expected a mapping with 'type: local' or 'type: s3', got {_kind(spec)}")
     kind = spec.get("type")
     if kind == "local":
-        m = _Map(spec, source, key, ("type", "base_path"))
-        return LocalProviderConfig(name, m.get("base_path", _path))
+        m = _Map(spec, source, key, ("type", "base_path", "create"))
+        return LocalProviderConfig(name, m.get("base_path", _path), create=m.get("create", _bool, False),
+                                   create_parents=source == EMBEDDED)
     if kind != "s3":
         raise ConfigError(source, key + ".type", f"expected local or s3, got {_shown(kind)}")
     before = _mistakes()
@@ -1089,7 +1092,8 @@ def load_config(path: str | None) -> Config:
         if path is None:
             source = EMBEDDED
             raw: dict[str, Any] = {"providers": {"local": {
-                "type": "local", "base_path": _xdg("XDG_DATA_HOME", "~/.local/share", "storefs", "data")}}}
+                "type": "local", "base_path": _xdg("XDG_DATA_HOME", "~/.local/share", "storefs", "data"),
+                "create": True}}}
         else:
             source, written = path, _read_yaml(path)
             raw = _substitute(written, path, "")

@@ -5,11 +5,12 @@
 
 mount(8) looks for /sbin/mount.fuse.storefs and runs it as `SOURCE MOUNTPOINT [-sfnv]
 [-N NS] [-o OPTIONS] [-t TYPE]`. SOURCE is the config file (`storefs` or `none`: the
-config `storefs mount` finds without -c, as README's "Which config file" says). tenant, log_level and log_file become `storefs mount` flags; the mount
-options (allow_other, ro, uid=, umask=, noatime ...) go to `storefs mount -o` unchanged;
-the generic options (defaults, _netdev, nofail, x-systemd.* ...) are mount(8)'s and
-systemd's business. `rw` is ignored too: mount(8) gives it to every helper that is not
-asked for `ro`, so it must not undo `read_only: true` in the config.
+config `storefs mount` finds without -c, as README's "Which config file" says). tenant,
+log_level and log_file become `storefs mount` flags; the mount options (allow_other, ro,
+uid=, umask=, noatime ...) go to `storefs mount -o` unchanged; the generic options
+(defaults, _netdev, nofail, x-systemd.* ...) are mount(8)'s and systemd's business. `rw`
+is ignored too: mount(8) gives it to every helper that is not asked for `ro`, so it must
+not undo `read_only: true` in the config.
 """
 
 from __future__ import annotations

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
 USER_PREFIX = "user."
 STOREFS_PREFIX = "user.storefs."
-STOREFS_XATTRS = ("user.storefs.content_type", "user.storefs.state", "user.storefs.provider",
-                  "user.storefs.url", "user.storefs.size", "user.storefs.etag")
 
 
 class Attrs:
@@ -199,14 +197,10 @@ class Attrs:
         return None
 
     def listxattr(self, key: str) -> list[str]:
-        """The names of key's xattrs, storefs' own among them."""
-        f, xattrs = self._xattrs(key)
-        names = list(xattrs)
-        if not f.is_dir:
-            names += [n for n in STOREFS_XATTRS if self._storefs_xattr(key, f, n) is not None]
-        else:
-            names.append("user.storefs.provider")
-        return names
+        """The names of key's own xattrs: storefs' read-only ones answer getxattr by name but are not
+        listed, so cp -a and rsync -X do not copy them (a presigned URL holds an access key id)."""
+        _, xattrs = self._xattrs(key)
+        return [n for n in xattrs if not n.startswith(STOREFS_PREFIX)]
 
     def setxattr(self, key: str, name: str, value: bytes) -> None:
         """Store a user.* xattr with key's object (storefs' own are read-only)."""

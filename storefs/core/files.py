@@ -211,13 +211,16 @@ class Files:
         return fd, n
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
-        """Write data at offset into the cache file of fh."""
+        """Write data at offset into the cache file of fh: at max_file_size, as ext4 at its size limit,
+        the bytes below the limit land and the count is short; a write that starts at the limit is EFBIG."""
         h = self._handle(fh)
         node = h.node
         end = offset + len(data)
         if end > node.size:
-            self._check_size(node.entry.key, end)
-            self.evictor.reserve(end - node.size)
+            end = min(end, self._room(node.entry.key, offset))
+            data = data[:end - offset]
+            if end > node.size:
+                self.evictor.reserve(end - node.size)
         if not node.complete:
             node.ensure_all()
         if not node.dirty:
@@ -239,6 +242,13 @@ class Files:
         limit = self.tree.layout.max_size(keys.as_path(key))
         if size > limit:
             raise TooLarge(f"{key}: {size} bytes would pass the limit of {limit} bytes for this type")
+
+    def _room(self, key: str, offset: int) -> int:
+        """Where a write at offset into key must end (its size limit), or TooLarge when it starts there."""
+        limit = self.tree.layout.max_size(keys.as_path(key))
+        if offset >= limit:
+            raise TooLarge(f"{key}: a write at byte {offset} would pass the limit of {limit} bytes for this type")
+        return limit
 
     def _kill_setid(self, e: Entry) -> None:
         """A write by a non-root user clears set-user-ID, and set-group-ID where group-exec is set (as Linux)."""

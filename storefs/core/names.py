@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import time
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 LINK_MODE = stat.S_IFLNK | 0o777  # what s3fs stores for a symlink (decimal 41471)
 #: the kinds of node mknod makes, besides regular files
 SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
-HIDDEN_PREFIX = ".fuse_hidden"  # libfuse's name for an unlinked file that is still open
+#: libfuse's name for an unlinked file it holds open (lib/fuse.c hidden_name(): ".fuse_hidden%08x%08x")
+HIDDEN_NAME = re.compile(r"\.fuse_hidden[0-9a-f]{16}")
 
 #: a folder's contents as rename moves them: (key, is a folder, what it is)
 Moves = list[tuple[str, bool, Found]]
@@ -193,7 +195,9 @@ class Names:
         if f.is_dir:
             raise IsADirectory(key)
         parent_key = keys.parent(key)
-        hidden = keys.name(key).startswith(HIDDEN_PREFIX)  # its unlink already touched the folder
+        with self.state.lock:
+            node = self.state.nodes.get(key)
+        hidden = node is not None and node.hidden_key == key  # its unlink already touched the folder
         parent = None if hidden else tree.prepared(parent_key, tree.find(parent_key))
         with self.state.lock, self.index.transaction():
             self._unlink_locked(key, f)
@@ -217,6 +221,14 @@ class Names:
             self.schedule.changed(key)
         elif e is not None:
             self.index.remove(key)
+
+    def _is_hide(self, old: str, new: str) -> bool:
+        """Whether rename old -> new is libfuse hiding an unlinked open file: its exact name pattern, in
+        the same folder, of a file open here. Anything else is a user's rename to such a name, kept as asked."""
+        if keys.parent(old) != keys.parent(new) or not HIDDEN_NAME.fullmatch(keys.name(new)):
+            return False
+        with self.state.lock:
+            return old in self.state.nodes
 
     def _hide(self, old: str, hidden: str) -> None:
         """libfuse's unlink of an open file: a rename to .fuse_hiddenN, unlinked at the last close.
@@ -245,7 +257,7 @@ class Names:
         tree.writable(old)
         if old == new:
             return
-        if keys.name(new).startswith(HIDDEN_PREFIX):
+        if self._is_hide(old, new):
             self._hide(old, new)
             return
         src = tree.find_existing(old)

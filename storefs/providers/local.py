@@ -44,6 +44,9 @@ _REFUSED_NAMES = (errno.ENAMETOOLONG, errno.EILSEQ)
 #: link(2) refused by a file system without hard links (vfat, some network and FUSE file systems)
 _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+#: inotify's per-user limits, by the errno that says one is reached (inotify_add_watch(2), inotify_init(2))
+_INOTIFY_LIMITS = {errno.ENOSPC: "max_user_watches", errno.EMFILE: "max_user_instances"}
+_INOTIFY_SYSCTL = "/proc/sys/fs/inotify"
 #: a folder reached only as a place to resolve names in (no read permission needed)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a folder to list or fsync
@@ -126,9 +129,11 @@ class LocalProvider(Provider):
     #: if_match is compared just before the rename over the key: a short window (module docstring)
     atomic_conditions = False
 
-    def __init__(self, name: str, base_path: str) -> None:
+    def __init__(self, name: str, base_path: str, *, create: bool = False, create_parents: bool = False) -> None:
         self.name = name
         self.base = os.path.realpath(os.path.expanduser(base_path))
+        self.create = create  # check() makes a missing base_path whose parent exists
+        self.create_parents = create_parents  # ... and its missing parents too (storefs' own default folder)
         self._base_slash = self.base.rstrip("/") + "/"
         self._xattr_warned = False
         self._links_warned = False
@@ -333,10 +338,8 @@ class LocalProvider(Provider):
     def check(self, *, writable: bool = False) -> None:
         """Fail at mount time when the folder cannot hold objects."""
         where = f"local provider {self.name}: base_path {self.base}"
-        try:
-            os.makedirs(self.base, exist_ok=True)
-        except OSError as e:
-            raise ProviderError(f"{where} cannot be created: {e.strerror or e}") from e
+        if not os.path.lexists(self.base):
+            self._create_base(where)
         if not os.path.isdir(self.base):
             raise ProviderError(f"{where} is not a directory")
         if not os.path.isdir(PROC_FD):
@@ -354,6 +357,27 @@ class LocalProvider(Provider):
             with contextlib.suppress(OSError):
                 os.unlink(probe, dir_fd=base)
             raise ProviderError(f"{where} is not writable: {e.strerror or e}") from e
+
+    def _create_base(self, where: str) -> None:
+        """Make the missing base_path only where the config says so and its parent exists: a typo in
+        the path must not mount an empty store (s3fs refuses a missing bucket the same way)."""
+        parent = os.path.dirname(self.base)
+        if not self.create:
+            raise ProviderError(f"{where} does not exist: create it (mkdir {self.base}), or set `create: true` "
+                                f"under providers.{self.name} to have storefs make it")
+        if not self.create_parents and not os.path.isdir(parent):
+            raise ProviderError(f"{where} does not exist, nor does its parent folder {parent}: check the path "
+                                "(`create: true` makes the last folder only)")
+        try:
+            if self.create_parents:
+                os.makedirs(self.base, exist_ok=True)
+            else:
+                os.mkdir(self.base)
+        except FileExistsError:
+            pass  # made meanwhile (another mount starting): checked as a folder next
+        except OSError as e:
+            raise ProviderError(f"{where} cannot be created: {e.strerror or e}") from e
+        log.info("local provider %s: created base_path %s", self.name, self.base)
 
     @staticmethod
     def _info(key: str, st: os.stat_result, xattrs: dict[str, bytes] | None = None) -> ObjectInfo:
@@ -813,11 +837,35 @@ class LocalProvider(Provider):
                         log.exception("handling a change of %s failed", key)
 
         self.close()
-        observer = Observer()
-        observer.schedule(Handler(), self.base, recursive=True)
-        observer.daemon = True
-        observer.start()
+        observer: BaseObserver | None = None
+        try:  # watchdog takes its inotify instance when made (7.x) or started (4.x-6.x), its watches at start
+            observer = Observer()
+            observer.schedule(Handler(), self.base, recursive=True)
+            observer.daemon = True
+            observer.start()
+        except OSError as e:
+            if e.errno not in _INOTIFY_LIMITS:
+                raise
+            if observer is not None:
+                with contextlib.suppress(Exception):
+                    observer.stop()
+            self._warn_unwatched(e.errno)
+            return
         self._observer = observer
+
+    def _warn_unwatched(self, code: int) -> None:
+        """One WARNING when inotify's limit leaves the folder unwatched: the listing cache's TTL then
+        brings other programs' changes (as on S3), and the line says which sysctl to raise."""
+        setting = _INOTIFY_LIMITS[code]
+        try:
+            with open(os.path.join(_INOTIFY_SYSCTL, setting), encoding="ascii") as f:
+                limit = f.read().strip()
+        except OSError:
+            limit = "unknown"
+        log.warning("local provider %s: not watching %s for changes made by other programs: the inotify limit "
+                    "fs.inotify.%s (%s) is reached; they show within fuse.dir_cache_ttl instead. Raise it with "
+                    "`sysctl fs.inotify.%s=N` (persist in /etc/sysctl.d/)", self.name, self.base, setting, limit,
+                    setting)
 
     def close(self) -> None:
         """Stop the watcher (the base_path descriptor stays: calls may still be running)."""

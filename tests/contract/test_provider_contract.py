@@ -658,7 +658,7 @@ class TestLocalProvider(ProviderContract):
 
     @pytest.fixture
     def provider(self, tmp_path: Path) -> Iterator[Provider]:
-        p = LocalProvider("local", str(tmp_path / "data"))
+        p = LocalProvider("local", str(tmp_path / "data"), create=True)
         p.check()
         yield p
         p.close()

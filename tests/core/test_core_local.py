@@ -19,7 +19,7 @@ class CountingProvider(LocalProvider):
     """A local provider that records every change it is asked to make."""
 
     def __init__(self, name: str, base: str) -> None:
-        super().__init__(name, base)
+        super().__init__(name, base, create=True)
         self.calls: list[tuple[str, str]] = []
         self.lock = threading.Lock()
 
@@ -112,7 +112,7 @@ def test_unlink_of_file_open_from_the_listing_deletes_it(tmp_path: Path) -> None
     ns.start()
     fh = ns.open("t/image/b/a/f", os.O_RDONLY)
     assert read_at(ns, fh, 100, 0) == b"from-elsewhere"
-    ns.rename("t/image/b/a/f", "t/image/b/a/.fuse_hidden0001")
+    ns.rename("t/image/b/a/f", "t/image/b/a/.fuse_hidden0000000200000001")
     assert ns.readdir("t/image/b/a") == []
     assert read_at(ns, fh, 4, 0) == b"from"  # the open handle still reads
     ns.rmdir("t/image/b/a")  # empty to whoever lists it, as on a local disk

@@ -129,7 +129,7 @@ def test_parents():
 
 
 def test_local_walk_and_read_stream(tmp_path):
-    prov = LocalProvider("local", str(tmp_path / "data"))
+    prov = LocalProvider("local", str(tmp_path / "data"), create=True)
     prov.check()
     src = tmp_path / "src"
     src.write_bytes(b"0123456789" * 1000)

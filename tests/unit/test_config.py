@@ -116,7 +116,8 @@ def test_embedded_default_uses_xdg_folders(tmp_path) -> None:
     cfg = load_config(None)
     assert cfg.source == "<embedded default>"
     assert cfg.default_provider == "local"
-    assert cfg.providers == {"local": LocalProviderConfig("local", str(tmp_path / "xdg-data/storefs/data"))}
+    assert cfg.providers == {"local": LocalProviderConfig("local", str(tmp_path / "xdg-data/storefs/data"),
+                                                          create=True, create_parents=True)}
     assert cfg.cache == CacheConfig(dir=str(tmp_path / "xdg-cache/storefs"))
     assert cfg.layout == LayoutConfig()
     assert cfg.max_file_size == SizeLimits()

@@ -23,7 +23,7 @@ def base(tmp_path):
 
 @pytest.fixture
 def prov(base):
-    p = LocalProvider("local", str(base))
+    p = LocalProvider("local", str(base), create=True)
     p.check()
     return p
 
@@ -54,7 +54,7 @@ def _temps(base) -> list[str]:
 
 
 def test_check_creates_folder_and_refuses_a_file(tmp_path):
-    LocalProvider("l", str(tmp_path / "a" / "b")).check()
+    LocalProvider("l", str(tmp_path / "a" / "b"), create=True, create_parents=True).check()
     assert (tmp_path / "a" / "b").is_dir()
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(ProviderError, match=str(tmp_path / "f")):

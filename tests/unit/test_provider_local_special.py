@@ -34,7 +34,7 @@ def base(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def prov(base: Path) -> LocalProvider:
-    p = LocalProvider("local", str(base))
+    p = LocalProvider("local", str(base), create=True)
     p.check()
     return p
 
@@ -443,7 +443,7 @@ from storefs.errors import AccessDenied
 from storefs.providers import ObjectMeta
 from storefs.providers.local import LocalProvider
 base, src = sys.argv[2], sys.argv[3]
-p = LocalProvider("l", base)
+p = LocalProvider("l", base, create=True)
 p.check()
 out = {}
 out["file"] = p.put_file("a/x", src, ObjectMeta(mtime=1.0, mode=0o106755, uid=os.getuid(), gid=os.getgid())).mode
