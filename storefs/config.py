@@ -94,7 +94,8 @@ class LocalProviderConfig:
     name: str
     base_path: str
     create: bool = False  # make a missing base_path (its parent must exist): else a typo would mount an empty store
-    create_parents: bool = False  # the embedded default's folder is storefs' own: made with its parents
+    #: the embedded default's folder is storefs' own: made with its parents (not a config key)
+    create_parents: bool = field(default=False, metadata={"internal": True})
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def _provider(pcfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "local" if isinstance(pcfg, LocalProviderConfig) else "s3"}
     for f in dataclasses.fields(pcfg):
         value = getattr(pcfg, f.name)
-        if f.name != "name":
+        if f.name != "name" and not f.metadata.get("internal"):
             out[f.name] = SECRET_SHOWN if f.metadata.get("secret") and value else value
     return out
 
