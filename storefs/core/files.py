@@ -22,6 +22,7 @@ from ..cache.eviction import Evictor
 from ..cache.journal import OP_COPY, OP_PUT, Entry, State
 from ..cache.openfile import OpenFile, default_warm_limit
 from ..errors import Exists, IsADirectory, NotFound, StorefsError, TooLarge
+from ..providers.base import NS_PER_SECOND
 from .conflicts import known_etag
 from .schedule import Schedule
 from .tree import Tree
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PERM_BITS = 0o7777
 #: relatime: an access time older than this moves on the next read even if nothing changed (as Linux)
-RELATIME_MAX_AGE_NS = 24 * 3600 * 1_000_000_000
+RELATIME_MAX_AGE_NS = 24 * 3600 * NS_PER_SECOND
 READAHEAD_THREADS = 8
 
 
@@ -114,9 +115,8 @@ class Files:
         with self.state.lock:
             old = self.index.get(key)
             e = Entry(key, tree.route(key, 0), kind="file", state=State.DIRTY, op=OP_PUT, data_name=name,
-                      mtime_ns=now, ctime_ns=now, atime_ns=now, mode=stat.S_IFREG | (mode & PERM_BITS), uid=uid,
-                      gid=gid,
-                      generation=(old.generation + 1) if old else 1, etag=known_etag(old, None),
+                      mtime_ns=now, ctime_ns=now, atime_ns=now, mode=stat.S_IFREG | (mode & PERM_BITS),
+                      uid=uid, gid=gid, generation=(old.generation + 1) if old else 1, etag=known_etag(old, None),
                       remote=bool(old and (old.remote or self.schedule.is_busy(key))))
             # journaled at the first flush (close): a crash before that loses a file nobody
             # closed, as on a disk, and the recovery sweep removes its orphaned data file

@@ -32,9 +32,9 @@ from .types import Attr, CachedFile, Folder, Found, OpenNode, RemoteFile, Settin
 
 log = logging.getLogger(__name__)
 
-#: a name longer than this many characters may pass 255 bytes: only then are its bytes counted
 #: a cached row without an etag still matches its object when the mtimes differ by less (1 ms)
 SAME_MTIME_NS = 1_000_000
+#: a name longer than this many characters may pass 255 bytes: only then are its bytes counted
 NAME_CHARS_SAFE = 63
 NAME_MAX_BYTES = 255
 

@@ -51,6 +51,9 @@ def test_rclone_and_s3fs_forms_read_in_integer_arithmetic():
     assert parse_mtime("2023-05-05T05:05:05.123456789Z") == TOUCHED_NS
     assert parse_mtime("2023-05-05T07:05:05.123456789+02:00") == TOUCHED_NS
     assert parse_mtime("-0.000000001") == -1
+    # digits beyond the nanosecond are floored in both forms, as a timespec holds them
+    assert parse_mtime("1683263105.1234567899") == parse_mtime("2023-05-05T05:05:05.1234567899Z") == TOUCHED_NS
+    assert parse_mtime("-0.0000000001") == -1
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "NaN", "Infinity", "sNaN", "1e400", "-1e400",

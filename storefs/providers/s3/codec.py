@@ -22,7 +22,7 @@ import stat
 import threading
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote
 
@@ -65,8 +65,8 @@ def _distrust(kind: str, key: str, value: str) -> None:
     with _reported_lock:
         first = kind not in _reported
         _reported.add(kind)
-    log.log(logging.INFO if first else logging.DEBUG, "%s: %s %r ignored (out of range)%s", key, kind, value[:40],
-            "; more such values are logged at DEBUG" if first else "")
+    log.log(logging.INFO if first else logging.DEBUG, "%r: %s %r ignored (unreadable or out of range)%s", key, kind,
+            value[:40], "; more such values are logged at DEBUG" if first else "")
 
 
 def format_mtime(ns: int) -> str:
@@ -91,13 +91,14 @@ def parse_rfc3339_ns(value: str) -> int | None:
         seconds = round(datetime.fromisoformat(whole + (zone or "").replace("z", "Z")).timestamp())
     except (ValueError, OverflowError):
         return None
-    digits = (fraction or "")[:9].ljust(9, "0")  # beyond nanoseconds: cut, as a timespec would
+    digits = (fraction or "")[:9].ljust(9, "0")  # beyond nanoseconds: cut (floored), as a timespec holds it
     return _in_range(seconds * NS_PER_SECOND + int(digits))
 
 
 def parse_mtime(value: str | None) -> int | None:
     """rclone's fractional seconds, s3fs's integer seconds, or RFC 3339, in integer nanoseconds (decimal
-    arithmetic, never a float); None when unreadable, not finite, or out of range."""
+    arithmetic, never a float; digits beyond the nanosecond floored); None when unreadable, not finite,
+    or out of range."""
     if not value:
         return None
     try:
@@ -106,7 +107,7 @@ def parse_mtime(value: str | None) -> int | None:
         return parse_rfc3339_ns(value)
     if not seconds.is_finite() or not _MIN_SECONDS <= seconds <= _MAX_SECONDS:  # compared exactly
         return None
-    return int(_EXACT.multiply(seconds, Decimal(NS_PER_SECOND)).to_integral_value(ROUND_HALF_EVEN, _EXACT))
+    return int(_EXACT.multiply(seconds, Decimal(NS_PER_SECOND)).to_integral_value(ROUND_FLOOR, _EXACT))
 
 
 def _parse_time(md: Mapping[str, str], name: str, key: str) -> int | None:
