@@ -37,7 +37,7 @@ class Node:
     mode: int
     uid: int
     gid: int
-    mtime: float = field(default_factory=time.time)
+    mtime_ns: int = field(default_factory=time.time_ns)
     fd: int = -1          # a memfd holding a file's bytes
     size: int = 0
     children: set[str] = field(default_factory=set)
@@ -76,7 +76,7 @@ class MemoryCore:
 
     def getattr(self, key: str, fh: int | None = None) -> Attr:
         n = self.handles[fh] if fh is not None else self._node(key)
-        return Attr(n.is_dir, n.size, n.mtime, n.mode, n.uid, n.gid)
+        return Attr(n.is_dir, n.size, n.mtime_ns, n.mode, n.uid, n.gid)
 
     def readdir(self, key: str) -> list[str]:
         return sorted(self._node(key).children)
@@ -140,7 +140,7 @@ class MemoryCore:
         n = self.handles[fh]
         done = os.pwrite(n.fd, data, offset)
         n.size = max(n.size, offset + done)
-        n.mtime = time.time()
+        n.mtime_ns = time.time_ns()
         return done
 
     def truncate(self, key: str, length: int, fh: int | None) -> None:
@@ -178,9 +178,9 @@ class MemoryCore:
         n.uid = n.uid if uid in (-1, 0xFFFFFFFF) else uid
         n.gid = n.gid if gid in (-1, 0xFFFFFFFF) else gid
 
-    def utimens(self, key: str, mtime: float | None) -> None:
-        if mtime is not None:
-            self._node(key).mtime = mtime
+    def utimens(self, key: str, atime_ns: int | None, mtime_ns: int | None, *_: object) -> None:
+        if mtime_ns is not None:
+            self._node(key).mtime_ns = mtime_ns
 
     def statfs(self) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 24, "f_bfree": 1 << 23,

@@ -184,7 +184,7 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     first, then clean copies evicted where the cache or its disk is over its limits. clock (monotonic seconds)
     times quiet delays, waits and recent deletes, statvfs measures the cache disk: tests inject them."""
     providers = with_aliases(providers)  # a file beside a folder of its name is known by its alias
-    settings = Settings.from_config(cfg, mounted_at=time.time())
+    settings = Settings.from_config(cfg, mounted_at_ns=time.time_ns())
     index = EntryIndex(journal, read_only=settings.read_only)
     recover(index, data)
     state = CoreState(index, cfg.fuse.dir_cache_ttl, clock)

@@ -182,7 +182,7 @@ class StorefsOperations(mfusepy.Operations):
 
     @staticmethod
     def _stat(a: Attr) -> dict[str, int]:
-        ns = int(a.mtime * 1e9)
+        ns = a.mtime_ns
         return {
             "st_mode": a.mode,
             "st_nlink": 2 if a.is_dir else 1,
@@ -193,8 +193,8 @@ class StorefsOperations(mfusepy.Operations):
             "st_gid": a.gid,
             "st_rdev": a.rdev,
             "st_mtime": ns,
-            "st_ctime": int(a.ctime * 1e9) if a.ctime else ns,
-            "st_atime": int(a.atime * 1e9) if a.atime else ns,
+            "st_ctime": a.ctime_ns or ns,
+            "st_atime": a.atime_ns or ns,
         }
 
     @staticmethod
@@ -318,8 +318,7 @@ class StorefsOperations(mfusepy.Operations):
             now = time.time_ns()
             times, explicit = (now, now), False
         atime_ns, mtime_ns = times
-        self.ns.utimens(self._key(path), None if atime_ns is None else atime_ns / 1e9,
-                        None if mtime_ns is None else mtime_ns / 1e9, self._caller(), explicit)
+        self.ns.utimens(self._key(path), atime_ns, mtime_ns, self._caller(), explicit)
         return 0
 
     @edge

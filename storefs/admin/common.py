@@ -14,7 +14,7 @@ from ..config import Config, find_config, load_config
 from ..errors import ConfigError, StorefsError, UsageError
 from ..keys import parents
 from ..layout import Layout
-from ..providers.base import ObjectInfo, Provider
+from ..providers.base import NS_PER_SECOND, ObjectInfo, Provider
 from ..providers.factory import make_providers
 from ..view import merge
 from .escape import printable
@@ -139,7 +139,7 @@ class Artifact:
     copies: dict[str, set[str]] = field(default_factory=dict)
     #: folders below (and including) the artifact, per provider: a cleanup removes their markers
     folders: dict[str, set[str]] = field(default_factory=dict)
-    folder_mtime: float = 0.0
+    folder_mtime_ns: int = 0
 
     @property
     def size(self) -> int:
@@ -147,8 +147,10 @@ class Artifact:
 
     @property
     def mtime(self) -> float:
-        """The newest file's mtime; an empty artifact has its folder's."""
-        return max((info.mtime for _, info in self.files.values()), default=self.folder_mtime)
+        """The newest file's mtime in seconds (what ls shows and --older-than compares); an empty
+        artifact has its folder's."""
+        newest = max((info.mtime_ns for _, info in self.files.values()), default=self.folder_mtime_ns)
+        return newest / NS_PER_SECOND
 
     @property
     def providers(self) -> list[str]:
@@ -188,7 +190,7 @@ def artifacts(store: Store, prefix: str, need_mtime: bool = True) -> dict[str, A
         if info.is_dir:
             art.folders.setdefault(pname, set()).add(info.key)
             if info.key == akey + "/" and not shadowed:
-                art.folder_mtime = info.mtime
+                art.folder_mtime_ns = info.mtime_ns
             continue
         art.copies.setdefault(pname, set()).add(info.key)
         art.folders.setdefault(pname, set()).update(_ancestors_within(info.key, akey + "/"))
@@ -212,7 +214,8 @@ def fill_metadata(store: Store, items: Iterable[tuple[str, ObjectInfo]]) -> None
         except StorefsError as e:  # deleted meanwhile, or unreadable: keep what the listing said
             log.debug("head %s on %s: %s", info.key, pname, e)
             return
-        info.mtime, info.mode, info.content_type, info.xattrs = full.mtime, full.mode, full.content_type, full.xattrs
+        info.mtime_ns, info.mode, info.content_type = full.mtime_ns, full.mode, full.content_type
+        info.xattrs = full.xattrs
 
     with ThreadPoolExecutor(HEAD_THREADS) as pool:
         list(pool.map(head, todo))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from ..errors import NotEmpty, NotFound, StorefsError, UsageError
 from ..keys import parents
-from ..providers.base import ObjectInfo, ObjectMeta, Provider
+from ..providers.base import NS_PER_SECOND, ObjectInfo, ObjectMeta, Provider
 from .common import AdminError, Store, content_type, normalize_prefix
 from .escape import printable
 from .mounts import storage_identity
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 DEFAULT_JOBS = 4
 DIR_MODE = 0o040755
 FILE_MODE = 0o100644
-MTIME_SLACK = 0.001  # S3 keeps microseconds of an mtime, a local disk nanoseconds
 #: mode bits object metadata never sets on a local destination
 PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 ROOT_STATE_DIR = "/var/lib/storefs"
@@ -69,7 +68,7 @@ class Row:
     key: str
     size: int
     etag: str | None
-    mtime: float
+    mtime: float    # seconds: the state file's REAL column (a changed mtime shows as a changed float)
     sha256: str | None
     state: str      # 'copying' (sent, or being sent) or 'verified'
     copies: int     # how many times the bytes were sent: the proof that a resume did not copy twice
@@ -102,7 +101,7 @@ class MigrationState:
                 "VALUES (?, ?, ?, ?, ?, 'copying', 1, ?) ON CONFLICT(key) DO UPDATE SET size = excluded.size, "
                 "etag = excluded.etag, mtime = excluded.mtime, sha256 = excluded.sha256, state = 'copying', "
                 "copies = copies + 1, updated = excluded.updated",
-                (key, src.size, src.etag, src.mtime, sha256, time.time()))
+                (key, src.size, src.etag, src.mtime_ns / NS_PER_SECOND, sha256, time.time()))
 
     def verified(self, key: str) -> None:
         with self._lock:
@@ -115,7 +114,7 @@ class MigrationState:
 
 def _same_source(row: Row, src: ObjectInfo) -> bool:
     """The source is what the row was made from (a changed source is copied again)."""
-    return row.size == src.size and row.etag == src.etag and row.mtime == src.mtime
+    return row.size == src.size and row.etag == src.etag and row.mtime == src.mtime_ns / NS_PER_SECOND
 
 
 def _sha256_of(provider: Provider, key: str) -> tuple[int, str]:
@@ -167,7 +166,7 @@ class Migration:
         if head.size != listed.size or (listed.etag and head.etag and head.etag != listed.etag):
             raise StorefsError(f"{key} changed on {self.src_name} while migrating (run again to copy it)")
         uid, gid = self._owner(head.uid, head.gid)
-        return head, ObjectMeta(mtime=head.mtime, mode=self._mode(head.mode or FILE_MODE), uid=uid, gid=gid,
+        return head, ObjectMeta(mtime_ns=head.mtime_ns, mode=self._mode(head.mode or FILE_MODE), uid=uid, gid=gid,
                                 content_type=content_type(self.store, head), xattrs=dict(head.xattrs))
 
     def _mode(self, mode: int) -> int:
@@ -181,12 +180,12 @@ class Migration:
         return uid, gid
 
     def _verify(self, key: str, head: ObjectInfo, sha256: str) -> bool:
-        """Whether the destination holds the source's bytes (read back) and mtime."""
+        """Whether the destination holds the source's bytes (read back) and mtime (to the nanosecond)."""
         try:
             info = self.dst.head(key)
         except NotFound:
             return False
-        if info.size != head.size or abs(info.mtime - head.mtime) > MTIME_SLACK:
+        if info.size != head.size or info.mtime_ns != head.mtime_ns:
             return False
         return _sha256_of(self.dst, key) == (head.size, sha256)
 
@@ -247,7 +246,8 @@ class Migration:
                 continue
             try:
                 uid, gid = self._owner(d.uid, d.gid) if self.keep_owner else (None, None)
-                self.dst.make_dir(d.key, ObjectMeta(mtime=d.mtime or time.time(), mode=self._mode(d.mode or DIR_MODE),
+                self.dst.make_dir(d.key, ObjectMeta(mtime_ns=d.mtime_ns or time.time_ns(),
+                                                    mode=self._mode(d.mode or DIR_MODE),
                                                     uid=uid, gid=gid, content_type="application/x-directory"))
                 self._count("folders")
             except StorefsError as e:

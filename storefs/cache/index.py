@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: the fields the folder indexes are computed from: amending one re-indexes the row
 INDEXED_FIELDS = frozenset({"key", "op", "copy_src"})
+#: every field of a row: amend refuses another name (a renamed field, as mtime became mtime_ns, fails loudly)
+ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(Entry))
 
 
 class EntryIndex:
@@ -67,6 +69,8 @@ class EntryIndex:
     def amend(self, e: Entry, **changes: Any) -> None:
         """The one place a row's fields change once it is made: when e is the row indexed at its key,
         the folder indexes follow at once. Persisting is put()'s job (some changes never are, as atime)."""
+        if not ENTRY_FIELDS.issuperset(changes):
+            raise TypeError(f"Entry has no field {', '.join(sorted(set(changes) - ENTRY_FIELDS))}")
         reindex = (not INDEXED_FIELDS.isdisjoint(changes) and self.entries.get(e.key) is e
                    and any(getattr(e, name) != changes[name] for name in INDEXED_FIELDS.intersection(changes)))
         if reindex:

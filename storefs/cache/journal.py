@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS entries (
     op         TEXT,
     data_name  TEXT,
     size       INTEGER NOT NULL DEFAULT 0,
-    mtime      REAL NOT NULL DEFAULT 0,
+    mtime_ns   INTEGER NOT NULL DEFAULT 0,
     mode       INTEGER NOT NULL DEFAULT 33188,
     uid        INTEGER,
     gid        INTEGER,
@@ -54,8 +54,8 @@ CREATE TABLE IF NOT EXISTS entries (
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     used       REAL NOT NULL DEFAULT 0,
-    ctime      REAL NOT NULL DEFAULT 0,
-    atime      REAL NOT NULL DEFAULT 0,
+    ctime_ns   INTEGER NOT NULL DEFAULT 0,
+    atime_ns   INTEGER NOT NULL DEFAULT 0,
     rdev       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS conflicts (
@@ -85,8 +85,11 @@ CREATE TABLE IF NOT EXISTS uploads (
 """
 
 #: columns added since the first schema: (name, declaration), added to older journals at open
-ADDED_COLUMNS = (("ctime", "REAL NOT NULL DEFAULT 0"), ("rdev", "INTEGER NOT NULL DEFAULT 0"),
-                 ("atime", "REAL NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (("rdev", "INTEGER NOT NULL DEFAULT 0"), ("mtime_ns", "INTEGER NOT NULL DEFAULT 0"),
+                 ("ctime_ns", "INTEGER NOT NULL DEFAULT 0"), ("atime_ns", "INTEGER NOT NULL DEFAULT 0"))
+
+#: POSIX times older journals kept as float seconds (REAL), now integer nanoseconds in <name>_ns
+SECONDS_COLUMNS = ("mtime", "ctime", "atime")
 
 
 #: disk space set aside for the journal (see Journal.restore_ballast)
@@ -141,7 +144,7 @@ class Entry:
     op: str | None = None         # see OP_* above
     data_name: str | None = None  # cache data file; None when no bytes are cached
     size: int = 0
-    mtime: float = 0.0
+    mtime_ns: int = 0             # POSIX times in integer nanoseconds since the epoch
     mode: int = 0o100644
     uid: int | None = None
     gid: int | None = None
@@ -154,8 +157,8 @@ class Entry:
     attempts: int = 0
     last_error: str | None = None
     used: float = 0.0             # when the cache last used it (least-recently-used eviction)
-    ctime: float = 0.0            # POSIX times: status change (0: as mtime) ...
-    atime: float = 0.0            # ... and last access (0: as mtime)
+    ctime_ns: int = 0             # status change (0: as mtime) ...
+    atime_ns: int = 0             # ... and last access (0: as mtime)
     rdev: int = 0                 # device number of a character or block device node
 
     @property
@@ -227,6 +230,23 @@ class Journal:
         for name, decl in ADDED_COLUMNS:
             if name not in have:
                 self._conn.execute(f"ALTER TABLE entries ADD COLUMN {name} {decl}")
+        old = [name for name in SECONDS_COLUMNS if name in have]
+        if old:
+            self._seconds_to_ns(old)
+
+    def _seconds_to_ns(self, names: list[str]) -> None:
+        """Move times kept as float seconds into their integer-nanosecond columns (a float holds about
+        microseconds at today's epoch, which is all such a journal had) and drop the old columns."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name in names:
+                self._conn.execute(f"UPDATE entries SET {name}_ns = CAST(ROUND({name} * 1000000) AS INTEGER) * 1000")
+                self._conn.execute(f"ALTER TABLE entries DROP COLUMN {name}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        log.info("journal upgraded: times kept in nanoseconds")
 
     def restore_ballast(self) -> None:
         """Set disk space aside for the journal, so a full cache disk cannot stop it recording."""

@@ -49,8 +49,8 @@ class Attrs:
             return f.entry
         pname, _ = f.remote  # type: ignore[misc]
         info = tree.providers[pname].head(key)
-        return Entry(key, pname, kind="file", state=State.CLEAN, size=info.size, mtime=info.mtime,
-                     ctime=info.ctime or 0.0, atime=info.atime or 0.0, rdev=info.rdev or 0,
+        return Entry(key, pname, kind="file", state=State.CLEAN, size=info.size, mtime_ns=info.mtime_ns,
+                     ctime_ns=info.ctime_ns or 0, atime_ns=info.atime_ns or 0, rdev=info.rdev or 0,
                      mode=info.mode or tree.settings.file_mode, uid=info.uid, gid=info.gid,
                      xattrs=dict(info.xattrs), remote=True, etag=info.etag)
 
@@ -72,14 +72,15 @@ class Attrs:
                 e = cur  # changed meanwhile: the newer row carries this change too
             fields = change(e)
             op = e.op if e.op is not None else (OP_MKDIR if e.kind == "dir" else OP_META)
-            self.index.amend(e, **fields, ctime=time.time(), op=op, state=State.DIRTY, generation=e.generation + 1)
+            self.index.amend(e, **fields, ctime_ns=time.time_ns(), op=op, state=State.DIRTY,
+                             generation=e.generation + 1)
             self.index.put(e)
         self.schedule.changed(e.key)
 
     def _check_meta(self, e: Entry, fields: dict[str, Any]) -> None:
         """Refuse a change whose metadata, as the upload would store it, a provider of e cannot hold
         (MetadataTooLarge). Provider.check_meta is pure and local by contract: no request, no wait."""
-        after = dataclasses.replace(e, **fields, ctime=time.time())
+        after = dataclasses.replace(e, **fields, ctime_ns=time.time_ns())
         meta = object_meta(after, self.tree.layout)
         if e.kind == "dir":
             self.tree.providers[e.provider].check_meta(e.key, meta)
@@ -123,11 +124,11 @@ class Attrs:
             return {"uid": new_uid, "gid": new_gid, "mode": mode}
         self._change_meta(key, change)
 
-    def utimens(self, key: str, atime: float | None, mtime: float | None, caller: Caller = TRUSTED,
+    def utimens(self, key: str, atime_ns: int | None, mtime_ns: int | None, caller: Caller = TRUSTED,
                 explicit: bool = True) -> None:
-        """Set access and modification times (None: leave it). Explicit times only by the owner or
+        """Set access and modification times in ns (None: leave it). Explicit times only by the owner or
         root; "now" by anyone who may write the file (utimensat(2))."""
-        if atime is None and mtime is None:
+        if atime_ns is None and mtime_ns is None:
             return
 
         def change(e: Entry) -> dict[str, Any]:
@@ -136,9 +137,9 @@ class Attrs:
                 if explicit and caller.uid != uid:
                     raise NotPermitted(f"{key}: only the owner (uid {uid}) or root may set its times")
                 if (not explicit and caller.uid != uid
-                        and not caller.may(Attr(False, 0, 0.0, e.mode, uid, gid), os.W_OK)):
+                        and not caller.may(Attr(False, 0, 0, e.mode, uid, gid), os.W_OK)):
                     raise AccessRefused(f"{key}: setting the times to now needs write permission")
-            times = {"mtime": mtime, "atime": atime}
+            times = {"mtime_ns": mtime_ns, "atime_ns": atime_ns}
             return {name: value for name, value in times.items() if value is not None}
         self._change_meta(key, change)
 

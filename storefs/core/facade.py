@@ -137,9 +137,9 @@ class Core:
     def chown(self, key: str, uid: int, gid: int, caller: Caller = TRUSTED) -> None:
         self.parts.attrs.chown(key, uid, gid, caller)
 
-    def utimens(self, key: str, atime: float | None, mtime: float | None, caller: Caller = TRUSTED,
+    def utimens(self, key: str, atime_ns: int | None, mtime_ns: int | None, caller: Caller = TRUSTED,
                 explicit: bool = True) -> None:
-        self.parts.attrs.utimens(key, atime, mtime, caller, explicit)
+        self.parts.attrs.utimens(key, atime_ns, mtime_ns, caller, explicit)
 
     def getxattr(self, key: str, name: str) -> bytes:
         return self.parts.attrs.getxattr(key, name)

@@ -22,6 +22,7 @@ from ..cache.eviction import Evictor
 from ..cache.journal import OP_COPY, OP_PUT, Entry, State
 from ..cache.openfile import OpenFile, default_warm_limit
 from ..errors import Exists, IsADirectory, NotFound, StorefsError, TooLarge
+from ..providers.base import NS_PER_SECOND
 from .conflicts import known_etag
 from .schedule import Schedule
 from .tree import Tree
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PERM_BITS = 0o7777
 #: relatime: an access time older than this moves on the next read even if nothing changed (as Linux)
-RELATIME_MAX_AGE = 24 * 3600.0
+RELATIME_MAX_AGE_NS = 24 * 3600 * NS_PER_SECOND
 READAHEAD_THREADS = 8
 
 
@@ -110,12 +111,12 @@ class Files:
         tree.check_new(key)
         uid, gid, _ = tree.new_owner(parent, uid, gid)
         name, fd = self.data.create()  # outside the lock: with no file ready, the disk makes one
-        now = time.time()
+        now = time.time_ns()
         with self.state.lock:
             old = self.index.get(key)
             e = Entry(key, tree.route(key, 0), kind="file", state=State.DIRTY, op=OP_PUT, data_name=name,
-                      mtime=now, ctime=now, atime=now, mode=stat.S_IFREG | (mode & PERM_BITS), uid=uid, gid=gid,
-                      generation=(old.generation + 1) if old else 1, etag=known_etag(old, None),
+                      mtime_ns=now, ctime_ns=now, atime_ns=now, mode=stat.S_IFREG | (mode & PERM_BITS),
+                      uid=uid, gid=gid, generation=(old.generation + 1) if old else 1, etag=known_etag(old, None),
                       remote=bool(old and (old.remote or self.schedule.is_busy(key))))
             # journaled at the first flush (close): a crash before that loses a file nobody
             # closed, as on a disk, and the recovery sweep removes its orphaned data file
@@ -153,12 +154,12 @@ class Files:
         """A read moves atime as the mount's atime option says (relatime: once after each change, or
         once a day). Kept by the mount and stored with the object's next upload or journal commit: a
         read alone never rewrites an object in its provider (on S3, a copy of the whole object)."""
-        now = time.time()
-        last = e.atime or e.mtime
-        if self.tree.settings.atime_mode == "relatime" and last > max(e.mtime, e.ctime) \
-                and now - last < RELATIME_MAX_AGE:
+        now = time.time_ns()
+        last = e.atime_ns or e.mtime_ns
+        if self.tree.settings.atime_mode == "relatime" and last > max(e.mtime_ns, e.ctime_ns) \
+                and now - last < RELATIME_MAX_AGE_NS:
             return
-        self.index.amend(e, atime=now)
+        self.index.amend(e, atime_ns=now)
 
     def _open_node(self, key: str, f: Found, xattrs: dict[str, bytes] | None) -> OpenFile:
         """Open the cache data of key, creating a sparse one to fill from the provider.
@@ -170,8 +171,8 @@ class Files:
             if f.remote is None:
                 raise NotFound(key)  # its cached copy was dropped meanwhile, and no provider said more
             pname, info = f.remote
-            e = Entry(key, pname, kind="file", state=State.CLEAN, size=info.size, mtime=info.mtime,
-                      ctime=info.ctime or 0.0, atime=info.atime or 0.0, rdev=info.rdev or 0,
+            e = Entry(key, pname, kind="file", state=State.CLEAN, size=info.size, mtime_ns=info.mtime_ns,
+                      ctime_ns=info.ctime_ns or 0, atime_ns=info.atime_ns or 0, rdev=info.rdev or 0,
                       mode=info.mode or self.tree.settings.file_mode, uid=info.uid, gid=info.gid,
                       xattrs=dict(info.xattrs) if xattrs is None else xattrs, remote=True, etag=info.etag)
         if e.data_name and self.data.exists(e.data_name):
@@ -235,8 +236,8 @@ class Files:
     def _modified(self, e: Entry) -> None:
         """The bytes changed: mtime and ctime move (the row is journaled at close). No indexed field
         changes, so the folder indexes are not touched and the core lock is not needed (as for the bytes)."""
-        now = time.time()
-        self.index.amend(e, mtime=now, ctime=now)
+        now = time.time_ns()
+        self.index.amend(e, mtime_ns=now, ctime_ns=now)
 
     def _check_size(self, key: str, size: int) -> None:
         limit = self.tree.layout.max_size(keys.as_path(key))
@@ -255,7 +256,7 @@ class Files:
         clear = stat.S_ISUID | (stat.S_ISGID if e.mode & stat.S_IXGRP else 0)
         with self.state.lock:
             if e.mode & clear:
-                self.index.amend(e, mode=e.mode & ~clear, ctime=time.time())
+                self.index.amend(e, mode=e.mode & ~clear, ctime_ns=time.time_ns())
 
     def _mark_dirty(self, node: OpenFile) -> None:
         """First change since the journal last heard: uploads under way must not mark it clean."""

@@ -76,11 +76,11 @@ class Names:
         tree.check_new(key, is_dir=True)
         uid, gid, inherit = tree.new_owner(parent, uid, gid)
         perm = (mode & PERM_BITS) | (stat.S_ISGID if inherit else 0)
-        now = time.time()
+        now = time.time_ns()
         with self.state.lock, self.index.transaction():
             old = self.index.get(keys.dir_key(key))
             e = Entry(keys.dir_key(key), tree.cfg.default_provider, kind="dir", state=State.DIRTY, op=OP_MKDIR,
-                      mtime=now, ctime=now, atime=now, mode=stat.S_IFDIR | perm, uid=uid, gid=gid,
+                      mtime_ns=now, ctime_ns=now, atime_ns=now, mode=stat.S_IFDIR | perm, uid=uid, gid=gid,
                       remote=bool(old and old.remote), generation=(old.generation + 1) if old else 1)
             self.index.put(e)
             tree.touch_dir(parent_key, parent, now)
@@ -106,7 +106,7 @@ class Names:
         remote = self._provider_has_dir(key, f)
         with self.state.lock, self.index.transaction():
             self._drop_dir(key, f, remote)
-            tree.touch_dir(parent_key, parent, time.time())
+            tree.touch_dir(parent_key, parent, time.time_ns())
 
     def _provider_has_dir(self, key: str, f: Found) -> bool:
         """Whether a provider may hold folder key (asked, without the core lock, only when the cache
@@ -173,11 +173,11 @@ class Names:
                 os.pwrite(fd, body, 0)
         finally:
             os.close(fd)
-        now = time.time()
+        now = time.time_ns()
         with self.state.lock, self.index.transaction():
             old = self.index.get(key)
             e = Entry(key, tree.route(key, len(body)), kind="file", state=State.DIRTY, op=OP_PUT, data_name=name,
-                      size=len(body), mtime=now, ctime=now, atime=now, mode=mode, uid=uid, gid=gid, rdev=rdev,
+                      size=len(body), mtime_ns=now, ctime_ns=now, atime_ns=now, mode=mode, uid=uid, gid=gid, rdev=rdev,
                       generation=(old.generation + 1) if old else 1,
                       remote=bool(old and (old.remote or self.schedule.is_busy(key))))
             self.index.put(e)
@@ -201,7 +201,7 @@ class Names:
         parent = None if hidden else tree.prepared(parent_key, tree.find(parent_key))
         with self.state.lock, self.index.transaction():
             self._unlink_locked(key, f)
-            tree.touch_dir(parent_key, parent, time.time())
+            tree.touch_dir(parent_key, parent, time.time_ns())
 
     def _unlink_locked(self, key: str, f: Found) -> None:
         """Called with the core lock held."""
@@ -244,7 +244,7 @@ class Names:
         with self.state.lock, self.index.transaction():
             node = self.state.nodes.get(old)
             self._unlink_locked(old, f)
-            tree.touch_dir(parent_key, parent, time.time())
+            tree.touch_dir(parent_key, parent, time.time_ns())
             if node is not None:
                 node.hidden_key = hidden
                 self.state.nodes[hidden] = node
@@ -295,7 +295,7 @@ class Names:
                 self._move_tree(old, new, everything, remote_dirs, dir_rows, remote_xattrs)
             else:
                 self._move_file(old, new, src, remote_xattrs)
-            now = time.time()
+            now = time.time_ns()
             tree.touch_dir(keys.parent(old), old_parent, now)
             if keys.parent(new) != keys.parent(old):
                 tree.touch_dir(keys.parent(new), new_parent, now)
@@ -326,7 +326,8 @@ class Names:
             # a copy's etag is its source's; new bytes are based on what new held
             copy = {"op": OP_COPY, "copy_src": old} if e.op in (None, OP_META) else (
                 {} if e.op == OP_COPY else {"etag": known_etag(dst_old, None)})
-            self.index.amend(e, key=new, ctime=time.time(), remote=bool(dst_old and dst_old.remote), state=State.DIRTY,
+            self.index.amend(e, key=new, ctime_ns=time.time_ns(), remote=bool(dst_old and dst_old.remote),
+                             state=State.DIRTY,
                              generation=max(e.generation, dst_old.generation if dst_old else 0) + 1, **copy)
             self.index.put(e)
         else:
@@ -335,7 +336,7 @@ class Names:
             src_etag = info.etag
             dst_old = self.index.get(new)
             e = Entry(new, pname, kind="file", state=State.DIRTY, op=OP_COPY, copy_src=old, size=info.size,
-                      mtime=info.mtime, ctime=time.time(), atime=info.atime or 0.0, rdev=info.rdev or 0,
+                      mtime_ns=info.mtime_ns, ctime_ns=time.time_ns(), atime_ns=info.atime_ns or 0, rdev=info.rdev or 0,
                       mode=info.mode or self.tree.settings.file_mode, uid=info.uid, gid=info.gid,
                       xattrs=remote_xattrs.get(old, dict(info.xattrs)), remote=bool(dst_old and dst_old.remote),
                       generation=(dst_old.generation + 1) if dst_old else 1, etag=info.etag)
@@ -377,7 +378,7 @@ class Names:
                 row = d if d is not None and not d.is_tombstone else (
                     prepared.entry if prepared.entry is not None else tree.bare_dir_row(path))
                 self.index.put(Entry(keys.dir_key(target), row.provider, kind="dir", state=State.DIRTY,
-                                     op=OP_MKDIR, mtime=row.mtime, ctime=time.time(), atime=row.atime,
+                                     op=OP_MKDIR, mtime_ns=row.mtime_ns, ctime_ns=time.time_ns(), atime_ns=row.atime_ns,
                                      mode=row.mode, uid=row.uid, gid=row.gid, xattrs=dict(row.xattrs)))
                 self.schedule.changed(keys.dir_key(target))
             else:

@@ -32,6 +32,8 @@ from .types import Attr, CachedFile, Folder, Found, OpenNode, RemoteFile, Settin
 
 log = logging.getLogger(__name__)
 
+#: a cached row without an etag still matches its object when the mtimes differ by less (1 ms)
+SAME_MTIME_NS = 1_000_000
 #: a name longer than this many characters may pass 255 bytes: only then are its bytes counted
 NAME_CHARS_SAFE = 63
 NAME_MAX_BYTES = 255
@@ -54,7 +56,7 @@ def still_valid(e: Entry, info: ObjectInfo) -> bool:
     """Whether a cached row still describes the provider's object (same etag, else size and mtime)."""
     if e.etag and info.etag:
         return e.etag == info.etag
-    return e.size == info.size and abs(e.mtime - info.mtime) < 1e-3
+    return e.size == info.size and abs(e.mtime_ns - info.mtime_ns) < SAME_MTIME_NS
 
 
 class Tree:
@@ -205,19 +207,19 @@ class Tree:
         own = s.owner_id
         if isinstance(f, OpenNode):
             o = f.entry
-            return Attr(False, f.node.size, o.mtime, o.mode, own(o.uid, s.uid), own(o.gid, s.gid),
-                        o.ctime, o.atime, o.rdev)
+            return Attr(False, f.node.size, o.mtime_ns, o.mode, own(o.uid, s.uid), own(o.gid, s.gid),
+                        o.ctime_ns, o.atime_ns, o.rdev)
         e = f.entry
         if e is not None:
-            return Attr(f.is_dir, 0 if f.is_dir else e.size, e.mtime, e.mode,
-                        own(e.uid, s.uid), own(e.gid, s.gid), e.ctime, e.atime, e.rdev)
+            return Attr(f.is_dir, 0 if f.is_dir else e.size, e.mtime_ns, e.mode,
+                        own(e.uid, s.uid), own(e.gid, s.gid), e.ctime_ns, e.atime_ns, e.rdev)
         if f.remote is not None:
             info = f.remote[1]
             mode = info.mode or (s.dir_mode if f.is_dir else s.file_mode)
-            return Attr(f.is_dir, 0 if f.is_dir else info.size, info.mtime or s.mounted_at, mode,
-                        own(info.uid, s.uid), own(info.gid, s.gid), info.ctime or 0.0,
-                        info.atime or 0.0, info.rdev or 0)
-        return Attr(True, 0, s.mounted_at, s.dir_mode, s.uid, s.gid)
+            return Attr(f.is_dir, 0 if f.is_dir else info.size, info.mtime_ns or s.mounted_at_ns, mode,
+                        own(info.uid, s.uid), own(info.gid, s.gid), info.ctime_ns or 0,
+                        info.atime_ns or 0, info.rdev or 0)
+        return Attr(True, 0, s.mounted_at_ns, s.dir_mode, s.uid, s.gid)
 
     def owner(self, e: Entry) -> tuple[int, int]:
         """The uid and gid a row shows (the mount's defaults where it stores none)."""
@@ -260,8 +262,9 @@ class Tree:
         if info is not None and key != self.root and self.providers[pname].listing_has_metadata:
             xattrs = self.dir_xattrs(pname, key)  # a disk's listing leaves xattrs out
         return Entry(keys.dir_key(key), pname, kind="dir", state=State.DIRTY, op=OP_MKDIR, remote=True,
-                     mtime=(info.mtime if info else 0.0) or s.mounted_at, ctime=(info.ctime or 0.0) if info else 0.0,
-                     atime=(info.atime or 0.0) if info else 0.0, mode=(info.mode if info else None) or s.dir_mode,
+                     mtime_ns=(info.mtime_ns if info else 0) or s.mounted_at_ns,
+                     ctime_ns=(info.ctime_ns or 0) if info else 0,
+                     atime_ns=(info.atime_ns or 0) if info else 0, mode=(info.mode if info else None) or s.dir_mode,
                      uid=info.uid if info else None, gid=info.gid if info else None, xattrs=xattrs)
 
     def prepared(self, key: str, f: Found | None) -> Found | None:
@@ -275,7 +278,7 @@ class Tree:
             return f  # touch_dir takes the row itself
         return Folder(entry=self.dir_row(key, f), remote=f.remote)
 
-    def touch_dir(self, key: str, f: Found | None, now: float) -> None:
+    def touch_dir(self, key: str, f: Found | None, now_ns: int) -> None:
         """An entry was created, removed or renamed in folder key: its mtime and ctime move, as on
         a disk, and reach the provider with its marker. Called with the core lock held, with f
         from prepared() (so no provider is asked here)."""
@@ -288,7 +291,7 @@ class Tree:
             new_row = True
         else:
             new_row = row.op is None
-        self.index.amend(row, mtime=now, ctime=now, op=row.op or OP_MKDIR, state=State.DIRTY,
+        self.index.amend(row, mtime_ns=now_ns, ctime_ns=now_ns, op=row.op or OP_MKDIR, state=State.DIRTY,
                          generation=row.generation + 1)
         # a later touch of a row already journaled only moves its times: not worth a commit per create,
         # nor a new place in the upload queue (its quiet delay moves, which the queue asks about)
@@ -299,7 +302,7 @@ class Tree:
         """A row for folder key that knows nothing of it but that it exists (what getattr shows of such a folder)."""
         s = self.settings
         return Entry(keys.dir_key(key), self.cfg.default_provider, kind="dir", state=State.DIRTY, op=OP_MKDIR,
-                     remote=True, mtime=s.mounted_at, mode=s.dir_mode)
+                     remote=True, mtime_ns=s.mounted_at_ns, mode=s.dir_mode)
 
     # ---- cached copies (the evictor's side, and changes made by other programs) ---------------
 

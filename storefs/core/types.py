@@ -19,16 +19,17 @@ Remote = tuple[str, ObjectInfo]
 
 @dataclass(frozen=True)
 class Attr:
-    """What getattr answers; ctime and atime of 0 read as the mtime (objects that never stored them)."""
+    """What getattr answers; times in integer nanoseconds since the epoch, as stat(2) has them;
+    ctime and atime of 0 read as the mtime (objects that never stored them)."""
 
     is_dir: bool
     size: int
-    mtime: float
+    mtime_ns: int
     mode: int
     uid: int
     gid: int
-    ctime: float = 0.0
-    atime: float = 0.0
+    ctime_ns: int = 0
+    atime_ns: int = 0
     rdev: int = 0
 
 
@@ -190,18 +191,18 @@ class Settings:
     root: str  # the key of the mount root (a single-tenant mount)
     uid: int
     gid: int
-    mounted_at: float  # the mtime of folders no provider dates (as rclone shows them)
+    mounted_at_ns: int  # the mtime of folders no provider dates (as rclone shows them)
     delay: float  # the quiet delay before an upload
     chunk_size: int
 
     @classmethod
-    def from_config(cls, cfg: Config, mounted_at: float) -> Settings:
-        """The settings of a mount of cfg started at mounted_at (wall clock)."""
+    def from_config(cls, cfg: Config, mounted_at_ns: int) -> Settings:
+        """The settings of a mount of cfg started at mounted_at_ns (wall clock, ns)."""
         fc = cfg.fuse
         return cls(cfg=cfg, read_only=fc.read_only, atime_mode=fc.atime,
                    file_mode=stat.S_IFREG | fc.default_file_mode(), dir_mode=stat.S_IFDIR | fc.default_dir_mode(),
                    root=cfg.tenant or "", uid=os.getuid() if fc.uid is None else fc.uid,
-                   gid=os.getgid() if fc.gid is None else fc.gid, mounted_at=mounted_at,
+                   gid=os.getgid() if fc.gid is None else fc.gid, mounted_at_ns=mounted_at_ns,
                    delay=cfg.cache.writeback_delay, chunk_size=cfg.cache.chunk_size)
 
     def owner_id(self, value: int | None, default: int) -> int:

@@ -95,8 +95,8 @@ def object_meta(e: Entry, layout: Layout) -> ObjectMeta:
         ct = layout.content_type(keys.as_path(e.key))
     else:
         ct = OCTET_STREAM  # links and special files, as s3fs stores them
-    return ObjectMeta(mtime=e.mtime, mode=e.mode, uid=e.uid, gid=e.gid, content_type=ct, xattrs=dict(e.xattrs),
-                      ctime=e.ctime or None, atime=e.atime or None, rdev=e.rdev or None)
+    return ObjectMeta(mtime_ns=e.mtime_ns, mode=e.mode, uid=e.uid, gid=e.gid, content_type=ct, xattrs=dict(e.xattrs),
+                      ctime_ns=e.ctime_ns or None, atime_ns=e.atime_ns or None, rdev=e.rdev or None)
 
 
 class Writeback:
@@ -440,7 +440,7 @@ class Writeback:
                     self.index.remove(key)
                 else:
                     landed = {} if info is None else {"etag": info.etag, "size": info.size,
-                                                      "mtime": info.mtime if info.mtime else e.mtime}
+                                                      "mtime_ns": info.mtime_ns or e.mtime_ns}
                     self.index.amend(e, op=None, state=State.CLEAN, copy_src=None, remote=True, attempts=0,
                                      last_error=None, **landed)
                     self.index.put(e)
@@ -475,9 +475,9 @@ class Writeback:
         elif info is not None:
             remote.record(key, (pname, info))
         elif op == OP_MKDIR:
-            remote.record(key, (pname, ObjectInfo(key=keys.dir_key(key.rstrip("/")), size=0, mtime=e.mtime,
+            remote.record(key, (pname, ObjectInfo(key=keys.dir_key(key.rstrip("/")), size=0, mtime_ns=e.mtime_ns,
                                                   is_dir=True, mode=e.mode, uid=e.uid, gid=e.gid,
-                                                  ctime=e.ctime or None, atime=e.atime or None,
+                                                  ctime_ns=e.ctime_ns or None, atime_ns=e.atime_ns or None,
                                                   xattrs=dict(e.xattrs))))
         else:
             remote.forget(key)

@@ -6,6 +6,9 @@ import abc
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+#: times everywhere in storefs are integer nanoseconds since the epoch, as stat(2) has them
+NS_PER_SECOND = 1_000_000_000
+
 
 @dataclass
 class ObjectMeta:
@@ -15,16 +18,17 @@ class ObjectMeta:
     S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK (zero bytes; rdev for devices) or S_IFDIR.
     """
 
-    mtime: float
+    #: integer nanoseconds since the epoch (a float holds only about microseconds at today's epoch)
+    mtime_ns: int
     mode: int = 0o100644
     uid: int | None = None
     gid: int | None = None
     content_type: str = "application/octet-stream"
     xattrs: dict[str, bytes] = field(default_factory=dict)
     #: status change time; stored on object stores, a local disk keeps its own
-    ctime: float | None = None
+    ctime_ns: int | None = None
     #: access time; None leaves it to the backend (a new local file takes mtime)
-    atime: float | None = None
+    atime_ns: int | None = None
     #: device number of a character or block device node (mode S_IFCHR/S_IFBLK)
     rdev: int | None = None
 
@@ -35,7 +39,7 @@ class ObjectInfo:
 
     key: str
     size: int
-    mtime: float
+    mtime_ns: int  # integer nanoseconds since the epoch, as all times here
     is_dir: bool = False
     mode: int | None = None
     uid: int | None = None
@@ -43,8 +47,8 @@ class ObjectInfo:
     etag: str | None = None
     content_type: str | None = None
     xattrs: dict[str, bytes] = field(default_factory=dict)
-    ctime: float | None = None
-    atime: float | None = None
+    ctime_ns: int | None = None
+    atime_ns: int | None = None
     #: device number of a character or block device node, else None
     rdev: int | None = None
 

@@ -18,7 +18,6 @@ import stat
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -99,11 +98,6 @@ def _is_version(st: os.stat_result, etag: str) -> bool:
     if etag.count("-") == 1:
         return etag == f"{st.st_mtime_ns:x}-{st.st_size:x}"
     return etag == _token(st)
-
-
-def _to_ns(mtime: float) -> int:
-    """Nanoseconds from the float's shortest decimal form, so 1.123456 stays .123456000."""
-    return int(Decimal(repr(float(mtime))) * 1_000_000_000)
 
 
 def _user_xattr(name: str) -> bool:
@@ -384,16 +378,15 @@ class LocalProvider(Provider):
         """ObjectInfo of a file, link or node from its lstat (a link's size is its target's length)."""
         mode, size, mtime_ns = st.st_mode, st.st_size, st.st_mtime_ns
         fmt = mode & _IFMT  # list() calls this per entry: positional, in ObjectInfo's field order
-        return ObjectInfo(key, size if fmt in _SIZED_TYPES else 0, mtime_ns / 1_000_000_000, False, mode,
-                          st.st_uid, st.st_gid, _token(st), None, xattrs or {},
-                          st.st_ctime_ns / 1_000_000_000, st.st_atime_ns / 1_000_000_000,
+        return ObjectInfo(key, size if fmt in _SIZED_TYPES else 0, mtime_ns, False, mode,
+                          st.st_uid, st.st_gid, _token(st), None, xattrs or {}, st.st_ctime_ns, st.st_atime_ns,
                           st.st_rdev if fmt in _DEVICE_TYPES else None)
 
     @staticmethod
     def _dir_info(key: str, st: os.stat_result, xattrs: dict[str, bytes] | None = None) -> ObjectInfo:
-        return ObjectInfo(key=key, size=0, is_dir=True, mtime=st.st_mtime_ns / 1_000_000_000, mode=st.st_mode,
+        return ObjectInfo(key=key, size=0, is_dir=True, mtime_ns=st.st_mtime_ns, mode=st.st_mode,
                           uid=st.st_uid, gid=st.st_gid, xattrs=xattrs or {},
-                          ctime=st.st_ctime_ns / 1_000_000_000, atime=st.st_atime_ns / 1_000_000_000)
+                          ctime_ns=st.st_ctime_ns, atime_ns=st.st_atime_ns)
 
     def _head_at(self, pfd: int, name: str, key: str) -> ObjectInfo:
         """lstat of name in the folder: files, links and nodes are objects, folders are not."""
@@ -636,8 +629,8 @@ class LocalProvider(Provider):
         """Atomic store of a cache file under key, streamed; a symlink's target is the file's bytes."""
         cond = _Condition(if_match, if_absent)
         kind = stat.S_IFMT(meta.mode)
-        mtime_ns = _to_ns(meta.mtime)
-        a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime is None else _to_ns(meta.atime),
+        mtime_ns = meta.mtime_ns
+        a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime_ns is None else meta.atime_ns,
                    mtime_ns, meta.xattrs)
         if kind in _NODE_TYPES:
             return self._write_node(key, kind, meta.rdev or 0, a, cond)
@@ -671,8 +664,8 @@ class LocalProvider(Provider):
                     self._chmod_at(pfd, name, mode)
             elif not stat.S_ISLNK(st.st_mode):
                 self._chmod_at(pfd, name, self._disk_mode(meta.mode, owned))
-            atime_ns = st.st_atime_ns if meta.atime is None else _to_ns(meta.atime)
-            os.utime(name, ns=(atime_ns, _to_ns(meta.mtime)), dir_fd=pfd, follow_symlinks=False)
+            atime_ns = st.st_atime_ns if meta.atime_ns is None else meta.atime_ns
+            os.utime(name, ns=(atime_ns, meta.mtime_ns), dir_fd=pfd, follow_symlinks=False)
             return self._head_at(pfd, name, key)
 
     def copy(self, src: str, dst: str, meta: ObjectMeta | None = None, *, if_match: str | None = None) -> ObjectInfo:
@@ -695,8 +688,8 @@ class LocalProvider(Provider):
             if meta is None:
                 a = _Attrs(st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, xattrs)
             else:
-                mtime_ns = _to_ns(meta.mtime)
-                a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime is None else _to_ns(meta.atime),
+                mtime_ns = meta.mtime_ns
+                a = _Attrs(meta.mode, meta.uid, meta.gid, mtime_ns if meta.atime_ns is None else meta.atime_ns,
                            mtime_ns, meta.xattrs)
             if kind == stat.S_IFLNK:
                 return self._write_link(dst, target, a)
@@ -759,9 +752,9 @@ class LocalProvider(Provider):
         self._write_xattrs(path, meta.xattrs, replace=True, follow=True)
         if not mode & stat.S_IWUSR:
             os.chmod(path, mode)
-        mtime_ns = _to_ns(meta.mtime)
-        if meta.atime is not None:
-            atime_ns = _to_ns(meta.atime)
+        mtime_ns = meta.mtime_ns
+        if meta.atime_ns is not None:
+            atime_ns = meta.atime_ns
         else:
             atime_ns = mtime_ns if created else os.fstat(fd).st_atime_ns
         os.utime(path, ns=(atime_ns, mtime_ns))

@@ -125,19 +125,19 @@ class MemoryProvider(Provider):
     def _info(key: str, obj: _Object) -> ObjectInfo:
         """The ObjectInfo of a file object: every field as stored, in fresh containers callers may change."""
         m = obj.meta
-        return ObjectInfo(key=key, size=len(obj.data), mtime=m.mtime, mode=m.mode, uid=m.uid, gid=m.gid,
-                          etag=obj.etag, content_type=m.content_type, xattrs=dict(m.xattrs), ctime=m.ctime,
-                          atime=m.atime, rdev=m.rdev)
+        return ObjectInfo(key=key, size=len(obj.data), mtime_ns=m.mtime_ns, mode=m.mode, uid=m.uid, gid=m.gid,
+                          etag=obj.etag, content_type=m.content_type, xattrs=dict(m.xattrs), ctime_ns=m.ctime_ns,
+                          atime_ns=m.atime_ns, rdev=m.rdev)
 
     @staticmethod
     def _dir_info(key: str, marker: _Object | None) -> ObjectInfo:
         """A folder entry: the marker's metadata (typed S_IFDIR, as S3 reads a marker), or bare for an implicit one."""
         if marker is None:
-            return ObjectInfo(key=key, size=0, mtime=0.0, is_dir=True)
+            return ObjectInfo(key=key, size=0, mtime_ns=0, is_dir=True)
         m = marker.meta
-        return ObjectInfo(key=key, size=0, mtime=m.mtime, is_dir=True, mode=stat.S_IFDIR | stat.S_IMODE(m.mode),
+        return ObjectInfo(key=key, size=0, mtime_ns=m.mtime_ns, is_dir=True, mode=stat.S_IFDIR | stat.S_IMODE(m.mode),
                           uid=m.uid, gid=m.gid, etag=marker.etag, content_type=m.content_type,
-                          xattrs=dict(m.xattrs), ctime=m.ctime, atime=m.atime)
+                          xattrs=dict(m.xattrs), ctime_ns=m.ctime_ns, atime_ns=m.atime_ns)
 
     @staticmethod
     def _etag(data: bytes) -> str:

@@ -312,12 +312,12 @@ class RemoteView:
                     if alias and not beside:
                         found = None  # the alias names a file only while a folder of its name exists
                     elif beside and not alias:  # the folder keeps the name
-                        found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime=0.0, is_dir=True))
+                        found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime_ns=0, is_dir=True))
                 break
             if alias:
                 continue
             if self.health.call(pname, p.dir_exists, keys.dir_key(key)):
-                found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime=0.0, is_dir=True))
+                found = (pname, ObjectInfo(key=keys.dir_key(key), size=0, mtime_ns=0, is_dir=True))
                 break
         self.cache.put_head(key, found, started)
         return found
@@ -349,8 +349,8 @@ class RemoteView:
             started = self._clock()
             meta = self.health.call(pname, self.providers[pname].head_dir, hkey)
             out = None if meta is None else (pname, ObjectInfo(
-                key=hkey, size=0, is_dir=True, mtime=meta.mtime or info.mtime, mode=meta.mode, uid=meta.uid,
-                gid=meta.gid, ctime=meta.ctime, atime=meta.atime, xattrs=dict(meta.xattrs)))
+                key=hkey, size=0, is_dir=True, mtime_ns=meta.mtime_ns or info.mtime_ns, mode=meta.mode, uid=meta.uid,
+                gid=meta.gid, ctime_ns=meta.ctime_ns, atime_ns=meta.atime_ns, xattrs=dict(meta.xattrs)))
             self.cache.put_head(hkey, out, started, self.ttl)  # no marker: known for a TTL too
             return out
         try:

@@ -34,10 +34,11 @@ from storefs.providers.memory import MemoryProvider
 from storefs.providers.s3 import S3Provider
 
 #: binary fractions and whole microseconds: every provider keeps these exactly
-MTIME = 1700000000.5
-ATIME = 1700000100.25
-CTIME = 1700000200.75
-FINE_MTIME = 1700000000.123456
+MTIME = 1700000000_500000000  # times in integer nanoseconds, as providers keep them
+ATIME = 1700000100_250000000
+CTIME = 1700000200_750000000
+FINE_MTIME = 1700000000_123456789
+NS = 1_000_000_000
 UID, GID = 1234, 5678
 FILE_MODE = stat.S_IFREG | 0o640
 DIR_MODE = stat.S_IFDIR | 0o750
@@ -57,9 +58,9 @@ Put = Callable[..., ObjectInfo]
 
 def meta(**kw) -> ObjectMeta:
     """A full ObjectMeta of a regular file; kw overrides fields."""
-    base = ObjectMeta(mtime=MTIME, mode=FILE_MODE, uid=UID, gid=GID, content_type="image/png",
+    base = ObjectMeta(mtime_ns=MTIME, mode=FILE_MODE, uid=UID, gid=GID, content_type="image/png",
                       xattrs={"user.project": b"cats", "user.bin": b"\x00\xff\x80"},
-                      ctime=CTIME, atime=ATIME)
+                      ctime_ns=CTIME, atime_ns=ATIME)
     return replace(base, **kw)
 
 
@@ -108,13 +109,13 @@ class ProviderContract:
     def assert_meta(self, info: ObjectInfo, m: ObjectMeta, size: int) -> None:
         """info carries m (as this provider keeps it) and the given size."""
         assert (info.size, info.is_dir) == (size, False)
-        assert (info.mode, info.mtime, info.atime) == (m.mode, m.mtime, m.atime)
+        assert (info.mode, info.mtime_ns, info.atime_ns) == (m.mode, m.mtime_ns, m.atime_ns)
         assert (info.uid, info.gid) == ((m.uid, m.gid) if self.keeps_owner else self.owner())
         assert info.xattrs == m.xattrs
         if self.keeps_ctime:
-            assert info.ctime == m.ctime
+            assert info.ctime_ns == m.ctime_ns
         else:
-            assert info.ctime == pytest.approx(time.time(), abs=600)  # the backend's own clock
+            assert info.ctime_ns == pytest.approx(time.time_ns(), abs=600 * NS)  # the backend's own clock
         assert info.content_type == (m.content_type if self.keeps_content_type else None)
 
     def assert_dir_meta(self, info: ObjectInfo | None, key: str, m: ObjectMeta) -> None:
@@ -123,10 +124,10 @@ class ProviderContract:
             assert info is None
             return
         assert info is not None and (info.key, info.is_dir, info.size) == (key, True, 0)
-        assert (info.mode, info.mtime, info.atime, info.xattrs) == (m.mode, m.mtime, m.atime, m.xattrs)
+        assert (info.mode, info.mtime_ns, info.atime_ns, info.xattrs) == (m.mode, m.mtime_ns, m.atime_ns, m.xattrs)
         assert (info.uid, info.gid) == ((m.uid, m.gid) if self.keeps_owner else self.owner())
         if self.keeps_ctime:
-            assert info.ctime == m.ctime
+            assert info.ctime_ns == m.ctime_ns
 
     # -- check, head, get_range -------------------------------------------------------------
 
@@ -156,12 +157,12 @@ class ProviderContract:
         assert got.key == "a/x.png" and got.name == "x.png"
         self.assert_meta(got, m, len(PAYLOAD))
         assert isinstance(got.etag, str) and got.etag
-        assert (stored.mode, stored.mtime) == (got.mode, got.mtime)
+        assert (stored.mode, stored.mtime_ns) == (got.mode, got.mtime_ns)
 
-    def test_fine_mtime_kept_to_the_microsecond(self, provider, put):
-        put("a/x", b"x", mtime=FINE_MTIME, atime=FINE_MTIME + 1)
+    def test_fine_mtime_kept_to_the_nanosecond(self, provider, put):
+        put("a/x", b"x", mtime_ns=FINE_MTIME, atime_ns=FINE_MTIME + 1)
         got = provider.head("a/x")
-        assert (got.mtime, got.atime) == (FINE_MTIME, FINE_MTIME + 1)
+        assert (got.mtime_ns, got.atime_ns) == (FINE_MTIME, FINE_MTIME + 1)
 
     def test_get_range_inside_at_and_past_the_end(self, provider, put):
         put("a/x", PAYLOAD)
@@ -182,9 +183,9 @@ class ProviderContract:
 
     def test_overwrite_replaces_bytes_metadata_and_etag(self, provider, put):
         first = put("a/x", b"first version")
-        second = put("a/x", b"second, longer version", mtime=MTIME + 10, mode=stat.S_IFREG | 0o600)
+        second = put("a/x", b"second, longer version", mtime_ns=MTIME + 10, mode=stat.S_IFREG | 0o600)
         got = provider.head("a/x")
-        assert (got.size, got.mtime, got.mode) == (len(b"second, longer version"), MTIME + 10, stat.S_IFREG | 0o600)
+        assert (got.size, got.mtime_ns, got.mode) == (len(b"second, longer version"), MTIME + 10, stat.S_IFREG | 0o600)
         assert provider.get_range("a/x", 0, 100) == b"second, longer version"
         assert first.etag != second.etag and got.etag == provider.head("a/x").etag
 
@@ -211,7 +212,7 @@ class ProviderContract:
         put("a/sub/deep/w", b"4444")
         put("b/v", b"5")
         put("top", b"6")
-        provider.make_dir("a/m/", ObjectMeta(mtime=MTIME, mode=DIR_MODE))
+        provider.make_dir("a/m/", ObjectMeta(mtime_ns=MTIME, mode=DIR_MODE))
 
     def test_list_gives_immediate_children_only(self, provider, put):
         self._tree(provider, put)
@@ -235,13 +236,13 @@ class ProviderContract:
         assert list(provider.list("a/x/")) == []  # a file is no folder
 
     def test_listing_metadata_as_the_provider_announces(self, provider, put):
-        m = meta(mode=stat.S_IFREG | 0o604, mtime=MTIME + 7)
+        m = meta(mode=stat.S_IFREG | 0o604, mtime_ns=MTIME + 7)
         put("a/x", b"data", m=m)
         (entry,) = provider.list("a/")
         assert (entry.key, entry.size) == ("a/x", 4)
         if provider.listing_has_metadata:
             head = provider.head("a/x")
-            assert (entry.mode, entry.mtime, entry.uid, entry.gid) == (head.mode, head.mtime, head.uid, head.gid)
+            assert (entry.mode, entry.mtime_ns, entry.uid, entry.gid) == (head.mode, head.mtime_ns, head.uid, head.gid)
         else:  # an object store's listing has no mode: the caller must head the file
             assert entry.mode is None
 
@@ -281,8 +282,8 @@ class ProviderContract:
 
     def test_copy_with_meta_replaces_metadata(self, provider, put):
         put("a/x")
-        new = meta(mtime=MTIME + 99, mode=stat.S_IFREG | 0o600, uid=UID + 1, gid=GID + 1, atime=ATIME + 1,
-                   ctime=CTIME + 1, content_type="text/plain", xattrs={"user.other": b"v"})
+        new = meta(mtime_ns=MTIME + 99, mode=stat.S_IFREG | 0o600, uid=UID + 1, gid=GID + 1, atime_ns=ATIME + 1,
+                   ctime_ns=CTIME + 1, content_type="text/plain", xattrs={"user.other": b"v"})
         provider.copy("a/x", "a/z", new)
         self.assert_meta(provider.head("a/z"), new, len(PAYLOAD))
         self.assert_meta(provider.head("a/x"), meta(), len(PAYLOAD))
@@ -290,10 +291,10 @@ class ProviderContract:
 
     def test_set_meta_replaces_metadata_and_keeps_bytes(self, provider, put):
         put("a/x")
-        new = meta(mtime=MTIME + 5, mode=stat.S_IFREG | 0o604, uid=UID + 2, gid=GID + 2, atime=ATIME + 5,
-                   ctime=CTIME + 5, content_type="text/plain", xattrs={"user.new": b"n"})
+        new = meta(mtime_ns=MTIME + 5, mode=stat.S_IFREG | 0o604, uid=UID + 2, gid=GID + 2, atime_ns=ATIME + 5,
+                   ctime_ns=CTIME + 5, content_type="text/plain", xattrs={"user.new": b"n"})
         info = provider.set_meta("a/x", new)
-        assert info.key == "a/x" and info.mtime == new.mtime and info.mode == new.mode
+        assert info.key == "a/x" and info.mtime_ns == new.mtime_ns and info.mode == new.mode
         got = provider.head("a/x")
         self.assert_meta(got, new, len(PAYLOAD))  # user.project and user.bin are gone
         assert provider.get_range("a/x", 0, len(PAYLOAD) + 1) == PAYLOAD
@@ -309,18 +310,18 @@ class ProviderContract:
         assert provider.head("a/x").xattrs == {}
 
     def test_times(self, provider, put):
-        put("a/x", b"t", mtime=MTIME, atime=ATIME, ctime=CTIME)
+        put("a/x", b"t", mtime_ns=MTIME, atime_ns=ATIME, ctime_ns=CTIME)
         got = provider.head("a/x")
-        assert (got.mtime, got.atime) == (MTIME, ATIME)
+        assert (got.mtime_ns, got.atime_ns) == (MTIME, ATIME)
         if self.keeps_ctime:
-            assert got.ctime == CTIME
+            assert got.ctime_ns == CTIME
         else:
-            assert got.ctime is not None and got.ctime > CTIME  # the backend's own status-change time
-        provider.set_meta("a/x", meta(mtime=MTIME + 1, atime=ATIME + 1, ctime=CTIME + 1))
+            assert got.ctime_ns is not None and got.ctime_ns > CTIME  # the backend's own status-change time
+        provider.set_meta("a/x", meta(mtime_ns=MTIME + 1, atime_ns=ATIME + 1, ctime_ns=CTIME + 1))
         got = provider.head("a/x")
-        assert (got.mtime, got.atime) == (MTIME + 1, ATIME + 1)
+        assert (got.mtime_ns, got.atime_ns) == (MTIME + 1, ATIME + 1)
         if self.keeps_ctime:
-            assert got.ctime == CTIME + 1
+            assert got.ctime_ns == CTIME + 1
 
     def test_content_type(self, provider, put):
         put("a/x", content_type="image/webp")
@@ -448,7 +449,7 @@ class ProviderContract:
     # -- folders ----------------------------------------------------------------------------
 
     def test_make_dir_and_remove_dir(self, provider, put):
-        provider.make_dir("a/d/", ObjectMeta(mtime=MTIME, mode=DIR_MODE))
+        provider.make_dir("a/d/", ObjectMeta(mtime_ns=MTIME, mode=DIR_MODE))
         assert provider.dir_exists("a/d/") and provider.dir_exists("a/")
         assert [(i.key, i.is_dir) for i in provider.list("a/")] == [("a/d/", True)]
         with pytest.raises(NotFound):
@@ -460,7 +461,7 @@ class ProviderContract:
         provider.remove_dir("never/was/")
 
     def test_remove_dir_of_a_folder_with_files(self, provider, put):
-        m = ObjectMeta(mtime=MTIME, mode=DIR_MODE)
+        m = ObjectMeta(mtime_ns=MTIME, mode=DIR_MODE)
         provider.make_dir("a/d/", m)
         put("a/d/x", b"x")
         if self.remove_non_empty_dir_raises is not None:
@@ -476,7 +477,7 @@ class ProviderContract:
         assert not provider.dir_exists("a/d/")
 
     def test_head_dir_gives_the_folder_metadata(self, provider):
-        m = ObjectMeta(mtime=MTIME, mode=DIR_MODE, uid=UID, gid=GID, atime=ATIME, ctime=CTIME,
+        m = ObjectMeta(mtime_ns=MTIME, mode=DIR_MODE, uid=UID, gid=GID, atime_ns=ATIME, ctime_ns=CTIME,
                        xattrs={"user.project": b"dogs", "user.bin": b"\x00\xff"})
         provider.make_dir("a/d/", m)
         self.assert_dir_meta(provider.head_dir("a/d/"), "a/d/", m)
@@ -484,9 +485,9 @@ class ProviderContract:
             assert provider.head_dir("a/d") == provider.head_dir("a/d/")
 
     def test_make_dir_again_replaces_the_metadata(self, provider):
-        provider.make_dir("a/d/", ObjectMeta(mtime=MTIME, mode=DIR_MODE, xattrs={"user.old": b"o"}))
-        new = ObjectMeta(mtime=MTIME + 3, mode=stat.S_IFDIR | 0o700, uid=UID, gid=GID, atime=ATIME + 3,
-                         ctime=CTIME + 3, xattrs={"user.new": b"n"})
+        provider.make_dir("a/d/", ObjectMeta(mtime_ns=MTIME, mode=DIR_MODE, xattrs={"user.old": b"o"}))
+        new = ObjectMeta(mtime_ns=MTIME + 3, mode=stat.S_IFDIR | 0o700, uid=UID, gid=GID, atime_ns=ATIME + 3,
+                         ctime_ns=CTIME + 3, xattrs={"user.new": b"n"})
         provider.make_dir("a/d/", new)
         self.assert_dir_meta(provider.head_dir("a/d/"), "a/d/", new)
         assert provider.dir_exists("a/d/")
@@ -507,7 +508,7 @@ class ProviderContract:
         put("a/link", LINK_TARGET, mode=LINK_MODE, xattrs={})
         got = provider.head("a/link")
         assert (got.mode, got.size, got.is_dir) == (LINK_MODE, len(LINK_TARGET), False)
-        assert got.mtime == MTIME
+        assert got.mtime_ns == MTIME
         assert provider.get_range("a/link", 0, 4096) == LINK_TARGET
         assert provider.get_range("a/link", 4, 3) == LINK_TARGET[4:7]
         assert b"".join(provider.read_stream("a/link")) == LINK_TARGET
@@ -523,7 +524,7 @@ class ProviderContract:
     def test_fifo_is_a_zero_byte_object_with_its_type(self, provider, put):
         put("a/fifo", b"", mode=FIFO_MODE, xattrs={})
         got = provider.head("a/fifo")
-        assert (got.mode, got.size, got.mtime) == (FIFO_MODE, 0, MTIME)
+        assert (got.mode, got.size, got.mtime_ns) == (FIFO_MODE, 0, MTIME)
         assert provider.get_range("a/fifo", 0, 100) == b""
         assert (got.uid, got.gid) == self.owner()
         (entry,) = provider.list("a/")

@@ -76,7 +76,7 @@ class ConditionalMemory(MemoryProvider):
         with tempfile.NamedTemporaryFile() as src:
             src.write(data)
             src.flush()
-            super().put_file(key, src.name, ObjectMeta(mtime=2.0, mode=0o100644, uid=0, gid=0))
+            super().put_file(key, src.name, ObjectMeta(mtime_ns=2_000_000_000, mode=0o100644, uid=0, gid=0))
 
     def bytes_at(self, key: str) -> bytes:
         return self.get_range(key, 0, 1 << 20)

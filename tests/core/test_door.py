@@ -141,7 +141,7 @@ def test_a_deep_key_only_the_provider_holds_is_checked_when_its_folder_moves(cor
     listed is checked then, before anything moves."""
     deep_key = f"{ART}/src/{'d' * 250}/{'d' * 250}/{'d' * 250}/x.png"
     with tempfile.NamedTemporaryFile() as f:
-        provider_of(core).put_file(deep_key, f.name, ObjectMeta(mtime=1.0))
+        provider_of(core).put_file(deep_key, f.name, ObjectMeta(mtime_ns=1_000_000_000))
     before = settled(core)
     refused(errno.ENAMETOOLONG, core.rename, f"{ART}/src", f"{ART}/{'r' * 255}")
     assert settled(core) == before

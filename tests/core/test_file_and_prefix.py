@@ -30,7 +30,7 @@ def put(provider: MemoryProvider, key: str, data: bytes, mode: int = 0o100644) -
     with tempfile.NamedTemporaryFile() as src:
         src.write(data)
         src.flush()
-        provider.put_file(key, src.name, ObjectMeta(mtime=1.0, mode=mode))
+        provider.put_file(key, src.name, ObjectMeta(mtime_ns=1_000_000_000, mode=mode))
 
 
 def write(core: Core, key: str, data: bytes, exclusive: bool = False) -> None:

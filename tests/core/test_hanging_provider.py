@@ -48,7 +48,7 @@ def put(provider: MemoryProvider, key: str, data: bytes) -> None:
     with tempfile.NamedTemporaryFile() as src:
         src.write(data)
         src.flush()
-        provider.put_file(key, src.name, ObjectMeta(mtime=1.0, mode=0o100644, uid=0, gid=0))
+        provider.put_file(key, src.name, ObjectMeta(mtime_ns=1_000_000_000, mode=0o100644, uid=0, gid=0))
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     provider = HangingProvider()
     for name in ("gone.png", "moved.png", "mode.png", "tagged.png"):
         put(provider, f"{BUSY}/{name}", b"busy")
-    provider.make_dir(f"{BUSY}/empty/", ObjectMeta(mtime=1.0, mode=0o40755, uid=0, gid=0))
+    provider.make_dir(f"{BUSY}/empty/", ObjectMeta(mtime_ns=1_000_000_000, mode=0o40755, uid=0, gid=0))
     put(provider, f"{CALM}/seen.png", b"seen bytes")
     core = build(tmp_path, {"mem": provider}, delay="60s")
     # what the mount knows before the provider hangs: a written file, a read one, the calm folder

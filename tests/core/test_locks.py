@@ -19,6 +19,8 @@ from storefs.core import Caller
 from storefs.providers.base import ObjectMeta
 from storefs.providers.memory import MemoryProvider
 
+NS = 1_000_000_000  # times are integer nanoseconds
+
 ART = "t/image/b/a"
 
 
@@ -70,8 +72,8 @@ def test_no_provider_call_is_made_under_the_core_lock(tmp_path: Path) -> None:
         src.write(b"remote bytes")
         src.flush()
         for name in ("r1.png", "r2.png", "r3.png", "sub/r4.png"):
-            provider.put_file(f"{ART}/{name}", src.name, ObjectMeta(mtime=1.0, mode=0o100644, uid=0, gid=0))
-    provider.make_dir(f"{ART}/empty/", ObjectMeta(mtime=1.0, mode=0o40755, uid=0, gid=0))
+            provider.put_file(f"{ART}/{name}", src.name, ObjectMeta(mtime_ns=1 * NS, mode=0o100644, uid=0, gid=0))
+    provider.make_dir(f"{ART}/empty/", ObjectMeta(mtime_ns=1_000_000_000, mode=0o40755, uid=0, gid=0))
     core = build(tmp_path, {"mem": provider}, delay="0s")
     core.parts.state.lock = lock  # type: ignore[assignment]
     core.start()
@@ -94,7 +96,7 @@ def test_no_provider_call_is_made_under_the_core_lock(tmp_path: Path) -> None:
         core.mkdir(f"{ART}/made", 0o755, 0, 0)
         core.chmod(f"{ART}/moved.png", 0o600, root)
         core.chown(f"{ART}/sub2/r4.png", 1, 1, root)
-        core.utimens(f"{ART}/sub2", 5.0, 5.0, root)
+        core.utimens(f"{ART}/sub2", 5_000_000_000, 5_000_000_000, root)
         core.setxattr(f"{ART}/new.png", "user.k", b"v")
         core.removexattr(f"{ART}/new.png", "user.k")
         core.listxattr(f"{ART}/moved.png")

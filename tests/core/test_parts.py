@@ -29,7 +29,7 @@ def put(provider: MemoryProvider, key: str, data: bytes) -> None:
     with tempfile.NamedTemporaryFile() as src:
         src.write(data)
         src.flush()
-        provider.put_file(key, src.name, ObjectMeta(mtime=1.0, mode=0o100644, uid=0, gid=0))
+        provider.put_file(key, src.name, ObjectMeta(mtime_ns=1_000_000_000, mode=0o100644, uid=0, gid=0))
 
 
 def write(core: Core, key: str, data: bytes) -> None:

@@ -104,34 +104,34 @@ def test_only_root_gives_a_file_away_and_the_owner_picks_one_of_its_groups(ns: C
 def test_explicit_times_need_the_owner_and_now_needs_write_permission(ns: Core) -> None:
     key = new_file(ns, "t.png", ALICE, 0o644)
     with pytest.raises(NotPermitted):
-        ns.utimens(key, 1.0, 2.0, BOB, explicit=True)
+        ns.utimens(key, 1_000_000_000, 2_000_000_000, BOB, explicit=True)
     with pytest.raises(AccessRefused):
-        ns.utimens(key, time.time(), time.time(), BOB, explicit=False)
+        ns.utimens(key, time.time_ns(), time.time_ns(), BOB, explicit=False)
     ns.chmod(key, 0o666, ALICE)
-    ns.utimens(key, time.time(), time.time(), BOB, explicit=False)
-    ns.utimens(key, 5.0, 1_000_000_000.5, ALICE, explicit=True)
+    ns.utimens(key, time.time_ns(), time.time_ns(), BOB, explicit=False)
+    ns.utimens(key, 5_000_000_000, 1_000_000_000_500_000_000, ALICE, explicit=True)
     a = ns.getattr(key)
-    assert (a.atime, a.mtime) == (5.0, 1_000_000_000.5)
+    assert (a.atime_ns, a.mtime_ns) == (5_000_000_000, 1_000_000_000_500_000_000)
 
 
 def test_ctime_moves_with_every_change_and_folders_with_their_entries(ns: Core) -> None:
     folder = ns.getattr(ART)
     time.sleep(0.01)
     key = new_file(ns, "c.png", ALICE)
-    before = ns.getattr(key).ctime
+    before = ns.getattr(key).ctime_ns
     time.sleep(0.01)
     for change in (lambda: ns.chmod(key, 0o600, ALICE), lambda: ns.setxattr(key, "user.k", b"v"),
-                   lambda: ns.chown(key, -1, ALICE.gid, ROOT), lambda: ns.utimens(key, None, 7.0, ROOT)):
+                   lambda: ns.chown(key, -1, ALICE.gid, ROOT), lambda: ns.utimens(key, None, 7_000_000_000, ROOT)):
         change()
-        now = ns.getattr(key).ctime
+        now = ns.getattr(key).ctime_ns
         assert now > before
         before = now
-    assert ns.getattr(key).mtime == 7.0
+    assert ns.getattr(key).mtime_ns == 7_000_000_000
     created = ns.getattr(ART)
-    assert created.mtime > folder.mtime and created.ctime > folder.ctime
+    assert created.mtime_ns > folder.mtime_ns and created.ctime_ns > folder.ctime_ns
     time.sleep(0.01)
     ns.unlink(key)
-    assert ns.getattr(ART).mtime > created.mtime
+    assert ns.getattr(ART).mtime_ns > created.mtime_ns
 
 
 def test_relatime_moves_atime_once_after_a_change(tmp_path: Path) -> None:
@@ -140,16 +140,16 @@ def test_relatime_moves_atime_once_after_a_change(tmp_path: Path) -> None:
     for i in range(1, len(parts) + 1):
         n.mkdir("/".join(parts[:i]), 0o755, 0, 0)
     key = new_file(n, "r.png", ROOT)
-    n.utimens(key, 100.0, 200.0, ROOT)  # atime before mtime: the next read moves it
+    n.utimens(key, 100_000_000_000, 200_000_000_000, ROOT)  # atime before mtime: the next read moves it
     n.release(n.open(key, os.O_RDONLY))
-    first = n.getattr(key).atime
+    first = n.getattr(key).atime_ns
     assert first > 200.0
     n.release(n.open(key, os.O_RDONLY))
-    assert n.getattr(key).atime == first
+    assert n.getattr(key).atime_ns == first
     fh = n.open(key, os.O_WRONLY)
     n.write(fh, b"y", 0)
     n.release(fh)
-    assert n.getattr(key).atime == first  # writes never move atime
+    assert n.getattr(key).atime_ns == first  # writes never move atime
 
 
 def test_noatime_never_moves_atime(tmp_path: Path) -> None:
@@ -158,9 +158,9 @@ def test_noatime_never_moves_atime(tmp_path: Path) -> None:
     for i in range(1, len(parts) + 1):
         n.mkdir("/".join(parts[:i]), 0o755, 0, 0)
     key = new_file(n, "n.png", ROOT)
-    n.utimens(key, 100.0, 200.0, ROOT)
+    n.utimens(key, 100_000_000_000, 200_000_000_000, ROOT)
     n.release(n.open(key, os.O_RDONLY))
-    assert n.getattr(key).atime == 100.0
+    assert n.getattr(key).atime_ns == 100_000_000_000
 
 
 def test_links_and_special_files_keep_their_type_and_target(ns: Core) -> None:
@@ -212,7 +212,7 @@ def test_a_read_only_mount_refuses_every_change_and_writes_no_journal_row(tmp_pa
                    lambda: ro.open(key, os.O_WRONLY), lambda: ro.open(key, os.O_RDONLY | os.O_TRUNC),
                    lambda: ro.mkdir(f"{ART}/d", 0o755, 0, 0), lambda: ro.unlink(key),
                    lambda: ro.rename(key, f"{ART}/m.png"), lambda: ro.chmod(key, 0o600),
-                   lambda: ro.chown(key, 1, 1), lambda: ro.utimens(key, 1.0, 1.0),
+                   lambda: ro.chown(key, 1, 1), lambda: ro.utimens(key, 1_000_000_000, 1_000_000_000),
                    lambda: ro.setxattr(key, "user.a", b"b"), lambda: ro.truncate(key, 0),
                    lambda: ro.symlink(f"{ART}/s", b"x", ROOT), lambda: ro.rmdir(ART),
                    lambda: ro.mknod(f"{ART}/p", stat.S_IFIFO | 0o644, 0, ROOT)]

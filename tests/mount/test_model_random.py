@@ -7,7 +7,7 @@ rename of files and of folders, unlink, mkdir, rmdir, chmod, utime with nanoseco
 setxattr/removexattr `user.*`), expects the same outcome (or the same errno), and after every
 step compares the two trees: names, types, sizes,
 SHA-256 of the content, mode bits, `user.*` xattrs (not storefs' read-only `user.storefs.*`), and
-the mtime of every file set by utime since its last write (within 1 us). At the end of each
+the mtime of every file set by utime since its last write (to the nanosecond). At the end of each
 example: `storefs flush`, a remount with an empty cache, and the same comparison against what
 the provider kept. A failure message lists the steps of its example (also when the failure is
 timing dependent and Hypothesis cannot replay it) and what the provider holds at each differing path.
@@ -56,7 +56,7 @@ STEPS = int(os.environ.get("STOREFS_RANDOM_STEPS", "25"))
 # every replay costs a remount (~2 s): cap Hypothesis' shrinking (its own default is 300 s)
 SHRINK_SECONDS = int(os.environ.get("STOREFS_RANDOM_SHRINK_SECONDS", "120"))
 MAX_FILE = 300 * 1024
-MTIME_SLACK_NS = 1000  # storefs keeps mtimes as float seconds: ~240 ns steps today
+MTIME_SLACK_NS = 0  # storefs keeps times as integer nanoseconds, as the model's disk does
 
 NAMES = st.from_regex(r"[a-z0-9]{1,8}(\.png|\.bin)?", fullmatch=True)
 XATTR_NAMES = st.sampled_from(["user.a", "user.b", "user.prompt", "user.k1", "user.x.y"])

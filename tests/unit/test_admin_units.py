@@ -53,7 +53,7 @@ def test_prefixes():
 
 def _art(key: str, mtime: float) -> Artifact:
     a = Artifact(key)
-    a.files[key + "/x.png"] = ("local", ObjectInfo(key=key + "/x.png", size=1, mtime=mtime))
+    a.files[key + "/x.png"] = ("local", ObjectInfo(key=key + "/x.png", size=1, mtime_ns=round(mtime * 1e9)))
     return a
 
 
@@ -113,7 +113,7 @@ def test_progress_draws_at_most_every_interval():
 def test_state_counts_copies_and_survives_reopening(tmp_path):
     path = str(tmp_path / "state.db")
     st = MigrationState(path)
-    src = ObjectInfo(key="a/b", size=3, mtime=1.5, etag="e1")
+    src = ObjectInfo(key="a/b", size=3, mtime_ns=1_500_000_000, etag="e1")
     st.copying("a/b", src, "sha")
     st.verified("a/b")
     st.copying("a/b", src, "sha")  # a second send
@@ -133,10 +133,10 @@ def test_local_walk_and_read_stream(tmp_path):
     prov.check()
     src = tmp_path / "src"
     src.write_bytes(b"0123456789" * 1000)
-    meta = ObjectMeta(mtime=time.time())
+    meta = ObjectMeta(mtime_ns=time.time_ns())
     for key in ("t/image/b/a/x.png", "t/image/b/a/sub/y.png", "t/video/b/v/z.mp4"):
         prov.put_file(key, str(src), meta)
-    prov.make_dir("t/image/b/empty/", ObjectMeta(mtime=time.time(), mode=0o40755))
+    prov.make_dir("t/image/b/empty/", ObjectMeta(mtime_ns=time.time_ns(), mode=0o40755))
     (tmp_path / "data/t/image/b/a" / (TMP_PREFIX + "junk")).write_bytes(b"half written")
     os.symlink("/etc", tmp_path / "data/t/image/b/link")
     walked = list(prov.walk("t/image/"))

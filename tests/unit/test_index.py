@@ -64,7 +64,7 @@ def test_a_close_after_the_create_does_not_walk_the_folders_again(tmp_path: Path
     walks.clear()
     ix.amend(e, size=9)
     ix.put(e)
-    ix.amend(e, op=OP_PUT, mtime=2.0)  # a folder's times move on every create: its op stays
+    ix.amend(e, op=OP_PUT, mtime_ns=2_000_000_000)  # a folder's times move on every create: its op stays
     assert walks == []
     ix.amend(e, op=OP_DELETE)
     assert walks

@@ -70,11 +70,43 @@ def test_states_come_back_as_the_enum_and_older_journals_open(tmp_path: Path) ->
     c.close()
     j = Journal(str(path), ballast=0)
     (e,) = j.load()
-    assert e.state is State.UPLOADING and (e.used, e.atime, e.ctime, e.rdev) == (5.0, 0.0, 0.0, 0)
-    j.put(dataclasses.replace(e, state=State.DIRTY, atime=7.0, rdev=259))
+    assert e.state is State.UPLOADING and (e.used, e.atime_ns, e.ctime_ns, e.rdev) == (5.0, 0, 0, 0)
+    j.put(dataclasses.replace(e, state=State.DIRTY, atime_ns=7_000_000_001, rdev=259))
     j.close()
     (again,) = Journal(str(path), ballast=0).load()
-    assert again.state is State.DIRTY and (again.atime, again.rdev, again.used) == (7.0, 259, 5.0)
+    assert again.state is State.DIRTY and (again.atime_ns, again.rdev, again.used) == (7_000_000_001, 259, 5.0)
+
+
+#: the entries table of the storefs before times were kept in nanoseconds (float seconds in REAL columns)
+SECONDS_SCHEMA = (
+    "CREATE TABLE entries (key TEXT PRIMARY KEY, provider TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,"
+    " op TEXT, data_name TEXT, size INTEGER NOT NULL DEFAULT 0, mtime REAL NOT NULL DEFAULT 0,"
+    " mode INTEGER NOT NULL DEFAULT 33188, uid INTEGER, gid INTEGER, xattrs TEXT,"
+    " generation INTEGER NOT NULL DEFAULT 0, remote INTEGER NOT NULL DEFAULT 0, copy_src TEXT, chunks BLOB,"
+    " etag TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, used REAL NOT NULL DEFAULT 0,"
+    " ctime REAL NOT NULL DEFAULT 0, atime REAL NOT NULL DEFAULT 0, rdev INTEGER NOT NULL DEFAULT 0);")
+
+
+def test_a_journal_of_float_seconds_opens_with_its_times_in_nanoseconds(tmp_path: Path) -> None:
+    """The previous version's REAL time columns become integer nanoseconds (to the microsecond a float
+    held), its rows and pending changes kept; from then on a time keeps every nanosecond."""
+    path = tmp_path / "seconds.db"
+    c = sqlite3.connect(path)
+    c.executescript(SECONDS_SCHEMA)
+    c.execute("INSERT INTO entries (key, provider, kind, state, op, mtime, ctime, atime, used, rdev)"
+              " VALUES ('t/x', 'local', 'file', 'dirty', 'put', 1683263105.123457, 1683263106.5, 0, 9.5, 3)")
+    c.commit()
+    c.close()
+    j = Journal(str(path), ballast=0)
+    (e,) = j.load()
+    assert (e.key, e.state, e.op, e.used, e.rdev) == ("t/x", State.DIRTY, "put", 9.5, 3)
+    assert (e.mtime_ns, e.ctime_ns, e.atime_ns) == (1683263105_123457000, 1683263106_500000000, 0)
+    j.put(dataclasses.replace(e, mtime_ns=1683263105_123456789))
+    j.close()
+    (again,) = Journal(str(path), ballast=0).load()  # a second open finds nothing left to convert
+    assert again.mtime_ns == 1683263105_123456789
+    columns = {row[1]: row[2] for row in sqlite3.connect(path).execute("PRAGMA table_info(entries)")}
+    assert columns["mtime_ns"] == "INTEGER" and not {"mtime", "ctime", "atime"} & set(columns)
 
 
 def test_conflicts_are_kept_newest_first_capped_and_counted(tmp_path: Path, monkeypatch) -> None:

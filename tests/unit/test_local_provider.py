@@ -13,7 +13,7 @@ from storefs.providers import ObjectMeta
 from storefs.providers import local as local_mod
 from storefs.providers.local import TMP_PREFIX, LocalProvider
 
-MTIME = 1700000000.123456
+MTIME = 1700000000_123456789  # integer ns: a local disk keeps every one
 
 
 @pytest.fixture
@@ -64,10 +64,10 @@ def test_check_creates_folder_and_refuses_a_file(tmp_path):
 
 def test_put_head_get_range(prov, base, src):
     data = src.read_bytes()
-    info = prov.put_file("t1/image/b1/a1/x.png", str(src), ObjectMeta(mtime=MTIME, mode=0o100640))
+    info = prov.put_file("t1/image/b1/a1/x.png", str(src), ObjectMeta(mtime_ns=MTIME, mode=0o100640))
     assert prov.head("t1/image/b1/a1/x.png") == info
     assert info.key == "t1/image/b1/a1/x.png" and info.size == len(data) and not info.is_dir
-    assert info.mtime == MTIME and stat.S_IMODE(info.mode) == 0o640 and stat.S_ISREG(info.mode)
+    assert info.mtime_ns == MTIME and stat.S_IMODE(info.mode) == 0o640 and stat.S_ISREG(info.mode)
     assert info.etag and info.content_type is None
     assert (base / "t1/image/b1/a1/x.png").read_bytes() == data
     assert prov.get_range("t1/image/b1/a1/x.png", 0, 10) == data[:10]
@@ -79,10 +79,10 @@ def test_put_head_get_range(prov, base, src):
 
 
 def test_overwrite_changes_etag(prov, src, tmp_path):
-    first = prov.put_file("a/x", str(src), ObjectMeta(mtime=MTIME))
+    first = prov.put_file("a/x", str(src), ObjectMeta(mtime_ns=MTIME))
     small = tmp_path / "small"
     small.write_bytes(b"new")
-    second = prov.put_file("a/x", str(small), ObjectMeta(mtime=MTIME + 1))
+    second = prov.put_file("a/x", str(small), ObjectMeta(mtime_ns=MTIME + 1))
     assert second.size == 3 and second.etag != first.etag
     assert prov.get_range("a/x", 0, 100) == b"new"
 
@@ -100,10 +100,10 @@ def test_head_and_get_range_missing(prov, base):
 
 
 def test_list(prov, base, src):
-    meta = ObjectMeta(mtime=MTIME)
+    meta = ObjectMeta(mtime_ns=MTIME)
     prov.put_file("t1/image/b1/a1/x.png", str(src), meta)
     prov.put_file("t1/image/b1/a1/y.txt", str(src), meta)
-    prov.make_dir("t1/image/b1/a1/sub/", ObjectMeta(mtime=MTIME, mode=0o040750))
+    prov.make_dir("t1/image/b1/a1/sub/", ObjectMeta(mtime_ns=MTIME, mode=0o040750))
     (base / "t1/image/b1/a1" / (TMP_PREFIX + "deadbeef")).write_bytes(b"half")
     os.mkfifo(base / "t1/image/b1/a1/fifo")
     got = {i.key: i for i in prov.list("t1/image/b1/a1/")}
@@ -111,10 +111,10 @@ def test_list(prov, base, src):
     fifo = got.pop("t1/image/b1/a1/fifo")  # a FIFO is an object too: its type in the mode, zero bytes
     assert stat.S_ISFIFO(fifo.mode) and fifo.size == 0 and not fifo.is_dir
     assert got["t1/image/b1/a1/sub/"].is_dir and got["t1/image/b1/a1/sub/"].name == "sub"
-    assert got["t1/image/b1/a1/sub/"].mtime == MTIME
+    assert got["t1/image/b1/a1/sub/"].mtime_ns == MTIME
     assert stat.S_IMODE(got["t1/image/b1/a1/sub/"].mode) == 0o750
     x = got["t1/image/b1/a1/x.png"]
-    assert x.size == src.stat().st_size and x.mtime == MTIME and x.xattrs == {}
+    assert x.size == src.stat().st_size and x.mtime_ns == MTIME and x.xattrs == {}
     assert x.etag == prov.head("t1/image/b1/a1/x.png").etag
     assert {i.key for i in prov.list("t1/image/b1/a1")} == set(got) | {fifo.key}  # prefix without '/'
     assert [i.key for i in prov.list("")] == ["t1/"]
@@ -123,20 +123,20 @@ def test_list(prov, base, src):
 
 
 def test_copy_keeps_metadata_or_replaces_it(prov, base, src):
-    prov.put_file("a/x", str(src), ObjectMeta(mtime=MTIME, mode=0o100600))
+    prov.put_file("a/x", str(src), ObjectMeta(mtime_ns=MTIME, mode=0o100600))
     c = prov.copy("a/x", "b/c/y")
     assert (base / "b/c/y").read_bytes() == src.read_bytes()
-    assert c.mtime == MTIME and stat.S_IMODE(c.mode) == 0o600 and c.size == src.stat().st_size
-    r = prov.copy("a/x", "b/z", ObjectMeta(mtime=12345.5, mode=0o100644))
-    assert r.mtime == 12345.5 and stat.S_IMODE(r.mode) == 0o644
-    assert prov.head("a/x").mtime == MTIME  # source untouched
+    assert c.mtime_ns == MTIME and stat.S_IMODE(c.mode) == 0o600 and c.size == src.stat().st_size
+    r = prov.copy("a/x", "b/z", ObjectMeta(mtime_ns=12_345_500_000_000, mode=0o100644))
+    assert r.mtime_ns == 12_345_500_000_000 and stat.S_IMODE(r.mode) == 0o644
+    assert prov.head("a/x").mtime_ns == MTIME  # source untouched
     with pytest.raises(NotFound):
         prov.copy("a/missing", "b/w")
     assert not (base / "b/w").exists() and not _temps(base)
 
 
 def test_failing_write_leaves_no_temp_file(prov, base, src, monkeypatch):
-    prov.put_file("a/x", str(src), ObjectMeta(mtime=MTIME))
+    prov.put_file("a/x", str(src), ObjectMeta(mtime_ns=MTIME))
 
     def boom(a, b, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -145,41 +145,41 @@ def test_failing_write_leaves_no_temp_file(prov, base, src, monkeypatch):
     with pytest.raises(ProviderError, match="a/y"):
         prov.copy("a/x", "a/y")
     with pytest.raises(ProviderError, match="No space"):
-        prov.put_file("a/x", str(src), ObjectMeta(mtime=1.0))
+        prov.put_file("a/x", str(src), ObjectMeta(mtime_ns=1_000_000_000))
     monkeypatch.undo()
     assert not _temps(base) and not (base / "a/y").exists()
-    assert prov.head("a/x").mtime == MTIME  # the old object is still whole
+    assert prov.head("a/x").mtime_ns == MTIME  # the old object is still whole
     with pytest.raises(ProviderError):
-        prov.put_file("a/z", str(base / "no-such-source"), ObjectMeta(mtime=MTIME))
+        prov.put_file("a/z", str(base / "no-such-source"), ObjectMeta(mtime_ns=MTIME))
     assert not _temps(base)
 
 
 def test_set_meta(prov, src):
-    prov.put_file("a/x", str(src), ObjectMeta(mtime=MTIME, mode=0o100644))
-    info = prov.set_meta("a/x", ObjectMeta(mtime=42.25, mode=0o100400, uid=os.getuid(), gid=os.getgid()))
-    assert info.mtime == 42.25 and stat.S_IMODE(info.mode) == 0o400
+    prov.put_file("a/x", str(src), ObjectMeta(mtime_ns=MTIME, mode=0o100644))
+    info = prov.set_meta("a/x", ObjectMeta(mtime_ns=42_250_000_000, mode=0o100400, uid=os.getuid(), gid=os.getgid()))
+    assert info.mtime_ns == 42_250_000_000 and stat.S_IMODE(info.mode) == 0o400
     assert info.uid == os.getuid() and info.gid == os.getgid()
     with pytest.raises(NotFound):
-        prov.set_meta("a/missing", ObjectMeta(mtime=1.0))
+        prov.set_meta("a/missing", ObjectMeta(mtime_ns=1_000_000_000))
 
 
 def test_xattrs_kept_on_put_copy_set_meta(prov, base, src, tmp_path):
     if not _has_user_xattrs(tmp_path):
         pytest.skip("the tmp filesystem has no user xattrs")
-    meta = ObjectMeta(mtime=MTIME, xattrs={"user.prompt": b"a cat", "user.seed": b"42"})
+    meta = ObjectMeta(mtime_ns=MTIME, xattrs={"user.prompt": b"a cat", "user.seed": b"42"})
     assert prov.put_file("a/x", str(src), meta).xattrs == meta.xattrs
     os.setxattr(base / "a/x", "user.storefs.state", b"clean")  # never reported, never removed
     assert prov.head("a/x").xattrs == meta.xattrs
     assert prov.copy("a/x", "a/y").xattrs == meta.xattrs
-    assert prov.copy("a/x", "a/z", ObjectMeta(mtime=MTIME, xattrs={"user.k": b"v"})).xattrs == {"user.k": b"v"}
-    info = prov.set_meta("a/x", ObjectMeta(mtime=MTIME, mode=0o100444, xattrs={"user.prompt": b"a dog"}))
+    assert prov.copy("a/x", "a/z", ObjectMeta(mtime_ns=MTIME, xattrs={"user.k": b"v"})).xattrs == {"user.k": b"v"}
+    info = prov.set_meta("a/x", ObjectMeta(mtime_ns=MTIME, mode=0o100444, xattrs={"user.prompt": b"a dog"}))
     assert info.xattrs == {"user.prompt": b"a dog"} and stat.S_IMODE(info.mode) == 0o444
     assert os.getxattr(base / "a/x", "user.storefs.state") == b"clean"
     assert all(i.xattrs == {} for i in prov.list("a/"))
 
 
 def test_delete_keeps_folder(prov, base, src):
-    prov.put_file("a/b/x", str(src), ObjectMeta(mtime=MTIME))
+    prov.put_file("a/b/x", str(src), ObjectMeta(mtime_ns=MTIME))
     prov.delete("a/b/x")
     prov.delete("a/b/x")  # already gone: fine
     prov.delete("nope/x")
@@ -188,11 +188,11 @@ def test_delete_keeps_folder(prov, base, src):
 
 
 def test_make_dir_and_remove_dir(prov, base, src):
-    prov.make_dir("t1/image/", ObjectMeta(mtime=MTIME, mode=0o040700))
+    prov.make_dir("t1/image/", ObjectMeta(mtime_ns=MTIME, mode=0o040700))
     st = (base / "t1/image").stat()
-    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_mtime_ns / 1e9 == pytest.approx(MTIME)
-    prov.make_dir("t1/image/", ObjectMeta(mtime=MTIME, mode=0o040755))  # exists: fine
-    prov.put_file("t1/image/x", str(src), ObjectMeta(mtime=MTIME))
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_mtime_ns == MTIME
+    prov.make_dir("t1/image/", ObjectMeta(mtime_ns=MTIME, mode=0o040755))  # exists: fine
+    prov.put_file("t1/image/x", str(src), ObjectMeta(mtime_ns=MTIME))
     with pytest.raises(NotEmpty):
         prov.remove_dir("t1/image/")
     prov.delete("t1/image/x")
@@ -210,7 +210,7 @@ def test_escaping_keys_refused(prov, src, key):
     with pytest.raises(ProviderError):
         prov.head(key)
     with pytest.raises(ProviderError):
-        prov.put_file(key, str(src), ObjectMeta(mtime=MTIME))
+        prov.put_file(key, str(src), ObjectMeta(mtime_ns=MTIME))
     with pytest.raises(ProviderError):
         prov.delete(key)
     with pytest.raises(ProviderError):
@@ -234,8 +234,8 @@ def test_symlinks_are_objects_never_followed(prov, base, src, tmp_path):
     assert list(prov.list("t1/dirlink/")) == []
     assert not prov.dir_exists("t1/dirlink/") and prov.head_dir("t1/dirlink/") is None
     assert prov.get_range("t1/filelink", 0, 1000) == str(secret).encode()  # the target, never the file
-    linked = prov.set_meta("t1/filelink", ObjectMeta(mtime=1.0, mode=0o100777))
-    assert linked.mtime == 1.0 and stat.S_ISLNK(linked.mode)
+    linked = prov.set_meta("t1/filelink", ObjectMeta(mtime_ns=1_000_000_000, mode=0o100777))
+    assert linked.mtime_ns == 1_000_000_000 and stat.S_ISLNK(linked.mode)
     assert prov.copy("t1/filelink", "t1/stolen").size == len(str(secret))
     assert os.readlink(base / "t1/stolen") == str(secret)
     for key in ("t1/dirlink/secret", "t1/dirlink/new"):
@@ -244,15 +244,15 @@ def test_symlinks_are_objects_never_followed(prov, base, src, tmp_path):
         with pytest.raises(NotFound):
             prov.get_range(key, 0, 10)
         with pytest.raises(ProviderError):
-            prov.put_file(key, str(src), ObjectMeta(mtime=MTIME))
+            prov.put_file(key, str(src), ObjectMeta(mtime_ns=MTIME))
         prov.delete(key)  # nothing of ours there: nothing to delete
     with pytest.raises(ProviderError):
-        prov.make_dir("t1/dirlink/sub/", ObjectMeta(mtime=MTIME, mode=0o040777))
+        prov.make_dir("t1/dirlink/sub/", ObjectMeta(mtime_ns=MTIME, mode=0o040777))
     with pytest.raises(ProviderError):
-        prov.make_dir("t1/dirlink/", ObjectMeta(mtime=MTIME, mode=0o040777))
+        prov.make_dir("t1/dirlink/", ObjectMeta(mtime_ns=MTIME, mode=0o040777))
     prov.remove_dir("t1/dirlink/")  # a symlink is no folder of ours: nothing to remove
     # writing over a file symlink replaces the link, never the file it points to
-    prov.put_file("t1/filelink", str(src), ObjectMeta(mtime=MTIME))
+    prov.put_file("t1/filelink", str(src), ObjectMeta(mtime_ns=MTIME))
     assert not (base / "t1/filelink").is_symlink()
     prov.delete("t1/stolen")
     assert secret.read_bytes() == b"secret" and stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -263,8 +263,8 @@ def test_symlinks_are_objects_never_followed(prov, base, src, tmp_path):
 
 def test_tmp_names_reserved_and_url(prov, src, base):
     with pytest.raises(ProviderError):
-        prov.put_file("a/" + TMP_PREFIX + "x", str(src), ObjectMeta(mtime=MTIME))
-    prov.put_file("a/b c.png", str(src), ObjectMeta(mtime=MTIME))
+        prov.put_file("a/" + TMP_PREFIX + "x", str(src), ObjectMeta(mtime_ns=MTIME))
+    prov.put_file("a/b c.png", str(src), ObjectMeta(mtime_ns=MTIME))
     assert prov.url("a/b c.png") == "file://" + str(base) + "/a/b%20c.png"
     assert prov.kind == "local"
 
@@ -275,9 +275,9 @@ def test_filesystem_without_xattrs_warns_once(prov, src, monkeypatch, caplog):
 
     monkeypatch.setattr(local_mod.os, "setxattr", unsupported)
     monkeypatch.setattr(local_mod.os, "listxattr", unsupported)
-    meta = ObjectMeta(mtime=MTIME, xattrs={"user.prompt": b"x"})
+    meta = ObjectMeta(mtime_ns=MTIME, xattrs={"user.prompt": b"x"})
     assert prov.put_file("a/x", str(src), meta).xattrs == {}
-    assert prov.set_meta("a/x", meta).mtime == MTIME
+    assert prov.set_meta("a/x", meta).mtime_ns == MTIME
     assert sum("no user xattrs" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -288,11 +288,11 @@ def test_etag_names_one_version_even_with_the_same_size_and_mtime(prov, base, tm
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"version A")
     b.write_bytes(b"version B")
-    first = prov.put_file("t/x", str(a), ObjectMeta(mtime=MTIME))
-    second = prov.put_file("t/x", str(b), ObjectMeta(mtime=MTIME))
+    first = prov.put_file("t/x", str(a), ObjectMeta(mtime_ns=MTIME))
+    second = prov.put_file("t/x", str(b), ObjectMeta(mtime_ns=MTIME))
     assert first.etag != second.etag and prov.head("t/x").etag == second.etag
     with pytest.raises(Conflict):
-        prov.put_file("t/x", str(a), ObjectMeta(mtime=MTIME), if_match=first.etag)
+        prov.put_file("t/x", str(a), ObjectMeta(mtime_ns=MTIME), if_match=first.etag)
     assert (base / "t" / "x").read_bytes() == b"version B" and _temps(base) == []
 
 
@@ -301,21 +301,21 @@ def test_an_etag_from_before_conditional_writes_still_names_its_version(prov, ba
     replaces it (no false conflict), and a stale one still meets the conflict."""
     src = tmp_path / "s"
     src.write_bytes(b"ours")
-    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME))
+    prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME))
     st = os.stat(base / "t" / "x")
     legacy = f"{st.st_mtime_ns:x}-{st.st_size:x}"
-    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME + 5), if_match=legacy)
+    prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME + 5), if_match=legacy)
     with pytest.raises(Conflict):
-        prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_match=legacy)  # the file changed since
+        prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME), if_match=legacy)  # the file changed since
 
 
 def test_a_change_made_in_place_by_another_program_is_caught(prov, base, tmp_path):
     src = tmp_path / "s"
     src.write_bytes(b"ours")
-    seen = prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME))
+    seen = prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME))
     with open(base / "t" / "x", "r+b") as f:  # an editor writing in place: same inode, new mtime
         f.write(b"THEM")
-    for change in (lambda: prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_match=seen.etag),
+    for change in (lambda: prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME), if_match=seen.etag),
                    lambda: prov.copy("t/x", "t/y", if_match=seen.etag),
                    lambda: prov.delete("t/x", if_match=seen.etag)):
         with pytest.raises(Conflict):
@@ -333,13 +333,13 @@ def test_if_absent_links_never_replaces(prov, base, tmp_path):
     (base / "t" / "dir").mkdir()
     for name in ("file", "link"):
         with pytest.raises(Conflict):
-            prov.put_file(f"t/{name}", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+            prov.put_file(f"t/{name}", str(src), ObjectMeta(mtime_ns=MTIME), if_absent=True)
     with pytest.raises(ProviderError, match="a folder is there"):
-        prov.put_file("t/dir", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+        prov.put_file("t/dir", str(src), ObjectMeta(mtime_ns=MTIME), if_absent=True)
     assert (base / "t" / "file").read_bytes() == b"theirs" and os.readlink(base / "t" / "link") == "elsewhere"
     link = tmp_path / "target"
     link.write_bytes(b"a/target")
-    info = prov.put_file("t/newlink", str(link), ObjectMeta(mtime=MTIME, mode=stat.S_IFLNK | 0o777), if_absent=True)
+    info = prov.put_file("t/newlink", str(link), ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFLNK | 0o777), if_absent=True)
     assert os.readlink(base / "t" / "newlink") == "a/target" and stat.S_ISLNK(info.mode)
     assert _temps(base) == []
 
@@ -353,10 +353,10 @@ def test_if_absent_without_hard_links_checks_just_before(prov, base, tmp_path, m
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(local_mod.os, "link", no_links)
-    prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+    prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME), if_absent=True)
     with pytest.raises(Conflict):
-        prov.put_file("t/x", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
-    prov.put_file("t/y", str(src), ObjectMeta(mtime=MTIME), if_absent=True)
+        prov.put_file("t/x", str(src), ObjectMeta(mtime_ns=MTIME), if_absent=True)
+    prov.put_file("t/y", str(src), ObjectMeta(mtime_ns=MTIME), if_absent=True)
     assert (base / "t" / "x").read_bytes() == b"ours" and _temps(base) == []
     assert caplog.text.count("has no hard links") == 1
 
@@ -364,6 +364,6 @@ def test_if_absent_without_hard_links_checks_just_before(prov, base, tmp_path, m
 def test_a_name_the_file_system_refuses_is_a_permanent_refusal(prov, src):
     """ENAMETOOLONG is Rejected (the core parks the change), not an error to retry forever."""
     with pytest.raises(Rejected, match="refuses the name"):
-        prov.put_file("t/" + "n" * 300, str(src), ObjectMeta(mtime=MTIME))
+        prov.put_file("t/" + "n" * 300, str(src), ObjectMeta(mtime_ns=MTIME))
     with pytest.raises(Rejected):
-        prov.put_file("t/" + "d" * 300 + "/x", str(src), ObjectMeta(mtime=MTIME))
+        prov.put_file("t/" + "d" * 300 + "/x", str(src), ObjectMeta(mtime_ns=MTIME))

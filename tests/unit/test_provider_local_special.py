@@ -21,8 +21,8 @@ from storefs.providers import ObjectMeta
 from storefs.providers import local as local_mod
 from storefs.providers.local import TMP_PREFIX, LocalProvider
 
-MTIME = 1700000000.123456
-ATIME = 1600000000.5
+MTIME = 1700000000_123456789  # integer ns: a local disk keeps every one
+ATIME = 1600000000_500000001
 LINK = stat.S_IFLNK | 0o777
 NOBODY = 65534
 
@@ -91,12 +91,12 @@ def _with_timeout(fn, seconds: float = 5.0):
 @pytest.mark.parametrize("target", [b"../blobs/abc123", b"/etc/passwd", b"dangling/nowhere", b"caf\xe9 \xff",
                                     b"x" * 4095, b"a b/../../c"])
 def test_symlink_round_trip(prov, base, tmp_path, target):
-    meta = ObjectMeta(mtime=MTIME, mode=LINK, uid=os.getuid(), gid=os.getgid(), atime=ATIME)
+    meta = ObjectMeta(mtime_ns=MTIME, mode=LINK, uid=os.getuid(), gid=os.getgid(), atime_ns=ATIME)
     info = prov.put_file("snap/main/model.bin", write(tmp_path, target), meta)
     assert prov.head("snap/main/model.bin") == info
-    assert (info.mode, info.size, info.mtime, info.uid, info.gid) == (LINK, len(target), MTIME, os.getuid(),
+    assert (info.mode, info.size, info.mtime_ns, info.uid, info.gid) == (LINK, len(target), MTIME, os.getuid(),
                                                                      os.getgid())
-    assert info.atime == pytest.approx(ATIME, abs=1e-6) and info.xattrs == {} and info.rdev is None
+    assert info.atime_ns == ATIME and info.xattrs == {} and info.rdev is None
     disk = base / "snap/main/model.bin"  # (a readlink moves the link's atime: relatime)
     assert disk.is_symlink() and os.readlink(os.fsencode(disk)) == target
     assert prov.get_range("snap/main/model.bin", 0, 10_000) == target
@@ -109,33 +109,34 @@ def test_symlink_round_trip(prov, base, tmp_path, target):
 
 
 def test_symlink_replaces_file_atomically_and_back(prov, base, tmp_path):
-    prov.put_file("a/x", write(tmp_path, b"data"), ObjectMeta(mtime=MTIME))
-    prov.put_file("a/x", write(tmp_path, b"target"), ObjectMeta(mtime=MTIME, mode=LINK))
+    prov.put_file("a/x", write(tmp_path, b"data"), ObjectMeta(mtime_ns=MTIME))
+    prov.put_file("a/x", write(tmp_path, b"target"), ObjectMeta(mtime_ns=MTIME, mode=LINK))
     assert os.readlink(base / "a/x") == "target"
-    prov.put_file("a/x", write(tmp_path, b"data again"), ObjectMeta(mtime=MTIME))
+    prov.put_file("a/x", write(tmp_path, b"data again"), ObjectMeta(mtime_ns=MTIME))
     assert not (base / "a/x").is_symlink() and (base / "a/x").read_bytes() == b"data again"
     with pytest.raises(ProviderError):
-        prov.put_file("a/y", write(tmp_path, b""), ObjectMeta(mtime=MTIME, mode=LINK))
+        prov.put_file("a/y", write(tmp_path, b""), ObjectMeta(mtime_ns=MTIME, mode=LINK))
     with pytest.raises(ProviderError):
-        prov.put_file("a/y", write(tmp_path, b"a\0b"), ObjectMeta(mtime=MTIME, mode=LINK))
+        prov.put_file("a/y", write(tmp_path, b"a\0b"), ObjectMeta(mtime_ns=MTIME, mode=LINK))
     with pytest.raises(ProviderError):
-        prov.put_file("a/y", write(tmp_path, b"x" * 4096), ObjectMeta(mtime=MTIME, mode=LINK))
+        prov.put_file("a/y", write(tmp_path, b"x" * 4096), ObjectMeta(mtime_ns=MTIME, mode=LINK))
     assert not (base / "a/y").exists() and not (base / "a/y").is_symlink() and not _temps(base)
 
 
 def test_symlink_meta_copy_delete_touch_only_the_link(prov, base, tmp_path, outside):
     secret = outside / "secret"
-    prov.put_file("l/link", write(tmp_path, os.fsencode(secret)), ObjectMeta(mtime=MTIME, mode=LINK))
-    info = prov.set_meta("l/link", ObjectMeta(mtime=42.5, atime=41.25, mode=stat.S_IFLNK | 0o600,
+    prov.put_file("l/link", write(tmp_path, os.fsencode(secret)), ObjectMeta(mtime_ns=MTIME, mode=LINK))
+    info = prov.set_meta("l/link", ObjectMeta(mtime_ns=42_500000000, atime_ns=41_250000000, mode=stat.S_IFLNK | 0o600,
                                               uid=NOBODY, gid=NOBODY, xattrs={"user.k": b"v"}))
     st = os.lstat(base / "l/link")
-    assert (info.mtime, info.atime, info.mode) == (42.5, 41.25, LINK)  # a link has no mode of its own
+    # a link has no mode of its own
+    assert (info.mtime_ns, info.atime_ns, info.mode) == (42_500_000_000, 41_250_000_000, LINK)
     assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (NOBODY, NOBODY, 42_500_000_000) or os.geteuid() != 0
     copied = prov.copy("l/link", "l/copy")
     assert stat.S_ISLNK(copied.mode) and os.readlink(base / "l/copy") == str(secret)
-    assert copied.mtime == 42.5
-    replaced = prov.copy("l/link", "l/copy2", ObjectMeta(mtime=7.0, mode=0o100644))
-    assert stat.S_ISLNK(replaced.mode) and replaced.mtime == 7.0  # the copy is what the source is
+    assert copied.mtime_ns == 42_500_000_000
+    replaced = prov.copy("l/link", "l/copy2", ObjectMeta(mtime_ns=7_000_000_000, mode=0o100644))
+    assert stat.S_ISLNK(replaced.mode) and replaced.mtime_ns == 7_000_000_000  # the copy is what the source is
     prov.delete("l/link")
     prov.delete("l/copy")
     prov.delete("l/copy2")
@@ -156,16 +157,16 @@ def test_planted_link_to_etc_as_a_folder(prov, base, tmp_path):
         with pytest.raises(NotFound):
             list(prov.read_stream(key))
         with pytest.raises(NotFound):
-            prov.set_meta(key, ObjectMeta(mtime=1.0, mode=0o100777))
+            prov.set_meta(key, ObjectMeta(mtime_ns=1_000_000_000, mode=0o100777))
         with pytest.raises(NotFound):
             prov.copy(key, "t/stolen")
         prov.delete(key)
     assert list(prov.list("t/image/b/a/")) == []
     assert not prov.dir_exists("t/image/b/a/") and prov.head_dir("t/image/b/a/") is None
     with pytest.raises(ProviderError):
-        prov.put_file("t/image/b/a/storefs-was-here", write(tmp_path, b"x"), ObjectMeta(mtime=MTIME))
+        prov.put_file("t/image/b/a/storefs-was-here", write(tmp_path, b"x"), ObjectMeta(mtime_ns=MTIME))
     with pytest.raises(ProviderError):
-        prov.make_dir("t/image/b/a/sub/", ObjectMeta(mtime=MTIME, mode=0o40777))
+        prov.make_dir("t/image/b/a/sub/", ObjectMeta(mtime_ns=MTIME, mode=0o40777))
     prov.remove_dir("t/image/b/a/")
     assert os.path.exists("/etc/passwd") and not os.path.exists("/etc/storefs-was-here")
     assert (base / "t/image/b/a").is_symlink() and not (base / "t/stolen").exists()
@@ -184,19 +185,19 @@ def test_planted_link_as_an_intermediate_folder(prov, base, tmp_path, outside):
             prov.get_range(key, 0, 100)
         prov.delete(key)
         with pytest.raises(ProviderError):
-            prov.put_file(key, write(tmp_path, b"overwrite"), ObjectMeta(mtime=MTIME))
+            prov.put_file(key, write(tmp_path, b"overwrite"), ObjectMeta(mtime_ns=MTIME))
         with pytest.raises(NotFound):
-            prov.set_meta(key, ObjectMeta(mtime=1.0))
+            prov.set_meta(key, ObjectMeta(mtime_ns=1_000_000_000))
         with pytest.raises(NotFound):
             prov.copy(key, "mine")
-    prov.put_file("mine", write(tmp_path, b"mine"), ObjectMeta(mtime=MTIME))
+    prov.put_file("mine", write(tmp_path, b"mine"), ObjectMeta(mtime_ns=MTIME))
     for key in ("t/secret", "t/new", "t/image/new"):
         with pytest.raises(ProviderError):
             prov.copy("mine", key)
     for prefix in ("t/", "t/image/"):
         assert list(prov.list(prefix)) == [] and not prov.dir_exists(prefix) and prov.head_dir(prefix) is None
         with pytest.raises(ProviderError):
-            prov.make_dir(prefix + "sub/", ObjectMeta(mtime=MTIME, mode=0o40777))
+            prov.make_dir(prefix + "sub/", ObjectMeta(mtime_ns=MTIME, mode=0o40777))
         prov.remove_dir(prefix)
     assert [p.name for p in (outside / "image").iterdir()] == ["x.png"]
     assert (outside / "image/x.png").read_bytes() == b"outside png"
@@ -207,23 +208,23 @@ def test_planted_link_as_an_intermediate_folder(prov, base, tmp_path, outside):
 
 def test_link_made_through_the_provider_is_never_followed(prov, base, tmp_path, outside):
     """A link stored as an object (as the mount makes one) stays a link for every later call."""
-    prov.put_file("t/a", write(tmp_path, os.fsencode(outside)), ObjectMeta(mtime=MTIME, mode=LINK))
-    prov.put_file("t/f", write(tmp_path, os.fsencode(outside / "secret")), ObjectMeta(mtime=MTIME, mode=LINK))
+    prov.put_file("t/a", write(tmp_path, os.fsencode(outside)), ObjectMeta(mtime_ns=MTIME, mode=LINK))
+    prov.put_file("t/f", write(tmp_path, os.fsencode(outside / "secret")), ObjectMeta(mtime_ns=MTIME, mode=LINK))
     with pytest.raises(NotFound):
         prov.head("t/a/secret")
     with pytest.raises(ProviderError):
-        prov.put_file("t/a/new", write(tmp_path, b"x"), ObjectMeta(mtime=MTIME))
+        prov.put_file("t/a/new", write(tmp_path, b"x"), ObjectMeta(mtime_ns=MTIME))
     prov.delete("t/a/secret")
-    prov.set_meta("t/f", ObjectMeta(mtime=5.0, mode=0o100666, xattrs={"user.x": b"1"}))
+    prov.set_meta("t/f", ObjectMeta(mtime_ns=5_000_000_000, mode=0o100666, xattrs={"user.x": b"1"}))
     assert prov.get_range("t/f", 0, 1000) == os.fsencode(outside / "secret")
     prov.delete("t/f")
     _untouched(outside)
 
 
 def test_folder_renamed_by_another_program_is_never_written_into(prov, base, tmp_path):
-    prov.put_file("a/b/x", write(tmp_path, b"1"), ObjectMeta(mtime=MTIME))
+    prov.put_file("a/b/x", write(tmp_path, b"1"), ObjectMeta(mtime_ns=MTIME))
     os.rename(base / "a", base / "moved")
-    prov.put_file("a/b/y", write(tmp_path, b"2"), ObjectMeta(mtime=MTIME))
+    prov.put_file("a/b/y", write(tmp_path, b"2"), ObjectMeta(mtime_ns=MTIME))
     assert sorted(p.name for p in (base / "moved/b").iterdir()) == ["x"]
     assert (base / "a/b/y").read_bytes() == b"2"
     with pytest.raises(NotFound):
@@ -231,13 +232,13 @@ def test_folder_renamed_by_another_program_is_never_written_into(prov, base, tmp
 
 
 def test_base_path_swapped_for_a_link_keeps_the_held_folder(prov, base, tmp_path, outside):
-    prov.put_file("k", write(tmp_path, b"mine"), ObjectMeta(mtime=MTIME))
+    prov.put_file("k", write(tmp_path, b"mine"), ObjectMeta(mtime_ns=MTIME))
     os.rename(base, tmp_path / "old-data")
     base.symlink_to(outside)
     with pytest.raises(NotFound):
         prov.head("secret")  # still the folder storefs opened, now at old-data
     assert prov.get_range("k", 0, 10) == b"mine"
-    prov.put_file("secret", write(tmp_path, b"not the secret"), ObjectMeta(mtime=MTIME))
+    prov.put_file("secret", write(tmp_path, b"not the secret"), ObjectMeta(mtime_ns=MTIME))
     assert (tmp_path / "old-data/secret").read_bytes() == b"not the secret"
     _untouched(outside)
 
@@ -257,16 +258,16 @@ def test_planted_fifo_never_hangs(prov, base):
 
 @pytest.mark.parametrize("kind", [stat.S_IFIFO, stat.S_IFSOCK])
 def test_fifo_and_socket_as_real_ones(prov, base, tmp_path, kind):
-    meta = ObjectMeta(mtime=MTIME, atime=ATIME, mode=kind | 0o640, uid=os.getuid(), gid=os.getgid())
+    meta = ObjectMeta(mtime_ns=MTIME, atime_ns=ATIME, mode=kind | 0o640, uid=os.getuid(), gid=os.getgid())
     info = prov.put_file("n/node", write(tmp_path, b"ignored"), meta)
     st = os.lstat(base / "n/node")
     assert stat.S_IFMT(st.st_mode) == kind and stat.S_IMODE(st.st_mode) == 0o640
-    assert (info.mode, info.size, info.mtime, info.rdev) == (kind | 0o640, 0, MTIME, None)
-    assert info.atime == pytest.approx(ATIME, abs=1e-6)
+    assert (info.mode, info.size, info.mtime_ns, info.rdev) == (kind | 0o640, 0, MTIME, None)
+    assert info.atime_ns == ATIME
     assert _with_timeout(lambda: prov.get_range("n/node", 0, 10)) == b""
-    info = prov.set_meta("n/node", ObjectMeta(mtime=5.0, mode=kind | 0o600))
-    assert (info.mode, info.mtime) == (kind | 0o600, 5.0)
-    assert info.atime == pytest.approx(ATIME, abs=1e-6)  # no atime given: kept
+    info = prov.set_meta("n/node", ObjectMeta(mtime_ns=5_000_000_000, mode=kind | 0o600))
+    assert (info.mode, info.mtime_ns) == (kind | 0o600, 5_000_000_000)
+    assert info.atime_ns == ATIME  # no atime given: kept
     (listed,) = prov.list("n/")
     assert listed.mode == kind | 0o600 and listed.size == 0
     prov.delete("n/node")
@@ -286,7 +287,7 @@ def test_socket_bound_by_a_program_is_reported(prov, base):
 @pytest.mark.parametrize("kind", [stat.S_IFCHR, stat.S_IFBLK])
 def test_device_nodes_as_root_are_never_opened(prov, base, tmp_path, kind, monkeypatch):
     rdev = os.makedev(1, 3) if kind == stat.S_IFCHR else os.makedev(7, 200)
-    meta = ObjectMeta(mtime=MTIME, mode=kind | 0o600, uid=0, gid=0, rdev=rdev)
+    meta = ObjectMeta(mtime_ns=MTIME, mode=kind | 0o600, uid=0, gid=0, rdev=rdev)
     info = prov.put_file("dev/node", write(tmp_path, b""), meta)
     st = os.lstat(base / "dev/node")
     assert stat.S_IFMT(st.st_mode) == kind and st.st_rdev == rdev
@@ -315,37 +316,37 @@ def test_device_node_without_root_is_access_denied(prov, base, tmp_path, monkeyp
 
     monkeypatch.setattr(local_mod.os, "mknod", refused)
     with pytest.raises(AccessDenied, match="root"):
-        prov.put_file("dev/x", write(tmp_path, b""), ObjectMeta(mtime=MTIME, mode=stat.S_IFCHR | 0o600,
+        prov.put_file("dev/x", write(tmp_path, b""), ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFCHR | 0o600,
                                                                rdev=os.makedev(1, 3)))
     assert not _temps(base) and not os.path.lexists(base / "dev/x")
 
 
 def test_put_file_refuses_a_folder_type(prov, tmp_path):
     with pytest.raises(ProviderError):
-        prov.put_file("a/d", write(tmp_path, b""), ObjectMeta(mtime=MTIME, mode=stat.S_IFDIR | 0o755))
+        prov.put_file("a/d", write(tmp_path, b""), ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFDIR | 0o755))
 
 
 # -- times ---------------------------------------------------------------------------------
 
 def test_times_of_files(prov, base, tmp_path):
-    info = prov.put_file("a/x", write(tmp_path, b"abc"), ObjectMeta(mtime=MTIME, atime=ATIME))
+    info = prov.put_file("a/x", write(tmp_path, b"abc"), ObjectMeta(mtime_ns=MTIME, atime_ns=ATIME))
     st = os.lstat(base / "a/x")
-    assert st.st_atime_ns == 1600000000_500000000 and st.st_mtime_ns == 1700000000_123456000
-    assert info.ctime == st.st_ctime_ns / 1_000_000_000 and info.atime == st.st_atime_ns / 1_000_000_000
-    assert info.ctime > MTIME  # the disk's own
-    assert prov.put_file("a/y", write(tmp_path, b"abc"), ObjectMeta(mtime=MTIME)).atime == MTIME
+    assert (st.st_atime_ns, st.st_mtime_ns) == (ATIME, MTIME)  # every nanosecond lands on the disk
+    assert (info.ctime_ns, info.atime_ns) == (st.st_ctime_ns, st.st_atime_ns)
+    assert info.ctime_ns > MTIME  # the disk's own
+    assert prov.put_file("a/y", write(tmp_path, b"abc"), ObjectMeta(mtime_ns=MTIME)).atime_ns == MTIME
     before = prov.head("a/x")
     assert prov.get_range("a/x", 0, 3) == b"abc" and b"".join(prov.read_stream("a/x")) == b"abc"
-    assert prov.head("a/x").atime == before.atime  # storefs' own reads are no access
+    assert prov.head("a/x").atime_ns == before.atime_ns  # storefs' own reads are no access
     time.sleep(0.01)
-    info = prov.set_meta("a/x", ObjectMeta(mtime=5.25))
-    assert (info.mtime, info.atime) == (5.25, ATIME) and info.ctime > before.ctime
-    info = prov.set_meta("a/x", ObjectMeta(mtime=5.25, atime=6.75))
-    assert info.atime == 6.75
+    info = prov.set_meta("a/x", ObjectMeta(mtime_ns=5_250_000_000))
+    assert (info.mtime_ns, info.atime_ns) == (5_250_000_000, ATIME) and info.ctime_ns > before.ctime_ns
+    info = prov.set_meta("a/x", ObjectMeta(mtime_ns=5_250_000_000, atime_ns=6_750_000_000))
+    assert info.atime_ns == 6_750_000_000
     (listed,) = [i for i in prov.list("a/") if i.key == "a/x"]
-    assert (listed.mtime, listed.atime, listed.ctime) == (info.mtime, info.atime, info.ctime)
+    assert (listed.mtime_ns, listed.atime_ns, listed.ctime_ns) == (info.mtime_ns, info.atime_ns, info.ctime_ns)
     copied = prov.copy("a/x", "a/z")
-    assert (copied.mtime, copied.atime) == (5.25, 6.75)
+    assert (copied.mtime_ns, copied.atime_ns) == (5_250_000_000, 6_750_000_000)
 
 
 # -- folders ---------------------------------------------------------------------------------
@@ -360,39 +361,40 @@ def _xattrs_ok(path: Path) -> bool:
 
 
 def test_folder_metadata_and_head_dir(prov, base, tmp_path):
-    meta = ObjectMeta(mtime=MTIME, atime=ATIME, mode=stat.S_IFDIR | 0o750, uid=os.getuid(), gid=os.getgid(),
+    meta = ObjectMeta(mtime_ns=MTIME, atime_ns=ATIME, mode=stat.S_IFDIR | 0o750, uid=os.getuid(), gid=os.getgid(),
                       xattrs={"user.project": b"cats", "user.k": b"v"})
     prov.make_dir("t/image/", meta)
     keeps_xattrs = _xattrs_ok(base)
     d = prov.head_dir("t/image/")
     assert d is not None and d.is_dir and d.key == "t/image/" and d.size == 0
-    assert (d.mode, d.uid, d.gid, d.mtime) == (stat.S_IFDIR | 0o750, os.getuid(), os.getgid(), MTIME)
-    assert d.atime == pytest.approx(ATIME, abs=1e-6)
-    assert d.ctime == os.lstat(base / "t/image").st_ctime_ns / 1_000_000_000
+    assert (d.mode, d.uid, d.gid, d.mtime_ns) == (stat.S_IFDIR | 0o750, os.getuid(), os.getgid(), MTIME)
+    assert d.atime_ns == ATIME
+    assert d.ctime_ns == os.lstat(base / "t/image").st_ctime_ns
     assert d.xattrs == (meta.xattrs if keeps_xattrs else {})
     assert prov.head_dir("t/image") == d  # without the slash
     # an existing folder takes new metadata: mode, times, xattrs replaced
-    prov.make_dir("t/image/", ObjectMeta(mtime=12.5, mode=stat.S_IFDIR | 0o500, xattrs={"user.k": b"w"}))
+    prov.make_dir("t/image/", ObjectMeta(mtime_ns=12_500_000_000, mode=stat.S_IFDIR | 0o500, xattrs={"user.k": b"w"}))
     d2 = prov.head_dir("t/image/")
-    assert (d2.mode, d2.mtime) == (stat.S_IFDIR | 0o500, 12.5)
-    assert d2.atime == pytest.approx(ATIME, abs=1e-6)  # none given: kept
+    assert (d2.mode, d2.mtime_ns) == (stat.S_IFDIR | 0o500, 12_500_000_000)
+    assert d2.atime_ns == ATIME  # none given: kept
     assert d2.xattrs == ({"user.k": b"w"} if keeps_xattrs else {})
     (listed,) = prov.list("t/")
-    assert (listed.mode, listed.mtime, listed.atime, listed.ctime) == (d2.mode, d2.mtime, d2.atime, d2.ctime)
+    assert (listed.mode, listed.mtime_ns, listed.atime_ns, listed.ctime_ns) == (d2.mode, d2.mtime_ns, d2.atime_ns,
+                                                                                d2.ctime_ns)
     assert prov.head_dir("") is not None and prov.head_dir("") .is_dir
     assert prov.head_dir("missing/") is None
-    prov.put_file("t/file", write(tmp_path, b"x"), ObjectMeta(mtime=MTIME))
+    prov.put_file("t/file", write(tmp_path, b"x"), ObjectMeta(mtime_ns=MTIME))
     assert prov.head_dir("t/file/") is None
     with pytest.raises(ProviderError):
-        prov.make_dir("t/file/", ObjectMeta(mtime=MTIME, mode=stat.S_IFDIR | 0o755))
+        prov.make_dir("t/file/", ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFDIR | 0o755))
     with pytest.raises(ProviderError):
-        prov.make_dir("t/file/sub/", ObjectMeta(mtime=MTIME, mode=stat.S_IFDIR | 0o755))
+        prov.make_dir("t/file/sub/", ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFDIR | 0o755))
     with pytest.raises(NotFound):
         prov.head("t/image")  # a folder is not a file
 
 
 def test_remove_dir_clears_stale_temp_links_and_nodes(prov, base):
-    prov.make_dir("d/", ObjectMeta(mtime=MTIME, mode=stat.S_IFDIR | 0o755))
+    prov.make_dir("d/", ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFDIR | 0o755))
     os.symlink("/etc", base / "d" / (TMP_PREFIX + "link"))
     os.mkfifo(base / "d" / (TMP_PREFIX + "fifo"))
     prov.remove_dir("d/")
@@ -408,29 +410,29 @@ SGID_DIR = stat.S_IFDIR | stat.S_ISGID | 0o775
 def test_setid_bits_stripped_when_not_root(prov, base, tmp_path, monkeypatch):
     monkeypatch.setattr(local_mod.os, "geteuid", lambda: 1000)
     own = {"uid": os.getuid(), "gid": os.getgid()}
-    info = prov.put_file("a/x", write(tmp_path, b"#!/bin/sh\n"), ObjectMeta(mtime=MTIME, mode=SUID_FILE, **own))
+    info = prov.put_file("a/x", write(tmp_path, b"#!/bin/sh\n"), ObjectMeta(mtime_ns=MTIME, mode=SUID_FILE, **own))
     assert stat.S_IMODE(info.mode) == 0o755
-    info = prov.set_meta("a/x", ObjectMeta(mtime=MTIME, mode=SUID_FILE, **own))
+    info = prov.set_meta("a/x", ObjectMeta(mtime_ns=MTIME, mode=SUID_FILE, **own))
     assert stat.S_IMODE(info.mode) == 0o755
-    info = prov.copy("a/x", "a/y", ObjectMeta(mtime=MTIME, mode=SUID_FILE, **own))
+    info = prov.copy("a/x", "a/y", ObjectMeta(mtime_ns=MTIME, mode=SUID_FILE, **own))
     assert stat.S_IMODE(info.mode) == 0o755
-    prov.make_dir("d/", ObjectMeta(mtime=MTIME, mode=SGID_DIR, **own))
+    prov.make_dir("d/", ObjectMeta(mtime_ns=MTIME, mode=SGID_DIR, **own))
     assert stat.S_IMODE(os.lstat(base / "d").st_mode) == 0o775
-    info = prov.put_file("a/p", write(tmp_path, b""), ObjectMeta(mtime=MTIME, mode=stat.S_IFIFO | 0o6644, **own))
+    info = prov.put_file("a/p", write(tmp_path, b""), ObjectMeta(mtime_ns=MTIME, mode=stat.S_IFIFO | 0o6644, **own))
     assert stat.S_IMODE(info.mode) == 0o644
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_setid_bits_as_root_only_with_the_owner_applied(prov, base, tmp_path):
-    info = prov.put_file("a/x", write(tmp_path, b"#!/bin/sh\n"), ObjectMeta(mtime=MTIME, mode=SUID_FILE,
+    info = prov.put_file("a/x", write(tmp_path, b"#!/bin/sh\n"), ObjectMeta(mtime_ns=MTIME, mode=SUID_FILE,
                                                                           uid=NOBODY, gid=NOBODY))
     st = os.lstat(base / "a/x")
     assert stat.S_IMODE(st.st_mode) == 0o6755 and (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
     assert stat.S_IMODE(info.mode) == 0o6755
     # no owner in the metadata: a root-owned setuid file from metadata is never made
-    info = prov.put_file("a/y", write(tmp_path, b"#!/bin/sh\n"), ObjectMeta(mtime=MTIME, mode=SUID_FILE))
+    info = prov.put_file("a/y", write(tmp_path, b"#!/bin/sh\n"), ObjectMeta(mtime_ns=MTIME, mode=SUID_FILE))
     assert stat.S_IMODE(info.mode) == 0o755
-    prov.make_dir("d/", ObjectMeta(mtime=MTIME, mode=SGID_DIR, uid=NOBODY, gid=NOBODY))
+    prov.make_dir("d/", ObjectMeta(mtime_ns=MTIME, mode=SGID_DIR, uid=NOBODY, gid=NOBODY))
     assert stat.S_IMODE(os.lstat(base / "d").st_mode) == 0o2775
     # a copy without metadata keeps the source's owner, so root may keep the bits
     assert stat.S_IMODE(prov.copy("a/x", "a/z").mode) == 0o6755
@@ -442,19 +444,21 @@ sys.path.insert(0, sys.argv[1])
 from storefs.errors import AccessDenied
 from storefs.providers import ObjectMeta
 from storefs.providers.local import LocalProvider
+
+NS = 1_000_000_000  # times are integer nanoseconds
 base, src = sys.argv[2], sys.argv[3]
 p = LocalProvider("l", base, create=True)
 p.check()
 out = {}
-out["file"] = p.put_file("a/x", src, ObjectMeta(mtime=1.0, mode=0o106755, uid=os.getuid(), gid=os.getgid())).mode
-p.make_dir("d/", ObjectMeta(mtime=1.0, mode=0o42775, uid=os.getuid(), gid=os.getgid()))
+out["file"] = p.put_file("a/x", src, ObjectMeta(mtime_ns=NS, mode=0o106755, uid=os.getuid(), gid=os.getgid())).mode
+p.make_dir("d/", ObjectMeta(mtime_ns=1_000_000_000, mode=0o42775, uid=os.getuid(), gid=os.getgid()))
 out["dir"] = os.lstat(os.path.join(base, "d")).st_mode
 try:
-    p.put_file("dev", src, ObjectMeta(mtime=1.0, mode=stat.S_IFCHR | 0o600, rdev=os.makedev(1, 3)))
+    p.put_file("dev", src, ObjectMeta(mtime_ns=1_000_000_000, mode=stat.S_IFCHR | 0o600, rdev=os.makedev(1, 3)))
     out["device"] = "made"
 except AccessDenied as e:
     out["device"] = "AccessDenied: " + str(e)
-out["lnk"] = p.put_file("l", src, ObjectMeta(mtime=1.0, mode=0o120777)).mode
+out["lnk"] = p.put_file("l", src, ObjectMeta(mtime_ns=1_000_000_000, mode=0o120777)).mode
 print(json.dumps(out))
 """
 

@@ -30,6 +30,7 @@ from storefs.providers.s3.codec import (
 )
 
 LAST_MODIFIED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+NS = 1_000_000_000  # times are integer nanoseconds
 
 
 def head(metadata: dict[str, str], body: bytes = b"", content_type: str = "application/octet-stream") -> dict:
@@ -41,12 +42,12 @@ def head(metadata: dict[str, str], body: bytes = b"", content_type: str = "appli
 
 
 def test_mtime_and_mode_forms():
-    assert format_mtime(1732363200.123456) == "1732363200.123456000"
-    assert format_mtime(1700000000) == "1700000000.000000000"
-    assert format_mtime(-1.5) == "-1.500000000"
-    assert parse_mtime("1732363200.123456789") == pytest.approx(1732363200.123456789)
-    assert parse_mtime("1700000000") == 1700000000.0
-    assert parse_mtime("2023-11-14T22:13:20.123456789Z") == pytest.approx(1700000000.123456)
+    assert format_mtime(1732363200_123456000) == "1732363200.123456000"
+    assert format_mtime(1700000000_000000000) == "1700000000.000000000"
+    assert format_mtime(-1_500000000) == "-1.500000000"
+    assert parse_mtime("1732363200.123456789") == 1732363200_123456789
+    assert parse_mtime("1700000000") == 1700000000_000000000
+    assert parse_mtime("2023-11-14T22:13:20.123456789Z") == 1700000000_123456789
     assert parse_mtime("garbage") is None and parse_mtime(None) is None
     assert parse_mode("33188") == 0o100644            # s3fs: decimal
     assert parse_mode("16877") == 0o40755
@@ -70,7 +71,7 @@ def test_value_encoding():
 
 
 def test_headers_for_and_back():
-    meta = ObjectMeta(mtime=1700000000.5, mode=0o100600, uid=0, gid=0, content_type="text/plain",
+    meta = ObjectMeta(mtime_ns=1_700_000_000_500_000_000, mode=0o100600, uid=0, gid=0, content_type="text/plain",
                       xattrs={"user.comment": b"hello world", "user.binary": bytes(range(256)), "user.Upper": b"x"})
     headers = headers_for(meta)
     assert headers["content-type"] == "text/plain" and headers["x-amz-meta-comment"] == "hello world"
@@ -79,7 +80,7 @@ def test_headers_for_and_back():
     assert all(k == "content-type" or k.startswith("x-amz-meta-") for k in headers)
     answer = {**head({}), **{k: v for k, v in headers.items() if k.startswith("x-amz-meta-")}}
     info = info_from_headers("k", answer)
-    assert (info.mtime, info.mode, info.uid, info.gid) == (1700000000.5, 0o100600, 0, 0)
+    assert (info.mtime_ns, info.mode, info.uid, info.gid) == (1700000000_500000000, 0o100600, 0, 0)
     assert info.xattrs == {"user.comment": b"hello world", "user.binary": bytes(range(256)), "user.Upper": b"x"}
 
 
@@ -92,7 +93,7 @@ def test_every_xattr_name_round_trips_none_is_dropped(caplog):
     """A name S3 cannot keep as a metadata key goes into s3fs's 'xattr' key; headers stay ASCII."""
     xattrs = {"user.plain": b"v", **ODD_NAMES}
     with caplog.at_level("WARNING"):
-        headers = headers_for(ObjectMeta(mtime=1.0, xattrs=xattrs))
+        headers = headers_for(ObjectMeta(mtime_ns=1_000_000_000, xattrs=xattrs))
     assert caplog.text == ""
     assert all(k.isascii() and v.isascii() and "\n" not in v for k, v in headers.items())
     assert headers["x-amz-meta-plain"] == "v"
@@ -100,18 +101,19 @@ def test_every_xattr_name_round_trips_none_is_dropped(caplog):
     assert info_from_headers("k", answer).xattrs == xattrs
     doc = json.loads(unquote(headers["x-amz-meta-xattr"], errors="surrogateescape"))  # s3fs's own form
     assert set(doc) == set(ODD_NAMES) and base64.b64decode(doc["user.Upper"]) == b"x"
-    assert "xattr" not in metadata_for(ObjectMeta(mtime=1.0, xattrs={"user.plain": b"v"}))  # only when needed
+    plain = ObjectMeta(mtime_ns=1_000_000_000, xattrs={"user.plain": b"v"})
+    assert "xattr" not in metadata_for(plain)  # only when needed
     assert user_metadata({"X-Amz-Meta-Mode": "1", "content-type": "x"}) == {"mode": "1"}
 
 
 def test_s3fs_xattr_key_and_rclone_metadata():
     s3fs = info_from_headers("k", head({"mtime": "1700000000", "mode": "33188", "uid": "1000", "gid": "1000",
                                         "xattr": quote(json.dumps({"user.tag": base64.b64encode(b"v1").decode()}))}))
-    assert (s3fs.mtime, s3fs.mode, s3fs.uid, s3fs.xattrs) == (1700000000.0, 0o100644, 1000, {"user.tag": b"v1"})
+    assert (s3fs.mtime_ns, s3fs.mode, s3fs.uid, s3fs.xattrs) == (1700000000 * NS, 0o100644, 1000, {"user.tag": b"v1"})
     rclone = info_from_headers("k", head({"mtime": "1700000000.500000000", "btime": "2023-11-14T22:13:20Z",
                                           "mode": "100640", "md5chksum": "kAFQmDzST7DWlj99KOF/cg==",
                                           "owner": "someone"}))
-    assert (rclone.mtime, rclone.mode, rclone.xattrs) == (1700000000.5, 0o100640, {"user.owner": b"someone"})
+    assert (rclone.mtime_ns, rclone.mode, rclone.xattrs) == (1700000000_500000000, 0o100640, {"user.owner": b"someone"})
     assert info_from_headers("k", head({"xattr": "%7Bnot json"})).xattrs == {}
 
 
@@ -126,33 +128,37 @@ def test_unreadable_answers_and_folder_markers():
 
 
 def test_metadata_for_writes_times_and_rdev_in_s3fs_names():
-    meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.5, atime=1732363100.000001, mode=0o100640,
-                      uid=1000, gid=1001)
-    assert metadata_for(meta) == {"mtime": "1732363200.123456000", "ctime": "1732363300.500000000",
-                                  "atime": "1732363100.000001000", "mode": "33184", "uid": "1000", "gid": "1001"}
-    assert metadata_for(ObjectMeta(mtime=5.0)) == {"mtime": "5.000000000", "mode": "33188"}  # unknown: left out
-    dev = ObjectMeta(mtime=1.0, mode=stat.S_IFCHR | 0o600, rdev=0x103)
+    meta = ObjectMeta(mtime_ns=1732363200_123456789, ctime_ns=1732363300_500000000, atime_ns=1732363100_000000001,
+                      mode=0o100640, uid=1000, gid=1001)
+    assert metadata_for(meta) == {"mtime": "1732363200.123456789", "ctime": "1732363300.500000000",
+                                  "atime": "1732363100.000000001", "mode": "33184", "uid": "1000", "gid": "1001"}
+    unknown = ObjectMeta(mtime_ns=5_000_000_000)
+    assert metadata_for(unknown) == {"mtime": "5.000000000", "mode": "33188"}  # unknown: left out
+    dev = ObjectMeta(mtime_ns=1_000_000_000, mode=stat.S_IFCHR | 0o600, rdev=0x103)
     assert metadata_for(dev)["rdev"] == "259" and metadata_for(dev)["mode"] == str(stat.S_IFCHR | 0o600)
 
 
 def test_times_round_trip_through_a_head():
-    meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.25, atime=1732363100.75, mode=0o100644)
+    meta = ObjectMeta(mtime_ns=1732363200_123456789, ctime_ns=1732363300_250000000, atime_ns=1732363100_999999999,
+                      mode=0o100644)
     info = info_from_headers("k", head(metadata_for(meta)))
-    assert (info.mtime, info.ctime, info.atime, info.rdev) == (meta.mtime, meta.ctime, meta.atime, None)
-    assert format_mtime(info.ctime) == "1732363300.250000000"
+    assert (info.mtime_ns, info.ctime_ns, info.atime_ns, info.rdev) == (meta.mtime_ns, meta.ctime_ns, meta.atime_ns,
+                                                                         None)
+    assert format_mtime(info.ctime_ns) == "1732363300.250000000"
 
 
 def test_s3fs_and_rclone_times():
     s3fs = info_from_headers("k", head({"mtime": "1700000000", "ctime": "1700000002", "atime": "1700000001",
                                      "mode": "33188"}))
-    assert (s3fs.mtime, s3fs.ctime, s3fs.atime) == (1700000000.0, 1700000002.0, 1700000001.0)
+    assert (s3fs.mtime_ns, s3fs.ctime_ns, s3fs.atime_ns) == (1700000000 * NS, 1700000002 * NS, 1700000001 * NS)
     rclone = info_from_headers("k", head({"mtime": "2023-11-14T22:13:20.5Z", "atime": "2023-11-14T22:13:21Z",
                                        "btime": "2023-11-14T22:13:19Z"}))
-    assert (rclone.mtime, rclone.atime, rclone.ctime) == (1700000000.5, 1700000001.0, None)
+    assert (rclone.mtime_ns, rclone.atime_ns, rclone.ctime_ns) == (1700000000_500000000, 1700000001 * NS, None)
     bare = info_from_headers("k", head({}))
-    assert (bare.mtime, bare.ctime, bare.atime, bare.mode) == (LAST_MODIFIED.timestamp(), None, None, None)
+    assert (bare.mtime_ns, bare.ctime_ns, bare.atime_ns, bare.mode) == (int(LAST_MODIFIED.timestamp()) * NS, None, None,
+                                                                   None)
     bad = info_from_headers("k", head({"ctime": "soon", "atime": ""}))
-    assert (bad.ctime, bad.atime) == (None, None)
+    assert (bad.ctime_ns, bad.atime_ns) == (None, None)
 
 
 @pytest.mark.parametrize("mode", [stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777,
@@ -198,7 +204,8 @@ def test_reserved_names_are_never_xattrs():
     assert {"ctime", "atime", "rdev", "mtime", "mode", "uid", "gid"} <= RESERVED_KEYS
     md = {"ctime": "1", "atime": "2", "rdev": "3", "mode": "4480", "note": "kept"}
     assert xattrs_from_metadata(md) == {"user.note": b"kept"}
-    meta = ObjectMeta(mtime=1.0, ctime=2.0, atime=3.0, rdev=4, xattrs={"user.rdev": b"x", "user.ok": b"y"})
+    meta = ObjectMeta(mtime_ns=1_000_000_000, ctime_ns=2_000_000_000, atime_ns=3_000_000_000, rdev=4,
+                      xattrs={"user.rdev": b"x", "user.ok": b"y"})
     md = metadata_for(meta)
     assert md["rdev"] == "4" and md["ok"] == "y"  # user.rdev is not the rdev key: the name is s3fs's
     assert xattrs_from_metadata(md) == {"user.ok": b"y", "user.rdev": b"x"}  # it goes by the 'xattr' key

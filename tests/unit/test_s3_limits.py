@@ -22,6 +22,8 @@ from storefs.providers.s3.http import MAX_HEADERS
 from storefs.providers.s3.provider import S3Provider
 from storefs.view.health import ProviderHealth
 
+NS = 1_000_000_000  # times are integer nanoseconds
+
 BUCKET = "bkt"
 LAST_MODIFIED = "Thu, 02 Jan 2025 03:04:05 GMT"
 
@@ -124,7 +126,7 @@ def test_keys_over_1024_bytes_with_the_prefix_are_too_long(server):
 
 def test_metadata_over_2_kib_is_e2big_counted_as_the_headers_go(server):
     p = provider(server)
-    meta = ObjectMeta(mtime=1700000000.0, ctime=1700000000.0, atime=1700000000.0, uid=1000, gid=1000)
+    meta = ObjectMeta(mtime_ns=1700000000 * NS, ctime_ns=1700000000 * NS, atime_ns=1700000000 * NS, uid=1000, gid=1000)
     p.check_meta("k", meta)
     for n in range(1, 200):  # as 200 setfattr calls would: refused at some point, never after S3's limit
         meta.xattrs[f"user.attr{n:03d}"] = b"value-%03d" % n
@@ -138,7 +140,7 @@ def test_metadata_over_2_kib_is_e2big_counted_as_the_headers_go(server):
         p.check_meta("k", meta)
     else:
         pytest.fail("199 xattrs fit in 2 KiB")
-    odd = ObjectMeta(mtime=1.0, xattrs={"user.Big": b"\xff" * 1600})  # counted in the s3fs 'xattr' key too
+    odd = ObjectMeta(mtime_ns=1_000_000_000, xattrs={"user.Big": b"\xff" * 1600})  # counted in the s3fs 'xattr' key too
     with pytest.raises(errors.MetadataTooLarge):
         p.check_meta("k", odd)
 

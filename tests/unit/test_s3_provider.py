@@ -28,6 +28,8 @@ from storefs.providers.s3 import S3Provider
 from storefs.providers.s3.http import Answer, ConnectionLost
 from storefs.testing.seaweed import SeaweedServer, weed_binary
 
+NS = 1_000_000_000  # times are integer nanoseconds
+
 MiB = 1024 * 1024
 BUCKET = "storefs-test"
 
@@ -108,14 +110,14 @@ def wrapped_http(p: S3Provider, wrap):
 
 def test_put_head_get_range(s3, raw, base, tmp_path):
     data = bytes(range(100))
-    meta = ObjectMeta(mtime=1732363200.123456, mode=0o100640, uid=1000, gid=1001, content_type="image/png")
+    meta = ObjectMeta(mtime_ns=1_732_363_200_123_456_000, mode=0o100640, uid=1000, gid=1001, content_type="image/png")
     info = s3.put_file(base + "a1/x.png", write(tmp_path, data), meta)
-    assert (info.key, info.size, info.mtime, info.mode, info.etag) == (
-        base + "a1/x.png", 100, meta.mtime, 0o100640, hashlib.md5(data).hexdigest())
+    assert (info.key, info.size, info.mtime_ns, info.mode, info.etag) == (
+        base + "a1/x.png", 100, meta.mtime_ns, 0o100640, hashlib.md5(data).hexdigest())
     h = s3.head(base + "a1/x.png")
     assert (h.size, h.mode, h.uid, h.gid, h.content_type, h.etag, h.xattrs) == (
         100, 0o100640, 1000, 1001, "image/png", info.etag, {})
-    assert h.mtime == pytest.approx(meta.mtime, abs=1e-6)
+    assert h.mtime_ns == meta.mtime_ns
     r = raw.head_object(Bucket=BUCKET, Key=base + "a1/x.png")
     assert r["ContentType"] == "image/png"
     assert r["Metadata"] == {"mtime": "1732363200.123456000", "mode": str(0o100640), "uid": "1000", "gid": "1001"}
@@ -127,13 +129,13 @@ def test_put_head_get_range(s3, raw, base, tmp_path):
     assert s3.get_range(base + "a1/x.png", 3, 0) == b""
     # overwrite: readers see the new object; uid/gid omitted when unknown
     # (SeaweedFS replaces application/octet-stream by the type of a known extension such as .png)
-    s3.put_file(base + "a1/x.png", write(tmp_path, b"new"), ObjectMeta(mtime=5.0, content_type="text/plain"))
+    s3.put_file(base + "a1/x.png", write(tmp_path, b"new"), ObjectMeta(mtime_ns=5 * NS, content_type="text/plain"))
     h = s3.head(base + "a1/x.png")
-    assert (h.size, h.uid, h.gid, h.mode, h.mtime, h.content_type) == (3, None, None, 0o100644, 5.0, "text/plain")
+    assert (h.size, h.uid, h.gid, h.mode, h.mtime_ns, h.content_type) == (3, None, None, 0o100644, 5 * NS, "text/plain")
     assert raw.head_object(Bucket=BUCKET, Key=base + "a1/x.png")["Metadata"] == {"mtime": "5.000000000",
                                                                                   "mode": "33188"}
     # empty file
-    s3.put_file(base + "empty", write(tmp_path, b""), ObjectMeta(mtime=1.0))
+    s3.put_file(base + "empty", write(tmp_path, b""), ObjectMeta(mtime_ns=1_000_000_000))
     assert s3.head(base + "empty").size == 0 and s3.get_range(base + "empty", 0, 10) == b""
 
 
@@ -142,19 +144,19 @@ def test_metadata_round_trip_with_xattrs(s3, base, tmp_path, caplog):
               "user.binary": bytes(range(256)), "user.trap": b"b64:abc", "user.empty": b"",
               "user.dotted.name": b" spaced "}
     odd = {"user.Upper": b"kept", "user.mtime": b"not the file's", "user.é ✓": b"\xff"}  # s3fs's 'xattr' key
-    meta = ObjectMeta(mtime=1700000000.5, mode=0o100600, uid=0, gid=0, content_type="text/plain",
+    meta = ObjectMeta(mtime_ns=1_700_000_000_500_000_000, mode=0o100600, uid=0, gid=0, content_type="text/plain",
                       xattrs={**xattrs, **odd})
     s3.put_file(base + "m.txt", write(tmp_path, b"x"), meta)
     assert "user.Upper" not in caplog.text  # nothing dropped, nothing to warn of
     h = s3.head(base + "m.txt")
     assert h.xattrs == {**xattrs, **odd}
-    assert (h.mtime, h.mode, h.uid, h.gid) == (1700000000.5, 0o100600, 0, 0)
+    assert (h.mtime_ns, h.mode, h.uid, h.gid) == (1_700_000_000_500_000_000, 0o100600, 0, 0)
 
 
 def test_big_object_multipart_ranges_and_managed_copy(server, s3, raw, base, tmp_path):
     data = random.Random(7).randbytes(40 * MiB)
     src = write(tmp_path, data)
-    meta = ObjectMeta(mtime=1234.5, content_type="video/mp4", xattrs={"user.k": b"v"})
+    meta = ObjectMeta(mtime_ns=1_234_500_000_000, content_type="video/mp4", xattrs={"user.k": b"v"})
     info = s3.put_file(base + "big.mp4", src, meta)
     assert info.size == len(data) and info.etag.endswith("-8")  # 8 parts of 5 MiB: a multipart upload
     h = hashlib.sha256()
@@ -172,10 +174,10 @@ def test_big_object_multipart_ranges_and_managed_copy(server, s3, raw, base, tmp
         kept = p.copy(base + "big.mp4", base + "copy.mp4")
         assert kept.size == len(data)
         hc = p.head(base + "copy.mp4")
-        assert (hc.content_type, hc.mtime, hc.xattrs) == ("video/mp4", 1234.5, {"user.k": b"v"})
-        p.set_meta(base + "copy.mp4", ObjectMeta(mtime=99.0, content_type="video/webm"))
+        assert (hc.content_type, hc.mtime_ns, hc.xattrs) == ("video/mp4", 1_234_500_000_000, {"user.k": b"v"})
+        p.set_meta(base + "copy.mp4", ObjectMeta(mtime_ns=99_000_000_000, content_type="video/webm"))
         hc = p.head(base + "copy.mp4")
-        assert (hc.content_type, hc.mtime, hc.xattrs, hc.size) == ("video/webm", 99.0, {}, len(data))
+        assert (hc.content_type, hc.mtime_ns, hc.xattrs, hc.size) == ("video/webm", 99_000_000_000, {}, len(data))
         body = raw.get_object(Bucket=BUCKET, Key=base + "copy.mp4")["Body"].read()
         assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
     finally:
@@ -199,7 +201,7 @@ def test_list_pagination_and_delete_many(s3, raw, base):
 def test_markers_and_implicit_dirs(s3, raw, base, tmp_path):
     sent = []
     with wrapped_http(s3, lambda real: Recording(real, sent)):
-        s3.make_dir(base + "empty/", ObjectMeta(mtime=42.25, mode=0o40750, uid=7, gid=8))
+        s3.make_dir(base + "empty/", ObjectMeta(mtime_ns=42_250_000_000, mode=0o40750, uid=7, gid=8))
     # SeaweedFS keeps a marker as a filer folder and drops its user metadata, so check what was sent
     assert [m for m, _, _ in sent] == ["PUT"] and sent[0][2]["x-amz-meta-mode"] == str(0o40750)
     assert sent[0][2]["x-amz-meta-mtime"] == "42.250000000" and sent[0][2]["x-amz-meta-uid"] == "7"
@@ -207,10 +209,10 @@ def test_markers_and_implicit_dirs(s3, raw, base, tmp_path):
     r = raw.head_object(Bucket=BUCKET, Key=base + "empty/")
     assert r["ContentType"] == "application/x-directory" and r["ContentLength"] == 0
     t = time.monotonic()  # a PUT after an empty PUT once stalled for read_timeout (Expect: 100-continue)
-    s3.put_file(base + "implicit/f.txt", write(tmp_path, b"1"), ObjectMeta(mtime=1.0))
-    s3.put_file(base + "file.txt", write(tmp_path, b"22"), ObjectMeta(mtime=1.0))
-    s3.make_dir(base + "both", ObjectMeta(mtime=1.0))  # marker and content
-    s3.put_file(base + "both/g", write(tmp_path, b"3"), ObjectMeta(mtime=1.0))
+    s3.put_file(base + "implicit/f.txt", write(tmp_path, b"1"), ObjectMeta(mtime_ns=1_000_000_000))
+    s3.put_file(base + "file.txt", write(tmp_path, b"22"), ObjectMeta(mtime_ns=1_000_000_000))
+    s3.make_dir(base + "both", ObjectMeta(mtime_ns=1_000_000_000))  # marker and content
+    s3.put_file(base + "both/g", write(tmp_path, b"3"), ObjectMeta(mtime_ns=1_000_000_000))
     assert time.monotonic() - t < 5
     entries = {e.key: e for e in s3.list(base)}
     assert {k for k, e in entries.items() if e.is_dir} == {base + "empty/", base + "implicit/", base + "both/"}
@@ -231,25 +233,26 @@ def test_markers_and_implicit_dirs(s3, raw, base, tmp_path):
 
 
 def test_copy_set_meta_delete(s3, base, tmp_path):
-    meta = ObjectMeta(mtime=10.0, mode=0o100755, uid=1, gid=2, content_type="text/x-python",
+    meta = ObjectMeta(mtime_ns=10_000_000_000, mode=0o100755, uid=1, gid=2, content_type="text/x-python",
                       xattrs={"user.a": b"1"})
     s3.put_file(base + "src.py", write(tmp_path, b"print(1)\n"), meta)
     c = s3.copy(base + "src.py", base + "dst.py")
-    assert (c.key, c.size, c.mtime, c.mode, c.xattrs, c.content_type) == (
-        base + "dst.py", 9, 10.0, 0o100755, {"user.a": b"1"}, "text/x-python")
+    assert (c.key, c.size, c.mtime_ns, c.mode, c.xattrs, c.content_type) == (
+        base + "dst.py", 9, 10_000_000_000, 0o100755, {"user.a": b"1"}, "text/x-python")
     h = s3.head(base + "dst.py")
-    assert (h.mtime, h.mode, h.uid, h.gid, h.xattrs, h.content_type) == (10.0, 0o100755, 1, 2, {"user.a": b"1"},
+    assert (h.mtime_ns, h.mode, h.uid, h.gid, h.xattrs, h.content_type) == (10 * NS, 0o100755, 1, 2, {"user.a": b"1"},
                                                                          "text/x-python")
-    s3.copy(base + "src.py", base + "re.txt", ObjectMeta(mtime=20.0, content_type="text/plain"))
+    s3.copy(base + "src.py", base + "re.txt", ObjectMeta(mtime_ns=20_000_000_000, content_type="text/plain"))
     h = s3.head(base + "re.txt")
-    assert (h.mtime, h.mode, h.uid, h.xattrs, h.content_type) == (20.0, 0o100644, None, {}, "text/plain")
-    info = s3.set_meta(base + "src.py", ObjectMeta(mtime=30.5, mode=0o100600, xattrs={"user.b": "ü".encode()}))
-    assert info.mtime == 30.5 and info.size == 9
+    assert (h.mtime_ns, h.mode, h.uid, h.xattrs, h.content_type) == (20_000_000_000, 0o100644, None, {}, "text/plain")
+    info = s3.set_meta(base + "src.py", ObjectMeta(mtime_ns=30_500_000_000, mode=0o100600,
+                                                   xattrs={"user.b": "ü".encode()}))
+    assert info.mtime_ns == 30_500_000_000 and info.size == 9
     h = s3.head(base + "src.py")
-    assert (h.mtime, h.mode, h.xattrs, h.size) == (30.5, 0o100600, {"user.b": "ü".encode()}, 9)
+    assert (h.mtime_ns, h.mode, h.xattrs, h.size) == (30_500_000_000, 0o100600, {"user.b": "ü".encode()}, 9)
     assert s3.get_range(base + "src.py", 0, 100) == b"print(1)\n"
     with pytest.raises(errors.NotFound):
-        s3.set_meta(base + "missing", ObjectMeta(mtime=1.0))
+        s3.set_meta(base + "missing", ObjectMeta(mtime_ns=1_000_000_000))
     with pytest.raises(errors.NotFound):
         s3.copy(base + "missing", base + "x")
     s3.delete(base + "src.py")
@@ -264,7 +267,7 @@ def test_prefix_and_urls(server, raw, base, tmp_path):
     p = S3Provider(settings(server, prefix=base + "inner", public_url_base="https://cdn.example.com/"))
     q = S3Provider(settings(server))
     try:
-        p.put_file("a/b c.txt", write(tmp_path, b"hi"), ObjectMeta(mtime=1.0, content_type="text/plain"))
+        p.put_file("a/b c.txt", write(tmp_path, b"hi"), ObjectMeta(mtime_ns=1_000_000_000, content_type="text/plain"))
         assert raw.head_object(Bucket=BUCKET, Key=base + "inner/a/b c.txt")["ContentLength"] == 2
         assert [(e.key, e.is_dir) for e in p.list("")] == [("a/", True)]
         assert [e.key for e in p.list("a/")] == ["a/b c.txt"]
@@ -285,16 +288,16 @@ def test_interop_with_s3fs_and_rclone_metadata(s3, raw, base):
                              "atime": "1700000001", "ctime": "1700000002",
                              "xattr": quote(json.dumps({"user.tag": base64.b64encode(b"v1").decode()}))})
     h = s3.head(base + "s3fs.bin")
-    assert (h.mtime, h.mode, h.uid, h.gid, h.xattrs) == (1700000000.0, 0o100644, 1000, 1000, {"user.tag": b"v1"})
+    assert (h.mtime_ns, h.mode, h.uid, h.gid, h.xattrs) == (1700000000 * NS, 0o100644, 1000, 1000, {"user.tag": b"v1"})
     raw.put_object(Bucket=BUCKET, Key=base + "rclone.bin", Body=b"abc",
                    Metadata={"mtime": "1700000000.500000000", "btime": "2023-11-14T22:13:20Z", "mode": "100640",
                              "md5chksum": "kAFQmDzST7DWlj99KOF/cg==", "owner": "someone"})
     h = s3.head(base + "rclone.bin")
-    assert (h.mtime, h.mode, h.xattrs) == (1700000000.5, 0o100640, {"user.owner": b"someone"})
+    assert (h.mtime_ns, h.mode, h.xattrs) == (1_700_000_000_500_000_000, 0o100640, {"user.owner": b"someone"})
     raw.put_object(Bucket=BUCKET, Key=base + "plain.bin", Body=b"abc")
     h = s3.head(base + "plain.bin")
-    lm = raw.head_object(Bucket=BUCKET, Key=base + "plain.bin")["LastModified"].timestamp()
-    assert (h.mtime, h.mode, h.uid, h.xattrs) == (lm, None, None, {})
+    lm = round(raw.head_object(Bucket=BUCKET, Key=base + "plain.bin")["LastModified"].timestamp()) * 1_000_000_000
+    assert (h.mtime_ns, h.mode, h.uid, h.xattrs) == (lm, None, None, {})
 
 
 def test_errors_and_check(server, s3):
@@ -334,7 +337,7 @@ def test_outage_stopped_and_frozen_server(tmp_path):
         srv.create_bucket(BUCKET)
         p = S3Provider(settings(srv, read_deadline=3.0))
         try:
-            p.put_file("k", write(tmp_path, b"data"), ObjectMeta(mtime=1.0))
+            p.put_file("k", write(tmp_path, b"data"), ObjectMeta(mtime_ns=1_000_000_000))
             srv.stop_server()                                     # connection refused
             t = time.monotonic()
             with pytest.raises(errors.ProviderUnavailable, match="cannot reach"):
@@ -419,9 +422,9 @@ def test_a_server_that_does_not_honour_conditions_gets_a_head_before(server, raw
         assert not p.atomic_conditions and "checked by a HEAD just before" in caplog.text
         src = write(tmp_path, b"mine")
         with wrapped_http(p, lambda real: ScriptedByMethod(real, ())) as http:
-            p.put_file("k", src, ObjectMeta(mtime=1.0), if_absent=True)
+            p.put_file("k", src, ObjectMeta(mtime_ns=1_000_000_000), if_absent=True)
             with pytest.raises(errors.Conflict):
-                p.put_file("k", src, ObjectMeta(mtime=1.0), if_absent=True)
+                p.put_file("k", src, ObjectMeta(mtime_ns=1_000_000_000), if_absent=True)
         assert [(m, h.get("if-none-match")) for m, _, h in http.sent] == [("HEAD", None), ("PUT", None), ("HEAD", None)]
     finally:
         p.close()
@@ -435,16 +438,16 @@ def test_a_conditional_put_retried_after_a_lost_answer_meets_itself(server, raw,
         p.check(writable=True)
         src = write(tmp_path, b"our bytes")
         with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), "forward, then lose the answer")) as http:
-            info = p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_absent=True)
+            info = p.put_file(base + "k", src, ObjectMeta(mtime_ns=1_000_000_000), if_absent=True)
         assert info.etag == hashlib.md5(b"our bytes").hexdigest() and [m for m, _, _ in http.sent][:2] == ["PUT", "PUT"]
         raw.put_object(Bucket=BUCKET, Key=base + "k", Body=b"their bytes")
         seen = raw.head_object(Bucket=BUCKET, Key=base + "k")["ETag"].strip('"')
         with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), ConnectionLost("lost"))):
             with pytest.raises(errors.Conflict):
-                p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_absent=True)
+                p.put_file(base + "k", src, ObjectMeta(mtime_ns=1_000_000_000), if_absent=True)
         assert raw.get_object(Bucket=BUCKET, Key=base + "k")["Body"].read() == b"their bytes"
         with wrapped_http(p, lambda real: ScriptedByMethod(real, ("PUT",), "forward, then lose the answer")):
-            p.put_file(base + "k", src, ObjectMeta(mtime=1.0), if_match=seen)  # our own If-Match PUT landed
+            p.put_file(base + "k", src, ObjectMeta(mtime_ns=1 * NS), if_match=seen)  # our own If-Match PUT landed
         assert raw.get_object(Bucket=BUCKET, Key=base + "k")["Body"].read() == b"our bytes"
     finally:
         p.close()
@@ -516,10 +519,10 @@ def test_small_puts_errors_fail_only_their_request(server, raw, base, tmp_path):
     src = write(tmp_path, b"payload")
     bad = S3Provider(settings(server, secret_access_key="wrong-secret-value"))
     with pytest.raises(errors.AccessDenied):
-        bad.put_file(base + "a", src, ObjectMeta(mtime=1.0))
+        bad.put_file(base + "a", src, ObjectMeta(mtime_ns=1_000_000_000))
     down = S3Provider(settings(server, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2))
     with pytest.raises(errors.ProviderUnavailable, match="cannot reach.*gave up after 2 attempts"):
-        down.put_file(base + "a", src, ObjectMeta(mtime=1.0))
+        down.put_file(base + "a", src, ObjectMeta(mtime_ns=1_000_000_000))
 
     class Scripted:
         """Answers from a script first (one per request), then the real server's."""
@@ -536,7 +539,7 @@ def test_small_puts_errors_fail_only_their_request(server, raw, base, tmp_path):
             return self.real.request(method, target, headers, timeouts, body, limit)
 
     p = S3Provider(settings(server))
-    meta = ObjectMeta(mtime=2.0, content_type="text/plain")
+    meta = ObjectMeta(mtime_ns=2_000_000_000, content_type="text/plain")
     no_bucket = Answer(404, {}, b"<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>")
     with wrapped_http(p, lambda real: Scripted(real, no_bucket)) as http:
         with pytest.raises(errors.ProviderError, match=f"bucket {BUCKET} does not exist"):  # (SeaweedFS creates it)
@@ -572,8 +575,9 @@ def test_listing_reads_what_boto3_reads(s3, raw, base):
     theirs = raw.list_objects_v2(Bucket=BUCKET, Prefix=base, Delimiter="/")
     assert {k for k, o in listed.items() if o.is_dir} == {p["Prefix"] for p in theirs.get("CommonPrefixes", [])} | \
         {o["Key"] for o in theirs["Contents"] if o["Key"].endswith("/")}
-    assert {(k, o.size, o.etag, o.mtime) for k, o in listed.items() if not o.is_dir} == \
-        {(o["Key"], o["Size"], o["ETag"].strip('"'), o["LastModified"].timestamp()) for o in theirs["Contents"]
+    assert {(k, o.size, o.etag, o.mtime_ns) for k, o in listed.items() if not o.is_dir} == \
+        {(o["Key"], o["Size"], o["ETag"].strip('"'), round(o["LastModified"].timestamp() * 1000) * 1_000_000)
+         for o in theirs["Contents"]
          if not o["Key"].endswith("/")}
     assert set(listed) == {base + n for n in names if "/" not in n} | {base + "sub dir/", base + "marker dir/"}
     flat = {o.key for o in s3.walk(base)}
@@ -583,7 +587,7 @@ def test_listing_reads_what_boto3_reads(s3, raw, base):
 
 def test_head_reads_what_boto3_reads(s3, raw, base, tmp_path):
     """A HEAD answers the ObjectInfo of what head_object sees, for our objects and other clients', and misses."""
-    meta = ObjectMeta(mtime=1_700_000_000.5, mode=0o100640, uid=12, gid=34, content_type="image/png",
+    meta = ObjectMeta(mtime_ns=1_700_000_000_500_000_000, mode=0o100640, uid=12, gid=34, content_type="image/png",
                       xattrs={"user.note": b"caf\xc3\xa9 \x00bin", "user.plain": b"v"})
     names = ["plain.png", "with space.png", "plus+sign.png", "ümlaut-日本.png", "q?mark=1.png"]
     for n in names:
@@ -603,10 +607,10 @@ def test_head_reads_what_boto3_reads(s3, raw, base, tmp_path):
         info = got[n]
         assert (info.size, info.etag, info.content_type) == (theirs["ContentLength"], theirs["ETag"].strip('"'),
                                                              theirs["ContentType"])
-        assert (info.mtime, info.mode, info.uid, info.gid, info.xattrs) == (meta.mtime, meta.mode, 12, 34,
+        assert (info.mtime_ns, info.mode, info.uid, info.gid, info.xattrs) == (meta.mtime_ns, meta.mode, 12, 34,
                                                                             meta.xattrs)
     assert got["with space.png"].etag == hashlib.md5(b"head me").hexdigest()
-    assert got["foreign.txt"].mtime == 1_600_000_000 and got["foreign.txt"].content_type == "text/plain"
+    assert got["foreign.txt"].mtime_ns == 1_600_000_000_000_000_000 and got["foreign.txt"].content_type == "text/plain"
     assert got["foreign.txt"].xattrs == {"user.owner": b"someone"}
 
 
@@ -686,25 +690,26 @@ S_IFLNK_0777 = stat.S_IFLNK | 0o777  # 41471, the mode s3fs stores for a symlink
 
 
 def test_ctime_and_atime_in_s3fs_names(s3, raw, base, tmp_path):
-    meta = ObjectMeta(mtime=1732363200.123456, ctime=1732363300.5, atime=1732363100.25, mode=0o100644)
+    meta = ObjectMeta(mtime_ns=1732363200_123456000, ctime_ns=1732363300_500000000, atime_ns=1732363100_250000000,
+                      mode=0o100644)
     info = s3.put_file(base + "t.bin", write(tmp_path, b"abc"), meta)
-    assert (info.ctime, info.atime) == (meta.ctime, meta.atime)
+    assert (info.ctime_ns, info.atime_ns) == (meta.ctime_ns, meta.atime_ns)
     md = raw.head_object(Bucket=BUCKET, Key=base + "t.bin")["Metadata"]
     assert (md["ctime"], md["atime"], md["mtime"]) == ("1732363300.500000000", "1732363100.250000000",
                                                        "1732363200.123456000")
     h = s3.head(base + "t.bin")
-    assert (h.mtime, h.ctime, h.atime, h.xattrs) == (pytest.approx(meta.mtime, abs=1e-6), 1732363300.5,
-                                                     1732363100.25, {})
+    assert (h.mtime_ns, h.ctime_ns, h.atime_ns, h.xattrs) == (meta.mtime_ns, 1732363300_500000000,
+                                                              1732363100_250000000, {})
     # set_meta (a copy onto itself) carries new times; a copy without meta keeps them
-    s3.set_meta(base + "t.bin", ObjectMeta(mtime=5.0, ctime=7.0, atime=6.0))
-    assert (s3.head(base + "t.bin").ctime, s3.head(base + "t.bin").atime) == (7.0, 6.0)
+    s3.set_meta(base + "t.bin", ObjectMeta(mtime_ns=5_000_000_000, ctime_ns=7_000_000_000, atime_ns=6_000_000_000))
+    assert (s3.head(base + "t.bin").ctime_ns, s3.head(base + "t.bin").atime_ns) == (7_000_000_000, 6_000_000_000)
     c = s3.copy(base + "t.bin", base + "u.bin")
-    assert (c.ctime, c.atime) == (7.0, 6.0) and s3.head(base + "u.bin").ctime == 7.0
+    assert (c.ctime_ns, c.atime_ns) == (7 * NS, 6 * NS) and s3.head(base + "u.bin").ctime_ns == 7 * NS
 
 
 def test_symlink_as_s3fs_stores_it(s3, raw, base, tmp_path):
     target = b"../blobs/0123abcd \xff"
-    meta = ObjectMeta(mtime=1700000000.0, mode=S_IFLNK_0777, uid=0, gid=0)
+    meta = ObjectMeta(mtime_ns=1_700_000_000_000_000_000, mode=S_IFLNK_0777, uid=0, gid=0)
     info = s3.put_file(base + "snap/model.bin", write(tmp_path, target), meta)
     assert (info.mode, info.size) == (S_IFLNK_0777, len(target))
     r = raw.get_object(Bucket=BUCKET, Key=base + "snap/model.bin")
@@ -721,8 +726,8 @@ def test_symlink_and_fifo_written_by_s3fs(s3, raw, base):
                    Metadata={"mode": "41471", "mtime": "1700000000", "ctime": "1700000001", "atime": "1700000002",
                              "uid": "1000", "gid": "1000"})
     h = s3.head(base + "latest")
-    assert (h.mode, h.size, h.mtime, h.ctime, h.atime) == (S_IFLNK_0777, 15, 1700000000.0, 1700000001.0,
-                                                           1700000002.0)
+    assert (h.mode, h.size, h.mtime_ns, h.ctime_ns, h.atime_ns) == (S_IFLNK_0777, 15, 1700000000_000000000,
+                                                                     1700000001_000000000, 1700000002_000000000)
     assert s3.get_range(base + "latest", 0, 100) == b"checkpoint-1000" and h.xattrs == {}
     raw.put_object(Bucket=BUCKET, Key=base + "pipe", Body=b"", Metadata={"mode": "4480", "mtime": "1700000000"})
     p = s3.head(base + "pipe")
@@ -737,7 +742,7 @@ def test_special_files_put_zero_bytes_with_their_type(s3, raw, base, tmp_path):
     empty = write(tmp_path, b"", "empty")
     for name, mode, rdev in (("fifo", stat.S_IFIFO | 0o640, None), ("sock", stat.S_IFSOCK | 0o755, None),
                              ("dev", stat.S_IFBLK | 0o660, os.makedev(7, 3))):
-        info = s3.put_file(base + name, empty, ObjectMeta(mtime=1.0, mode=mode, rdev=rdev))
+        info = s3.put_file(base + name, empty, ObjectMeta(mtime_ns=1_000_000_000, mode=mode, rdev=rdev))
         assert (info.mode, info.size, info.rdev) == (mode, 0, rdev)
         md = raw.head_object(Bucket=BUCKET, Key=base + name)["Metadata"]
         assert md["mode"] == str(mode) and md.get("rdev") == (None if rdev is None else str(rdev))
@@ -748,14 +753,15 @@ def test_special_files_put_zero_bytes_with_their_type(s3, raw, base, tmp_path):
 def test_head_dir_on_seaweedfs_never_fails(s3, raw, base, tmp_path):
     """SeaweedFS 4.x drops the metadata of keys ending in '/': head_dir answers None, nothing fails."""
     assert s3.head_dir(base + "missing/") is None and s3.head_dir("") is None
-    meta = ObjectMeta(mtime=1700000000.5, ctime=1700000001.0, atime=1700000002.0, mode=stat.S_IFDIR | 0o750,
+    meta = ObjectMeta(mtime_ns=1700000000_500000000, ctime_ns=1700000001 * NS, atime_ns=1700000002 * NS,
+                      mode=stat.S_IFDIR | 0o750,
                       uid=7, gid=8, xattrs={"user.project": b"cats"})
     s3.make_dir(base + "d/", meta)
     d = s3.head_dir(base + "d/")
     if d is not None:  # a SeaweedFS that keeps folder metadata
-        assert (d.mode, d.uid, d.gid, d.mtime, d.ctime, d.atime, d.xattrs) == (
-            meta.mode, 7, 8, meta.mtime, meta.ctime, meta.atime, meta.xattrs)
-    s3.put_file(base + "implicit/x", write(tmp_path, b"x"), ObjectMeta(mtime=1.0))
+        assert (d.mode, d.uid, d.gid, d.mtime_ns, d.ctime_ns, d.atime_ns, d.xattrs) == (
+            meta.mode, 7, 8, meta.mtime_ns, meta.ctime_ns, meta.atime_ns, meta.xattrs)
+    s3.put_file(base + "implicit/x", write(tmp_path, b"x"), ObjectMeta(mtime_ns=1_000_000_000))
     assert s3.head_dir(base + "implicit/") is None  # no marker
     assert s3.head_dir(base + "implicit") is None
 
@@ -790,25 +796,27 @@ def moto_s3():
 
 def test_head_dir_reads_the_marker_metadata_on_moto(moto_s3, base, tmp_path):
     s3, raw = moto_s3
-    meta = ObjectMeta(mtime=1700000000.123456, ctime=1700000001.5, atime=1700000002.25, mode=stat.S_IFDIR | 0o1770,
+    meta = ObjectMeta(mtime_ns=1700000000_123456000, ctime_ns=1700000001_500000000, atime_ns=1700000002_250000000,
+                      mode=stat.S_IFDIR | 0o1770,
                       uid=1000, gid=33, xattrs={"user.project": b"cats", "user.bin": b"\x00\xff"})
     s3.make_dir(base + "d/", meta)
     d = s3.head_dir(base + "d/")
     assert d is not None and d.is_dir and d.key == base + "d/" and d.size == 0
-    assert (d.mode, d.uid, d.gid, d.ctime, d.atime, d.xattrs) == (meta.mode, 1000, 33, meta.ctime, meta.atime,
-                                                                  meta.xattrs)
-    assert d.mtime == pytest.approx(meta.mtime, abs=1e-6)
+    assert (d.mode, d.uid, d.gid, d.ctime_ns, d.atime_ns, d.xattrs) == (meta.mode, 1000, 33, meta.ctime_ns,
+                                                                        meta.atime_ns, meta.xattrs)
+    assert d.mtime_ns == meta.mtime_ns
     assert s3.head_dir(base + "d") == d
     r = raw.head_object(Bucket=BUCKET, Key=base + "d/")
     assert r["Metadata"]["mode"] == str(meta.mode) and r["Metadata"]["ctime"] == "1700000001.500000000"
     # make_dir over an existing marker changes the folder's metadata (xattrs replaced)
-    s3.make_dir(base + "d/", ObjectMeta(mtime=5.0, mode=stat.S_IFDIR | 0o700, xattrs={"user.k": b"v"}))
+    s3.make_dir(base + "d/", ObjectMeta(mtime_ns=5_000_000_000, mode=stat.S_IFDIR | 0o700, xattrs={"user.k": b"v"}))
     d = s3.head_dir(base + "d/")
-    assert (d.mode, d.mtime, d.uid, d.ctime, d.xattrs) == (stat.S_IFDIR | 0o700, 5.0, None, None, {"user.k": b"v"})
+    assert (d.mode, d.mtime_ns, d.uid, d.ctime_ns, d.xattrs) == (stat.S_IFDIR | 0o700, 5 * NS, None, None,
+                                                                 {"user.k": b"v"})
     # a marker without metadata (another tool's), a missing one, a file under an implicit folder
     raw.put_object(Bucket=BUCKET, Key=base + "bare/", Body=b"")
     assert s3.head_dir(base + "bare/") is None and s3.head_dir(base + "none/") is None
-    s3.put_file(base + "implicit/x", write(tmp_path, b"x"), ObjectMeta(mtime=1.0))
+    s3.put_file(base + "implicit/x", write(tmp_path, b"x"), ObjectMeta(mtime_ns=1_000_000_000))
     assert s3.head_dir(base + "implicit/") is None
     # s3fs's marker: decimal mode; a mode without the type bits is still a folder
     raw.put_object(Bucket=BUCKET, Key=base + "s3fs/", Body=b"", ContentType="application/x-directory",

@@ -89,7 +89,7 @@ def test_every_request_says_storefs_and_is_signed(server):
     page = r.list_page("p/", T, delimiter="/")
     assert page.prefixes == ["p/sub dir+/"] and page.next_token == "next+1"
     assert [(o.key, o.size, o.etag) for o in page.objects] == [("p/a b.txt", 3, "e1")]
-    assert page.objects[0].modified == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    assert page.objects[0].modified_ns == int(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()) * 1_000_000_000
     assert len(server.seen) == 5
     for method, _, headers, _ in server.seen:
         assert headers["User-Agent"] == f"storefs/{__version__}", method

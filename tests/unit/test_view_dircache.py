@@ -17,7 +17,7 @@ class Clock:
 
 
 def file(key: str) -> tuple[str, ObjectInfo]:
-    return ("p", ObjectInfo(key=key, size=1, mtime=1.0))
+    return ("p", ObjectInfo(key=key, size=1, mtime_ns=1_000_000_000))
 
 
 def cache(clock: Clock, **tunables: int) -> DirCache:

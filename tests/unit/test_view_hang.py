@@ -68,7 +68,7 @@ def store(p: MemoryProvider, *keys: str) -> None:
         src.write(b"data")
         src.flush()
         for key in keys:
-            p.put_file(key, src.name, ObjectMeta(mtime=1.0))
+            p.put_file(key, src.name, ObjectMeta(mtime_ns=1_000_000_000))
 
 
 @pytest.fixture
@@ -258,7 +258,7 @@ def test_a_provider_asked_by_head_is_waited_for_only_until_it_turns_slow(
 def test_a_folder_found_by_head_is_cached_with_its_metadata(
         world: tuple[RemoteView, MemoryProvider, Clock]) -> None:
     v, p, clock = world
-    p.make_dir("t/b/", ObjectMeta(mtime=5.0, mode=0o40750))
+    p.make_dir("t/b/", ObjectMeta(mtime_ns=5_000_000_000, mode=0o40750))
     calls = sum(p.calls.values())
     for _ in range(3):
         found = v.lookup("t/b")

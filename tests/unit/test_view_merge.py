@@ -13,7 +13,7 @@ from storefs.view.merge import merge_listings, provider_order, walk_merged
 
 def info(key: str, size: int = 1) -> ObjectInfo:
     is_dir = key.endswith("/")
-    return ObjectInfo(key=key, size=0 if is_dir else size, mtime=1.0, is_dir=is_dir)
+    return ObjectInfo(key=key, size=0 if is_dir else size, mtime_ns=1_000_000_000, is_dir=is_dir)
 
 
 def test_the_default_provider_comes_first() -> None:
@@ -39,7 +39,7 @@ def test_an_alias_names_the_objects_key_at_the_provider(tmp_path: Path) -> None:
     src.write_bytes(b"the file")
     inner = MemoryProvider("m")
     p = AliasedProvider(inner)
-    info_ = p.put_file(f"d/x{FILE_SUFFIX}", str(src), ObjectMeta(mtime=1.0))
+    info_ = p.put_file(f"d/x{FILE_SUFFIX}", str(src), ObjectMeta(mtime_ns=1_000_000_000))
     assert info_.key == f"d/x{FILE_SUFFIX}" and inner.head("d/x").size == 8
     assert p.head(f"d/x{FILE_SUFFIX}").key == f"d/x{FILE_SUFFIX}"
     assert p.get_range(f"d/x{FILE_SUFFIX}", 0, 3) == b"the"
@@ -55,7 +55,7 @@ def test_a_walk_marks_later_copies_shadowed(tmp_path: Path) -> None:
     first, second = MemoryProvider("first"), MemoryProvider("second")
     for p, keys in ((first, ["t/a", "t/b"]), (second, ["t/b", "t/c", "u/d"])):
         for k in keys:
-            p.put_file(k, str(src), ObjectMeta(mtime=1.0))
+            p.put_file(k, str(src), ObjectMeta(mtime_ns=1_000_000_000))
     got = sorted((p, i.key, shadowed) for p, i, shadowed in
                  walk_merged({"first": first, "second": second}, ["first", "second"], "t/"))
     assert got == [("first", "t/a", False), ("first", "t/b", False),

@@ -1,12 +1,14 @@
 """Object metadata <-> storefs' ObjectMeta/ObjectInfo, in s3fs's and rclone's names: no network, no boto3.
 
-What lands in the bucket: x-amz-meta-mtime/-ctime/-atime (seconds with nine fraction digits,
-which rclone and s3fs both read), -mode, -uid, -gid (decimal, s3fs's names), -rdev for device
-nodes, and one metadata key per `user.*` xattr (values that are not printable ASCII as
-'b64:...'). An xattr whose name S3 cannot keep as a metadata key (upper case, not ASCII, one of
-the reserved names) goes into s3fs's urlencoded JSON 'xattr' key instead, so no xattr is ever
-dropped. What other tools wrote reads right too: s3fs's integer mtime and decimal mode,
-rclone's fractional or RFC 3339 times and octal mode, s3fs's 'xattr' key.
+What lands in the bucket: x-amz-meta-mtime/-ctime/-atime (seconds with nine fraction digits, which
+rclone and s3fs both read; written and read in integer arithmetic, so every nanosecond is kept),
+-mode, -uid, -gid (decimal, s3fs's names), -rdev for device nodes, and one metadata key per `user.*`
+xattr (values that are not printable ASCII as 'b64:...'). An xattr whose name S3 cannot keep as a
+metadata key (upper case, not ASCII, one of the reserved names) goes into s3fs's urlencoded JSON
+'xattr' key instead, so no xattr is ever dropped. What other tools wrote reads right too: s3fs's
+integer mtime and decimal mode, rclone's fractional or RFC 3339 times and octal mode, s3fs's 'xattr'
+key. What another client got wrong is not trusted: a time that is not finite or not in range gives
+way to Last-Modified, a uid or gid that no account can have to the mount's defaults.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import json
 import logging
 import re
 import stat
+import threading
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote
 
-from ..base import ObjectInfo, ObjectMeta
+from ..base import NS_PER_SECOND, ObjectInfo, ObjectMeta
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +40,83 @@ RESERVED_KEYS = frozenset({"mtime", "mode", "uid", "gid", "atime", "ctime", "bti
 XATTR_KEY = "xattr"
 _PLAIN_VALUE = re.compile(r"[!-~](?:[ -~]*[!-~])?\Z")  # printable ASCII, no blank at either end
 _META_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")  # S3 lower-cases user metadata names
-_ISO_FRACTION = re.compile(r"(\.\d{6})\d+")
+#: an RFC 3339 time: up to the seconds, the fraction (any number of digits), the zone
+_ISO_TIME = re.compile(r"\s*(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|z|[+-]\d\d:?\d\d)?\s*\Z")
+#: the times stat(2) can show: a signed 64-bit count of nanoseconds (years 1677 to 2262)
+MAX_TIME_NS = 2**63 - 1
+MIN_TIME_NS = -(2**63)
+#: uid_t and gid_t are 32 bits, and (uid_t)-1 means "no change" to chown(2): no account has it
+MAX_OWNER_ID = 2**32 - 2
+#: enough digits for any time in range with its nanoseconds (decimal arithmetic, exact)
+_EXACT = Context(prec=60)
+_MIN_SECONDS, _MAX_SECONDS = Decimal(MIN_TIME_NS).scaleb(-9, _EXACT), Decimal(MAX_TIME_NS).scaleb(-9, _EXACT)
 _FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK,
                          stat.S_IFCHR, stat.S_IFBLK})
 _DEVICE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK})
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
-def format_mtime(t: float) -> str:
-    """Seconds with 9 fraction digits, rclone's form (s3fs reads the digits after '.' as nanoseconds)."""
-    ns = round(t * 1_000_000) * 1000  # a float holds about microseconds at today's epoch: no fake digits
+_reported: set[str] = set()
+_reported_lock = threading.Lock()  # protects _reported (the kinds of untrusted metadata already logged at INFO)
+
+
+def _distrust(kind: str, key: str, value: str) -> None:
+    """Log metadata another client wrote that storefs ignores: each kind once at INFO, then at DEBUG."""
+    with _reported_lock:
+        first = kind not in _reported
+        _reported.add(kind)
+    log.log(logging.INFO if first else logging.DEBUG, "%r: %s %r ignored (unreadable or out of range)%s", key, kind,
+            value[:40], "; more such values are logged at DEBUG" if first else "")
+
+
+def format_mtime(ns: int) -> str:
+    """Integer nanoseconds as seconds with 9 fraction digits, rclone's form (s3fs reads the digits after
+    '.' as nanoseconds): exact, no float on the way."""
     sign, ns = ("-", -ns) if ns < 0 else ("", ns)
-    return f"{sign}{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+    return f"{sign}{ns // NS_PER_SECOND}.{ns % NS_PER_SECOND:09d}"
 
 
-def parse_mtime(value: str | None) -> float | None:
-    """rclone's fractional seconds, s3fs's integer seconds, or RFC 3339; None when unreadable."""
+def _in_range(ns: int) -> int | None:
+    return ns if MIN_TIME_NS <= ns <= MAX_TIME_NS else None
+
+
+def parse_rfc3339_ns(value: str) -> int | None:
+    """An RFC 3339 time (any number of fraction digits, as rclone writes them) in integer nanoseconds;
+    None when it is not one or is out of range."""
+    m = _ISO_TIME.match(value)
+    if m is None:
+        return None
+    whole, fraction, zone = m.groups()
+    try:
+        seconds = round(datetime.fromisoformat(whole + (zone or "").replace("z", "Z")).timestamp())
+    except (ValueError, OverflowError):
+        return None
+    digits = (fraction or "")[:9].ljust(9, "0")  # beyond nanoseconds: cut (floored), as a timespec holds it
+    return _in_range(seconds * NS_PER_SECOND + int(digits))
+
+
+def parse_mtime(value: str | None) -> int | None:
+    """rclone's fractional seconds, s3fs's integer seconds, or RFC 3339, in integer nanoseconds (decimal
+    arithmetic, never a float; digits beyond the nanosecond floored); None when unreadable, not finite,
+    or out of range."""
     if not value:
         return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(_ISO_FRACTION.sub(r"\1", value.strip())).timestamp()
-    except ValueError:
+        seconds = Decimal(value.strip())
+    except InvalidOperation:
+        return parse_rfc3339_ns(value)
+    if not seconds.is_finite() or not _MIN_SECONDS <= seconds <= _MAX_SECONDS:  # compared exactly
         return None
+    return int(_EXACT.multiply(seconds, Decimal(NS_PER_SECOND)).to_integral_value(ROUND_FLOOR, _EXACT))
+
+
+def _parse_time(md: Mapping[str, str], name: str, key: str) -> int | None:
+    """The time metadata name of object key in ns; None (logged) when another client wrote one out of range."""
+    value = md.get(name)
+    found = parse_mtime(value)
+    if found is None and value:
+        _distrust(name, key, value)
+    return found
 
 
 def _plausible(mode: int) -> bool:
@@ -101,13 +156,23 @@ def parse_mode(value: str | None) -> int | None:
 
 
 def _parse_int(value: str | None) -> int | None:
-    """uid/gid: decimal (s3fs also reads 0x hex)."""
+    """A decimal number (s3fs also reads 0x hex)."""
     if not value:
         return None
     try:
         return int(value, 16) if value.lower().startswith("0x") else int(value)
     except ValueError:
         return None
+
+
+def _parse_owner(md: Mapping[str, str], name: str, key: str) -> int | None:
+    """uid or gid; None (the mount's default, logged) when it is unreadable or no account can have it."""
+    value = md.get(name)
+    found = _parse_int(value)
+    if value and (found is None or not 0 <= found <= MAX_OWNER_ID):
+        _distrust(name, key, value)
+        return None
+    return found
 
 
 def parse_rdev(value: str | None) -> int | None:
@@ -152,11 +217,11 @@ def decode_value(text: str) -> bytes:
 
 def metadata_for(meta: ObjectMeta) -> dict[str, str]:
     """User metadata (without the x-amz-meta- prefix) for meta, in s3fs's and rclone's names."""
-    md = {"mtime": format_mtime(meta.mtime), "mode": str(meta.mode)}
-    if meta.ctime is not None:
-        md["ctime"] = format_mtime(meta.ctime)
-    if meta.atime is not None:
-        md["atime"] = format_mtime(meta.atime)
+    md = {"mtime": format_mtime(meta.mtime_ns), "mode": str(meta.mode)}
+    if meta.ctime_ns is not None:
+        md["ctime"] = format_mtime(meta.ctime_ns)
+    if meta.atime_ns is not None:
+        md["atime"] = format_mtime(meta.atime_ns)
     if meta.uid is not None:
         md["uid"] = str(meta.uid)
     if meta.gid is not None:
@@ -221,18 +286,20 @@ def info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     owner, rdev and xattrs; ValueError when Content-Length or Last-Modified is missing or unreadable."""
     try:
         size = int(headers["content-length"])
-        modified = parsedate_to_datetime(headers["last-modified"]).timestamp()
-    except (KeyError, TypeError, ValueError) as e:
+        modified = round(parsedate_to_datetime(headers["last-modified"]).timestamp()) * NS_PER_SECOND
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"unreadable HEAD answer ({type(e).__name__}: {e})") from e
     md = user_metadata(headers)
-    mtime = parse_mtime(md.get("mtime"))
+    mtime = _parse_time(md, "mtime", key)
     mode = parse_mode(md.get("mode"))
+    if mode is None and md.get("mode"):
+        _distrust("mode", key, md["mode"])
     rdev = parse_rdev(md.get("rdev")) if mode is not None and stat.S_IFMT(mode) in _DEVICE_TYPES else None
-    return ObjectInfo(key=key, size=size, mtime=modified if mtime is None else mtime, mode=mode,
-                      uid=_parse_int(md.get("uid")), gid=_parse_int(md.get("gid")),
+    return ObjectInfo(key=key, size=size, mtime_ns=modified if mtime is None else mtime, mode=mode,
+                      uid=_parse_owner(md, "uid", key), gid=_parse_owner(md, "gid", key),
                       etag=strip_etag(headers.get("etag")), content_type=headers.get("content-type"),
-                      xattrs=xattrs_from_metadata(md), ctime=parse_mtime(md.get("ctime")),
-                      atime=parse_mtime(md.get("atime")), rdev=rdev)
+                      xattrs=xattrs_from_metadata(md), ctime_ns=_parse_time(md, "ctime", key),
+                      atime_ns=_parse_time(md, "atime", key), rdev=rdev)
 
 
 def dir_info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo | None:
@@ -248,6 +315,6 @@ def dir_info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo | 
 
 def info_from_meta(key: str, size: int, etag: str | None, meta: ObjectMeta) -> ObjectInfo:
     """The ObjectInfo of an object just stored with meta (no HEAD needed)."""
-    return ObjectInfo(key=key, size=size, mtime=meta.mtime, mode=meta.mode, uid=meta.uid, gid=meta.gid,
+    return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, mode=meta.mode, uid=meta.uid, gid=meta.gid,
                       etag=strip_etag(etag), content_type=meta.content_type, xattrs=dict(meta.xattrs),
-                      ctime=meta.ctime, atime=meta.atime, rdev=meta.rdev)
+                      ctime_ns=meta.ctime_ns, atime_ns=meta.atime_ns, rdev=meta.rdev)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
-from .codec import strip_etag
+from .codec import parse_rfc3339_ns, strip_etag
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_EPOCH = "1970-01-01T00:00:00Z"
 
 
 class Listed(NamedTuple):
@@ -20,7 +18,7 @@ class Listed(NamedTuple):
 
     key: str
     size: int
-    modified: float
+    modified_ns: int  # LastModified in integer nanoseconds (0 when missing)
     etag: str | None
 
 
@@ -45,8 +43,14 @@ def _root(body: bytes, tag: str) -> tuple[ET.Element, str]:
     return root, ns
 
 
-def _timestamp(text: str | None) -> float:
-    return datetime.fromisoformat((text or _EPOCH).replace("Z", "+00:00")).timestamp()
+def _timestamp_ns(text: str | None) -> int:
+    """LastModified (RFC 3339, milliseconds) in ns; ValueError when unreadable, 0 when missing."""
+    if not text:
+        return 0
+    found = parse_rfc3339_ns(text)
+    if found is None:
+        raise ValueError(f"unreadable LastModified {text[:40]!r}")
+    return found
 
 
 def parse_list_page(body: bytes) -> ListPage:
@@ -61,7 +65,7 @@ def parse_list_page(body: bytes) -> ListPage:
         page = ListPage(
             prefixes=[name(cp.findtext(ns + "Prefix")) for cp in root.iter(ns + "CommonPrefixes")],
             objects=[Listed(key=name(c.findtext(ns + "Key")), size=int(c.findtext(ns + "Size") or 0),
-                            modified=_timestamp(c.findtext(ns + "LastModified")),
+                            modified_ns=_timestamp_ns(c.findtext(ns + "LastModified")),
                             etag=strip_etag(c.findtext(ns + "ETag")))
                      for c in root.iter(ns + "Contents")])
     except ValueError as e:

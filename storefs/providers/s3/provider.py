@@ -212,7 +212,7 @@ class S3Provider(Provider):
                 key = self._strip(p)
                 if key not in seen:
                     seen.add(key)
-                    yield ObjectInfo(key=key, size=0, mtime=0.0, is_dir=True)
+                    yield ObjectInfo(key=key, size=0, mtime_ns=0, is_dir=True)
             for obj in page.objects:
                 if obj.key == full:
                     continue  # the marker of prefix itself
@@ -220,9 +220,9 @@ class S3Provider(Provider):
                 if key.endswith("/") and not obj.size:
                     if key not in seen:
                         seen.add(key)
-                        yield ObjectInfo(key=key, size=0, mtime=obj.modified, is_dir=True)
+                        yield ObjectInfo(key=key, size=0, mtime_ns=obj.modified_ns, is_dir=True)
                     continue
-                yield ObjectInfo(key=key, size=obj.size, mtime=obj.modified, etag=obj.etag)
+                yield ObjectInfo(key=key, size=obj.size, mtime_ns=obj.modified_ns, etag=obj.etag)
             if page.next_token is None:
                 return
             token = page.next_token
@@ -244,9 +244,9 @@ class S3Provider(Provider):
                     continue  # the marker of prefix itself
                 key = self._strip(obj.key)
                 if key.endswith("/"):
-                    yield ObjectInfo(key=key, size=0, mtime=obj.modified, is_dir=True)
+                    yield ObjectInfo(key=key, size=0, mtime_ns=obj.modified_ns, is_dir=True)
                 else:
-                    yield ObjectInfo(key=key, size=obj.size, mtime=obj.modified, etag=obj.etag)
+                    yield ObjectInfo(key=key, size=obj.size, mtime_ns=obj.modified_ns, etag=obj.etag)
             if page.next_token is None:
                 return
             token = page.next_token
