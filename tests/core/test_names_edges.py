@@ -29,7 +29,7 @@ LIMIT = 100_000
 
 def with_artifact(provider: MemoryProvider) -> MemoryProvider:
     """provider, holding the artifact folder the tests write into."""
-    provider.make_dir(f"{ART}/", ObjectMeta(mtime=1.0, mode=0o40755, uid=0, gid=0))
+    provider.make_dir(f"{ART}/", ObjectMeta(mtime_ns=1_000_000_000, mode=0o40755, uid=0, gid=0))
     return provider
 
 
@@ -111,7 +111,7 @@ def test_storefs_xattrs_answer_by_name_but_are_not_listed(core: Core) -> None:
 def test_storefs_names_in_a_providers_metadata_are_not_listed(core: Core, mem: MemoryProvider) -> None:
     """Another client may store metadata under storefs' names: still never listed, so never copied."""
     with tempfile.NamedTemporaryFile() as src:
-        mem.put_file(f"{ART}/foreign", src.name, ObjectMeta(mtime=1.0, mode=0o100644, xattrs={
+        mem.put_file(f"{ART}/foreign", src.name, ObjectMeta(mtime_ns=1_000_000_000, mode=0o100644, xattrs={
             "user.storefs.url": b"https://elsewhere.example/x?X-Amz-Credential=AKIA", "user.ok": b"1"}))
     assert core.listxattr(f"{ART}/foreign") == ["user.ok"]
 

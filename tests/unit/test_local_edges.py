@@ -131,7 +131,7 @@ def test_at_the_inotify_limit_the_folder_is_unwatched_with_one_warning(tmp_path:
     # the provider works on, unwatched
     src = tmp_path / "src"
     src.write_bytes(b"still works")
-    p.put_file("t/image/b/a/f", str(src), ObjectMeta(mtime=1.0, mode=0o100644))
+    p.put_file("t/image/b/a/f", str(src), ObjectMeta(mtime_ns=1_000_000_000, mode=0o100644))
     assert [i.key for i in p.list("t/image/b/a/")] == ["t/image/b/a/f"]
     p.close()
 

@@ -72,7 +72,7 @@ def provider_on(endpoint: str, bucket: str = "bkt", **options) -> S3Provider:
 
 
 def meta() -> ObjectMeta:
-    return ObjectMeta(content_type="text/plain", mtime=1.5, mode=0o644)
+    return ObjectMeta(content_type="text/plain", mtime_ns=1_500_000_000, mode=0o644)
 
 
 def test_each_put_and_copy_carries_the_encryption_and_storage_class(recorder, tmp_path):
