@@ -230,6 +230,7 @@ class Config:
     tenant: str | None = None
     #: loopback port of the Prometheus /metrics endpoint (0: none)
     metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
     #: what an upload does when another writer changed the key first: keep-both (a conflict copy) or overwrite
     conflicts: str = "keep-both"
 
@@ -468,7 +469,8 @@ class _Map:
 CONFLICT_MODES = ("keep-both", "overwrite")
 
 _TOP_KEYS = ("default_provider", "providers", "routing_rules", "layout", "max_file_size",
-             "cache", "fuse", "log_level", "tenant", "metrics_port", "conflicts")
+             "cache", "fuse", "log_level", "tenant", "metrics_port", "metrics_address",
+             "conflicts")
 _S3_KEYS = ("type", "bucket", "endpoint_url", "region", "prefix", "public_url_base",
             "access_key_id", "secret_access_key", "session_token", "path_style", "presign_expiry",
             "multipart_threshold", "multipart_chunksize", "connect_timeout", "read_timeout",
@@ -750,6 +752,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         log_level=top.get("log_level", _choice(*LOG_LEVELS, fold=str.upper), "INFO"),
         tenant=_tenant(top.get("tenant", _str, None), source, layout),
         metrics_port=top.get("metrics_port", _bounded(_int, 0, 65535), 0),
+        metrics_address=top.get("metrics_address", _str, "127.0.0.1"),
         conflicts=top.get("conflicts", _choice(*CONFLICT_MODES), CONFLICT_MODES[0]),
     )
 
