@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -21,6 +23,17 @@ s3_only = pytest.mark.parametrize("provider_kind", ["s3"])
 FROZEN_S3 = {"read_timeout": "2s", "connect_timeout": "2s", "max_attempts": 1}
 #: how long status may take to call a frozen provider down (request timeout or probe, with margin)
 DOWN_WITHIN = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(store) -> str:
+    with urllib.request.urlopen(store.status()["metrics_url"], timeout=10) as resp:
+        return str(resp.read().decode())
 
 
 def _log_lines(store, needle: str) -> list[str]:
@@ -63,8 +76,15 @@ def _wait_status(store, ok, within: float, what: str) -> dict:
 def test_status_names_a_frozen_provider_and_waiting_changes(store, seaweed, s3_options):
     """Server frozen: status says the provider is down (since when, why) and the file waits for its next
     try; after the thaw the provider is up again and the file lands."""
+    store.extra_config["metrics_port"] = _free_port()
+    store.unmount()
+    store.start()
     (store.mnt / ART).mkdir(parents=True)
     store.flush()
+    text = _scrape(store)
+    assert 'storefs_provider_down{provider="s3"} 0' in text
+    assert 'storefs_fuse_request_seconds_count{op="mkdir"}' in text
+    assert 'storefs_provider_request_seconds_bucket{provider="s3",op="make_dir",le="+Inf"}' in text
     t0 = time.time()
     seaweed.pause()
     try:
@@ -82,6 +102,7 @@ def test_status_names_a_frozen_provider_and_waiting_changes(store, seaweed, s3_o
         assert st["waiting_retry"] >= 1 and st["next_try"] is not None, st
         human = store.storefs("status", str(store.mnt)).stdout
         assert "down since" in human and "waiting" in human, human
+        assert 'storefs_provider_down{provider="s3"} 1' in _scrape(store)
     finally:
         seaweed.resume()
     store.flush(timeout=120)
