@@ -232,6 +232,12 @@ class _FlushProgress:
         self.bar.total_files = self.files_done + files
         self.bar.total_bytes = self.bytes_done + nbytes
         self.bar.set(files_done=self.files_done, bytes_done=self.bytes_done)
+        for name, h in sorted((st.get("provider_health") or {}).items()):
+            if h.get("state") == "down" and f"provider {name}" not in self.errors_shown:
+                self.errors_shown.add(f"provider {name}")
+                since = time.strftime("%H:%M:%SZ", time.gmtime(h["since"]))
+                print(f"{chr(10) if self.bar.tty else ''}  provider {name} is not answering (since {since}): "
+                      f"{h.get('error')}", file=sys.stderr, flush=True)
         for err in st.get("errors", [])[:3]:
             if err["key"] not in self.errors_shown:
                 self.errors_shown.add(err["key"])

@@ -162,11 +162,19 @@ def test_a_scrape_reads_counters_and_never_walks_the_cache(tmp_path, monkeypatch
             core.write(fh, b"x" * 5000, 0)
             core.release(fh)
         core.unlink(f"{ART}/f2")
+        time.sleep(0.3)  # the data file of f2 is deleted in the background
         full = core.status()
         calls: list[str] = []
+        me = threading.get_ident()  # the core's own threads (spare data files, deletes) may touch the disk
+
+        def counted(name, real):
+            def call(*a, **k):
+                if threading.get_ident() == me:
+                    calls.append(name)
+                return real(*a, **k)
+            return call
         for name in ("scandir", "stat", "lstat", "listdir", "walk"):
-            real = getattr(os, name)
-            monkeypatch.setattr(os, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
+            monkeypatch.setattr(os, name, counted(name, getattr(os, name)))
         counts = core.parts.status.counts()
         used = core.parts.evictor.estimate()
         render({**counts, "cache_bytes": used})
@@ -176,7 +184,6 @@ def test_a_scrape_reads_counters_and_never_walks_the_cache(tmp_path, monkeypatch
                       "open_files"):
             assert counts[field] == full[field], field
         assert counts["dirty_files"] == 2 and counts["dirty_bytes"] == 10_000
-        time.sleep(0.3)  # the data file of f2 is deleted in the background
         assert used >= 0 and core.parts.evictor.estimate() <= core.parts.evictor.used
     finally:
         core.stop()
@@ -215,3 +222,43 @@ def test_a_refusal_repeated_at_once_is_logged_once(caplog):
         refusals.warning("%s %s: %s", "rename", "/a", "bad name")  # a new attempt, later
     assert [r.getMessage() for r in caplog.records] == ["rename /a: bad name", "rename /b: bad name",
                                                         "rename /a: bad name"]
+
+
+def test_metrics_server_listens_on_metrics_address_only():
+    import urllib.error
+    import urllib.request
+
+    from storefs.metrics import MetricsServer
+    server = MetricsServer(0, lambda: {"pending": 3}, address="127.0.0.2")
+    server.start()
+    try:
+        assert server.url == f"http://127.0.0.2:{server.port}/metrics"
+        with urllib.request.urlopen(server.url, timeout=5) as resp:
+            assert "storefs_pending_changes 3" in resp.read().decode()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+    finally:
+        server.stop()
+
+
+def test_metrics_address_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"providers: {{local: {{type: local, base_path: {tmp_path}}}}}\n")
+    assert load_config(str(path)).metrics_address == "127.0.0.1"
+    path.write_text(f"providers: {{local: {{type: local, base_path: {tmp_path}}}}}\nmetrics_address: 0.0.0.0\n")
+    assert load_config(str(path)).metrics_address == "0.0.0.0"
+
+
+def test_status_and_flush_progress_name_a_provider_that_is_down(capsys):
+    from storefs.cli import _FlushProgress, _print_providers
+    down = {"state": "down", "since": time.time() - 42, "error": "timed out", "slow": False}
+    st = {"providers": {"s3": "s3", "disk": "local"},
+          "provider_health": {"s3": down, "disk": {"state": "up", "since": None, "error": None, "slow": False}}}
+    _print_providers(st)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("providers:    s3 (s3) down since ") and out[0].endswith("(42s): timed out"), out
+    assert out[1] == " " * 14 + "disk (local) up", out
+    progress = _FlushProgress("storefs unmount", quiet=False)
+    for _ in range(2):
+        progress.show({"pending": 1, "dirty_bytes": 10, "errors": [], **st})
+    assert capsys.readouterr().err.count("provider s3 is not answering (since ") == 1
