@@ -167,7 +167,7 @@ class Status:
             dirty = [e for e in pending if e.op == OP_PUT]
             errors = [{"key": e.key, "op": e.op, "attempts": e.attempts, "error": e.last_error,
                        "state": "uploading" if e.key in in_flight else "waiting",
-                       "next_try": due[e.key][1] if e.key in due and e.key not in in_flight else None}
+                       "next_try": due[e.key][1] if e.key in due else None}
                       for e in pending if e.last_error and e.state != State.PARKED]
             parked = [{"key": e.key, "op": e.op, "provider": e.provider, "error": e.last_error}
                       for e in sorted(pending, key=lambda e: e.key) if e.state == State.PARKED]
