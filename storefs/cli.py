@@ -233,6 +233,12 @@ class _FlushProgress:
         self.bar.total_files = self.files_done + files
         self.bar.total_bytes = self.bytes_done + nbytes
         self.bar.set(files_done=self.files_done, bytes_done=self.bytes_done)
+        for name, h in sorted((st.get("provider_health") or {}).items()):
+            if h.get("state") == "down" and f"provider {name}" not in self.errors_shown:
+                self.errors_shown.add(f"provider {name}")
+                since = time.strftime("%H:%M:%SZ", time.gmtime(h["since"]))
+                print(f"{chr(10) if self.bar.tty else ''}  provider {name} is not answering (since {since}): "
+                      f"{h.get('error')}", file=sys.stderr, flush=True)
         for err in st.get("errors", [])[:3]:
             if err["key"] not in self.errors_shown:
                 self.errors_shown.add(err["key"])
@@ -315,8 +321,43 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+#: seconds `unmount --timeout` gives the daemon beyond the timeout to exit once the mount is gone
+UNMOUNT_GRACE = 3.0
+#: seconds between progress lines while unmount waits for the daemon to exit
+UNMOUNT_PROGRESS_EVERY = 1.0
+#: seconds unmount waits for the daemon to exit when no --timeout bounds it
+UNMOUNT_EXIT_WAIT = 120.0
+
+
+def _still_pending(mnt: str) -> int | None:
+    """The daemon's count of pending changes while it finishes its uploads, None once it no longer answers."""
+    try:
+        return int(next(iter(request(mnt, {"cmd": "status"}, timeout=UNMOUNT_PROGRESS_EVERY)))["pending"])
+    except (NotRunning, OSError, KeyError, ValueError, StopIteration):
+        return None
+
+
+def _wait_daemon_exit(mnt: str, pid: int, within: float) -> bool:
+    """Wait for the daemon to exit (it uploads what is left first), with a progress line each second."""
+    deadline = time.monotonic() + within
+    shown = time.monotonic()
+    while pid_alive(pid):
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if now - shown >= UNMOUNT_PROGRESS_EVERY:
+            shown = now
+            left = _still_pending(mnt)
+            print(f"storefs unmount: waiting for daemon {pid} to finish"
+                  + (f": {left} changes pending" if left is not None else "")
+                  + f" ({deadline - now:.0f}s left)", file=sys.stderr, flush=True)
+        time.sleep(0.02)
+    return True
+
+
 def cmd_unmount(args: argparse.Namespace) -> int:
     mnt = os.path.abspath(args.mountpoint)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     try:
         st = next(iter(request(mnt, {"cmd": "status"})))
     except NotRunning:
@@ -327,22 +368,30 @@ def cmd_unmount(args: argparse.Namespace) -> int:
             return 0
         raise CliError(f"{mnt} is not a storefs mount") from None
     final = _flush(mnt, args.timeout, label="storefs unmount")
-    if not final.get("done") and not args.force:
+    done = bool(final.get("done"))
+    if not done and not args.force:
         raise CliError(f"{final.get('pending')} changes still pending after {args.timeout}s; not unmounting "
                        "(they are safe in the journal: use --force to unmount anyway)")
+    left = None if deadline is None else (max(0.0, deadline - time.monotonic()) if done else 0.0)
+    if left is not None:  # the daemon's own uploads after the unmount stay within the timeout
+        try:
+            next(iter(request(mnt, {"cmd": "exit_timeout", "seconds": left})))
+        except NotRunning:
+            pass
     parked = final.get("parked_changes", 0)
     res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if res.returncode != 0:
         raise CliError(f"unmount of {mnt} failed: {res.stderr.strip() or res.returncode} "
                        "(is a program still using it? see: fuser -vm " + mnt + ")")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if not pid_alive(st["pid"]):
-            break
-        time.sleep(0.02)
-    else:
+    within = UNMOUNT_EXIT_WAIT if left is None else left + UNMOUNT_GRACE
+    exited = _wait_daemon_exit(mnt, st["pid"], within)
+    if not exited and not args.force:
         raise CliError(f"unmounted, but daemon {st['pid']} is still running (finishing uploads); see its log")
-    print(f"storefs: unmounted {mnt}", file=sys.stderr)
+    print(f"storefs: unmounted {mnt}" + ("" if exited else f" (daemon {st['pid']} is still exiting)"),
+          file=sys.stderr)
+    if not done:
+        print(f"storefs: {final.get('pending')} changes were still pending after {args.timeout:g}s: they stay "
+              "in the cache journal and are uploaded at the next mount of this cache", file=sys.stderr)
     if parked:
         print(f"storefs: {_parked_message(final)}. They stay in the cache journal: after fixing the cause, "
               "mount again and run `storefs retry`", file=sys.stderr)
@@ -363,16 +412,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"config:       {st['config']}")
     print(f"access:       {'read-only (nothing is uploaded)' if st.get('read_only') else 'read-write'}"
           + (f"; options {','.join(st['mount_options'])}" if st.get("mount_options") else ""))
-    print(f"providers:    {', '.join(f'{n} ({k})' for n, k in st['providers'].items())}")
+    _print_providers(st)
+    waiting = st.get("waiting_retry", 0)
     print(f"pending:      {st['pending']} changes, {st['dirty_files']} dirty files "
-          f"({format_size(st['dirty_bytes'])}), {st['uploading']} uploading")
+          f"({format_size(st['dirty_bytes'])}), {st['uploading']} uploading"
+          + (f" ({st['uploading_unanswered']} without an answer: the provider is down)"
+             if st.get("uploading_unanswered") else "")
+          + (f", {waiting} waiting to retry (next try {_in(st.get('next_try'))})" if waiting else ""))
     print(f"cache:        {format_size(st['cache_bytes'])} used of {format_size(st['cache_max_bytes'])} "
           f"in {st['cache_dir']} ({format_size(st['cache_free_bytes'])} free on disk)")
     print(f"uploads:      {st['uploads_done']} done, {st['upload_failures']} failed attempts")
     for err in st["errors"][:10]:
-        print(printable(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts): {err['error']}"))
+        now = "uploading again" if err.get("state") == "uploading" else f"waiting, next try {_in(err.get('next_try'))}"
+        print(printable(f"error:        {err['key']} ({err['op']}, {err['attempts']} attempts, {now}): {err['error']}"))
     _print_outcomes(st)
     return 0
+
+
+def _in(epoch: float | None) -> str:
+    """'in 3s' for a time to come (epoch seconds); 'now' when it has come or is unknown."""
+    if epoch is None:
+        return "when its provider answers"
+    left = epoch - time.time()
+    return f"in {left:.0f}s" if left >= 0.5 else "now"
+
+
+def _print_providers(st: dict) -> None:
+    """One line per provider: its kind, and whether it answers (down since when, and why)."""
+    health = st.get("provider_health") or {}
+    for i, (name, kind) in enumerate(st["providers"].items()):
+        h = health.get(name) or {}
+        if h.get("state") == "down":
+            since = h["since"]
+            state = (f"down since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(since))} "
+                     f"({time.time() - since:.0f}s): {h.get('error')}")
+        else:
+            state = "up" + (", a request is slow to answer" if h.get("slow") else "")
+        print(f"{'providers:' if i == 0 else '':<14}{name} ({kind}) {state}")
 
 
 #: parked changes and conflicts `storefs status` prints at most (--json has up to 100 of each)
@@ -477,8 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="upload everything pending, then unmount")
-    u.add_argument("--timeout", type=float, default=None, help="give up waiting for uploads after N seconds")
-    u.add_argument("--force", action="store_true", help="unmount even if uploads are still pending")
+    u.add_argument("--timeout", type=float, default=None,
+                   help="give up waiting for uploads after N seconds (the command returns within about N + 3)")
+    u.add_argument("--force", action="store_true", help="unmount even if uploads are still pending (they stay "
+                                                          "in the cache journal for the next mount)")
     u.add_argument("mountpoint")
     u.set_defaults(func=cmd_unmount)
 

@@ -47,8 +47,9 @@ from .layout import Layout
 from .metrics import MetricsServer, hit_ratio
 from .providers.base import Provider
 from .providers.factory import make_providers
-from .view import RemoteView
+from .view import ProviderHealth, RemoteView
 from .view.aliases import with_aliases
+from .view.observed import observe_providers
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,9 @@ def _metrics_server(cfg: Config, snapshot: Callable[[], dict]) -> MetricsServer 
     if not cfg.metrics_port:
         return None
     try:
-        return MetricsServer(cfg.metrics_port, snapshot)
+        return MetricsServer(cfg.metrics_port, snapshot, cfg.metrics_address)
     except OSError as e:
-        raise DaemonError(f"{cfg.source}: metrics_port: cannot listen on 127.0.0.1:{cfg.metrics_port}: "
+        raise DaemonError(f"{cfg.source}: metrics_port: cannot listen on {cfg.metrics_address}:{cfg.metrics_port}: "
                           f"{e.strerror or e}") from None
 
 
@@ -183,13 +184,15 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     """The core's parts, each given what it uses, behind the facade; the journal's leftovers are recovered
     first, then clean copies evicted where the cache or its disk is over its limits. clock (monotonic seconds)
     times quiet delays, waits and recent deletes, statvfs measures the cache disk: tests inject them."""
-    providers = with_aliases(providers)  # a file beside a folder of its name is known by its alias
+    health = ProviderHealth()
+    # timed and watched, then a file beside a folder of its name is known by its alias
+    providers = with_aliases(observe_providers(providers, health))
     settings = Settings.from_config(cfg, mounted_at_ns=time.time_ns())
     index = EntryIndex(journal, read_only=settings.read_only)
     recover(index, data)
     state = CoreState(index, cfg.fuse.dir_cache_ttl, clock)
     order = [cfg.default_provider] + [p for p in providers if p != cfg.default_provider]
-    remote = RemoteView(providers, order, cfg.fuse.dir_cache_ttl, cfg.fuse.negative_timeout)
+    remote = RemoteView(providers, order, cfg.fuse.dir_cache_ttl, cfg.fuse.negative_timeout, health=health)
     activity = Activity(clock)
     uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle)
     schedule = Schedule(uploader, activity, settings.delay)
@@ -197,12 +200,12 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     counters = Counters()
     evictor = Evictor(tree, cfg.cache.max_size, lambda: data.usage()[0], cfg.cache.space_wait,
                       after_pass=journal.restore_ballast, min_free=cache_disk_limits(cfg, data.root, statvfs),
-                      free=lambda: disk_space(data.root, statvfs)[1])
+                      free=lambda: disk_space(data.root, statvfs)[1], removed=data.removed_bytes)
     dropped = evictor.make_room()  # a full cache disk is no reason to refuse the mount: clean copies go first
     if dropped:
         log.info("made room at mount: dropped %d clean cached copies (%s free on the cache disk, min_free %s)",
                  dropped, format_size(evictor.free), format_size(evictor.min_free))
-    status = Status(state, schedule, evictor, counters, data, settings.read_only)
+    status = Status(state, schedule, evictor, counters, data, settings.read_only, health=health, providers=order)
     files = Files(tree, schedule, evictor, counters, status.wait_uploaded)
     lookup = Lookup(tree, files)
     names = Names(tree, lookup, files, schedule)
@@ -275,7 +278,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 p.check(writable=not cfg.fuse.read_only)
             except StorefsError as e:
                 raise DaemonError(f"{cfg.source}: providers.{name}: {e}") from None
-        metrics = _metrics_server(cfg, lambda: status())
+        metrics = _metrics_server(cfg, lambda: scrape())
         journal = open_journal(cfg)
         data = DataFiles(cfg.cache.dir)
         ns = build_core(cfg, Layout(cfg.layout, cfg.max_file_size), providers, journal, data)
@@ -283,10 +286,17 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
         ready(str(e))
         return
 
+    exit_timeout = EXIT_FLUSH_TIMEOUT  # how long the uploads after the unmount may take
+
     def handle(req: dict, send: Callable[[dict], None]) -> dict:
+        nonlocal exit_timeout
         cmd = req.get("cmd")
         if cmd == "status":
             return status()
+        if cmd == "exit_timeout":  # `storefs unmount --timeout`: what is left of it bounds the uploads at exit
+            exit_timeout = min(EXIT_FLUSH_TIMEOUT, max(0.0, float(req.get("seconds") or 0.0)))
+            ns.parts.uploader.stop_timeout = min(ns.parts.uploader.stop_timeout, exit_timeout)
+            return {"exit_timeout": exit_timeout}
         if cmd == "flush":
             def progress(st: dict) -> None:
                 notify.status(pending_status("flushing", st))
@@ -310,7 +320,13 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
 
     def status() -> dict:
         used, free = data.usage()
-        st = ns.status()
+        return with_mount(ns.status(), used, free)
+
+    def scrape() -> dict:
+        """/metrics: counters only, no walk of the cache (status() walks it, for exact numbers)."""
+        return with_mount(ns.parts.status.counts(), ns.parts.evictor.estimate(), disk_space(data.root)[1])
+
+    def with_mount(st: dict, used: int, free: int) -> dict:
         return {"pid": os.getpid(), "mountpoint": mountpoint, "config": cfg.source, "cache_dir": cfg.cache.dir,
                 "cache_bytes": used, "cache_free_bytes": free, "cache_max_bytes": cfg.cache.max_size,
                 "cache_min_free_bytes": ns.parts.evictor.min_free,
@@ -319,7 +335,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 "operations": {k: n for k, n in OP_CALLS.items() if n},
                 "operation_errors": {k: n for k, n in OP_ERRORS.items() if n},
                 "cache_hit_ratio": round(hit_ratio(st["bytes_read"], st["bytes_fetched"]), 4),
-                "metrics_url": f"http://127.0.0.1:{metrics.port}/metrics" if metrics else None}
+                "metrics_url": metrics.url if metrics else None}
 
     control = ControlServer(control_path, handle)
     stopper = StopOnSignal(mountpoint)
@@ -355,7 +371,7 @@ def run(cfg: Config, mountpoint: str, ready: Callable[[str | None], None]) -> No
                 notify.status(pending_status(doing, st))
 
             t0 = time.monotonic()
-            done = ns.flush_all(EXIT_FLUSH_TIMEOUT, progress)
+            done = ns.flush_all(exit_timeout, progress)
             final = ns.status()
             if not done:
                 log.warning("%d changes still pending after %.0fs; they stay in the journal for the next mount",

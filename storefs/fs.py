@@ -7,6 +7,7 @@ answer is an ordinary ENOENT/ENODATA) and anything unexpected into EIO with a tr
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import functools
@@ -26,6 +27,7 @@ import mfusepy  # noqa: E402
 from . import keys  # noqa: E402
 from .core import Attr, Caller, MountCore  # noqa: E402
 from .errors import QUIET_ERRNOS, NotPermitted, StorefsError  # noqa: E402
+from .metrics import FUSE_LATENCY  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,39 @@ class OpCounts:
 OP_CALLS = OpCounts()
 OP_ERRORS = OpCounts()
 
+#: a refusal logged again within this many seconds is not logged again: programs retry on their own
+#: (mv repeats a refused renameat2 as rename, touch a refused open as utimensat), each a new request
+REFUSAL_REPEAT_WINDOW = 2.0
+#: refusals remembered for that
+REFUSALS_REMEMBERED = 64
+
+
+class RefusalLog:
+    """Logs each refusal once, however often a program asks again at once (thread-safe)."""
+
+    def __init__(self, window: float = REFUSAL_REPEAT_WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()  # protects _seen (line -> when it was last logged)
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def warning(self, msg: str, *args: object) -> None:
+        """log.warning(msg, *args), unless the same line was logged within the window."""
+        line = msg % args
+        now = self._clock()
+        with self._lock:
+            last = self._seen.pop(line, None)
+            self._seen[line] = now if last is None or now - last >= self._window else last
+            while len(self._seen) > REFUSALS_REMEMBERED:
+                self._seen.popitem(last=False)
+        if last is not None and now - last < self._window:
+            log.debug("again: %s", line)
+            return
+        log.warning("%s", line)
+
+
+REFUSALS = RefusalLog()
+
 
 def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     """Translate core exceptions into FuseOSError, logging each failure once."""
@@ -97,15 +132,18 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     OP_CALLS.register(name)
     OP_ERRORS.register(name)
 
+    series = (name,)
+
     @functools.wraps(func)
     def wrapper(self: StorefsOperations, *args: Any) -> Any:
         OP_CALLS.add(name)
+        t0 = time.perf_counter()
         try:
             return func(self, *args)
         except StorefsError as e:
             OP_ERRORS.add(name)
             if e.errno not in QUIET_ERRNOS and not e.quiet:
-                log.warning("%s %s: %s (%s)", name, shown(args[0]) if args else "", shown(str(e)),
+                REFUSALS.warning("%s %s: %s (%s)", name, shown(args[0]) if args else "", shown(str(e)),
                             errno.errorcode.get(e.errno, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
         except mfusepy.FuseOSError:
@@ -115,12 +153,14 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
             OP_ERRORS.add(name)
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
             if code not in QUIET_ERRNOS:
-                log.warning("%s %s: %s", name, shown(args[0]) if args else "", shown(str(e)))
+                REFUSALS.warning("%s %s: %s", name, shown(args[0]) if args else "", shown(str(e)))
             raise mfusepy.FuseOSError(code) from None
         except Exception:
             OP_ERRORS.add(name)
             log.exception("%s %s failed unexpectedly", name, shown(args[0]) if args else "")
             raise mfusepy.FuseOSError(errno.EIO) from None
+        finally:
+            FUSE_LATENCY.observe(series, time.perf_counter() - t0)
 
     return wrapper
 

@@ -1,16 +1,19 @@
 """The counters of a running mount: one snapshot for `status --json`, and a Prometheus endpoint.
 
 The endpoint is the standard library's http.server writing the Prometheus text format
-(version 0.0.4), bound to 127.0.0.1 only: a dozen metric lines do not earn a dependency,
-and every scrape reads the same snapshot `storefs status --json` prints.
+(version 0.0.4), bound to metrics_address (127.0.0.1 by default): a few dozen metric lines do not
+earn a dependency. A scrape reads counters only (Status.counts, the evictor's running byte count,
+the latency histograms here): it costs the same whatever the cache holds.
 """
 
 from __future__ import annotations
 
+import bisect
 import http.server
 import logging
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,59 @@ _SCALARS = (
 )
 
 
+#: latency bucket bounds in seconds: a local disk answers in microseconds, a frozen S3 server in a minute
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Histogram:
+    """A Prometheus histogram of durations in seconds, one series per label values (thread-safe)."""
+
+    def __init__(self, name: str, help_: str, labels: tuple[str, ...],
+                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.help = help_
+        self.labels = labels
+        self.buckets = buckets
+        self._lock = threading.Lock()  # protects _series (label values -> bucket counts, sum)
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, values: tuple[str, ...], seconds: float) -> None:
+        """One more duration for the series of these label values."""
+        i = bisect.bisect_left(self.buckets, seconds)  # le is inclusive: a value on a bound counts in it
+        with self._lock:
+            series = self._series.get(values)
+            if series is None:
+                series = self._series[values] = ([0] * (len(self.buckets) + 1), [0.0])
+            series[0][i] += 1
+            series[1][0] += seconds
+
+    def lines(self) -> list[str]:
+        """The exposition: HELP, TYPE, then cumulative _bucket lines, _sum and _count per series."""
+        with self._lock:
+            snap = {k: (list(c), s[0]) for k, (c, s) in sorted(self._series.items())}
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for values, (counts, total) in snap.items():
+            base = ",".join(f'{n}="{_label(v)}"' for n, v in zip(self.labels, values, strict=True))
+            sep = "," if base else ""
+            running = 0
+            for bound, n in zip((*self.buckets, float("inf")), counts, strict=True):
+                running += n
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                out.append(f'{self.name}_bucket{{{base}{sep}le="{le}"}} {running}')
+            out.append(f"{self.name}_sum{{{base}}} {total:.6f}" if base else f"{self.name}_sum {total:.6f}")
+            out.append(f"{self.name}_count{{{base}}} {running}" if base else f"{self.name}_count {running}")
+        return out
+
+
+#: how long the kernel's requests took, per FUSE operation (kept by storefs.fs's edge wrapper)
+FUSE_LATENCY = Histogram("storefs_fuse_request_seconds", "Time to answer a FUSE request, per operation.", ("op",))
+#: how long provider requests took, per provider and operation (kept by storefs.view.observed)
+PROVIDER_LATENCY = Histogram("storefs_provider_request_seconds",
+                             "Time a provider request took (answered or failed), per provider and operation.",
+                             ("provider", "op"))
+
+
 def hit_ratio(bytes_read: int, bytes_fetched: int) -> float:
     """Share of the bytes read that were already cached (read-ahead can fetch more than is read)."""
     if bytes_read <= 0:
@@ -59,8 +115,8 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(st: dict) -> str:
-    """The Prometheus text exposition of a status snapshot."""
+def render(st: dict, histograms: Iterable[Histogram] = (FUSE_LATENCY, PROVIDER_LATENCY)) -> str:
+    """The Prometheus text exposition of a status snapshot, and of the latency histograms."""
     out: list[str] = []
 
     def family(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -79,13 +135,25 @@ def render(st: dict) -> str:
                                 "FUSE requests answered with an errno (ENOENT included), per operation.")):
         ops = st.get(field) or {}
         family(name, "counter", help_, [(f'{{op="{_label(op)}"}}', n) for op, n in sorted(ops.items())])
+    health = st.get("provider_health") or {}
+    family("storefs_provider_down", "gauge", "1 while the provider does not answer (since a request got no answer, "
+           "until one does), else 0.",
+           [(f'{{provider="{_label(p)}"}}', int(h.get("state") == "down")) for p, h in sorted(health.items())])
+    for h in histograms:
+        out.extend(h.lines())
     return "\n".join(out) + "\n"
 
 
-class MetricsServer:
-    """GET /metrics on 127.0.0.1:port; binds at construction, so a taken port stops the mount early."""
+class _V6Server(http.server.ThreadingHTTPServer):
+    """The same server on an IPv6 address (metrics_address: "::1", "::")."""
 
-    def __init__(self, port: int, snapshot: Callable[[], dict]) -> None:
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """GET /metrics on address:port; binds at construction, so a taken port stops the mount early."""
+
+    def __init__(self, port: int, snapshot: Callable[[], dict], address: str = "127.0.0.1") -> None:
         class _Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path.split("?", 1)[0] != "/metrics":
@@ -106,8 +174,10 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("metrics: " + format, *args)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        server_class = _V6Server if ":" in address else http.server.ThreadingHTTPServer
+        self._server = server_class((address.strip("[]"), port), _Handler)
         self._server.daemon_threads = True
+        self.address = address
         self.port = self._server.server_address[1]
         self._serving = False
 
@@ -116,7 +186,13 @@ class MetricsServer:
         self._serving = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="storefs-metrics", daemon=True).start()
-        log.info("metrics on http://127.0.0.1:%d/metrics", self.port)
+        log.info("metrics on %s", self.url)
+
+    @property
+    def url(self) -> str:
+        """Where to scrape (an IPv6 address in brackets)."""
+        host = self.address.strip("[]")
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/metrics"
 
     def stop(self) -> None:
         if self._serving:  # shutdown() waits for serve_forever, which never ran otherwise

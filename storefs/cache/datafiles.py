@@ -62,6 +62,8 @@ class DataFiles:
         self._halt = False
         self._filler: threading.Thread | None = None
         self.taken = 0  # creates served by a ready file (tests check the thread keeps up)
+        self._removed_lock = threading.Lock()  # protects _removed_bytes
+        self._removed_bytes = 0
 
     @staticmethod
     def new_name() -> str:
@@ -212,10 +214,20 @@ class DataFiles:
         """Delete the data file if there; a bad name deletes nothing (logged once)."""
         if not name or not self._valid(name):
             return
+        p = self.path(name)
         try:
-            os.unlink(self.path(name))
+            freed = os.stat(p, follow_symlinks=False).st_blocks * 512
+            os.unlink(p)
         except FileNotFoundError:
-            pass
+            return
+        with self._removed_lock:
+            self._removed_bytes += freed
+
+    def removed_bytes(self) -> int:
+        """Disk bytes of the data files removed so far (a running total: eviction's estimate subtracts
+        what went since it last measured, so a scrape needs no walk of the folder)."""
+        with self._removed_lock:
+            return self._removed_bytes
 
     def usage(self) -> tuple[int, int]:
         """Bytes used on disk by data files, and the free bytes of the cache filesystem."""

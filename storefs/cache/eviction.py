@@ -51,8 +51,10 @@ class Evictor:
 
     def __init__(self, owner: Owner, max_size: int, measure: Callable[[], int], wait: float = 30.0,
                  interval: float = 2.0, after_pass: Callable[[], None] | None = None, *,
-                 min_free: int = NO_DISK_WATCH, free: Callable[[], int] | None = None) -> None:
+                 min_free: int = NO_DISK_WATCH, free: Callable[[], int] | None = None,
+                 removed: Callable[[], int] = lambda: 0) -> None:
         self._after_pass = after_pass
+        self._removed = removed  # running total of bytes deleted from the cache (DataFiles.removed_bytes)
         self._owner = owner
         self.max_size = max_size
         self._measure = measure
@@ -61,6 +63,7 @@ class Evictor:
         self._wait = wait
         self._interval = interval
         self._cond = threading.Condition()  # used, free, _disk_need, _stuck, and the writers waiting for room
+        self._removed_at_measure = removed()  # that total when `used` was last measured
         self.used = measure()
         self.free = free() if free is not None else 0  # an estimate between passes: reads and writes take from it
         self._disk_need = 0  # bytes the largest waiting writer needs on the disk
@@ -69,6 +72,13 @@ class Evictor:
         self._stopping = False
         self._kicked = False
         self._thread: threading.Thread | None = None
+
+    def estimate(self) -> int:
+        """Bytes the cache holds now, without walking it: the last measure, plus what was written and
+        fetched since, less what was deleted since (for status and /metrics; eviction re-measures)."""
+        removed = self._removed()
+        with self._cond:
+            return max(0, self.used - (removed - self._removed_at_measure))
 
     @property
     def watches_disk(self) -> bool:
@@ -163,6 +173,7 @@ class Evictor:
         return max(0, want - free)
 
     def _pass(self) -> None:
+        removed = self._removed()
         used = self._measure()
         free = self._disk_free()
         over = used - self.max_size * LOW_WATER if used > self.max_size * LOW_WATER else 0
@@ -178,12 +189,14 @@ class Evictor:
                     over -= e.size
                     short -= e.size
                     self.evicted += 1
+            removed = self._removed()
             used = self._measure()
             free = self._disk_free()
             left_short = ran_out and self._to_free(free) > 0
         self._note_stuck(left_short, free)
         with self._cond:
             self.used = used
+            self._removed_at_measure = removed
             if self.watches_disk:
                 self.free = free
                 self._disk_need = 0

@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from ..keys import ancestors
-from .journal import OP_COPY, Entry, Journal
+from .journal import OP_COPY, OP_PUT, Entry, Journal, State
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class EntryIndex:
         self._children: dict[str, Counter[str]] = {}
         self._pending_below: Counter[str] = Counter()
         self._copy_sources: Counter[str] = Counter()
+        #: cached copies, dirty files, their bytes, parked changes: what status and /metrics count without a scan
+        self.tally: Counter[str] = Counter()
         for e in journal.load():
             self._add(e)
 
@@ -75,8 +77,13 @@ class EntryIndex:
                    and any(getattr(e, name) != changes[name] for name in INDEXED_FIELDS.intersection(changes)))
         if reindex:
             self._drop(e)
+        tallied = not reindex and self.entries.get(e.key) is e
+        if tallied:
+            self.tally.subtract(_tally_of(e))
         for name, value in changes.items():
             object.__setattr__(e, name, value)  # Entry is frozen to everyone else
+        if tallied:
+            self.tally.update(_tally_of(e))
         if reindex:
             self._add(e)
 
@@ -88,6 +95,7 @@ class EntryIndex:
 
     def _add(self, e: Entry) -> None:
         self.entries[e.key] = e
+        self.tally.update(_tally_of(e))
         if e.pending and not e.is_tombstone:
             for prefix, name in ancestors(e.key):
                 self._children.setdefault(prefix, Counter())[name] += 1
@@ -101,6 +109,7 @@ class EntryIndex:
         was_tomb, was_pending = e.is_tombstone, e.pending
         copy_src = e.copy_src if e.op == OP_COPY else None
         del self.entries[e.key]
+        self.tally.subtract(_tally_of(e))
         if was_pending and not was_tomb:
             for prefix, name in ancestors(e.key):
                 c = self._children.get(prefix)
@@ -148,3 +157,10 @@ class EntryIndex:
 
     def pending(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.pending]
+
+
+def _tally_of(e: Entry) -> dict[str, int]:
+    """What row e adds to EntryIndex.tally."""
+    dirty = e.pending and e.op == OP_PUT
+    return {"cached_files": int(bool(e.data_name)), "dirty_files": int(dirty), "dirty_bytes": e.size if dirty else 0,
+            "parked_changes": int(e.pending and e.state == State.PARKED)}

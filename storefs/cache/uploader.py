@@ -29,6 +29,10 @@ YIELD_MAX = 5.0     # ... or the upload is this late: on 2 cores, boto3 and the 
                     # interpreter lock, and uploads running under a burst of creates halve its pace
 
 
+#: seconds stop() waits for the operations under way, unless told otherwise
+STOP_TIMEOUT = 10.0
+
+
 class Parked(Exception):
     """sync's answer for an operation the provider refused for good: the core has recorded it, and
     it waits for an operator (not retried, not counted as done) until the key is scheduled again."""
@@ -73,6 +77,8 @@ class Uploader:
         self.failures = 0
         self.retries = 0  # operations run again after a failed attempt
         self.parked = 0  # operations the provider refused for good (not retried)
+        #: how long stop() waits for the operations under way (`storefs unmount --timeout` shortens it)
+        self.stop_timeout = STOP_TIMEOUT
 
     def start(self, jobs: UploadJobs) -> None:
         """Start the workers, which run jobs for each scheduled key."""
@@ -81,8 +87,10 @@ class Uploader:
             t.start()
             self._threads.append(t)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking work; operations under way finish (their rows stay pending otherwise)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; operations under way finish (their rows stay pending otherwise), waited for
+        timeout seconds at most (default stop_timeout)."""
+        timeout = self.stop_timeout if timeout is None else timeout
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -115,6 +123,13 @@ class Uploader:
     def in_flight(self) -> set[str]:
         with self._cond:
             return set(self._in_flight)
+
+    def retries_due(self) -> dict[str, tuple[int, float]]:
+        """Keys waiting for a retry after failed attempts: attempts so far, and when (monotonic seconds)
+        the next one runs; a key whose attempt is under way is not waiting."""
+        with self._cond:
+            return {k: (n, self._due[k]) for k, n in self._attempts.items()
+                    if n and k in self._due and k not in self._in_flight}
 
     def is_busy(self, key: str) -> bool:
         with self._cond:
@@ -187,7 +202,8 @@ class Uploader:
             try:
                 wait = jobs.due_in(key)
                 if wait is None:
-                    self._attempts.pop(key, None)
+                    with self._cond:
+                        self._attempts.pop(key, None)
                 elif wait > 0:
                     retry_in = wait
                 else:
@@ -195,20 +211,20 @@ class Uploader:
                         with self._cond:
                             self.retries += 1
                     jobs.sync(key)
-                    self._attempts.pop(key, None)
                     with self._cond:
+                        self._attempts.pop(key, None)
                         self.uploaded += 1
                     # sync may leave work behind (the file changed meanwhile): look again
                     if jobs.due_in(key) is not None:
                         retry_in = 0.0
             except Parked:
-                self._attempts.pop(key, None)
                 with self._cond:
+                    self._attempts.pop(key, None)
                     self.parked += 1
             except Exception as e:  # every other failure is retried: the row stays pending
-                n = self._attempts.get(key, 0) + 1
-                self._attempts[key] = n
                 with self._cond:
+                    n = self._attempts.get(key, 0) + 1
+                    self._attempts[key] = n
                     self.failures += 1
                 retry_in = self._backoff(n)
                 log.warning("sync of %s failed (attempt %d, retry in %.1fs): %s", key, n, retry_in, e)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import keys
 from ..cache.datafiles import DataFiles
@@ -16,6 +17,9 @@ from ..errors import ProviderError
 from .schedule import Schedule
 from .state import CoreState
 from .types import Counters
+
+if TYPE_CHECKING:
+    from ..view.health import ProviderHealth
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,10 @@ class Status:
     """Flush, status and the waits on uploads (thread-safe)."""
 
     def __init__(self, state: CoreState, schedule: Schedule, evictor: Evictor, counters: Counters,
-                 data: DataFiles, read_only: bool) -> None:
+                 data: DataFiles, read_only: bool, *, health: ProviderHealth | None = None,
+                 providers: list[str] | None = None) -> None:
+        self.health = health
+        self.providers = list(providers or [])
         self.state = state
         self.index = state.index
         self.schedule = schedule
@@ -125,23 +132,58 @@ class Status:
         finally:
             self.schedule.flushing(False)
 
+    def _retries(self) -> tuple[set[str], dict[str, tuple[int, float]]]:
+        """Keys being uploaded now, and keys waiting for a retry with their next try as epoch seconds."""
+        in_flight = self.uploader.in_flight()
+        mono, wall = self.schedule.clock(), time.time()
+        due = {k: (n, wall + max(0.0, at - mono)) for k, (n, at) in self.uploader.retries_due().items()}
+        return in_flight, due
+
+    def counts(self) -> dict[str, Any]:
+        """The numbers /metrics shows, from counters only: the same cost whatever the cache holds."""
+        with self.state.lock:
+            tally = {name: int(self.index.tally[name])
+                     for name in ("cached_files", "dirty_files", "dirty_bytes", "parked_changes")}
+            pending = self.index.pending_count()
+            open_files = len(self.state.nodes)
+        in_flight, due = self._retries()
+        return {
+            "pending": pending, **tally, "uploading": len(in_flight), "waiting_retry": len(due),
+            "queue": self.uploader.scheduled(), "uploads_done": self.uploader.uploaded,
+            "upload_failures": self.uploader.failures, "upload_retries": self.uploader.retries,
+            "conflicts_total": self.index.journal.conflicts(0)[0], "cache_evictions": self.evictor.evicted,
+            "open_files": open_files, "provider_health": self._health(), **self.counters.snapshot(),
+        }
+
+    def _health(self) -> dict[str, dict[str, Any]]:
+        return self.health.report(self.providers) if self.health is not None else {}
+
     def status(self) -> dict[str, Any]:
-        """The counts `storefs status` and /metrics show."""
+        """The counts and lists `storefs status` shows: what waits, what failed, whether each provider answers."""
+        in_flight, due = self._retries()
+        health = self._health()
         with self.state.lock:
             pending = self.index.pending()
             dirty = [e for e in pending if e.op == OP_PUT]
-            errors = [{"key": e.key, "op": e.op, "attempts": e.attempts, "error": e.last_error}
+            errors = [{"key": e.key, "op": e.op, "attempts": e.attempts, "error": e.last_error,
+                       "state": "uploading" if e.key in in_flight else "waiting",
+                       "next_try": due[e.key][1] if e.key in due else None}
                       for e in pending if e.last_error and e.state != State.PARKED]
             parked = [{"key": e.key, "op": e.op, "provider": e.provider, "error": e.last_error}
                       for e in sorted(pending, key=lambda e: e.key) if e.state == State.PARKED]
             cached = sum(1 for e in self.index.entries.values() if e.data_name)
+            providers = {k: e.provider for k in in_flight if (e := self.index.get(k)) is not None}
             open_files = len(self.state.nodes)
         conflicts_total, conflicts = self.index.journal.conflicts(MAX_ERRORS_SHOWN)
         return {
             "pending": len(pending),
             "dirty_files": len(dirty),
             "dirty_bytes": sum(e.size for e in dirty),
-            "uploading": len(self.uploader.in_flight()),
+            "uploading": len(in_flight),
+            "uploading_unanswered": sum(1 for p in providers.values() if health.get(p, {}).get("state") == "down"),
+            "waiting_retry": len(due),
+            "next_try": min((at for _, at in due.values()), default=None),
+            "provider_health": health,
             "queue": self.uploader.scheduled(),
             "uploads_done": self.uploader.uploaded,
             "upload_failures": self.uploader.failures,

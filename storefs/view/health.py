@@ -7,6 +7,11 @@ a missing key, a refusal (4xx), a server busy for now (ProviderBusy: 5xx, 429, S
 retries; callers still answer from their cache as for an outage), an answer this client cannot
 read (malformed, too many headers, a body too large), a conflict or a limit. Being down never
 lasts longer than max_down_for: the next call after that asks the provider again.
+
+Apart from that backoff (which only decides whether lookups wait), each provider has an outage record
+for `storefs status` and the provider-down gauge: since when (wall clock) it has not answered and the
+last error, from the first request that got no answer (a lookup, an upload, or a probe sent when a
+request hangs: storefs.view.observed) until the next request that gets one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import ProviderBusy, ProviderUnavailable
 from .tunables import DEFAULT_TUNABLES, ViewTunables
@@ -31,11 +36,13 @@ class ProviderHealth:
     """Per provider: down until when (with backoff), and the calls to it under way."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 tunables: ViewTunables = DEFAULT_TUNABLES) -> None:
+                 tunables: ViewTunables = DEFAULT_TUNABLES, wall: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._wall = wall
         self._t = tunables
-        self._lock = threading.Lock()  # protects _down_until, _failures and _calls
+        self._lock = threading.Lock()  # protects _down_until, _failures, _calls and _outages
         self._down_until: dict[str, float] = {}
+        self._outages: dict[str, tuple[float, str]] = {}  # provider -> (wall time it stopped answering, last error)
         self._failures: dict[str, int] = {}  # failures in a row, for the backoff
         self._calls: dict[int, tuple[str, float]] = {}  # call id -> (provider, when it last made progress)
         self._ids = itertools.count()
@@ -55,14 +62,45 @@ class ProviderHealth:
         """Neither down nor slow: a request may wait for pname's answer."""
         return not self.is_down(pname) and not self.is_slow(pname)
 
-    def mark_down(self, pname: str) -> float:
-        """pname failed to answer: calls fail fast for a while, longer after each failure in a row."""
+    def no_answer(self, pname: str, error: str) -> None:
+        """A request to pname got no answer: it is down (for status) from now, or since it first was."""
         with self._lock:
+            since = self._outages.get(pname, (self._wall(), ""))[0]
+            new = pname not in self._outages
+            self._outages[pname] = (since, error)
+        if new:
+            log.warning("provider %s is not answering: %s", pname, error)
+
+    def answered(self, pname: str) -> None:
+        """A request to pname got an answer: its outage (if any) is over."""
+        with self._lock:
+            outage = self._outages.pop(pname, None)
+        if outage is not None:
+            log.info("provider %s answers again (it did not since %s)", pname, _when(outage[0]))
+
+    def report(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """Per provider, for `storefs status`: up or down, since when (epoch seconds) and why, and
+        whether a call to it has hung for a moment (slow)."""
+        out: dict[str, dict[str, Any]] = {}
+        for pname in names:
+            with self._lock:
+                outage = self._outages.get(pname)
+            since, error = outage if outage is not None else (None, None)
+            out[pname] = {"state": "up" if outage is None else "down", "since": since, "error": error,
+                          "slow": self.is_slow(pname)}
+        return out
+
+    def mark_down(self, pname: str, error: str | None = None) -> float:
+        """pname failed to answer: calls fail fast for a while, longer after each failure in a row."""
+        self.no_answer(pname, error or "no answer")
+        with self._lock:
+            was_down = self._down_until.get(pname, 0.0) > self._clock()
             n = self._failures.get(pname, 0) + 1
             self._failures[pname] = n
             wait = min(self._t.max_down_for, self._t.down_for * 2.0 ** (n - 1))
             self._down_until[pname] = self._clock() + wait
-        log.warning("provider %s is not answering; serving from the cache for %.0fs", pname, wait)
+        if not was_down:  # calls under way when it went down fail together: one line
+            log.info("provider %s: lookups are served from the cache for %.0fs", pname, wait)
         return wait
 
     def mark_up(self, pname: str) -> None:
@@ -70,8 +108,9 @@ class ProviderHealth:
         with self._lock:
             was_down = self._down_until.pop(pname, None) is not None
             self._failures.pop(pname, None)
+        self.answered(pname)
         if was_down:
-            log.info("provider %s answers again", pname)
+            log.debug("provider %s: lookups ask it again", pname)
 
     @contextmanager
     def calling(self, pname: str) -> Iterator[Callable[[], None]]:
@@ -116,7 +155,7 @@ class ProviderHealth:
             self._end(call, answered=pname)
         else:
             self._end(call)
-            self.mark_down(pname)
+            self.mark_down(pname, str(error))
 
     def _begin(self, pname: str) -> int:
         """Register a call to pname, or fail fast while it is down."""
@@ -134,3 +173,11 @@ class ProviderHealth:
             self._calls.pop(call, None)
             if answered is not None:
                 self._failures.pop(answered, None)
+                back = answered in self._outages
+        if answered is not None and back:
+            self.answered(answered)
+
+
+def _when(epoch: float) -> str:
+    """An epoch time for a log line, in UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -124,7 +124,7 @@ def test_a_failed_upload_is_recorded_on_its_row_and_stays_dirty(core: Core) -> N
     assert row is not None and row.attempts == 2 and "provider away" in (row.last_error or "")
     assert row.state == State.DIRTY and row.pending
     assert core.status()["errors"] == [{"key": f"{ART}/f.png", "op": OP_PUT, "attempts": 2,
-                                        "error": "OSError: provider away"}]
+                                        "error": "OSError: provider away", "state": "waiting", "next_try": None}]
 
 
 def test_a_pending_copy_holds_its_source_back_and_counts_as_pending(core: Core, clock: FakeClock) -> None:

@@ -24,9 +24,9 @@ def test_render_is_prometheus_text():
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
-            assert kind in ("counter", "gauge")
+            assert kind in ("counter", "gauge", "histogram")
             assert name.endswith("_total") == (kind == "counter"), line
-            typed.add(name)
+            typed.update([f"{name}_bucket", f"{name}_sum", f"{name}_count"] if kind == "histogram" else [name])
         elif not line.startswith("# HELP "):
             assert SAMPLE.match(line), line
             assert line.split("{")[0].split()[0] in typed, f"sample before its TYPE: {line}"

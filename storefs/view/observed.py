@@ -1,0 +1,207 @@
+"""Every provider request timed and watched: latency histograms, and the provider's outage record.
+
+The daemon wraps each provider in ObservedProvider, so lookups, reads and uploads alike pass here.
+A request that gets no whole answer (ProviderUnavailable, not ProviderBusy) puts its provider down in
+ProviderHealth; any answer (a missing key and a refusal included) ends that. A request that hangs
+(a frozen server accepts connections and never answers) fails only after the client's timeouts and
+retries, minutes on S3; so when a request has made no progress for PROBE_AFTER seconds, a probe
+(a HEAD of a key that does not exist) is sent, and a provider that does not answer it within
+PROBE_TIMEOUT is down from then. While down it is probed again every PROBE_AFTER seconds (one
+probe at a time), and the first answer brings it back up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import ProviderBusy, ProviderUnavailable
+from ..metrics import PROVIDER_LATENCY
+from ..providers.base import Provider
+from .health import ProviderHealth
+
+log = logging.getLogger(__name__)
+
+#: a request with no progress for this long (seconds) has its provider probed
+PROBE_AFTER = 5.0
+#: a probe not answered in this long (seconds) puts its provider down
+PROBE_TIMEOUT = 5.0
+#: how often (seconds) the watcher looks at the requests under way
+WATCH_EVERY = 1.0
+#: the key a probe asks for (missing or not, any answer will do)
+PROBE_KEY = ".storefs-probe"
+
+#: provider method -> the operation its latency is counted under
+OPERATIONS = {
+    "head": "head", "head_dir": "head", "dir_exists": "list", "list": "list", "walk": "list",
+    "get_range": "get", "read_stream": "get", "put_file": "put", "set_meta": "set_meta", "copy": "copy",
+    "delete": "delete", "delete_many": "delete", "make_dir": "make_dir", "remove_dir": "remove_dir",
+}
+#: the methods that answer with an iterator: timed until it is used up
+STREAMS = frozenset({"list", "walk", "read_stream"})
+
+
+class Watcher:
+    """The requests under way, per provider, and the probes sent when one hangs (thread-safe)."""
+
+    def __init__(self, health: ProviderHealth, probe_after: float = PROBE_AFTER,
+                 probe_timeout: float = PROBE_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+        self.health = health
+        self.probe_after = probe_after
+        self.probe_timeout = probe_timeout
+        self._clock = clock
+        self._providers: dict[str, Provider] = {}
+        # protects _requests, _probes, _last_probe and _thread
+        self._lock = threading.Lock()
+        self._requests: dict[int, tuple[str, str, float]] = {}  # id -> (provider, operation, last progress)
+        self._probes: dict[str, float] = {}  # provider -> when its probe under way was sent
+        self._last_probe: dict[str, float] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, provider: Provider) -> None:
+        """Watch provider (probes go to it directly, unobserved)."""
+        self._providers[provider.name] = provider
+
+    def begin(self, pname: str, op: str) -> int:
+        """A request under way; the watcher thread runs while any is."""
+        now = self._clock()
+        with self._lock:
+            rid = next(self._ids)
+            self._requests[rid] = (pname, op, now)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="storefs-watch", daemon=True)
+                self._thread.start()
+        return rid
+
+    def progress(self, rid: int) -> None:
+        """The request made progress (a page of a listing, a chunk of a read)."""
+        now = self._clock()
+        with self._lock:
+            r = self._requests.get(rid)
+            if r is not None:
+                self._requests[rid] = (r[0], r[1], now)
+
+    def end(self, rid: int, pname: str, error: BaseException | None) -> None:
+        """The request is over: answered (error None or any error but no answer), or not."""
+        with self._lock:
+            self._requests.pop(rid, None)
+        if isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderBusy):
+            self.health.no_answer(pname, str(error))
+        else:
+            self.health.answered(pname)
+
+    def _watch(self) -> None:
+        """Probe providers with a hung request, and providers that are down; ends when no request is under
+        way, no provider is down and no probe is out (begin() starts it again)."""
+        while True:
+            time.sleep(WATCH_EVERY)
+            now = self._clock()
+            down = {p for p, h in self.health.report(list(self._providers)).items() if h["state"] == "down"}
+            with self._lock:
+                hung = {p for p, _, seen in self._requests.values() if now - seen >= self.probe_after}
+                if not self._requests and not down and not self._probes:
+                    self._thread = None
+                    return
+                due = [p for p in hung | down if p not in self._probes
+                       and now - self._last_probe.get(p, float("-inf")) >= self.probe_after]
+                for p in due:
+                    self._probes[p] = self._last_probe[p] = now
+                late = [p for p, sent in self._probes.items() if now - sent >= self.probe_timeout]
+            for p in due:
+                threading.Thread(target=self._probe, args=(p,), name=f"storefs-probe-{p}", daemon=True).start()
+            for p in late:
+                ops = sorted({op for q, op, _ in self._requests_of(p)})
+                self.health.no_answer(p, f"no answer to a probe in {self.probe_timeout:g}s"
+                                         + (f" ({', '.join(ops)} under way)" if ops else ""))
+
+    def _requests_of(self, pname: str) -> list[tuple[str, str, float]]:
+        with self._lock:
+            return [r for r in self._requests.values() if r[0] == pname]
+
+    def _probe(self, pname: str) -> None:
+        """One HEAD of a key that is never there: not found, or any other answer, means pname answers."""
+        error: BaseException | None = None
+        t0 = self._clock()
+        try:
+            self._providers[pname].head(PROBE_KEY)
+        except Exception as e:  # an answer or not: end() tells them apart
+            error = e
+        PROVIDER_LATENCY.observe((pname, "probe"), self._clock() - t0)
+        with self._lock:
+            self._probes.pop(pname, None)
+        if isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderBusy):
+            self.health.no_answer(pname, f"probe: {error}")
+        else:
+            self.health.answered(pname)
+
+
+class ObservedProvider:
+    """A provider whose requests are timed (PROVIDER_LATENCY) and watched (Watcher); the rest is the provider's."""
+
+    _inner: Provider
+    _watcher: Watcher
+
+    def __init__(self, inner: Provider, watcher: Watcher) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_watcher", watcher)
+        watcher.add(inner)
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._inner, attr)
+        op = OPERATIONS.get(attr)
+        if op is None or not callable(value):
+            return value
+        if attr in STREAMS:
+            return lambda *args, **kwargs: self._stream(op, value, args, kwargs)
+        return lambda *args, **kwargs: self._call(op, value, args, kwargs)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        setattr(self._inner, attr, value)
+
+    @property
+    def inner(self) -> Provider:
+        """The provider itself."""
+        return self._inner
+
+    def _call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        pname = self._inner.name
+        rid = self._watcher.begin(pname, op)
+        t0 = time.monotonic()
+        error: BaseException | None = None
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            PROVIDER_LATENCY.observe((pname, op), time.monotonic() - t0)
+            self._watcher.end(rid, pname, error)
+
+    def _stream(self, op: str, fn: Callable[..., Iterator[Any]], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Iterator[Any]:
+        pname = self._inner.name
+        rid = self._watcher.begin(pname, op)
+        t0 = time.monotonic()
+        error: BaseException | None = None
+        try:
+            for item in fn(*args, **kwargs):
+                self._watcher.progress(rid)
+                yield item
+        except BaseException as e:
+            error = e if not isinstance(e, GeneratorExit) else None
+            raise
+        finally:
+            PROVIDER_LATENCY.observe((pname, op), time.monotonic() - t0)
+            self._watcher.end(rid, pname, error)
+
+
+def observe_providers(providers: dict[str, Provider], health: ProviderHealth,
+                      watcher: Watcher | None = None) -> dict[str, Provider]:
+    """Each provider wrapped in ObservedProvider, reporting to health."""
+    watcher = watcher or Watcher(health)
+    return {name: ObservedProvider(p, watcher) for name, p in providers.items()}  # type: ignore[misc]
