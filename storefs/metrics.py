@@ -13,6 +13,7 @@ import http.server
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,21 @@ def render(st: dict, histograms: Iterable[Histogram] = (FUSE_LATENCY, PROVIDER_L
     return "\n".join(out) + "\n"
 
 
-class _V6Server(http.server.ThreadingHTTPServer):
+#: scrapes are served at most this often (seconds apart), a later one waits: Prometheus asks every
+#: 15 s, and a scrape loop must not take the interpreter from the FUSE threads
+MIN_SCRAPE_SPACING = 0.05
+#: seconds a scrape client may take to send its request before the server drops it (scrapes are served one at a time)
+CLIENT_TIMEOUT = 5.0
+
+
+class _Server(http.server.HTTPServer):
+    """Scrapes one at a time, MIN_SCRAPE_SPACING apart: however many scrapers there are and however
+    fast they ask, metrics take a small share of the daemon's interpreter from the FUSE threads."""
+
+    next_scrape = 0.0  # monotonic time before which the next scrape waits
+
+
+class _V6Server(_Server):
     """The same server on an IPv6 address (metrics_address: "::1", "::")."""
 
     address_family = socket.AF_INET6
@@ -155,10 +170,16 @@ class MetricsServer:
 
     def __init__(self, port: int, snapshot: Callable[[], dict], address: str = "127.0.0.1") -> None:
         class _Handler(http.server.BaseHTTPRequestHandler):
+            timeout = CLIENT_TIMEOUT
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "storefs serves /metrics only")
                     return
+                server = self.server
+                assert isinstance(server, _Server)
+                time.sleep(max(0.0, server.next_scrape - time.monotonic()))
+                server.next_scrape = time.monotonic() + MIN_SCRAPE_SPACING
                 try:
                     body = render(snapshot()).encode()
                 except Exception:  # a scrape must not take the daemon down
@@ -174,9 +195,8 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("metrics: " + format, *args)
 
-        server_class = _V6Server if ":" in address else http.server.ThreadingHTTPServer
+        server_class = _V6Server if ":" in address else _Server
         self._server = server_class((address.strip("[]"), port), _Handler)
-        self._server.daemon_threads = True
         self.address = address
         self.port = self._server.server_address[1]
         self._serving = False
