@@ -108,6 +108,19 @@ class Refresh:
         self._submit(pool, tag, task)
         return done
 
+    def claim(self, tag: Hashable) -> bool:
+        """Mark work tagged tag as under way (False: it is already): whoever asks for the same work
+        meanwhile waits for release(tag) instead of doing it again."""
+        with self._lock:
+            if tag in self._pending:
+                return False
+            self._pending[tag] = threading.Event()
+            return True
+
+    def release(self, tag: Hashable) -> None:
+        """The work claimed as tag is over: its waiters go on."""
+        self._done(tag)
+
     def _claim(self, prefixes: list[str]) -> list[str]:
         """The prefixes with no background listing under way, now marked as under way."""
         with self._lock:

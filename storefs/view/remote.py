@@ -22,6 +22,7 @@ from typing import TypeVar
 from .. import keys
 from ..errors import NotFound, ProviderUnavailable
 from ..providers.base import ObjectInfo, Provider
+from .ahead import HeadsAhead
 from .dircache import DirCache, Head, Listing, Names
 from .health import ProviderHealth
 from .merge import Found, merge_listings
@@ -50,6 +51,7 @@ class RemoteView:
         self.health = health if health is not None else ProviderHealth(clock, tunables)
         self.cache = DirCache(ttl, negative_ttl, clock=clock, tunables=tunables)
         self.refresh = Refresh(self.cache, self.health, order, self._fetch, clock=clock, tunables=tunables)
+        self.ahead = HeadsAhead(self.cache, self.health, providers, self.refresh, clock=clock, tunables=tunables)
         # object stores answer a LIST as fast as a HEAD: a folder's listing then answers every
         # lookup in it, absent names included, for the price of one request
         self._list_lookups = any(p.lookup_by_listing for p in providers.values())
@@ -79,8 +81,11 @@ class RemoteView:
         also refresh listings in use before they expire, and list subfolders ahead of a walk."""
         if self.ttl > 0:
             self.refresh.start(listings=self._list_lookups)
+            if self._list_lookups:
+                self.ahead.start()
 
     def stop(self) -> None:
+        self.ahead.stop()
         self.refresh.stop()
 
     def prefetch_below(self, prefix: str, listing: dict[str, tuple[str, ObjectInfo]]) -> None:
@@ -250,11 +255,14 @@ class RemoteView:
                 if (found is None or found[1].is_dir or not need_meta
                         or self.providers[found[0]].listing_has_metadata):
                     return found
-                # listings of object stores carry no mtime/mode: one HEAD, then cached like any other
+                # listings of object stores carry no mtime/mode: one HEAD, then cached like any other;
+                # the names after it in a folder being stat'ed are asked for ahead (ahead.py)
                 listed: Found = found
                 stale: Found | None = head.found if head is not None and head.found is not None and self._usable(
                     head.fetched) else listed
-                return self._bounded(("head", key), lambda: self._head_for_meta(key, listed), stale)
+                self.ahead.noticed(prefix, name, listing)
+                return self._bounded(("head", key), lambda: self._head_for_meta(key, listed), stale,
+                                     joined=lambda: self._fresh_head(key))
             found = self._head_lookup(key, head)
         except ProviderUnavailable:
             if listing is not None:
@@ -268,6 +276,11 @@ class RemoteView:
         if found is not None and found[1].is_dir and need_meta:
             return self._with_dir_meta(key, found)
         return found
+
+    def _fresh_head(self, key: str) -> Found | None:
+        """What a HEAD someone else just made found at key (None: nothing fresh, or absent: ask again)."""
+        head = self.cache.head(key)
+        return head.found if head is not None and head.until > self._clock() else None
 
     def _head_for_meta(self, key: str, listed: Found) -> Found | None:
         """The full metadata of a file the listing showed: one HEAD, cached."""

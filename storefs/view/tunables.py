@@ -60,6 +60,14 @@ class ViewTunables:
     prefetch_threads: int = 8
     #: a request for a listing being fetched in the background waits for it this long at most
     prefetch_wait: float = 5.0
+    #: once lookups in a folder need a HEAD each (an object store's listing has no mode or mtime), the
+    #: names after it are asked for ahead, this many at a time (see ahead.py) ...
+    heads_ahead_threads: int = 16
+    #: ... when at least this many need it, and at most this many per folder (the head cache keeps max_heads)
+    heads_ahead_min: int = 16
+    heads_ahead_max: int = 20_000
+    #: a thread with nothing to ask for this long ends
+    heads_ahead_idle: float = 2.0
 
 
 #: what a view runs by unless it is given other tunables

@@ -1,0 +1,82 @@
+"""HEADs ahead of a stat storm (storefs.view.ahead): `ls -l` of a folder an object store listed
+costs a HEAD per name; once lookups there need them, the names after are asked for several at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from storefs.providers.base import ObjectInfo
+from storefs.providers.local import LocalProvider
+from storefs.view import RemoteView, ViewTunables
+
+HEAD_SECONDS = 0.005  # what one HEAD costs the test provider
+NAMES = 300
+PREFIX = "t/image/b/a/"
+
+
+class SlowHeads(LocalProvider):
+    """A folder listed as an object store lists it (no metadata), with a HEAD that takes HEAD_SECONDS."""
+
+    lookup_by_listing = True
+    listing_has_metadata = False
+
+    def __init__(self, name: str, base: str) -> None:
+        super().__init__(name, base, create=True)
+        self.lock = threading.Lock()
+        self.heads: list[str] = []
+        self.inside = 0
+        self.most = 0
+
+    def head(self, key: str) -> ObjectInfo:
+        with self.lock:
+            self.heads.append(key)
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            time.sleep(HEAD_SECONDS)
+            return super().head(key)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def make(tmp_path: Path, **tunables: int) -> tuple[RemoteView, SlowHeads]:
+    base = tmp_path / "data"
+    (base / PREFIX).mkdir(parents=True)
+    for i in range(NAMES):
+        (base / PREFIX / f"f{i:04d}.png").write_bytes(b"x")
+    p = SlowHeads("s3", str(base))
+    v = RemoteView({"s3": p}, ["s3"], ttl=60.0, negative_ttl=0.0, tunables=ViewTunables(**tunables))
+    v.start()
+    return v, p
+
+
+def test_a_stat_of_every_listed_name_asks_each_once_and_several_at_a_time(tmp_path: Path) -> None:
+    v, p = make(tmp_path)
+    try:
+        names = list(v.listing(PREFIX))
+        assert p.heads == []  # a listing alone (ls -f) asks for no HEAD
+        t0 = time.monotonic()
+        for name in names:  # ls -l: a lookup of each, in the listing's order
+            found = v.lookup(PREFIX + name)
+            assert found is not None and found[1].mode is not None, name  # with what only a HEAD says
+        took = time.monotonic() - t0
+    finally:
+        v.stop()
+    assert sorted(p.heads) == sorted(PREFIX + n for n in names)  # each name asked for once
+    assert p.most > 1
+    assert took < NAMES * HEAD_SECONDS / 3, took  # one at a time takes NAMES * HEAD_SECONDS
+
+
+def test_a_small_folder_is_not_asked_ahead(tmp_path: Path) -> None:
+    v, p = make(tmp_path, heads_ahead_min=NAMES)
+    try:
+        names = list(v.listing(PREFIX))
+        for name in names[:5]:
+            v.lookup(PREFIX + name)
+        time.sleep(0.2)
+    finally:
+        v.stop()
+    assert len(p.heads) == 5 and p.most == 1
