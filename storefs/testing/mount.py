@@ -36,6 +36,7 @@ CMD_TIMEOUT = 120  # seconds, for any one storefs command
 TOOL_TIMEOUT = 120  # seconds, for cp, tar, rsync ...
 MOUNT_TIMEOUT = 90  # seconds for `storefs mount` to return; a daemon hung in init fails the start
 RESPONSIVE_TIMEOUT = 30  # seconds for a mount to answer a stat or `ls -la`
+CHILD_GONE_TIMEOUT = 10.0  # seconds a killed check is waited for once the stuck daemon is gone
 MOUNTS = "/proc/self/mounts"
 
 
@@ -255,11 +256,17 @@ class StorefsMount:
         hung FUSE request cannot keep: it is killed, and so are the stuck daemon and its mount."""
         path = str(self._mnt / rel) if rel else str(self._mnt)
         cmd = ["ls", "-la", path] if listing else ["stat", path]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
+            child.wait(timeout)
         except subprocess.TimeoutExpired:
+            # not subprocess.run's kill-then-wait: a request the daemon already read keeps the child
+            # in an uninterruptible wait until the daemon dies, so the daemon goes first
+            child.kill()
             tail = self.log_tail()
             self.kill_stuck_daemon()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(CHILD_GONE_TIMEOUT)
             raise MountHung(f"{path}: the mount did not answer `{' '.join(cmd[:-1])}` in {timeout:.0f}s "
                             f"(daemon stuck?)\nlog tail:\n{tail}") from None
 
