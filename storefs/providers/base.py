@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+from ..errors import ProviderUnavailable, StorefsError
 
 #: times everywhere in storefs are integer nanoseconds since the epoch, as stat(2) has them
 NS_PER_SECOND = 1_000_000_000
@@ -90,6 +92,8 @@ class Provider(abc.ABC):
     listing_has_metadata: bool = True
     #: whether one listing of a folder is cheaper than asking for a name or two in it (round trips)
     lookup_by_listing: bool = False
+    #: names head_many asks for in one go at less than one head() each (S3 pipelines its HEADs); 1: none
+    heads_at_once: int = 1
     #: whether the provider enforces put/copy/delete conditions atomically; False: checked by a head
     #: just before the request, which leaves a short race window (README, "Several mounts, one bucket")
     atomic_conditions: bool = True
@@ -104,6 +108,18 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:
         """Metadata of the file at key; NotFound if there is none."""
+
+    def head_many(self, keys: Sequence[str]) -> Iterator[tuple[str, ObjectInfo | StorefsError]]:
+        """(key, head(key)) for each key in order, streamed, with the error that is that key's alone (NotFound,
+        AccessDenied, ...) in place of its info; ProviderUnavailable is raised. Providers that can ask for
+        many names more cheaply than one by one (S3: pipelined HEADs) do so."""
+        for key in keys:
+            try:
+                yield key, self.head(key)
+            except ProviderUnavailable:
+                raise
+            except StorefsError as e:
+                yield key, e
 
     @abc.abstractmethod
     def dir_exists(self, prefix: str) -> bool:

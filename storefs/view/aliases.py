@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from .. import keys
+from ..errors import StorefsError
 from ..providers.base import ObjectInfo, ObjectMeta, Provider
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class AliasedProvider:
 
     def head(self, key: str) -> ObjectInfo:
         return _named(self.inner.head(keys.object_key(key)), key)
+
+    def head_many(self, many: Sequence[str]) -> Iterator[tuple[str, ObjectInfo | StorefsError]]:
+        """head_many of the objects' keys, each answer named by the key it was asked for (in order)."""
+        asked = list(many)
+        for key, (_, found) in zip(asked, self.inner.head_many([keys.object_key(k) for k in asked]), strict=True):
+            yield key, _named(found, key) if isinstance(found, ObjectInfo) else found
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         return self.inner.get_range(keys.object_key(key), offset, length)

@@ -63,6 +63,8 @@ class ViewTunables:
     #: once lookups in a folder need a HEAD each (an object store's listing has no mode or mtime), the
     #: names after it are asked for ahead, this many at a time (see ahead.py) ...
     heads_ahead_threads: int = 16
+    #: ... each asking for up to this many names at once where the provider can (S3 pipelines its HEADs)
+    heads_ahead_batch: int = 32
     #: ... when at least this many need it, and at most this many per folder (the head cache keeps max_heads)
     heads_ahead_min: int = 16
     heads_ahead_max: int = 20_000

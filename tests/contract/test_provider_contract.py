@@ -159,6 +159,22 @@ class ProviderContract:
         assert isinstance(got.etag, str) and got.etag
         assert (stored.mode, stored.mtime_ns) == (got.mode, got.mtime_ns)
 
+    def test_head_many_answers_each_name_in_order_as_head_does(self, provider, put):
+        m = meta()
+        present = [f"a/many/f{i:03d}.png" for i in range(70)]  # more than one S3 pipelined batch
+        for key in present[::2]:
+            put(key, m=m)
+        got = list(provider.head_many(present))
+        assert [key for key, _ in got] == present
+        for i, (key, found) in enumerate(got):
+            if i % 2:
+                assert isinstance(found, NotFound), (key, found)
+            else:
+                assert isinstance(found, ObjectInfo) and found.key == key, (key, found)
+                self.assert_meta(found, m, len(PAYLOAD))
+                assert found.etag == provider.head(key).etag
+        assert list(provider.head_many([])) == []
+
     def test_fine_mtime_kept_to_the_nanosecond(self, provider, put):
         put("a/x", b"x", mtime_ns=FINE_MTIME, atime_ns=FINE_MTIME + 1)
         got = provider.head("a/x")

@@ -80,3 +80,53 @@ def test_a_small_folder_is_not_asked_ahead(tmp_path: Path) -> None:
     finally:
         v.stop()
     assert len(p.heads) == 5 and p.most == 1
+
+
+def test_a_folder_bigger_than_what_is_queued_at_once_is_asked_ahead_all_the_way(tmp_path: Path) -> None:
+    v, p = make(tmp_path, heads_ahead_max=40)  # 300 names: a lookup past each 40 queues the next
+    try:
+        names = list(v.listing(PREFIX))
+        t0 = time.monotonic()
+        for name in names:
+            found = v.lookup(PREFIX + name)
+            assert found is not None and found[1].mode is not None, name
+        took = time.monotonic() - t0
+    finally:
+        v.stop()
+    assert sorted(p.heads) == sorted(PREFIX + n for n in names)
+    assert took < NAMES * HEAD_SECONDS / 3, took
+
+
+class Batches(SlowHeads):
+    """A provider that answers HEADs in batches (as S3's pipelined ones), each batch costing one HEAD's time."""
+
+    heads_at_once = 8
+
+    def __init__(self, name: str, base: str) -> None:
+        super().__init__(name, base)
+        self.batches: list[int] = []
+
+    def head_many(self, keys):  # type: ignore[no-untyped-def]
+        self.batches.append(len(keys))
+        time.sleep(HEAD_SECONDS)
+        for key in keys:
+            yield key, LocalProvider.head(self, key)
+
+
+def test_a_provider_that_asks_for_names_in_batches_gets_batches(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    (base / PREFIX).mkdir(parents=True)
+    for i in range(NAMES):
+        (base / PREFIX / f"f{i:04d}.png").write_bytes(b"x")
+    p = Batches("s3", str(base))
+    v = RemoteView({"s3": p}, ["s3"], ttl=60.0, negative_ttl=0.0, tunables=ViewTunables(heads_ahead_batch=32))
+    v.start()
+    try:
+        names = list(v.listing(PREFIX))
+        for name in names:
+            found = v.lookup(PREFIX + name)
+            assert found is not None and found[1].mode is not None, name
+    finally:
+        v.stop()
+    assert max(p.batches) == 8  # the provider's batch, not the tunable's larger one
+    assert sum(p.batches) + len(p.heads) == NAMES  # each name asked once: in a batch or by its own lookup

@@ -39,6 +39,10 @@ MIN_WAIT = 0.1
 #: header lines an answer may have: 2 KiB of S3 metadata makes at most about a thousand
 #: x-amz-meta-* lines, plus the server's own headers (http.client alone allows 100)
 MAX_HEADERS = 2000
+#: bytes asked of the socket at a time while reading pipelined answers
+RECV_SIZE = 1 << 16
+#: the longest header block of one pipelined HEAD answer this reader takes (S3 metadata is at most 2 KiB)
+MAX_HEAD_ANSWER = 1 << 20
 #: failures of a kept-alive connection the server may have closed while it sat idle
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 #: an answer came that is not HTTP as http.client reads it (RemoteDisconnected, a BadStatusLine, is caught first)
@@ -264,8 +268,76 @@ class Connections:
             self._give_back(conn)
         return answer
 
+    def pipelined_heads(self, requests: list[tuple[str, dict[str, str]]], timeouts: Timeouts) -> list[Answer]:
+        """HEAD requests sent back to back on one kept-alive connection (HTTP/1.1 pipelining), their
+        answers read in order: the answers to the first len(result) of them (fewer than asked when the
+        connection ends, is to close, times out or answers what this reader does not expect; the caller
+        asks for the rest another way). A HEAD's answer has no body, so each ends at its blank line.
+
+        Sending a batch in one write and parsing the answers from one buffer costs a HEAD about a
+        third of the interpreter time http.client's request/response objects do (README, "Big folders")."""
+        if not requests:
+            return []
+        if self._proxy and not self._https:
+            return []  # a plain-HTTP proxy takes absolute URLs one by one: not worth pipelining
+        conn, _ = self._take(timeouts)
+        sock = conn.sock
+        assert sock is not None
+        out: list[str] = []
+        for target, headers in requests:
+            out.append(f"HEAD {target} HTTP/1.1\r\n")
+            out.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+            out.append("\r\n")
+        answers: list[Answer] = []
+        reusable = False
+        try:
+            sock.settimeout(timeouts.read_wait())
+            sock.sendall("".join(out).encode("latin-1"))
+            reusable = _read_heads(sock, len(requests), answers)
+        except (OSError, UnicodeError, ValueError) as e:  # timed out, reset, refused mid-way: the rest asked again
+            log.debug("%s: pipelined HEADs ended after %d of %d answers (%s)", self.url, len(answers), len(requests), e)
+        if reusable:
+            self._give_back(conn)
+        else:
+            conn.close()
+        return answers
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _read_heads(sock: socket.socket, count: int, answers: list[Answer]) -> bool:
+    """Up to count bodiless answers read from sock into answers; whether the connection may be used again
+    (every answer read, none of them saying it closes, nothing left over)."""
+    buf = b""
+    while len(answers) < count:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD_ANSWER:
+                return False
+            more = sock.recv(RECV_SIZE)
+            if not more:
+                return False
+            buf += more
+            continue
+        lines = buf[:end].decode("latin-1").split("\r\n")
+        buf = buf[end + 4:]
+        version, _, rest = lines[0].partition(" ")
+        if not version.startswith("HTTP/1."):
+            return False
+        status = int(rest[:3])
+        if status < 200:  # 1xx before the real answer: not expected for a HEAD
+            return False
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or name != name.strip():
+                return False
+            headers[name.lower()] = value.strip()
+        answers.append(Answer(status, headers, b""))
+        if "close" in headers.get("connection", "").lower() or version == "HTTP/1.0":
+            return False
+    return not buf

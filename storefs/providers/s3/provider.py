@@ -46,6 +46,8 @@ COPY_LIMIT = 5 * 1024 ** 3  # CopyObject's ceiling; bigger objects need a multip
 STREAM_RANGE = 8 << 20
 #: keys per listing page (S3's maximum)
 PAGE_KEYS = 1000
+#: HEADs sent back to back on one connection by head_many
+PIPELINE_HEADS = 32
 MOVED_PERMANENTLY = 301
 BAD_REQUEST = 400
 #: the name of the object check() writes to learn whether the server honours conditions (under the prefix)
@@ -72,6 +74,7 @@ class S3Provider(Provider):
     kind = "s3"
     listing_has_metadata = False
     lookup_by_listing = True
+    heads_at_once = PIPELINE_HEADS
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -183,6 +186,37 @@ class S3Provider(Provider):
 
     def head(self, key: str) -> ObjectInfo:
         return self._head_info(key)[0]
+
+    def head_many(self, keys: Sequence[str]) -> Iterator[tuple[str, ObjectInfo | errors.StorefsError]]:
+        """HEADs pipelined PIPELINE_HEADS at a time on one connection (a big folder's `ls -l` asks for every
+        name); an answer that is neither found nor absent, and every name a batch did not answer, is asked
+        for by head() with its retries and error table."""
+        for start in range(0, len(keys), PIPELINE_HEADS):
+            batch = keys[start:start + PIPELINE_HEADS]
+            fulls = [self._key(k) for k in batch if k and not k.endswith("/")]
+            answers = self._requests.heads(fulls, self.retry.lookup.timeouts) if len(fulls) == len(batch) else []
+            for key, answer in zip(batch, answers, strict=False):
+                if answer.status == NOT_FOUND:
+                    yield key, errors.NotFound(self._what(key))
+                    continue
+                if 200 <= answer.status < 300:
+                    try:
+                        yield key, codec.info_from_headers(key, answer.headers)
+                        continue
+                    except ValueError:
+                        pass  # asked again below, where the error is reported
+                yield key, self._one_head(key)
+            for key in batch[len(answers):]:
+                yield key, self._one_head(key)
+
+    def _one_head(self, key: str) -> ObjectInfo | errors.StorefsError:
+        """head(key), or the error that is this key's alone (an unavailable provider is raised)."""
+        try:
+            return self.head(key)
+        except errors.ProviderUnavailable:
+            raise
+        except errors.StorefsError as e:
+            return e
 
     def dir_exists(self, prefix: str) -> bool:
         if prefix and not prefix.endswith("/"):

@@ -199,6 +199,25 @@ class S3Requests:
             raise self._fail(what, answer)  # a HEAD's answer has no body: the status says it
         return answer.headers
 
+    def heads(self, fulls: Sequence[str], timeouts: Timeouts) -> list[Answer]:
+        """HEADs of fulls pipelined on one connection: the answers to the first of them, in order, whatever
+        their status (fewer than asked, even none, when the connection ended: the caller asks for the rest)."""
+        creds = self._credentials()
+        if creds is None:
+            raise self._table.no_credentials("none in the config or boto3's credential chain")
+        endpoint, http = self._connections()
+        requests = []
+        for full in fulls:
+            path = endpoint.objects + quote(full, safe="/~")
+            headers = {"host": endpoint.host, "user-agent": USER_AGENT}
+            self._signer.sign("HEAD", path, "", headers, EMPTY_SHA256, creds)
+            requests.append((path, headers))
+        try:
+            return http.pipelined_heads(requests, timeouts)
+        except TransportError as e:  # no connection: the caller's one-by-one HEADs say why
+            log.debug("bucket %s: no connection for pipelined HEADs (%s)", self.bucket, e)
+            return []
+
     def get(self, full: str, offset: int, length: int, timeouts: Timeouts,
             if_match: str | None = None) -> tuple[bytes, dict[str, str]]:
         """Bytes [offset, offset+length) of full (fewer at its end, b"" past it) and the answer's headers."""
