@@ -34,9 +34,10 @@ def entry_name(info: ObjectInfo) -> str:
 def merge_listings(per_provider: Iterable[tuple[str, Iterable[ObjectInfo]]]) -> dict[str, Found]:
     """One folder's children by name, from each provider's listing given in merge order."""
     merged: dict[str, Found] = {}
+    suffixes = (keys.FILE_SUFFIX, keys.FILE_SUFFIX + "/")
     for pname, infos in per_provider:
         for info in infos:
-            if keys.is_alias(info.key.rstrip("/")):
+            if info.key.endswith(suffixes) and keys.is_alias(info.key.rstrip("/")):
                 # the mount's own spelling of a file beside a folder: a key spelt so could not be told apart
                 log.warning("skipping %r in a listing: names ending in %s are storefs' own", info.key, keys.FILE_SUFFIX)
                 continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +13,14 @@ from urllib.parse import unquote_plus
 from .codec import parse_rfc3339_ns, strip_etag
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+#: what the regular-expression reading of a listing page leaves to the XML parser: CDATA, comments, DTDs,
+#: processing instructions past the declaration, prefixed element names
+_NOT_PLAIN = re.compile(rb"<!|<\?(?!xml[ ?])|</?[A-Za-z_][\w.-]*:")
+_ROOT = re.compile(rb"\s*(?:<\?xml[^>]*\?>\s*)?<ListBucketResult[\s>]")
+_TOP_FIELD = re.compile(rb"<(IsTruncated|NextContinuationToken|EncodingType)>([^<]*)</\1>")
+_PREFIX = re.compile(rb"<CommonPrefixes>\s*<Prefix>([^<]*)</Prefix>\s*</CommonPrefixes>")
+#: an object's start, and its four elements this reader takes (each text up to its closing tag)
+_OBJECT_FIELD = re.compile(rb"<(Contents|Key|LastModified|ETag|Size)>([^<]*)")
 
 
 class Listed(NamedTuple):
@@ -54,7 +64,70 @@ def _timestamp_ns(text: str | None) -> int:
 
 
 def parse_list_page(body: bytes) -> ListPage:
-    """A ListBucketResult, names decoded when the server URL-encoded them; ValueError when unreadable."""
+    """A ListBucketResult, names decoded when the server URL-encoded them; ValueError when unreadable.
+
+    A page in the plain form every S3 server writes (no CDATA, comments, DTD or prefixed names) is read
+    by a few regular expressions, about four times faster than building its tree (README, "Big folders");
+    any other page, or one the expressions cannot read whole, by the XML parser."""
+    fast = _scan_list_page(body) if not _NOT_PLAIN.search(body) else None
+    return fast if fast is not None else _parse_list_tree(body)
+
+
+def _text(raw: bytes) -> str:
+    """An element's text: UTF-8 with XML's character references (&amp;, &#34;) resolved."""
+    text = raw.decode()
+    if "&" not in text:
+        return text
+    text = text.replace("&#34;", '"').replace("&quot;", '"')  # an ETag's quotes: nearly every entry has them
+    return html.unescape(text) if "&" in text else text
+
+
+def _scan_list_page(body: bytes) -> ListPage | None:
+    """parse_list_page by regular expressions; None where the page is not what they read (the parser then)."""
+    if not _ROOT.match(body):
+        return None
+    top = {m.group(1): m.group(2) for m in _TOP_FIELD.finditer(body)}
+    try:
+        encoded = _text(top.get(b"EncodingType", b"")).lower() == "url"
+
+        def name(raw: bytes) -> str:
+            return unquote_plus(_text(raw)) if encoded else _text(raw)
+
+        prefixes = [name(m.group(1)) for m in _PREFIX.finditer(body)]
+        objects: list[Listed] = []
+        times: dict[bytes, int] = {}  # objects put together share their LastModified
+        fields: dict[bytes, bytes] | None = None
+        # one pass over every <Contents> and the four elements read from each (no other element has their names)
+        for tag, value in [*_OBJECT_FIELD.findall(body), (b"Contents", b"")]:
+            if tag != b"Contents":
+                if fields is None:
+                    return None  # one of the four outside any Contents
+                fields[tag] = value
+                continue
+            if fields is not None:
+                key = fields.get(b"Key")
+                if key is None:
+                    return None
+                modified = fields.get(b"LastModified", b"")
+                modified_ns = times.get(modified)
+                if modified_ns is None:
+                    modified_ns = times[modified] = _timestamp_ns(_text(modified))
+                etag = fields.get(b"ETag")
+                objects.append(Listed(key=name(key), size=int(fields.get(b"Size") or 0), modified_ns=modified_ns,
+                                      etag=strip_etag(_text(etag)) if etag is not None else None))
+            fields = {}
+    except (ValueError, UnicodeDecodeError):
+        return None  # the parser says what is wrong
+    if len(objects) != body.count(b"<Contents>") or len(prefixes) != body.count(b"<CommonPrefixes>"):
+        return None
+    page = ListPage(prefixes=prefixes, objects=objects)
+    if top.get(b"IsTruncated") == b"true":
+        page.next_token = _text(top.get(b"NextContinuationToken", b"")) or None
+    return page
+
+
+def _parse_list_tree(body: bytes) -> ListPage:
+    """parse_list_page by the XML parser: any well-formed page, and the reason for an unreadable one."""
     root, ns = _root(body, "ListBucketResult")
     encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
 

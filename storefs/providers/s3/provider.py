@@ -23,6 +23,7 @@ import re
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -238,10 +239,8 @@ class S3Provider(Provider):
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         full = self._key(prefix)
-        token: str | None = None
         seen: set[str] = set()
-        while True:
-            page = self._page(full, token, "/", lookup=True)
+        for page in self._pages(full, "/", lookup=True):
             for p in page.prefixes:
                 key = self._strip(p)
                 if key not in seen:
@@ -257,9 +256,23 @@ class S3Provider(Provider):
                         yield ObjectInfo(key=key, size=0, mtime_ns=obj.modified_ns, is_dir=True)
                     continue
                 yield ObjectInfo(key=key, size=obj.size, mtime_ns=obj.modified_ns, etag=obj.etag)
-            if page.next_token is None:
-                return
-            token = page.next_token
+
+    def _pages(self, full: str, delimiter: str | None, lookup: bool) -> Iterator[ListPage]:
+        """The listing pages of full, each next one asked for while the caller reads the one before (a big
+        folder's listing then waits on the server or on the caller, not on both in turn)."""
+        page = self._page(full, None, delimiter, lookup)
+        if page.next_token is None:
+            yield page
+            return
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="storefs-list-ahead")
+        try:
+            while page.next_token is not None:
+                following = ahead.submit(self._page, full, page.next_token, delimiter, lookup)
+                yield page
+                page = following.result()
+            yield page
+        finally:  # a caller that stops early does not wait for the page under way
+            ahead.shutdown(wait=False, cancel_futures=True)
 
     def walk(self, prefix: str) -> Iterator[ObjectInfo]:
         """One flat ListObjectsV2 (no delimiter), 1000 keys a page: a whole tree in len/1000 requests.
@@ -270,9 +283,7 @@ class S3Provider(Provider):
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         full = self._key(prefix)
-        token: str | None = None
-        while True:
-            page = self._page(full, token, None, lookup=False)
+        for page in self._pages(full, None, lookup=False):
             for obj in page.objects:
                 if obj.key == full:
                     continue  # the marker of prefix itself
@@ -281,9 +292,6 @@ class S3Provider(Provider):
                     yield ObjectInfo(key=key, size=0, mtime_ns=obj.modified_ns, is_dir=True)
                 else:
                     yield ObjectInfo(key=key, size=obj.size, mtime_ns=obj.modified_ns, etag=obj.etag)
-            if page.next_token is None:
-                return
-            token = page.next_token
 
     def _get(self, key: str, offset: int, length: int, if_match: str | None = None) -> tuple[bytes, dict[str, str]]:
         full = self._key(key)
