@@ -10,11 +10,12 @@ buckets of that server:
    0.1 s during the listings (VmRSS, and VmHWM at the end). Target: peak under 300 MiB.
    Also the time `storefs mount` takes on that bucket versus on an empty one (nothing is
    listed at mount, so they should be close).
-2. `ls -l`: a folder of --wide-keys objects (20,000) put by boto3 with no storefs metadata under
-   bench/image/b1/a2/; `ls -l DIR | wc -l` on a fresh mount (empty cache, cold), storefs and
-   rclone interleaved, --rounds rounds: each listed name is then stat'ed, which for objects
-   whose listing carries no metadata costs a HEAD apiece. Then once `ls -l` of the N-key folder
-   on storefs: it completes, with the daemon's peak RSS under the target.
+2. `ls -f` and `ls -l`: a folder of --wide-keys objects (20,000) put by boto3 with no storefs
+   metadata under bench/image/b1/a2/; `ls -f DIR | wc -l`, then `ls -l DIR | wc -l`, each on a
+   fresh mount (empty cache, cold), storefs and rclone interleaved, --rounds rounds. Targets:
+   ls -f at least as fast as rclone, ls -l at least 3x faster: each name ls -l lists is then
+   stat'ed, which for objects whose listing carries no metadata costs a HEAD apiece. Then once
+   `ls -l` of the N-key folder on storefs: it completes, with the daemon's peak RSS under the target.
 3. cold sequential read: one object of M MiB of random bytes, read with
    `dd of=/dev/null bs=1M` through storefs (fresh cache) and rclone (fresh cache),
    interleaved, 3 rounds each, page caches dropped before each run where the kernel lets
@@ -444,23 +445,36 @@ def main() -> int:
         rwide = RcloneMount(rclone, work, server, "scale", "wide")
         mounts += [swide, rwide]
         lsl: dict[str, list[float]] = {"storefs": [], "rclone": []}
+        lsf: dict[str, list[float]] = {"storefs": [], "rclone": []}
         for rnd in range(args.rounds):
             order: list[tuple[str, StorefsMount | RcloneMount]] = [("storefs", swide), ("rclone", rwide)]
             if rnd % 2:
                 order.reverse()
             for name, m in order:
+                m.mount()  # a fresh mount (empty cache) for each listing: both are cold
+                try:
+                    drop_caches()
+                    f_secs, count = timed_ls(os.path.join(m.mnt, WIDE_DIR))
+                finally:
+                    m.unmount()
+                lsf[name].append(f_secs)
+                if count != args.wide_keys + 2:  # . and ..
+                    problems.append(f"{name} ls -f counted {count}, expected {args.wide_keys + 2}")
                 m.mount()
                 try:
                     drop_caches()
                     secs, lines = timed_ls_l(os.path.join(m.mnt, WIDE_DIR))
                 finally:
                     m.unmount()
+                say(f"  round {rnd + 1} {name}: ls -f of {args.wide_keys} keys, cold: {f_secs:.2f} s")
                 lsl[name].append(secs)
                 if lines != args.wide_keys + 1:  # "total N" first
                     problems.append(f"{name} ls -l printed {lines} lines, expected {args.wide_keys + 1}")
                 say(f"  round {rnd + 1} {name}: ls -l of {args.wide_keys} keys, cold: {secs:.2f} s")
         res["ls_l_storefs_s_runs"], res["ls_l_rclone_s_runs"] = lsl["storefs"], lsl["rclone"]
         res["ls_l_storefs_s"], res["ls_l_rclone_s"] = median(lsl["storefs"]), median(lsl["rclone"])
+        res["ls_f_wide_storefs_s_runs"], res["ls_f_wide_rclone_s_runs"] = lsf["storefs"], lsf["rclone"]
+        res["ls_f_wide_storefs_s"], res["ls_f_wide_rclone_s"] = median(lsf["storefs"]), median(lsf["rclone"])
         say(f"storefs: ls -l of the {args.keys}-key folder, cold")
         full.mount()
         try:
@@ -557,6 +571,10 @@ def main() -> int:
         (f"ls -f | wc -l, {k} keys, warm", f"{res['storefs_ls_warm_s']:.2f} s", f"{res['rclone_ls_warm_s']:.2f} s",
          ratio(res["storefs_ls_warm_s"], res["rclone_ls_warm_s"])),
         ("  count printed (cold/warm)", f"{n_cold}/{n_warm}", f"{r_cold}/{r_warm}", ""),
+        (f"ls -f | wc -l, {args.wide_keys:,} keys, cold (median of {args.rounds})",
+         f"{res['ls_f_wide_storefs_s']:.2f} s", f"{res['ls_f_wide_rclone_s']:.2f} s",
+         ratio(res["ls_f_wide_storefs_s"], res["ls_f_wide_rclone_s"])),
+        ("  runs", " ".join(f"{x:.2f}" for x in lsf["storefs"]), " ".join(f"{x:.2f}" for x in lsf["rclone"]), ""),
         (f"ls -l | wc -l, {args.wide_keys:,} keys, cold (median of {args.rounds})", f"{res['ls_l_storefs_s']:.2f} s",
          f"{res['ls_l_rclone_s']:.2f} s", ratio(res["ls_l_storefs_s"], res["ls_l_rclone_s"])),
         ("  runs", " ".join(f"{x:.2f}" for x in lsl["storefs"]), " ".join(f"{x:.2f}" for x in lsl["rclone"]), ""),
