@@ -4,7 +4,11 @@ by one, so a server that closes, garbles or stalls mid-batch costs speed, never 
 
 from __future__ import annotations
 
+import http.server
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -127,6 +131,44 @@ def test_a_server_that_stops_answering_ends_the_batch_at_the_read_timeout(server
     finally:
         stall.set()
     assert len(answers) == 2
+
+
+class HeadHandler(http.server.BaseHTTPRequestHandler):
+    """Python's own HTTP/1.1 server, which reads pipelined requests one after the other."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200 if self.path.endswith("0") else 404)
+        self.send_header("Content-Length", "9")
+        self.send_header("X-Path", self.path)
+        self.end_headers()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_pipelined_over_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeadHandler)
+    srv.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        http_ = Connections(f"https://127.0.0.1:{srv.server_address[1]}", verify=str(cert))
+        answers = http_.pipelined_heads(heads(25), TIMEOUTS)
+        assert [a.headers["x-path"] for a in answers] == [f"/b/k{i}" for i in range(25)]
+        assert [a.status for a in answers] == [200 if i % 10 == 0 else 404 for i in range(25)]
+        http_.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture
