@@ -36,6 +36,7 @@ from conftest import require_fuse
 
 from storefs.testing.data import ART, assert_same_tree, file_sha256, payload, sha256, tree_state
 from storefs.testing.mount import StorefsMount, clean_env, is_mounted, lazy_unmount, run
+from storefs.view.tunables import DEFAULT_TUNABLES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -319,6 +320,11 @@ def _only_mine_after_an_empty_cache_remount(store: StorefsMount, art: str) -> No
     assert (store.mnt / art / "mine.png").read_bytes() == b"mine"
 
 
+#: a create's miss in a fresh folder has it listed again after miss_recheck; this long after the mkdir
+#: that listing has landed
+MISS_RECHECK_SETTLED = DEFAULT_TUNABLES.miss_recheck + 0.5
+
+
 def test_a_folder_in_use_is_listed_again_in_the_background(store):
     """A folder being worked in is re-listed before its listing expires, off the request path.
 
@@ -328,8 +334,14 @@ def test_a_folder_in_use_is_listed_again_in_the_background(store):
     """
     ttl, art = 10.0, "t1/image/b1/busy"
     c, b = _folder_with_listing_ttl(store, ttl, art)
+    made = time.monotonic()
     (store.mnt / art / "mine.png").write_bytes(b"mine")
     store.flush()
+    # the create's miss has the folder listed again miss_recheck (2 s) after the mkdir: let that
+    # listing land first, so the one answering below was fetched before the other client's put
+    # (were it fetched after, its refresh would come a second later and race the delete)
+    while time.monotonic() - made < MISS_RECHECK_SETTLED:
+        time.sleep(0.1)
     t0 = time.monotonic()
     assert os.listdir(store.mnt / art) == ["mine.png"]  # listed (or kept current) from here on
     c.put_object(Bucket=b, Key=f"{art}/passing.png", Body=b"x")
