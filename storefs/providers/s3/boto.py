@@ -37,6 +37,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
+from s3transfer.utils import ReadFileChunk
 
 from ... import errors
 from .errors import ErrorTable
@@ -212,14 +213,14 @@ class Boto:
         offset = (number - 1) * chunk
         want = min(chunk, size - offset)
         try:
-            with open(src_path, "rb") as f:
-                body = os.pread(f.fileno(), want, offset)
+            body = ReadFileChunk.from_filename(src_path, offset, want, enable_callbacks=False)
         except OSError as e:
             raise errors.ProviderError(f"{what}: cannot read the cache file: {e.strerror or e}") from e
-        if len(body) != want:
-            raise errors.ProviderError(f"{what}: the cache file changed size while uploading")
-        answer = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
-                                         Body=body)
+        with body:
+            if len(body) != want:
+                raise errors.ProviderError(f"{what}: the cache file changed size while uploading")
+            answer = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
+                                             Body=body)
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def _abort(self, full: str, upload_id: str, what: str, ended: Callable[[str], None]) -> None:
