@@ -189,7 +189,7 @@ MAX_MIN_FREE_PERCENT = 100.0
 class CacheConfig:
     dir: str
     max_size: int = 20 * GiB
-    writeback_delay: float = 2.0
+    writeback_delay: float = 0.5
     uploaders: int = 16
     fsync: str = "local"
     retry_max_delay: float = 60.0
