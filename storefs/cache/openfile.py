@@ -248,6 +248,15 @@ class OpenFile:
         return n
 
     def truncate(self, length: int) -> None:
+        """Cut or extend the cache file. A cut to zero (the one made without fetching everything first) stops
+        new fetches and waits for those under way: a chunk landing after it would put the old object's bytes
+        back into the file, past its new end, and the next upload would send them."""
+        if length == 0 and self._present is not None:
+            with self._lock:
+                self._present = None
+                flights = list(self._inflight.values())
+            for flight in flights:
+                flight.done.wait()
         os.ftruncate(self.fd, length)
         self.size = length
 

@@ -297,3 +297,36 @@ def test_readers_of_a_chunk_being_fetched_share_the_fetch_and_its_outcome(
     else:
         assert sorted(results) == sorted(content[off:off + 64 * 1024] for off in range(0, 4 * MiB, MiB))
     f.close()
+
+
+def test_a_cut_to_zero_waits_for_the_fetch_landing_in_the_cache_file(tmp_path):
+    """A reader's fetch under way when another program opens the file with O_TRUNC: the cut waits for it, and
+    no fetch starts after it, so no byte of the old object lands past the new end (where the next upload,
+    which sends the cache file whole, would take it)."""
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def fetch(offset: int, length: int) -> bytes:
+        calls.append(offset)
+        started.set()
+        assert release.wait(10)
+        return b"\x5a" * length  # lands after the cut was asked for
+
+    path = tmp_path / "cold.bin"
+    path.write_bytes(bytes(SIZE))
+    e = Entry("t/image/b/a/x.bin", "s3", size=SIZE, chunks=bytes(3))
+    f = OpenFile(e, os.open(path, os.O_RDWR), fetch, chunk_size=12 * MiB, pool=None, readahead=0)
+    reader = threading.Thread(target=read, args=(f, 4096, 12 * MiB))
+    reader.start()
+    assert started.wait(10)
+    cut = threading.Thread(target=f.truncate, args=(0,))
+    cut.start()
+    time.sleep(0.2)
+    assert cut.is_alive(), "the cut did not wait for the fetch under way"
+    release.set()
+    for t in (reader, cut):
+        t.join(10)
+        assert not t.is_alive()
+    assert f.size == 0 and os.fstat(f.fd).st_size == 0 and f.complete
+    assert read(f, 4096, 0) == b"" and calls == [12 * MiB]
+    f.close()

@@ -220,7 +220,7 @@ class Boto:
             if len(body) != want:
                 raise errors.ProviderError(f"{what}: the cache file changed size while uploading")
             answer = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
-                                             Body=body)
+                                             Body=body)  # type: ignore[arg-type]  # file-like: read, seek, tell
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def _abort(self, full: str, upload_id: str, what: str, ended: Callable[[str], None]) -> None:
