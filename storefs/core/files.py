@@ -218,7 +218,7 @@ class Files:
         node = h.node
         end = offset + len(data)
         if end > node.size:
-            end = min(end, self._room(node.entry.key, offset))
+            end = min(end, self._room(node, offset))
             data = data[:end - offset]
             if end > node.size:
                 self.evictor.reserve(end - node.size)
@@ -244,9 +244,13 @@ class Files:
         if size > limit:
             raise TooLarge(f"{key}: {size} bytes would pass the limit of {limit} bytes for this type")
 
-    def _room(self, key: str, offset: int) -> int:
-        """Where a write at offset into key must end (its size limit), or TooLarge when it starts there."""
-        limit = self.tree.layout.max_size(keys.as_path(key))
+    def _room(self, node: OpenFile, offset: int) -> int:
+        """Where a write at offset into node must end (its size limit), or TooLarge when it starts there."""
+        key = node.entry.key
+        kept = node.size_limit
+        if kept is None or kept[0] != key:  # the limit goes with the type in the key: asked again after a rename
+            kept = node.size_limit = (key, self.tree.layout.max_size(keys.as_path(key)))
+        limit = kept[1]
         if offset >= limit:
             raise TooLarge(f"{key}: a write at byte {offset} would pass the limit of {limit} bytes for this type")
         return limit
