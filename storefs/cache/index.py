@@ -102,12 +102,16 @@ class EntryIndex:
     def _add(self, e: Entry) -> None:
         self.entries[e.key] = e
         self._count(e, 1)
-        if e.pending and not e.is_tombstone:
-            for prefix, name in ancestors(e.key):
-                self._children.setdefault(prefix, Counter())[name] += 1
         if e.pending:
-            for prefix, _ in ancestors(e.key):
-                self._pending_below[prefix] += 1
+            live = not e.is_tombstone
+            children, below = self._children, self._pending_below
+            for prefix, name in ancestors(e.key):  # one walk up for both indexes
+                if live:
+                    c = children.get(prefix)
+                    if c is None:
+                        c = children[prefix] = Counter()
+                    c[name] += 1
+                below[prefix] += 1
         if e.op == OP_COPY and e.copy_src:
             self._copy_sources[e.copy_src] += 1
 
@@ -116,20 +120,20 @@ class EntryIndex:
         copy_src = e.copy_src if e.op == OP_COPY else None
         del self.entries[e.key]
         self._count(e, -1)
-        if was_pending and not was_tomb:
-            for prefix, name in ancestors(e.key):
-                c = self._children.get(prefix)
-                if c is not None:
-                    c[name] -= 1
-                    if c[name] <= 0:
-                        del c[name]
-                        if not c:
-                            del self._children[prefix]
         if was_pending:
-            for prefix, _ in ancestors(e.key):
-                self._pending_below[prefix] -= 1
-                if self._pending_below[prefix] <= 0:
-                    del self._pending_below[prefix]
+            children, below = self._children, self._pending_below
+            for prefix, name in ancestors(e.key):  # one walk up for both indexes
+                if not was_tomb:
+                    c = children.get(prefix)
+                    if c is not None:
+                        c[name] -= 1
+                        if c[name] <= 0:
+                            del c[name]
+                            if not c:
+                                del children[prefix]
+                below[prefix] -= 1
+                if below[prefix] <= 0:
+                    del below[prefix]
         if copy_src:
             self._copy_sources[copy_src] -= 1
             if self._copy_sources[copy_src] <= 0:
