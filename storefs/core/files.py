@@ -39,6 +39,8 @@ READAHEAD_THREADS = 8
 #: a reader going through a folder's cached copies (cp -r, tar, rsync) finds the next this many, in name
 #: order, already asked of the cache disk; asked again once it has passed half of them
 FOLDER_AHEAD_FILES = 16
+#: at most this much of each is asked (the start of a big one: the kernel's own read-ahead follows its reader)
+FOLDER_AHEAD_BYTES = 1 << 20
 #: how long a folder's read-ahead is remembered (a reader that starts over is read ahead again after it)
 FOLDER_AHEAD_MEMORY = 5.0
 #: folders whose read-ahead (and sorted names) are remembered
@@ -225,7 +227,7 @@ class Files:
                     e = self.index.get(k)
                     is_open = k in self.state.nodes
                 if e is not None and not is_open and e.data_name and e.chunks is None and not e.is_tombstone:
-                    self._readahead.submit(self._warm, e.data_name, e.size)
+                    self._readahead.submit(self._warm, e.data_name, min(e.size, FOLDER_AHEAD_BYTES))
                 last = n
         except Exception:  # a thread of the pool: nobody else would hear of it
             log.exception("reading %s ahead failed", prefix)
@@ -234,7 +236,8 @@ class Files:
                 self._ahead[prefix] = (trigger, last, asked)
 
     def _warm(self, data_name: str, size: int) -> None:
-        """Have the kernel read a data file into the page cache (no wait: its next reader finds it there)."""
+        """Have the kernel read the first size bytes of a data file into the page cache (no wait: its
+        next reader finds them there)."""
         try:
             fd = os.open(self.data.path(data_name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except (OSError, StorefsError):

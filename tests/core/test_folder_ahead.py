@@ -12,7 +12,7 @@ from pathlib import Path
 from coretier import build
 
 from storefs.core import Core
-from storefs.core.files import FOLDER_AHEAD_FILES
+from storefs.core.files import FOLDER_AHEAD_BYTES, FOLDER_AHEAD_FILES
 
 ART = "t/image/b/a"
 WAIT = 10.0
@@ -23,11 +23,13 @@ class Warmed:
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.sizes: dict[str, int] = {}
         self.cond = threading.Condition()
 
     def __call__(self, data_name: str, size: int) -> None:
         with self.cond:
             self.names.append(data_name)
+            self.sizes[data_name] = size
             self.cond.notify_all()
 
     def wait_for(self, n: int) -> list[str]:
@@ -38,7 +40,8 @@ class Warmed:
             return list(self.names)
 
 
-def _folder_of_cached_copies(tmp_path: Path, n: int) -> tuple[Core, list[str]]:
+def _folder_of_cached_copies(tmp_path: Path, n: int, big: int = -1) -> tuple[Core, list[str]]:
+    """n cached copies in one folder, clean and listed; the one at index big holds 3 MiB."""
     core = build(tmp_path)
     core.start()
     for folder in ("t", "t/image", "t/image/b", ART):
@@ -46,7 +49,7 @@ def _folder_of_cached_copies(tmp_path: Path, n: int) -> tuple[Core, list[str]]:
     paths = [f"{ART}/f{i:02d}" for i in range(n)]
     for p in paths:
         fh = core.create(p, 0o644, 0, 0, exclusive=False)
-        core.write(fh, p.encode(), 0)
+        core.write(fh, b"x" * (3 * FOLDER_AHEAD_BYTES) if p == f"{ART}/f{big:02d}" else p.encode(), 0)
         core.release(fh)
     assert core.flush_all(WAIT)  # clean cached copies, as after an upload
     core.readdir(ART)  # a fresh listing, as a walk leaves it
@@ -83,8 +86,8 @@ def test_a_reader_finds_the_next_files_of_the_folder_asked_ahead(tmp_path: Path)
         core.stop()
 
 
-def test_a_writer_asks_for_nothing_ahead(tmp_path: Path) -> None:
-    core, paths = _folder_of_cached_copies(tmp_path, 10)
+def test_a_writer_asks_for_nothing_ahead_and_a_big_file_only_its_start(tmp_path: Path) -> None:
+    core, paths = _folder_of_cached_copies(tmp_path, 10, big=6)
     warmed = Warmed()
     core.parts.files._warm = warmed  # type: ignore[method-assign]
     try:
@@ -94,5 +97,7 @@ def test_a_writer_asks_for_nothing_ahead(tmp_path: Path) -> None:
         assert sorted(warmed.wait_for(len(paths) - 4)) == sorted(_data(core, paths[4:]))
         time.sleep(0.2)
         assert len(warmed.names) == len(paths) - 4
+        big, small = _data(core, paths[6:8])
+        assert warmed.sizes[big] == FOLDER_AHEAD_BYTES and warmed.sizes[small] == len(paths[7])
     finally:
         core.stop()
