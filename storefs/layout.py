@@ -65,7 +65,8 @@ def _name_problem(name: str) -> str | None:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         return "not valid UTF-8"
-    bad = next((c for c in name if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    # a printable name has no control character: only the rest is walked character by character
+    bad = None if name.isprintable() else next((c for c in name if ord(c) < 0x20 or ord(c) == 0x7F), None)
     if bad is not None:
         return f"contains control character U+{ord(bad):04X} (breaks object keys for other tools)"
     if size > NAME_MAX:

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: the fields the folder indexes are computed from: amending one re-indexes the row
 INDEXED_FIELDS = frozenset({"key", "op", "copy_src"})
+#: the fields EntryIndex.tally and the folder indexes are computed from (_count, _add)
+TALLIED_FIELDS = INDEXED_FIELDS | {"data_name", "size", "state"}
 #: every field of a row: amend refuses another name (a renamed field, as mtime became mtime_ns, fails loudly)
 ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(Entry))
 
@@ -73,17 +75,21 @@ class EntryIndex:
         the folder indexes follow at once. Persisting is put()'s job (some changes never are, as atime)."""
         if not ENTRY_FIELDS.issuperset(changes):
             raise TypeError(f"Entry has no field {', '.join(sorted(set(changes) - ENTRY_FIELDS))}")
+        if TALLIED_FIELDS.isdisjoint(changes):  # times, chunks, the generation: no index or count moves
+            for name, value in changes.items():
+                object.__setattr__(e, name, value)
+            return
         reindex = (not INDEXED_FIELDS.isdisjoint(changes) and self.entries.get(e.key) is e
                    and any(getattr(e, name) != changes[name] for name in INDEXED_FIELDS.intersection(changes)))
         if reindex:
             self._drop(e)
         tallied = not reindex and self.entries.get(e.key) is e
         if tallied:
-            self.tally.subtract(_tally_of(e))
+            self._count(e, -1)
         for name, value in changes.items():
             object.__setattr__(e, name, value)  # Entry is frozen to everyone else
         if tallied:
-            self.tally.update(_tally_of(e))
+            self._count(e, 1)
         if reindex:
             self._add(e)
 
@@ -95,13 +101,17 @@ class EntryIndex:
 
     def _add(self, e: Entry) -> None:
         self.entries[e.key] = e
-        self.tally.update(_tally_of(e))
-        if e.pending and not e.is_tombstone:
-            for prefix, name in ancestors(e.key):
-                self._children.setdefault(prefix, Counter())[name] += 1
+        self._count(e, 1)
         if e.pending:
-            for prefix, _ in ancestors(e.key):
-                self._pending_below[prefix] += 1
+            live = not e.is_tombstone
+            children, below = self._children, self._pending_below
+            for prefix, name in ancestors(e.key):  # one walk up for both indexes
+                if live:
+                    c = children.get(prefix)
+                    if c is None:
+                        c = children[prefix] = Counter()
+                    c[name] += 1
+                below[prefix] += 1
         if e.op == OP_COPY and e.copy_src:
             self._copy_sources[e.copy_src] += 1
 
@@ -109,25 +119,37 @@ class EntryIndex:
         was_tomb, was_pending = e.is_tombstone, e.pending
         copy_src = e.copy_src if e.op == OP_COPY else None
         del self.entries[e.key]
-        self.tally.subtract(_tally_of(e))
-        if was_pending and not was_tomb:
-            for prefix, name in ancestors(e.key):
-                c = self._children.get(prefix)
-                if c is not None:
-                    c[name] -= 1
-                    if c[name] <= 0:
-                        del c[name]
-                        if not c:
-                            del self._children[prefix]
+        self._count(e, -1)
         if was_pending:
-            for prefix, _ in ancestors(e.key):
-                self._pending_below[prefix] -= 1
-                if self._pending_below[prefix] <= 0:
-                    del self._pending_below[prefix]
+            children, below = self._children, self._pending_below
+            for prefix, name in ancestors(e.key):  # one walk up for both indexes
+                if not was_tomb:
+                    c = children.get(prefix)
+                    if c is not None:
+                        c[name] -= 1
+                        if c[name] <= 0:
+                            del c[name]
+                            if not c:
+                                del children[prefix]
+                below[prefix] -= 1
+                if below[prefix] <= 0:
+                    del below[prefix]
         if copy_src:
             self._copy_sources[copy_src] -= 1
             if self._copy_sources[copy_src] <= 0:
                 del self._copy_sources[copy_src]
+
+    def _count(self, e: Entry, sign: int) -> None:
+        """Add (sign 1) or take away (-1) what row e counts in tally: cached copies, dirty files and
+        their bytes, parked changes (a few additions, where Counter.update costs a dict and a loop)."""
+        t = self.tally
+        if e.data_name:
+            t["cached_files"] += sign
+        if e.op == OP_PUT:
+            t["dirty_files"] += sign
+            t["dirty_bytes"] += sign * e.size
+        if e.op is not None and e.state == State.PARKED:
+            t["parked_changes"] += sign
 
     def children(self, prefix: str) -> list[str]:
         """Names that pending local changes put directly in prefix ('a/b/'); folders end with '/'.
@@ -158,9 +180,3 @@ class EntryIndex:
     def pending(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.pending]
 
-
-def _tally_of(e: Entry) -> dict[str, int]:
-    """What row e adds to EntryIndex.tally."""
-    dirty = e.pending and e.op == OP_PUT
-    return {"cached_files": int(bool(e.data_name)), "dirty_files": int(dirty), "dirty_bytes": e.size if dirty else 0,
-            "parked_changes": int(e.pending and e.state == State.PARKED)}

@@ -173,6 +173,8 @@ class Entry:
 
 
 _COLUMNS = [f.name for f in fields(Entry)]
+_PUT_SQL = f"INSERT OR REPLACE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_XATTRS, _REMOTE = _COLUMNS.index("xattrs"), _COLUMNS.index("remote")
 
 
 def _encode_xattrs(x: dict[str, bytes]) -> str | None:
@@ -331,20 +333,34 @@ class Journal:
                         raise CacheFull("cache disk is full: the journal cannot record the change") from e
                     raise
 
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        """One statement: in the open transaction, else committed on its own (SQLite's autocommit: one
+        call instead of BEGIN, statement and COMMIT); on a full disk, once more with the reserved space."""
+        with self._lock:
+            if self._depth:
+                self._execute(sql, args)
+                return
+            try:
+                try:
+                    self._conn.execute(sql, args)
+                except sqlite3.OperationalError as e:
+                    if not _is_full(e) or not self._release_ballast():
+                        raise
+                    self._conn.execute(sql, args)  # SQLite rolled the statement back: nothing is half done
+            except sqlite3.OperationalError as e:
+                if _is_full(e):
+                    raise CacheFull("cache disk is full: the journal cannot record the change") from e
+                raise
+
     def put(self, e: Entry) -> None:
         """Insert or replace the row of e.key."""
         values = [getattr(e, c) for c in _COLUMNS]
-        values[_COLUMNS.index("xattrs")] = _encode_xattrs(e.xattrs)
-        values[_COLUMNS.index("remote")] = int(e.remote)
-        with self.transaction():
-            self._execute(
-                f"INSERT OR REPLACE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                tuple(values),
-            )
+        values[_XATTRS] = _encode_xattrs(e.xattrs)
+        values[_REMOTE] = int(e.remote)
+        self._write(_PUT_SQL, tuple(values))
 
     def remove(self, key: str) -> None:
-        with self.transaction():
-            self._execute("DELETE FROM entries WHERE key = ?", (key,))
+        self._write("DELETE FROM entries WHERE key = ?", (key,))
 
     def add_conflict(self, c: ConflictRecord) -> None:
         """Remember a conflict, keeping the newest MAX_CONFLICTS_KEPT."""

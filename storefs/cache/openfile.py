@@ -78,6 +78,7 @@ class OpenFile:
         self.unlinked = False
         self.hidden_key: str | None = None  # libfuse's .fuse_hiddenN name while unlinked but open
         self.chunks_changed = False
+        self.size_limit: tuple[str, int] | None = None  # (key, its max_file_size), kept by the core's writes
         self.chunk_size = chunk_size
         self._fetch = fetch
         self._pool = pool if readahead > 0 else None

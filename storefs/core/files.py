@@ -7,6 +7,7 @@ row in the journal and schedules its upload.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import logging
@@ -14,6 +15,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +36,17 @@ PERM_BITS = 0o7777
 #: relatime: an access time older than this moves on the next read even if nothing changed (as Linux)
 RELATIME_MAX_AGE_NS = 24 * 3600 * NS_PER_SECOND
 READAHEAD_THREADS = 8
+#: a reader going through a folder's cached copies (cp -r, tar, rsync) finds the next this many, in name
+#: order, already asked of the cache disk; asked again once it has passed half of them
+FOLDER_AHEAD_FILES = 16
+#: at most this much of each is asked (the start of a big one: the kernel's own read-ahead follows its reader)
+FOLDER_AHEAD_BYTES = 1 << 20
+#: how long a folder's read-ahead is remembered (a reader that starts over is read ahead again after it)
+FOLDER_AHEAD_MEMORY = 5.0
+#: folders whose read-ahead (and sorted names) are remembered
+FOLDERS_AHEAD_KEPT = 64
+#: past every name: a folder read ahead to its end, or whose read-ahead is under way
+PAST_EVERY_NAME = "\U0010ffff"
 
 
 class Files:
@@ -58,6 +71,11 @@ class Files:
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self._readahead = ThreadPoolExecutor(max_workers=READAHEAD_THREADS, thread_name_prefix="storefs-readahead")
+        self._ahead_lock = threading.Lock()  # protects _ahead and _orders (taken alone)
+        #: folder prefix -> (the name whose open asks for more, the last name asked, when)
+        self._ahead: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        #: folder prefix -> (the cached listing, its names sorted)
+        self._orders: OrderedDict[str, tuple[object, list[str]]] = OrderedDict()
 
     def stop(self) -> None:
         """Drop the read-ahead that has not started (the mount is going away)."""
@@ -148,7 +166,86 @@ class Files:
                 self._accessed(node.entry)
         if writable and flags & os.O_TRUNC:
             self.truncate(key, 0, fh)
+        elif not writable and node.complete and self.readahead:
+            self._folder_ahead(key)
         return fh
+
+    # ---- reading a folder's cached copies ahead -------------------------------------------
+
+    def _folder_ahead(self, key: str) -> None:
+        """A cached copy was opened for reading: the next ones of its folder are asked of the cache
+        disk in the background, so a reader going through them does not wait for the disk file by file."""
+        prefix, name = keys.split(key)
+        now = time.monotonic()
+        with self._ahead_lock:
+            seen = self._ahead.get(prefix)
+            if seen is not None and now - seen[2] < FOLDER_AHEAD_MEMORY and name < seen[0]:
+                return
+            done = seen[1] if seen is not None and now - seen[2] < FOLDER_AHEAD_MEMORY else ""
+            self._ahead[prefix] = (PAST_EVERY_NAME, done, now)  # under way: no other open asks meanwhile
+            self._ahead.move_to_end(prefix)
+            while len(self._ahead) > FOLDERS_AHEAD_KEPT:
+                self._ahead.popitem(last=False)
+        self._readahead.submit(self._read_folder_ahead, prefix, name, done, now)
+
+    def _sorted_names(self, prefix: str) -> list[str]:
+        """The files of folder prefix in name order, from its cached listing however old (only cached
+        copies the journal holds are read ahead) and the pending local changes; no provider is asked."""
+        held = self.tree.remote.cache.held(prefix)
+        listed = None if held is None else held.names
+        with self.state.lock:
+            local = self.index.children(prefix)
+        with self._ahead_lock:
+            kept = self._orders.get(prefix)
+        if kept is not None and kept[0] is listed:
+            names = kept[1]
+        else:
+            names = sorted(n for n in (listed or ()) if not n.endswith("/"))
+            with self._ahead_lock:
+                self._orders[prefix] = (listed, names)
+                self._orders.move_to_end(prefix)
+                while len(self._orders) > FOLDERS_AHEAD_KEPT:
+                    self._orders.popitem(last=False)
+        if local:
+            names = sorted(set(names).union(n for n in local if not n.endswith("/")))
+        return names
+
+    def _read_folder_ahead(self, prefix: str, name: str, done: str, asked: float) -> None:
+        """Ask the cache disk for the data files of the FOLDER_AHEAD_FILES cached copies after name (a
+        read-ahead thread); the name half-way through them is where the reader asks for more."""
+        trigger, last = PAST_EVERY_NAME, done
+        try:
+            names = self._sorted_names(prefix)
+            i = bisect.bisect_right(names, name)
+            end = min(len(names), i + FOLDER_AHEAD_FILES)
+            start = max(i, bisect.bisect_right(names, done)) if done else i
+            if i + FOLDER_AHEAD_FILES // 2 < len(names):
+                trigger = names[i + FOLDER_AHEAD_FILES // 2]
+            for n in names[start:end]:
+                k = prefix + n
+                with self.state.lock:
+                    e = self.index.get(k)
+                    is_open = k in self.state.nodes
+                if e is not None and not is_open and e.data_name and e.chunks is None and not e.is_tombstone:
+                    self._readahead.submit(self._warm, e.data_name, min(e.size, FOLDER_AHEAD_BYTES))
+                last = n
+        except Exception:  # a thread of the pool: nobody else would hear of it
+            log.exception("reading %s ahead failed", prefix)
+        finally:
+            with self._ahead_lock:
+                self._ahead[prefix] = (trigger, last, asked)
+
+    def _warm(self, data_name: str, size: int) -> None:
+        """Have the kernel read the first size bytes of a data file into the page cache (no wait: its
+        next reader finds them there)."""
+        try:
+            fd = os.open(self.data.path(data_name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except (OSError, StorefsError):
+            return  # evicted or removed meanwhile: nothing to read ahead
+        try:
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
     def _accessed(self, e: Entry) -> None:
         """A read moves atime as the mount's atime option says (relatime: once after each change, or
@@ -218,7 +315,7 @@ class Files:
         node = h.node
         end = offset + len(data)
         if end > node.size:
-            end = min(end, self._room(node.entry.key, offset))
+            end = min(end, self._room(node, offset))
             data = data[:end - offset]
             if end > node.size:
                 self.evictor.reserve(end - node.size)
@@ -244,9 +341,13 @@ class Files:
         if size > limit:
             raise TooLarge(f"{key}: {size} bytes would pass the limit of {limit} bytes for this type")
 
-    def _room(self, key: str, offset: int) -> int:
-        """Where a write at offset into key must end (its size limit), or TooLarge when it starts there."""
-        limit = self.tree.layout.max_size(keys.as_path(key))
+    def _room(self, node: OpenFile, offset: int) -> int:
+        """Where a write at offset into node must end (its size limit), or TooLarge when it starts there."""
+        key = node.entry.key
+        kept = node.size_limit
+        if kept is None or kept[0] != key:  # the limit goes with the type in the key: asked again after a rename
+            kept = node.size_limit = (key, self.tree.layout.max_size(keys.as_path(key)))
+        limit = kept[1]
         if offset >= limit:
             raise TooLarge(f"{key}: a write at byte {offset} would pass the limit of {limit} bytes for this type")
         return limit

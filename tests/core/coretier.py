@@ -37,7 +37,7 @@ class FakeClock:
 
 
 def build(tmp: Path, providers: dict[str, Provider] | None = None, *, delay: str = "0s", uploaders: int = 2,
-          fuse: str = "{}", clock: Callable[[], float] = time.monotonic) -> Core:
+          fuse: str = "{}", clock: Callable[[], float] = time.monotonic, max_file_size: str | None = None) -> Core:
     """A core on providers (one MemoryProvider 'mem' by default), its cache in tmp/cache.
 
     The config names each provider as a local folder (the config knows no memory type); the
@@ -48,7 +48,8 @@ def build(tmp: Path, providers: dict[str, Provider] | None = None, *, delay: str
     cfg_file = tmp / "cfg.yaml"
     cfg_file.write_text(f"providers:\n{sections}"
                         f"cache: {{dir: {tmp / 'cache'}, writeback_delay: {delay}, uploaders: {uploaders}}}\n"
-                        f"fuse: {fuse}\n")
+                        f"fuse: {fuse}\n"
+                        + (f"max_file_size: {max_file_size}\n" if max_file_size else ""))
     cfg = load_config(str(cfg_file))
     return build_core(cfg, Layout(cfg.layout, cfg.max_file_size), providers,
                       Journal(os.path.join(cfg.cache.dir, "journal.db")), DataFiles(cfg.cache.dir), clock=clock)
