@@ -57,6 +57,18 @@ STREAMS = frozenset({"list", "walk", "read_stream", "head_many"})
 FAIL_FAST = frozenset({"get", "put", "set_meta", "copy", "delete", "make_dir", "remove_dir"})
 
 
+def _unanswered(error: BaseException | None) -> bool:
+    """Whether a request ended without any answer (ProviderBusy is an answer)."""
+    return isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderBusy)
+
+
+def not_answering(pname: str, error: str) -> ProviderUnavailable:
+    """The error of a read or write while pname is down: the same words for the request that met the
+    outage and for those that fail at once after it (the kernel's retry of a read), so that the edge,
+    which logs a line once however often it repeats at once, logs one."""
+    return ProviderUnavailable(f"provider {pname} is not answering: {error}")
+
+
 class Watcher:
     """The requests under way, per provider, and the probes sent when one hangs (thread-safe)."""
 
@@ -94,7 +106,7 @@ class Watcher:
                 self._thread = threading.Thread(target=self._watch, name="storefs-watch", daemon=True)
                 self._thread.start()
         if error is not None:
-            raise ProviderUnavailable(f"provider {pname} is not answering: {error}")
+            raise not_answering(pname, error)
         return rid
 
     def progress(self, rid: int) -> None:
@@ -109,7 +121,7 @@ class Watcher:
         """The request is over: answered (error None or any error but no answer), or not."""
         with self._lock:
             self._requests.pop(rid, None)
-        if isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderBusy):
+        if _unanswered(error):
             self.health.no_answer(pname, str(error))
         else:
             self.health.answered(pname)
@@ -159,7 +171,7 @@ class Watcher:
         PROVIDER_LATENCY.observe((pname, "probe"), self._clock() - t0)
         with self._lock:
             self._probes.pop(pname, None)
-        if isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderBusy):
+        if _unanswered(error):
             self.health.no_answer(pname, f"probe: {error}")
         else:
             self.health.answered(pname)
@@ -202,6 +214,8 @@ class ObservedProvider:
             return fn(*args, **kwargs)
         except BaseException as e:
             error = e
+            if op in FAIL_FAST and _unanswered(e):
+                raise not_answering(pname, str(e)) from e
             raise
         finally:
             PROVIDER_LATENCY.observe((pname, op), time.monotonic() - t0)
@@ -219,6 +233,8 @@ class ObservedProvider:
                 yield item
         except BaseException as e:
             error = e if not isinstance(e, GeneratorExit) else None
+            if op in FAIL_FAST and _unanswered(e):
+                raise not_answering(pname, str(e)) from e
             raise
         finally:
             PROVIDER_LATENCY.observe((pname, op), time.monotonic() - t0)
