@@ -43,9 +43,10 @@ class ProviderHealth:
         self._clock = clock
         self._wall = wall
         self._t = tunables
-        self._lock = threading.Lock()  # protects _down_until, _failures, _calls and _outages
+        self._lock = threading.Lock()  # protects _down_until, _failures, _calls, _outages and _confirmed
         self._down_until: dict[str, float] = {}
         self._outages: dict[str, tuple[float, str]] = {}  # provider -> (wall time it stopped answering, last error)
+        self._confirmed: set[str] = set()  # providers in outage that a probe or a long try confirmed
         self._failures: dict[str, int] = {}  # failures in a row, for the backoff
         self._calls: dict[int, tuple[str, float]] = {}  # call id -> (provider, when it last made progress)
         self._ids = itertools.count()
@@ -56,11 +57,15 @@ class ProviderHealth:
         an outage, so that what waits for it goes at once (the uploader's waiting changes)."""
         self._on_back.append(fn)
 
-    def outage(self, pname: str) -> str | None:
+    def outage(self, pname: str, confirmed: bool = False) -> str | None:
         """The last error while pname's last request (or probe) got no answer and none has since, else None:
-        a read of data that is not cached then fails at once rather than wait out its deadline again."""
+        a read of data that is not cached then fails at once rather than wait out its deadline again.
+        confirmed: only once a probe got no answer either, or a request that tried for a while (one request
+        that failed at once is not enough to stop the others)."""
         with self._lock:
             outage = self._outages.get(pname)
+            if confirmed and pname not in self._confirmed:
+                return None
         return None if outage is None else outage[1]
 
     def is_down(self, pname: str) -> bool:
@@ -78,12 +83,15 @@ class ProviderHealth:
         """Neither down nor slow: a request may wait for pname's answer."""
         return not self.is_down(pname) and not self.is_slow(pname)
 
-    def no_answer(self, pname: str, error: str) -> None:
-        """A request to pname got no answer: it is down (for status) from now, or since it first was."""
+    def no_answer(self, pname: str, error: str, sure: bool = False) -> None:
+        """A request to pname got no answer: it is down (for status) from now, or since it first was; sure:
+        a probe got none either, or the request tried for a while (outage(confirmed=True) answers then)."""
         with self._lock:
             since = self._outages.get(pname, (self._wall(), ""))[0]
             new = pname not in self._outages
             self._outages[pname] = (since, error)
+            if sure:
+                self._confirmed.add(pname)
         if new:
             log.warning("provider %s is not answering: %s", pname, error)
 
@@ -91,6 +99,7 @@ class ProviderHealth:
         """A request to pname got an answer: its outage (if any) is over, and lookups may ask it again."""
         with self._lock:
             outage = self._outages.pop(pname, None)
+            self._confirmed.discard(pname)
             if outage is not None:
                 self._down_until.pop(pname, None)
                 self._failures.pop(pname, None)

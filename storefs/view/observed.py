@@ -11,10 +11,12 @@ and the first answer brings it back up: the uploader's waiting changes go at onc
 A probe is the provider's probe() where it has one (S3: one HEAD, one attempt, short timeouts), else a
 HEAD of a key that does not exist: any answer will do.
 
-While a provider is down, a read of data (get_range, read_stream) and a write (the uploader's) fail at
-once with the outage's error instead of waiting out their own deadlines again: the first request that
-met the outage paid it (the kernel retries a failed read once on its own), and the uploader's changes
-wait for the probe to hear the provider again rather than hammer a dead server.
+While a provider is down, a read of data (get_range, read_stream) fails at once with the outage's error
+instead of waiting out its own deadline again: the first request that met the outage paid it (the
+kernel retries a failed read once on its own). Once the outage is sure (a probe got no answer either,
+or a request got none after trying for SURE_AFTER seconds), writes (the uploader's) fail at once too:
+the uploader's changes wait for the probe to hear the provider again rather than hang on a frozen
+server or retry against a dead one; one request that failed at once stops no other write.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ PROBE_AFTER = 5.0
 PROBE_TIMEOUT = 5.0
 #: a provider that is down is probed this often (seconds), one probe at a time
 PROBE_EVERY = 1.0
+#: a request that got no answer after trying this long (seconds: S3's retries) confirms an outage as a probe does
+SURE_AFTER = 1.0
 #: how often (seconds) the watcher looks at the requests under way and at the providers that are down
 WATCH_EVERY = 0.5
 #: the key a probe asks for (missing or not, any answer will do)
@@ -52,9 +56,11 @@ OPERATIONS = {
 }
 #: the methods that answer with an iterator: timed until it is used up
 STREAMS = frozenset({"list", "walk", "read_stream", "head_many"})
-#: the operations that fail at once while their provider is down: data reads (no cache answers for them)
-#: and writes (the uploader retries them when the provider answers again); lookups have their own breaker
-FAIL_FAST = frozenset({"get", "put", "set_meta", "copy", "delete", "make_dir", "remove_dir"})
+#: the operations that fail at once while their provider is down: data reads (no cache answers for them) ...
+FAIL_FAST = frozenset({"get"})
+#: ... and, once a probe got no answer either, writes (the uploader retries them when the provider answers
+#: again); lookups have their own breaker
+FAIL_FAST_CONFIRMED = frozenset({"put", "set_meta", "copy", "delete", "make_dir", "remove_dir"})
 
 
 def _unanswered(error: BaseException | None) -> bool:
@@ -95,8 +101,9 @@ class Watcher:
 
     def begin(self, pname: str, op: str) -> int:
         """A request under way; the watcher thread runs while any is, or while a provider is down. A data
-        read or a write fails at once (ProviderUnavailable) while pname is down."""
-        error = self.health.outage(pname) if op in FAIL_FAST else None
+        read fails at once (ProviderUnavailable) while pname is down, a write once that is confirmed."""
+        error = (self.health.outage(pname) if op in FAIL_FAST
+                 else self.health.outage(pname, confirmed=True) if op in FAIL_FAST_CONFIRMED else None)
         now = self._clock()
         with self._lock:
             rid = next(self._ids)
@@ -117,12 +124,12 @@ class Watcher:
             if r is not None:
                 self._requests[rid] = (r[0], r[1], now)
 
-    def end(self, rid: int, pname: str, error: BaseException | None) -> None:
-        """The request is over: answered (error None or any error but no answer), or not."""
+    def end(self, rid: int, pname: str, error: BaseException | None, took: float = 0.0) -> None:
+        """The request is over (after took seconds): answered (error None or any error but no answer), or not."""
         with self._lock:
             self._requests.pop(rid, None)
         if _unanswered(error):
-            self.health.no_answer(pname, str(error))
+            self.health.no_answer(pname, str(error), sure=took >= SURE_AFTER)
         else:
             self.health.answered(pname)
 
@@ -149,7 +156,7 @@ class Watcher:
             for p in late:
                 ops = sorted({op for q, op, _ in self._requests_of(p)})
                 self.health.no_answer(p, f"no answer to a probe in {self.probe_timeout:g}s"
-                                         + (f" ({', '.join(ops)} under way)" if ops else ""))
+                                         + (f" ({', '.join(ops)} under way)" if ops else ""), sure=True)
 
     def _requests_of(self, pname: str) -> list[tuple[str, str, float]]:
         with self._lock:
@@ -172,7 +179,7 @@ class Watcher:
         with self._lock:
             self._probes.pop(pname, None)
         if _unanswered(error):
-            self.health.no_answer(pname, f"probe: {error}")
+            self.health.no_answer(pname, f"probe: {error}", sure=True)
         else:
             self.health.answered(pname)
 
@@ -214,12 +221,13 @@ class ObservedProvider:
             return fn(*args, **kwargs)
         except BaseException as e:
             error = e
-            if op in FAIL_FAST and _unanswered(e):
+            if op in FAIL_FAST | FAIL_FAST_CONFIRMED and _unanswered(e):
                 raise not_answering(pname, str(e)) from e
             raise
         finally:
-            PROVIDER_LATENCY.observe((pname, op), time.monotonic() - t0)
-            self._watcher.end(rid, pname, error)
+            took = time.monotonic() - t0
+            PROVIDER_LATENCY.observe((pname, op), took)
+            self._watcher.end(rid, pname, error, took)
 
     def _stream(self, op: str, fn: Callable[..., Iterator[Any]], args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Iterator[Any]:
@@ -237,8 +245,9 @@ class ObservedProvider:
                 raise not_answering(pname, str(e)) from e
             raise
         finally:
-            PROVIDER_LATENCY.observe((pname, op), time.monotonic() - t0)
-            self._watcher.end(rid, pname, error)
+            took = time.monotonic() - t0
+            PROVIDER_LATENCY.observe((pname, op), took)
+            self._watcher.end(rid, pname, error, took)
 
 
 def observe_providers(providers: dict[str, Provider], health: ProviderHealth,

@@ -189,25 +189,50 @@ def test_one_probe_at_a_time_while_a_probe_hangs(monkeypatch: pytest.MonkeyPatch
     assert inner.most_at_once == 1 and 2 <= len(inner.probes) <= 3, inner.probes
 
 
-def test_reads_and_writes_fail_at_once_while_down_lookups_still_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_fail_at_once_while_down_writes_once_a_probe_confirmed_it(monkeypatch: pytest.MonkeyPatch) -> None:
     inner = DeadServer()
     inner.dead.set()
     health, p = _watched(monkeypatch, inner, probe_every=60.0)
-    health.no_answer("mem", "refused")
     calls: list[str] = []
     inner.get_range = lambda *a: calls.append("get") or b""  # type: ignore[method-assign,assignment,func-returns-value]
     inner.delete = lambda *a, **k: calls.append("delete")  # type: ignore[method-assign,assignment,func-returns-value]
+    health.no_answer("mem", "refused")  # one request got no answer
     t0 = time.monotonic()
     with pytest.raises(ProviderUnavailable, match="refused"):
         p.get_range("k", 0, 4)
     with pytest.raises(ProviderUnavailable, match="refused"):
         list(p.read_stream("k"))
-    with pytest.raises(ProviderUnavailable, match="refused"):
-        p.delete("k")
     assert time.monotonic() - t0 < 0.1 and calls == []
+    p.delete("k")  # one failed upload stops no other write ...
+    assert calls == ["delete"]
+    health.no_answer("mem", "probe: refused", sure=True)  # ... a probe that got no answer does
+    with pytest.raises(ProviderUnavailable, match="probe: refused"):
+        p.delete("k")
+    assert calls == ["delete"]
     with pytest.raises(NotFound):
         p.head("missing")  # a lookup asks (its own breaker decides), and its answer ends the outage
-    assert p.get_range("k", 0, 4) == b"" and calls == ["get"]
+    assert p.get_range("k", 0, 4) == b"" and calls == ["delete", "get"]
+    p.delete("k")
+    assert calls == ["delete", "get", "delete"]
+
+
+def test_a_request_that_tried_a_while_without_answer_makes_the_outage_sure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(observed, "SURE_AFTER", 0.05)
+    inner = DeadServer()
+    inner.dead.set()
+    health, p = _watched(monkeypatch, inner, probe_every=60.0)
+    calls: list[str] = []
+
+    def slow_refusal(*args: object, **kwargs: object) -> None:
+        calls.append("delete")
+        time.sleep(0.1)  # S3's retries
+        raise ProviderUnavailable("gave up after 5 attempts")
+    inner.delete = slow_refusal  # type: ignore[method-assign,assignment]
+    with pytest.raises(ProviderUnavailable):
+        p.delete("a")
+    with pytest.raises(ProviderUnavailable, match="gave up after 5 attempts"):
+        p.delete("b")  # at once: the first one tried long enough
+    assert calls == ["delete"]
 
 
 def test_the_s3_probe_is_one_short_attempt() -> None:
