@@ -194,7 +194,8 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     order = [cfg.default_provider] + [p for p in providers if p != cfg.default_provider]
     remote = RemoteView(providers, order, cfg.fuse.dir_cache_ttl, cfg.fuse.negative_timeout, health=health)
     activity = Activity(clock)
-    uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle, unanswered=unanswered)
+    uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle, unanswered=unanswered,
+                        all_down=lambda: all(health.outage(p, confirmed=True) is not None for p in order))
     health.on_back(lambda _pname: uploader.kick())  # the changes that wait for a provider go when it is back
     schedule = Schedule(uploader, activity, settings.delay)
     tree = Tree(settings, state, layout, providers, remote, data, schedule)

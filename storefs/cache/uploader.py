@@ -9,6 +9,9 @@ daemon) is not retried on that timer: the key waits until kick() (the provider a
 another request), with max_backoff as the fallback, so that an outage costs no attempts hanging on
 a frozen server and the queue moves the moment the server is back. A kick that came while the
 attempt ran (the provider came back meanwhile) has the key retried at the usual backoff instead.
+While every provider is surely down (the `all_down` function), a key that falls due waits for the
+kick without an attempt: an attempt would fail at once, and a burst of writes during an outage would
+pay a journal update and a log line per file for nothing.
 """
 
 from __future__ import annotations
@@ -61,9 +64,11 @@ class Uploader:
 
     def __init__(self, workers: int = 4, max_backoff: float = 60.0,
                  idle: Callable[[], float] | None = None,
-                 unanswered: Callable[[BaseException], bool] | None = None) -> None:
+                 unanswered: Callable[[BaseException], bool] | None = None,
+                 all_down: Callable[[], bool] | None = None) -> None:
         self._idle = idle  # seconds since the last change through the file system
         self._unanswered = unanswered  # whether a failure means the provider did not answer (wait for kick())
+        self._all_down = all_down  # whether every provider is surely down (due keys wait for kick(), untried)
         self._workers = max(1, workers)
         self._max_backoff = max_backoff
         # one lock over the queue (_heap, _due, _in_flight, _attempts, counts), with two conditions on it:
@@ -240,6 +245,9 @@ class Uploader:
                         self._attempts.pop(key, None)
                 elif wait > 0:
                     retry_in = wait
+                elif self._all_down is not None and self._all_down():
+                    hold = True  # no provider answers: the change waits for the kick, untried
+                    retry_in = self._max_backoff
                 else:
                     if self._attempts.get(key):
                         with self._cond:

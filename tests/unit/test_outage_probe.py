@@ -77,6 +77,27 @@ def test_a_change_whose_provider_did_not_answer_waits_for_the_kick_then_goes_at_
         up.stop()
 
 
+def test_while_every_provider_is_down_a_due_change_waits_untried_for_the_kick() -> None:
+    rec = Flaky(ProviderUnavailable("cannot reach it"))
+    rec.down.clear()  # it would succeed: no attempt is made all the same
+    down = threading.Event()
+    down.set()
+    up = Uploader(workers=1, max_backoff=60.0, unanswered=unanswered, all_down=down.is_set)
+    up.start(rec.jobs())
+    try:
+        up.schedule("k", 0.0)
+        deadline = time.monotonic() + 5
+        while not up.held() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert up.held() == 1 and rec.attempts == [] and up.failures == 0
+        down.clear()
+        up.kick()
+        assert rec.done.wait(5) and len(rec.attempts) == 1 and up.held() == 0
+    finally:
+        up.stop()
+
+
 @pytest.mark.parametrize("error", [ProviderBusy("503 SlowDown"), ProviderError("damaged body"), OSError("disk")],
                          ids=["busy", "error", "oserror"])
 def test_a_provider_that_answers_with_an_error_keeps_the_backoff(error: BaseException) -> None:
