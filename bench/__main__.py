@@ -7,12 +7,15 @@ printed as a table with storefs' ratio to the best peer and to the raw folder; e
 of every round goes to a JSON file (--out) and a chart next to it (same name, .png).
 
 The systems are described in bench/systems.py, the workloads in bench/workloads.py (the steps
-others depend on run anyway, unrecorded), the `frozen` workload in bench/frozen.py.
+others depend on run anyway, unrecorded), the `frozen` workload in bench/frozen.py, the `outage`
+workload (server killed, then frozen: how soon an uncached read fails, how soon the files written
+meanwhile reach the server once it is back) in bench/outage.py, after the others, round by round.
 
     python -m bench                                  # 1 GiB, 2000 files, 3 rounds, every workload
     python -m bench --size 128MiB --files 200 --rounds 1 --systems storefs,raw
     python -m bench --no-install --systems storefs,rclone --workloads frozen --rounds 1
     python -m bench --no-install --systems storefs,direct --workloads write,cold_read,create
+    python -m bench --no-install --systems storefs,juicefs,rclone --workloads outage --rounds 2
 
 MB/s are 10^6 bytes per second. Needs root (drop_caches, FUSE mounts).
 """
@@ -35,6 +38,7 @@ from . import frozen
 from .common import ROOT, MiB, drop_caches, exit_on_sigterm, first_line, parse_size, say
 from .direct import NAME as DIRECT
 from .direct import Direct
+from .outage import run_outage
 from .report import METRICS, chart, machine, medians, ratios, table
 from .systems import ALL_SYSTEMS, SYSTEM_CLASSES, Ctx, System
 from .workloads import FOLDERS, SMALL, WORKLOADS, Bench, make_tarball
@@ -43,6 +47,20 @@ log = logging.getLogger(__name__)
 
 PROG = "python -m bench"  # how it is run, for --help
 FROZEN_SECONDS = 10.0  # default length of the freeze in the frozen workload
+OUTAGE = "outage"  # the workload of bench/outage.py, run after the others
+
+
+def outages(bench: Bench, server: SeaweedServer) -> None:
+    """The outage workload, interleaved: in round r each system with a bucket in turn, alone mounted."""
+    for s in bench.systems:
+        s.unmount()
+    for rnd in range(1, bench.args.rounds + 1):
+        say(f"outage round {rnd}/{bench.args.rounds}")
+
+        def step(s: System, rnd: int = rnd) -> None:
+            if s.has_bucket:
+                run_outage(s, server, f"bench/model/o{rnd}", lambda metric, v: bench.record(rnd, s, metric, v))
+        bench.each(rnd, OUTAGE, step)
 
 
 def main() -> int:
@@ -53,7 +71,7 @@ def main() -> int:
     ap.add_argument("--systems", default=",".join((*ALL_SYSTEMS, DIRECT)),
                     help=f"comma-separated, of {', '.join((*ALL_SYSTEMS, DIRECT))} ({DIRECT}: boto3 itself, "
                          "a reference)")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--workloads", default=",".join((*WORKLOADS, OUTAGE)))
     ap.add_argument("--rand-seconds", type=float, default=10.0, help="duration of the random-read test")
     ap.add_argument("--frozen-seconds", type=float, default=FROZEN_SECONDS,
                     help=f"how long SeaweedFS stays frozen in the frozen workload (default {FROZEN_SECONDS:.0f})")
@@ -67,8 +85,8 @@ def main() -> int:
         if s not in SYSTEM_CLASSES and s != DIRECT:
             ap.error(f"unknown system {s!r} (known: {', '.join((*ALL_SYSTEMS, DIRECT))})")
     for w in args.workloads:
-        if w not in WORKLOADS:
-            ap.error(f"unknown workload {w!r} (known: {', '.join(WORKLOADS)})")
+        if w not in (*WORKLOADS, OUTAGE):
+            ap.error(f"unknown workload {w!r} (known: {', '.join((*WORKLOADS, OUTAGE))})")
     exit_on_sigterm()
     if not args.no_install:
         subprocess.run(["bash", os.path.join(ROOT, "scripts", "install_peers.sh")], env={**os.environ,
@@ -109,7 +127,10 @@ def main() -> int:
         bench = Bench(ctx, systems, direct)
         if direct is not None:
             direct.setup(args.size, bench.pattern)
-        bench.run()
+        if any(w in WORKLOADS for w in args.workloads):
+            bench.run()
+        if OUTAGE in args.workloads:
+            outages(bench, server)
     except KeyboardInterrupt:
         say("interrupted: cleaning up")
     finally:

@@ -36,6 +36,10 @@ METRICS: list[tuple[str, str, str, bool]] = [
     ("frozen_read_p99_ms", "server frozen: read p99", "ms", False),
     ("frozen_create_p99_ms", "server frozen: create p99", "ms", False),
     ("frozen_max_ms", "server frozen: slowest operation", "ms", False),
+    ("outage_dead_read_s", "server killed: uncached read fails", "s", False),
+    ("outage_frozen_read_s", "server frozen: uncached read fails", "s", False),
+    ("outage_dead_queue_s", "server restarted: outage's files in bucket", "s", False),
+    ("outage_frozen_queue_s", "server thawed: outage's files in bucket", "s", False),
     ("rss_mib", "daemon peak RSS", "MiB", False),
 ]
 METRIC = {m[0]: m for m in METRICS}

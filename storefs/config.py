@@ -117,7 +117,7 @@ class S3ProviderConfig:
     read_timeout: float = 30.0
     max_attempts: int = 5
     #: seconds a read of uncached data may keep retrying before it fails with EIO
-    read_deadline: float = 20.0
+    read_deadline: float = 8.0
     #: a named profile of ~/.aws/config and ~/.aws/credentials for boto3's credential chain
     profile: str | None = None
     #: server-side encryption of every upload: AES256 or aws:kms (None: the bucket's default)
@@ -686,7 +686,7 @@ def _provider(name: object, spec: object, source: str) -> ProviderConfig:
         connect_timeout=m.get("connect_timeout", _bounded(parse_duration, 0.1), 5.0),
         read_timeout=m.get("read_timeout", _bounded(parse_duration, 0.1), 30.0),
         max_attempts=m.get("max_attempts", _bounded(_int, 1, 50), 5),
-        read_deadline=m.get("read_deadline", _bounded(parse_duration, 0), 20.0),
+        read_deadline=m.get("read_deadline", _bounded(parse_duration, 0), 8.0),
         profile=m.get("profile", _profile, None),
         sse=m.get("sse", _sse, None),
         kms_key_id=m.get("kms_key_id", _str, "") or None,

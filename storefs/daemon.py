@@ -42,7 +42,7 @@ from .core.status import Status
 from .core.tree import Tree
 from .core.types import Counters, Settings
 from .core.writeback import Writeback
-from .errors import NotFound, StorefsError
+from .errors import NotFound, ProviderBusy, ProviderUnavailable, StorefsError
 from .layout import Layout
 from .metrics import MetricsServer, hit_ratio
 from .providers.base import Provider
@@ -194,7 +194,9 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     order = [cfg.default_provider] + [p for p in providers if p != cfg.default_provider]
     remote = RemoteView(providers, order, cfg.fuse.dir_cache_ttl, cfg.fuse.negative_timeout, health=health)
     activity = Activity(clock)
-    uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle)
+    uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle, unanswered=unanswered,
+                        all_down=lambda: all(health.outage(p, confirmed=True) is not None for p in order))
+    health.on_back(lambda _pname: uploader.kick())  # the changes that wait for a provider go when it is back
     schedule = Schedule(uploader, activity, settings.delay)
     tree = Tree(settings, state, layout, providers, remote, data, schedule)
     counters = Counters()
@@ -216,6 +218,12 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     return Core(CoreParts(state=state, schedule=schedule, uploader=uploader, evictor=evictor, counters=counters,
                           tree=tree, files=files, lookup=lookup, names=names, attrs=attrs, writeback=writeback,
                           status=status, lifecycle=lifecycle))
+
+
+def unanswered(error: BaseException) -> bool:
+    """Whether an upload failed because its provider gave no answer at all (it then waits for the probe
+    to hear the provider again); a busy answer, a refusal or a conflict is an answer."""
+    return isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderBusy)
 
 
 def pending_status(doing: str, st: dict) -> str:

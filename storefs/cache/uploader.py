@@ -3,6 +3,15 @@
 The uploader knows nothing of files or providers: it schedules keys, runs one operation
 per key at a time through the three functions of UploadJobs (given at start), and retries
 failures with capped exponential backoff and jitter. What an operation means is the core's business.
+
+A failure that says the provider did not answer at all (the `unanswered` predicate given by the
+daemon) is not retried on that timer: the key waits until kick() (the provider answered a probe or
+another request), with max_backoff as the fallback, so that an outage costs no attempts hanging on
+a frozen server and the queue moves the moment the server is back. A kick that came while the
+attempt ran (the provider came back meanwhile) has the key retried at the usual backoff instead.
+While every provider is surely down (the `all_down` function), a key that falls due waits for the
+kick without an attempt: an attempt would fail at once, and a burst of writes during an outage would
+pay a journal update and a log line per file for nothing.
 """
 
 from __future__ import annotations
@@ -54,8 +63,12 @@ class Uploader:
     """A pool of threads draining a schedule of keys, one operation per key at a time."""
 
     def __init__(self, workers: int = 4, max_backoff: float = 60.0,
-                 idle: Callable[[], float] | None = None) -> None:
+                 idle: Callable[[], float] | None = None,
+                 unanswered: Callable[[BaseException], bool] | None = None,
+                 all_down: Callable[[], bool] | None = None) -> None:
         self._idle = idle  # seconds since the last change through the file system
+        self._unanswered = unanswered  # whether a failure means the provider did not answer (wait for kick())
+        self._all_down = all_down  # whether every provider is surely down (due keys wait for kick(), untried)
         self._workers = max(1, workers)
         self._max_backoff = max_backoff
         # one lock over the queue (_heap, _due, _in_flight, _attempts, counts), with two conditions on it:
@@ -69,6 +82,8 @@ class Uploader:
         self._in_flight: set[str] = set()
         self._attempts: dict[str, int] = {}
         self._requeue_after_flight: set[str] = set()  # scheduled again while running
+        self._held: set[str] = set()  # keys waiting for kick() (their provider did not answer)
+        self._kicks = 0  # kick() calls so far: an attempt that saw one begin meanwhile is not held
         self._seq = itertools.count()
         self._hurried_at = float("-inf")  # keys due by then are a flush's: they never give way
         self._threads: list[threading.Thread] = []
@@ -119,6 +134,27 @@ class Uploader:
                     self._due[key] = now
                     heapq.heappush(self._heap, (now, next(self._seq), key))
             self._cond.notify_all()
+
+    def kick(self) -> None:
+        """A provider answers again: the keys that wait for it run now (a key of another provider that is
+        still down fails once more and waits again)."""
+        with self._cond:
+            self._kicks += 1
+            if not self._held:
+                return
+            now = time.monotonic()
+            for key in self._held:
+                if key in self._due:
+                    self._due[key] = now
+                    heapq.heappush(self._heap, (now, next(self._seq), key))
+            log.info("a provider answers again: %d waiting change(s) go now", len(self._held))
+            self._held.clear()
+            self._cond.notify_all()
+
+    def held(self) -> int:
+        """How many keys wait for their provider to answer again (kick())."""
+        with self._cond:
+            return len(self._held)
 
     def in_flight(self) -> set[str]:
         with self._cond:
@@ -199,6 +235,9 @@ class Uploader:
             if key is None:
                 return
             retry_in: float | None = None
+            hold = False
+            with self._cond:
+                kicks = self._kicks
             try:
                 wait = jobs.due_in(key)
                 if wait is None:
@@ -206,6 +245,9 @@ class Uploader:
                         self._attempts.pop(key, None)
                 elif wait > 0:
                     retry_in = wait
+                elif self._all_down is not None and self._all_down():
+                    hold = True  # no provider answers: the change waits for the kick, untried
+                    retry_in = self._max_backoff
                 else:
                     if self._attempts.get(key):
                         with self._cond:
@@ -226,8 +268,14 @@ class Uploader:
                     n = self._attempts.get(key, 0) + 1
                     self._attempts[key] = n
                     self.failures += 1
-                retry_in = self._backoff(n)
-                log.warning("sync of %s failed (attempt %d, retry in %.1fs): %s", key, n, retry_in, e)
+                    hold = self._unanswered is not None and self._unanswered(e) and self._kicks == kicks
+                if hold:
+                    retry_in = self._max_backoff
+                    log.warning("sync of %s failed (attempt %d; retried when the provider answers again, "
+                                "%.0fs at most): %s", key, n, retry_in, e)
+                else:
+                    retry_in = self._backoff(n)
+                    log.warning("sync of %s failed (attempt %d, retry in %.1fs): %s", key, n, retry_in, e)
                 try:
                     jobs.failed(key, e, n)
                 except Exception:
@@ -238,6 +286,12 @@ class Uploader:
                 self._requeue_after_flight.discard(key)
                 if again:
                     retry_in = 0.0 if retry_in is None else min(retry_in, 0.0)
+                if hold and not again and self._kicks == kicks:
+                    self._held.add(key)
+                else:
+                    self._held.discard(key)
+                    if hold and not again:  # kicked while its failure was recorded: the provider is back
+                        retry_in = self._backoff(self._attempts.get(key, 1))
                 if retry_in is not None:
                     due = time.monotonic() + retry_in
                     old = self._due.get(key)

@@ -11,7 +11,10 @@ lasts longer than max_down_for: the next call after that asks the provider again
 Apart from that backoff (which only decides whether lookups wait), each provider has an outage record
 for `storefs status` and the provider-down gauge: since when (wall clock) it has not answered and the
 last error, from the first request that got no answer (a lookup, an upload, or a probe sent when a
-request hangs: storefs.view.observed) until the next request that gets one.
+request hangs: storefs.view.observed) until the next request that gets one. While that record stands,
+reads of data that is not cached fail at once (the first read that met the outage paid its deadline),
+and the functions given to on_back() are called when it ends: the uploader then retries the changes
+that wait for the provider (the probe of storefs.view.observed notices its return within a second).
 """
 
 from __future__ import annotations
@@ -40,12 +43,30 @@ class ProviderHealth:
         self._clock = clock
         self._wall = wall
         self._t = tunables
-        self._lock = threading.Lock()  # protects _down_until, _failures, _calls and _outages
+        self._lock = threading.Lock()  # protects _down_until, _failures, _calls, _outages and _confirmed
         self._down_until: dict[str, float] = {}
         self._outages: dict[str, tuple[float, str]] = {}  # provider -> (wall time it stopped answering, last error)
+        self._confirmed: set[str] = set()  # providers in outage that a probe or a long try confirmed
         self._failures: dict[str, int] = {}  # failures in a row, for the backoff
         self._calls: dict[int, tuple[str, float]] = {}  # call id -> (provider, when it last made progress)
         self._ids = itertools.count()
+        self._on_back: list[Callable[[str], None]] = []  # set up before any request: read without the lock
+
+    def on_back(self, fn: Callable[[str], None]) -> None:
+        """Have fn(pname) called (on the thread that saw the answer, no lock held) when pname answers after
+        an outage, so that what waits for it goes at once (the uploader's waiting changes)."""
+        self._on_back.append(fn)
+
+    def outage(self, pname: str, confirmed: bool = False) -> str | None:
+        """The last error while pname's last request (or probe) got no answer and none has since, else None:
+        a read of data that is not cached then fails at once rather than wait out its deadline again.
+        confirmed: only once a probe got no answer either, or a request that tried for a while (one request
+        that failed at once is not enough to stop the others)."""
+        with self._lock:
+            outage = self._outages.get(pname)
+            if confirmed and pname not in self._confirmed:
+                return None
+        return None if outage is None else outage[1]
 
     def is_down(self, pname: str) -> bool:
         """Whether pname failed to answer a moment ago (callers then use what they know)."""
@@ -62,21 +83,33 @@ class ProviderHealth:
         """Neither down nor slow: a request may wait for pname's answer."""
         return not self.is_down(pname) and not self.is_slow(pname)
 
-    def no_answer(self, pname: str, error: str) -> None:
-        """A request to pname got no answer: it is down (for status) from now, or since it first was."""
+    def no_answer(self, pname: str, error: str, sure: bool = False) -> None:
+        """A request to pname got no answer: it is down (for status) from now, or since it first was; sure:
+        a probe got none either, or the request tried for a while (outage(confirmed=True) answers then)."""
         with self._lock:
             since = self._outages.get(pname, (self._wall(), ""))[0]
             new = pname not in self._outages
             self._outages[pname] = (since, error)
+            if sure:
+                self._confirmed.add(pname)
         if new:
             log.warning("provider %s is not answering: %s", pname, error)
 
     def answered(self, pname: str) -> None:
-        """A request to pname got an answer: its outage (if any) is over."""
+        """A request to pname got an answer: its outage (if any) is over, and lookups may ask it again."""
         with self._lock:
             outage = self._outages.pop(pname, None)
+            self._confirmed.discard(pname)
+            if outage is not None:
+                self._down_until.pop(pname, None)
+                self._failures.pop(pname, None)
         if outage is not None:
             log.info("provider %s answers again (it did not since %s)", pname, _when(outage[0]))
+            for fn in self._on_back:
+                try:
+                    fn(pname)
+                except Exception:
+                    log.exception("telling that provider %s answers again failed", pname)
 
     def report(self, names: list[str]) -> dict[str, dict[str, Any]]:
         """Per provider, for `storefs status`: up or down, since when (epoch seconds) and why, and

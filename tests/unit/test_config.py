@@ -144,7 +144,7 @@ def test_full_file(tmp_path, monkeypatch) -> None:
     assert (s3.bucket, s3.endpoint_url, s3.region, s3.prefix) == (
         "artifacts", "http://127.0.0.1:8333", "us-east-1", "media/")
     assert (s3.access_key_id, s3.secret_access_key, s3.session_token) == ("AKIA123", "fallback-secret", None)
-    assert (s3.multipart_threshold, s3.multipart_chunksize, s3.read_deadline) == (64 * MiB, 16 * MiB, 20.0)
+    assert (s3.multipart_threshold, s3.multipart_chunksize, s3.read_deadline) == (64 * MiB, 16 * MiB, 8.0)
     assert "AKIA123" not in repr(cfg) and "fallback-secret" not in repr(cfg)
     assert cfg.providers["local"] == LocalProviderConfig("local", str(tmp_path / "data"))
     assert cfg.max_file_size.limit_for("video") == 10 * GiB

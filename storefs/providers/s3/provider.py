@@ -115,6 +115,10 @@ class S3Provider(Provider):
         return self.retry.run(limits, self._requests.what(full), lambda t: self._requests.list_page(
             full, t, delimiter=delimiter, token=token, max_keys=max_keys))
 
+    def probe(self) -> None:
+        """One HEAD of the bucket, one attempt: any answer means the server is back (ProviderUnavailable if none)."""
+        self.retry.run(self.retry.probe, f"bucket {self.bucket}", self._requests.head_bucket)
+
     # -- Provider -------------------------------------------------------------------------
     def check(self, *, writable: bool = False) -> None:
         """HEAD of the bucket with short timeouts, so a mount with a dead endpoint fails in seconds; on a

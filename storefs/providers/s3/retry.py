@@ -20,6 +20,8 @@ read_timeout (R), max_attempts (N) and read_deadline (D); the end-to-end bounds 
   at most R per socket read: at most N * (C + R) plus the pauses (at most RETRY_AFTER_MAX
   each): 195 s with the defaults (C = 5 s, R = 30 s, N = 5).
 - check (the bucket at mount time): 2 attempts of min(C, 3 s) + min(R, 4 s) and one pause: at most 19 s.
+- probe (a HEAD of the bucket while the provider is down, once a second at most): one attempt of
+  min(C, 3 s) + min(R, 5 s), no retry: a dead server costs one refused connection per probe.
 
 The bounds hold every wait on the socket; a server that keeps sending a body a few bytes at
 a time, or takes a big PUT body slowly but steadily, can stretch one attempt past them.
@@ -54,6 +56,8 @@ QUICK_CONNECT = 3.0
 #: check() waits at most this long for each read (or read_timeout, if shorter), twice
 CHECK_READ = 4.0
 CHECK_ATTEMPTS = 2
+#: a probe waits at most this long (or read_timeout, if shorter) for its answer, once
+PROBE_READ = 5.0
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 #: the shortest pause after a busy answer (SlowDown, 503, 429): a throttled server needs a moment
@@ -117,6 +121,7 @@ class RetryPolicy:
             self.read = Limits("read", 1, None, Timeouts(c, r))
         self.write = Limits("write", max(1, int(max_attempts)), None, Timeouts(c, r))
         self.check = Limits("check", CHECK_ATTEMPTS, None, Timeouts(min(c, QUICK_CONNECT), min(r, CHECK_READ)))
+        self.probe = Limits("probe", 1, None, Timeouts(min(c, QUICK_CONNECT), min(r, PROBE_READ)))
 
     @classmethod
     def from_config(cls, cfg: Any) -> RetryPolicy:
