@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import ProviderUnavailable
 from .dircache import DirCache, Names
 from .health import ProviderHealth
+from .merge import Found
 from .tunables import DEFAULT_TUNABLES, ViewTunables
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,13 @@ class Refresh:
 
     def __init__(self, cache: DirCache, health: ProviderHealth, order: list[str],
                  fetch: Callable[[str, int | None], Names | None], *,
-                 clock: Callable[[], float] = time.monotonic, tunables: ViewTunables = DEFAULT_TUNABLES) -> None:
+                 clock: Callable[[], float] = time.monotonic, tunables: ViewTunables = DEFAULT_TUNABLES,
+                 dir_meta: Callable[[str, Found], object] | None = None) -> None:
         self._cache = cache
         self._health = health
         self._order = order
         self._fetch = fetch  # fetches prefix's listing from the providers into the cache (None: too big)
+        self._dir_meta = dir_meta  # HEADs a folder's marker ('a/b/', as listed) into the head cache
         self._clock = clock
         self._t = tunables
         self._halt = threading.Event()
@@ -129,7 +132,7 @@ class Refresh:
                 self._pending["list", p] = threading.Event()
         return todo
 
-    def _submit(self, pool: ThreadPoolExecutor, tag: Hashable, task: Callable[[], None]) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, tag: Hashable, task: Callable[[], object]) -> None:
         """Hand work (already marked in _pending) to the pool."""
         def run() -> None:
             try:
@@ -170,17 +173,59 @@ class Refresh:
             self._prefetched_for[prefix] = now + self._cache.ttl
             if len(self._prefetched_for) > self._t.max_listings:
                 self._prefetched_for = {k: t for k, t in self._prefetched_for.items() if t > now}
-        wanted = []
+        wanted: list[str] = []
+        markers: list[tuple[str, Found]] = []
         for name in names:
             if name.endswith("/"):
                 sub = prefix + name
+                if len(markers) < self._t.prefetch_subfolders and self._marker_due(sub, names[name], now):
+                    markers.append((sub, names[name]))
                 hit = self._cache.held(sub)
                 if (hit is None or hit.until <= now) and not self._cache.is_big(sub):
                     wanted.append(sub)
                     if len(wanted) >= self._t.prefetch_subfolders:
                         break
+        # a walk descends into each subfolder in turn: its own metadata first, then its listing
+        self.warm_markers(markers)
         for sub in self._claim(wanted):
             self._submit(pool, ("list", sub), functools.partial(self.prefetch, sub))
+
+    def _marker_due(self, sub: str, found: Found, until: float) -> bool:
+        """Whether folder sub's marker (its mode, owner and times, which an object store's listing
+        lacks) is to be asked for: its HEAD is not cached or expires by until."""
+        if self._dir_meta is None or found[1].mode is not None:
+            return False
+        hit = self._cache.head(sub)
+        return hit is None or hit.until <= until
+
+    def warm_markers(self, markers: list[tuple[str, Found]]) -> None:
+        """HEAD the markers of these folders in the background (a lookup meeting one under way waits for it)."""
+        pool, dir_meta = self._prefetcher, self._dir_meta
+        if pool is None or dir_meta is None:
+            return
+        for sub, found in markers:
+            tag = ("head", sub)
+            if self.claim(tag):
+                self._submit(pool, tag, functools.partial(dir_meta, sub, found))
+
+    def keep_markers_warm(self, prefix: str, names: Names | None, before: Names) -> None:
+        """A listing in use was fetched again: so are the markers of its subfolders whose metadata
+        was known (a cached HEAD, or storefs made them and the listing carried it) and would expire
+        before it, up to prefetch_subfolders, so their lookups answer without a request."""
+        if names is None or self._dir_meta is None:
+            return
+        until = self._clock() + self._cache.ttl
+        markers: list[tuple[str, Found]] = []
+        for name, found in names.items():
+            if not name.endswith("/"):
+                continue
+            old = before.get(name)
+            known = (old is not None and old[1].mode is not None) or self._cache.head(prefix + name) is not None
+            if known and self._marker_due(prefix + name, found, until):
+                markers.append((prefix + name, found))
+                if len(markers) >= self._t.prefetch_subfolders:
+                    break
+        self.warm_markers(markers)
 
     def prefetch(self, prefix: str) -> None:
         """What a background listing ahead of a walk does."""
@@ -192,8 +237,9 @@ class Refresh:
         self._cache.touch(prefix)  # still a folder in use: refreshed before it expires, as before the recheck
 
     def refresh_listing(self, prefix: str) -> None:
-        """What the refresher thread does for a listing due for a refresh."""
-        self._fetch(prefix, self._t.refresh_max_names)
+        """What the refresher thread does for a listing due for a refresh (and its subfolders' markers)."""
+        held = self._cache.held(prefix)
+        self.keep_markers_warm(prefix, self._fetch(prefix, self._t.refresh_max_names), held.names if held else {})
 
     # -- the refresher thread --------------------------------------------------------------
 

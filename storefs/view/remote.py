@@ -50,7 +50,8 @@ class RemoteView:
         self._clock = clock
         self.health = health if health is not None else ProviderHealth(clock, tunables)
         self.cache = DirCache(ttl, negative_ttl, clock=clock, tunables=tunables)
-        self.refresh = Refresh(self.cache, self.health, order, self._fetch, clock=clock, tunables=tunables)
+        self.refresh = Refresh(self.cache, self.health, order, self._fetch, clock=clock, tunables=tunables,
+                               dir_meta=self._dir_meta)
         self.ahead = HeadsAhead(self.cache, self.health, providers, self.refresh, clock=clock, tunables=tunables)
         # object stores answer a LIST as fast as a HEAD: a folder's listing then answers every
         # lookup in it, absent names included, for the price of one request
@@ -349,31 +350,40 @@ class RemoteView:
 
     def _with_dir_meta(self, key: str, found: Found) -> Found:
         """A folder with its own mode, owner, times and xattrs where the listing had none: one HEAD
-        of its marker (cached like a head), since object-store listings carry no folder metadata."""
-        pname, info = found
-        if info.mode is not None:
+        of its marker (cached like a head), since object-store listings carry no folder metadata;
+        a HEAD of it the background has under way (a walk's read-ahead) is waited for instead."""
+        if found[1].mode is not None:
             return found
         hkey = keys.dir_key(key)
         hit = self.cache.head(hkey)
         if hit is not None and hit.until > self._clock():
             return hit.found or found
-
-        def fetch() -> Found | None:
-            started = self._clock()
-            meta = self.health.call(pname, self.providers[pname].head_dir, hkey)
-            out = None if meta is None else (pname, ObjectInfo(
-                key=hkey, size=0, is_dir=True, mtime_ns=meta.mtime_ns or info.mtime_ns, mode=meta.mode, uid=meta.uid,
-                gid=meta.gid, ctime_ns=meta.ctime_ns, atime_ns=meta.atime_ns, xattrs=dict(meta.xattrs)))
-            self.cache.put_head(hkey, out, started, self.ttl)  # no marker: known for a TTL too
-            return out
+        ahead = self.refresh.pending(("head", hkey))
+        if ahead is not None and self._answering() and ahead.wait(self.tunables.prefetch_wait):
+            hit = self.cache.head(hkey)
+            if hit is not None and hit.until > self._clock():
+                return hit.found or found
         try:
             if hit is not None and self._usable(hit.fetched):
-                out = self._bounded(("head", hkey), fetch, hit.found)
+                out = self._bounded(("head", hkey), lambda: self._dir_meta(hkey, found), hit.found,
+                                    joined=lambda: self._fresh_head(hkey))
             else:
-                out = fetch()
+                out = self._dir_meta(hkey, found)
         except ProviderUnavailable:
             return found
         return out or found
+
+    def _dir_meta(self, hkey: str, found: Found) -> Found | None:
+        """HEAD of the marker hkey ('a/b/') of the folder found: the folder with its own metadata,
+        cached for a TTL (None, also cached: it has no marker, or one without metadata)."""
+        pname, info = found
+        started = self._clock()
+        meta = self.health.call(pname, self.providers[pname].head_dir, hkey)
+        out = None if meta is None else (pname, ObjectInfo(
+            key=hkey, size=0, is_dir=True, mtime_ns=meta.mtime_ns or info.mtime_ns, mode=meta.mode, uid=meta.uid,
+            gid=meta.gid, ctime_ns=meta.ctime_ns, atime_ns=meta.atime_ns, xattrs=dict(meta.xattrs)))
+        self.cache.put_head(hkey, out, started, self.ttl)
+        return out
 
     # -- changes ---------------------------------------------------------------------------
 

@@ -335,3 +335,99 @@ def test_the_refresher_thread_keeps_a_used_listing_fresh(tmp_path: Path) -> None
         assert "new.png" in v.listing("t/image/b/a/")
     finally:
         v.stop()
+
+
+class MarkerProvider(ListingProvider):
+    """Folders listed without their own metadata, as an object store lists them: each folder's
+    mode and times cost a HEAD of its marker (head_dir), noted with the thread that asked."""
+
+    def __init__(self, name: str, base: str) -> None:
+        super().__init__(name, base)
+        self.markers_by: list[str] = []
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:  # type: ignore[override]
+        for info in super().list(prefix):
+            yield ObjectInfo(key=info.key, size=0, mtime_ns=0, is_dir=True) if info.is_dir else info
+
+    def head_dir(self, prefix: str) -> ObjectInfo | None:
+        self.markers_by.append(threading.current_thread().name)
+        return super().head_dir(prefix)
+
+
+def _marker_view(tmp_path: Path, clock: Clock | None = None, ttl: float = 30.0) -> tuple[RemoteView, MarkerProvider]:
+    base = tmp_path / "data"
+    for i in range(6):
+        put(base, f"t/image/b/a{i}/f.png")
+    p = MarkerProvider("s3", str(base))
+    kw = {} if clock is None else {"clock": clock}
+    return RemoteView({"s3": p}, ["s3"], ttl=ttl, negative_ttl=0.0, **kw), p  # type: ignore[arg-type]
+
+
+def test_a_walk_finds_its_subfolders_own_metadata_asked_for_ahead(tmp_path: Path) -> None:
+    """find or os.walk descends into each subfolder in turn, and its lookup needs the folder's own
+    mode and times: reading the parent HEADs their markers in the background, so no lookup waits
+    for one, one at a time."""
+    v, p = _marker_view(tmp_path)
+    v.start()
+    try:
+        listing = v.listing("t/image/b/")
+        v.prefetch_below("t/image/b/", listing)
+        _settle(v)
+        assert len(p.markers_by) == 6 and all(n.startswith("storefs-prefetch") for n in p.markers_by)
+        for i in range(6):
+            found = v.lookup(f"t/image/b/a{i}")
+            assert found is not None and found[1].is_dir and found[1].mode is not None
+        assert len(p.markers_by) == 6  # every lookup answered from what was asked ahead
+    finally:
+        v.stop()
+
+
+def test_a_lookup_meeting_a_marker_head_under_way_waits_for_it(tmp_path: Path) -> None:
+    v, p = _marker_view(tmp_path)
+    gate = threading.Event()
+    real = p.head_dir
+
+    def slow_head_dir(prefix: str) -> ObjectInfo | None:
+        gate.wait(5)
+        return real(prefix)
+    p.head_dir = slow_head_dir  # type: ignore[method-assign]
+    v.start()
+    try:
+        listing = v.listing("t/image/b/")
+        v.prefetch_below("t/image/b/", listing)
+        threading.Timer(0.2, gate.set).start()
+        found = v.lookup("t/image/b/a0")
+        assert found is not None and found[1].mode is not None
+        _settle(v)
+        assert len(p.markers_by) == 6 and all(n.startswith("storefs-prefetch") for n in p.markers_by)
+    finally:
+        gate.set()
+        v.stop()
+
+
+def test_a_refreshed_listing_keeps_its_known_subfolders_metadata_warm(tmp_path: Path, clock: Clock) -> None:
+    """A job made folders (their metadata known from storefs' own change) or stat'ed them, and a walk
+    comes a minute later: each time the parent's listing is kept warm, so are those folders' markers;
+    folders nobody looked at are not asked for."""
+    v, p = _marker_view(tmp_path, clock)
+    v.start()
+    try:
+        v.lookup("t/image/b/a0")  # lists the parent, HEADs a0's marker inline
+        assert p.markers_by == ["MainThread"]
+        made = ObjectInfo(key="t/image/b/a1/", size=0, mtime_ns=1, is_dir=True, mode=0o40755, uid=0, gid=0)
+        v.record("t/image/b/a1", ("s3", made))  # storefs made a1: the listing carries its metadata
+        p.markers_by.clear()
+        for _ in range(5):  # the parent in use, kept listed a minute and more
+            clock.now += v.ttl * (1 - T.refresh_ahead) + 0.1
+            v.listing("t/image/b/")
+            assert v.due_refreshes() == ["t/image/b/"]
+            v.refresh.refresh_listing("t/image/b/")
+            _settle(v)
+        # a0 and a1, each time
+        assert len(p.markers_by) == 10 and all(n.startswith("storefs-prefetch") for n in p.markers_by)
+        for i in (0, 1):
+            found = v.lookup(f"t/image/b/a{i}")
+            assert found is not None and found[1].mode is not None
+        assert len(p.markers_by) == 10
+    finally:
+        v.stop()
