@@ -13,8 +13,10 @@ import errno
 import functools
 import itertools
 import logging
+import operator
 import os
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -42,8 +44,52 @@ MAX_READ = MAX_IO - 16 * 1024
 #: default); said explicitly because libfuse 3.12-3.15 logs "Ignoring invalid max threads value 4294967295"
 #: at every mount for the default it passes itself
 FUSE_IDLE_THREADS = 10
+NS = 1_000_000_000
+#: st_blksize: the size `cp`, `cat` and friends read and write at a time
+BLKSIZE = 1 << 17
 
 
+def _stat_struct() -> tuple[struct.Struct, tuple[str, ...]]:
+    """struct stat as libfuse takes it (mfusepy's c_stat: this platform's layout) as one Struct of
+    the fields storefs sets, zeros between, and their names in the order it packs them."""
+    fields: list[tuple[int, str, type]] = []
+    for name, ctype in mfusepy.c_stat._fields_:
+        base = getattr(mfusepy.c_stat, name).offset
+        if name.endswith("timespec"):
+            fields += [(base + getattr(ctype, sub).offset, f"{name[:-4]}_{sub[3:]}", t) for sub, t in ctype._fields_]
+        elif name in ("st_nlink", "st_mode", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize", "st_blocks"):
+            fields.append((base, name, ctype))
+    fmt, pos, order = "=", 0, []
+    for offset, name, ctype in sorted(fields):
+        size = ctypes.sizeof(ctype)
+        code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+        fmt += "x" * (offset - pos) + (code if ctype(-1).value < 0 else code.upper())
+        pos = offset + size
+        order.append(name)
+    fmt += "x" * (ctypes.sizeof(mfusepy.c_stat) - pos)
+    return struct.Struct(fmt), tuple(order)
+
+
+#: mfusepy fills a c_stat from a dict, field by field (about a fifth of a getattr's time in the
+#: daemon): storefs packs the bytes in one call and copies them into the kernel's buffer
+_STAT, _STAT_ORDER = _stat_struct()
+
+
+#: the fields of packed_stat's tuple, in its order
+_STAT_FIELDS = ("st_mode", "st_nlink", "st_size", "st_blocks", "st_blksize", "st_uid", "st_gid", "st_rdev",
+                "st_atime_sec", "st_atime_nsec", "st_mtime_sec", "st_mtime_nsec", "st_ctime_sec", "st_ctime_nsec")
+#: ... put in this platform's order
+_STAT_ARRANGE = operator.itemgetter(*(_STAT_FIELDS.index(name) for name in _STAT_ORDER))
+
+
+def packed_stat(a: Attr) -> bytes:
+    """a as the bytes of a struct stat."""
+    m = a.mtime_ns
+    c = a.ctime_ns or m
+    t = a.atime_ns or m
+    size = a.size
+    return _STAT.pack(*_STAT_ARRANGE((a.mode, 2 if a.is_dir else 1, size, (size + 511) // 512, BLKSIZE, a.uid, a.gid,
+                                      a.rdev, t // NS, t % NS, m // NS, m % NS, c // NS, c % NS)))
 
 
 #: libfuse3's high-level inode invalidation (`storefs refresh`); None in a libfuse without it
@@ -166,7 +212,7 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class StorefsOperations(mfusepy.Operations):
-    """mfusepy Operations: paths to keys, Attr to stat dicts, nothing more."""
+    """mfusepy Operations: paths to keys, Attr to struct stat bytes, nothing more."""
 
     use_ns = True
 
@@ -174,7 +220,7 @@ class StorefsOperations(mfusepy.Operations):
                  on_destroy: Callable[[], None] | None = None) -> None:
         self.ns = ns
         self._dir_handles = itertools.count(1)
-        self._dir_items: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
+        self._dir_items: dict[int, list[tuple[bytes, bytes | None]]] = {}
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._fuse: int | None = None  # libfuse's struct fuse, for invalidations sent from other threads
@@ -221,30 +267,14 @@ class StorefsOperations(mfusepy.Operations):
             self._on_destroy()
 
     @staticmethod
-    def _stat(a: Attr) -> dict[str, int]:
-        ns = a.mtime_ns
-        return {
-            "st_mode": a.mode,
-            "st_nlink": 2 if a.is_dir else 1,
-            "st_size": a.size,
-            "st_blocks": (a.size + 511) // 512,
-            "st_blksize": 1 << 17,
-            "st_uid": a.uid,
-            "st_gid": a.gid,
-            "st_rdev": a.rdev,
-            "st_mtime": ns,
-            "st_ctime": a.ctime_ns or ns,
-            "st_atime": a.atime_ns or ns,
-        }
-
-    @staticmethod
     def _caller() -> Caller:
         """The process asking, as the kernel tells libfuse (uid, gid, pid)."""
         return Caller(*mfusepy.fuse_get_context())
 
     @edge
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        return self._stat(self.ns.getattr(self._key(path), fh))
+    def getattr(self, path: str, fh: int | None = None) -> bytes:
+        """The struct stat's bytes (packed_stat), which Fuse.getattr_fuse_3 copies into the kernel's buffer."""
+        return packed_stat(self.ns.getattr(self._key(path), fh))
 
     @edge
     def readdir(self, path: str, fh: int) -> list[str]:
@@ -258,13 +288,15 @@ class StorefsOperations(mfusepy.Operations):
         return 0
 
     @edge
-    def readdir_plus(self, path: str, fh: int, fresh: bool) -> list[tuple[str, dict[str, int] | None]]:
-        """'.', '..' and the children, each with its stat where the core knows it without asking a
-        provider; kept per open folder so the kernel's follow-up requests page through one listing."""
+    def readdir_plus(self, path: str, fh: int, fresh: bool) -> list[tuple[bytes, bytes | None]]:
+        """'.', '..' and the children (encoded), each with its struct stat where the core knows it
+        without asking a provider; kept per open folder so the kernel's follow-up requests page
+        through one listing."""
         items = None if fresh else self._dir_items.get(fh)
         if items is None:
-            items = [(".", None), ("..", None)]
-            items += [(name, None if a is None else self._stat(a))
+            items = [(b".", None), (b"..", None)]
+            # encoded as Fuse decodes paths (mfusepy's default: utf-8, surrogateescape)
+            items += [(name.encode("utf-8", "surrogateescape"), None if a is None else packed_stat(a))
                       for name, a in self.ns.readdir_attrs(self._key(path))]
             self._dir_items[fh] = items
         return items
@@ -483,22 +515,32 @@ class Fuse(mfusepy.FUSE):
         return 0
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        if not flags & FUSE_READDIR_PLUS:
-            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
+        if not flags & FUSE_READDIR_PLUS:  # names alone, at offset 0: libfuse keeps the listing and pages it
+            enc, errs = self.encoding, self.errors
+            for name in self.operations.readdir(None if path is None else path.decode(enc, errs), fip.contents.fh):
+                if filler(buf, name.encode(enc, errs), None, 0, 0) != 0:
+                    break
+            return 0
         # entries go with their offsets: libfuse 3.14 sends attributes given with offset 0 as
         # plain names, and the kernel then looks every one of them up again
         items = self.operations.readdir_plus(None if path is None else path.decode(self.encoding, self.errors),
                                              fip.contents.fh, offset == 0)
         st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
+        at = ctypes.addressof(st)
         for i in range(offset, len(items)):
-            name, attrs = items[i]
-            ctypes.memset(ctypes.byref(st), 0, size)
-            if attrs is not None:
-                mfusepy.set_st_attrs(st, attrs, use_ns=True)
-            if filler(buf, name.encode(self.encoding, self.errors), st if attrs is not None else None, i + 1,
-                      0 if attrs is None else FUSE_FILL_DIR_PLUS) != 0:
+            name, packed = items[i]
+            if packed is not None:
+                ctypes.memmove(at, packed, len(packed))
+            if filler(buf, name, st if packed is not None else None, i + 1,
+                      0 if packed is None else FUSE_FILL_DIR_PLUS) != 0:
                 break  # the kernel's buffer is full: it asks again from this offset
+        return 0
+
+    def getattr_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # the stat comes packed (packed_stat): one copy, where mfusepy would fill it field by field
+        packed = self.operations.getattr(None if path is None else path.decode(self.encoding, self.errors),
+                                         fip.contents.fh if fip else None)
+        ctypes.memmove(buf, packed, len(packed))
         return 0
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:

@@ -48,13 +48,11 @@ class Lookup:
         names, listing = self.children(key)
         tree, state, index = self.tree, self.tree.state, self.tree.index
         out: list[tuple[str, Attr | None]] = []
-        for name in names:
-            k = keys.child(key, name)
-            with state.lock:  # the same order of evidence as Tree.find
-                node = state.nodes.get(k)
-                e = index.get(k)
-                d = index.get(keys.dir_key(k))
-                below = node is None and index.has_live_below(keys.dir_key(k))
+        ks = [keys.child(key, name) for name in names]
+        with state.lock:  # the same order of evidence as Tree.find; one hold for the folder, no request in it
+            rows = [(node := state.nodes.get(k), index.get(k), index.get(dk := keys.dir_key(k)),
+                     node is None and index.has_live_below(dk)) for k in ks]
+        for name, k, (node, e, d, below) in zip(names, ks, rows, strict=True):
             r = listing.get(name) or listing.get(keys.dir_key(name))
             f: Found | None = None
             if node is not None:
@@ -94,10 +92,10 @@ class Lookup:
                 raise
             listing = {}  # a folder this mount made: what the journal knows is all there is
         tree.remote.prefetch_below(prefix, listing)
-        for name in listing:
+        with state.lock:
+            rows = [index.get(prefix + name) for name in listing]
+        for name, e in zip(listing, rows, strict=True):
             plain = name.rstrip("/")
-            with state.lock:
-                e = index.get(prefix + name)
             if e is not None and e.is_tombstone:
                 continue
             if e is None and state.recently_deleted(prefix + plain):
