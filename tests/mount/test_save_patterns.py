@@ -246,3 +246,32 @@ def test_append(store, art):
     assert (store.mnt / ART / "log.txt").read_bytes() == expect + b"six\n"
     store.flush()
     assert store.provider_read(f"{ART}/log.txt") == expect + b"six\n"
+
+
+@pytest.mark.parametrize("provider_kind", ["s3"])
+def test_truncate_to_zero_while_another_reader_fetches(store, art):
+    """A program rewrites a file (O_TRUNC) while another reads the old one cold: the reader then sees
+    the new file, and only the new bytes reach the bucket. (Whether a fetch is still under way at the
+    cut is up to timing here; tests/unit/test_openfile.py pins that race.)"""
+    old, new = payload("old", 24 * 1024 * 1024), payload("new", 3000)
+    create_file(art / "model.bin", old)
+    store.flush()
+    store.remount(empty_cache=True)
+    path = store.mnt / ART / "model.bin"
+    reader = open(path, "rb")  # noqa: SIM115 - kept open across the rewrite
+    try:
+        assert reader.read(1 << 20) == old[:1 << 20]  # its chunks are being fetched ahead now
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, new)
+        finally:
+            os.close(fd)
+        rest = reader.read()  # the same file, rewritten: what is past 1 MiB is gone
+        assert rest == b""
+    finally:
+        reader.close()
+    assert path.read_bytes() == new
+    store.flush()
+    assert store.provider_read(f"{ART}/model.bin") == new
+    store.remount(empty_cache=True)
+    assert (store.mnt / ART / "model.bin").read_bytes() == new
