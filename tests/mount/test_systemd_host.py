@@ -188,11 +188,13 @@ def test_sighup_reopens_the_log_file_and_keeps_the_mount(store):
     os.rename(log_path, rotated)
     os.kill(store.pid, signal.SIGHUP)
     deadline = time.monotonic() + 30
-    while not log_path.exists() and time.monotonic() < deadline:
+    stderr = f"/proc/{store.pid}/fd/2"
+    # the daemon opens the new file, then points its stderr at it: wait for both
+    while (not log_path.exists() or os.readlink(stderr) != str(log_path)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert log_path.exists(), "no fresh log file after SIGHUP"
     assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
-    assert os.readlink(f"/proc/{store.pid}/fd/2") == str(log_path), "the daemon's stderr still writes the old file"
+    assert os.readlink(stderr) == str(log_path), "the daemon's stderr still writes the old file"
     assert store.mounted and answers(store.mnt), "SIGHUP unmounted"
     (store.mnt / ART).mkdir(parents=True)
     (store.mnt / ART / "after.png").write_bytes(b"after rotation")
