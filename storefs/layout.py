@@ -10,6 +10,7 @@ the path and the reason, because the FUSE edge logs it as one line.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import mimetypes
 import posixpath
@@ -56,6 +57,12 @@ def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
+#: names whose check is remembered: every listing checks each of its names again, and a folder's
+#: names are the same from one listing to the next
+NAME_CHECKS_KEPT = 16_384
+
+
+@functools.lru_cache(maxsize=NAME_CHECKS_KEPT)
 def _name_problem(name: str) -> str | None:
     if name in ("", ".", ".."):
         return "empty name" if not name else f"{name!r} is not a name"
