@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from storefs.config import FuseConfig
-from storefs.core import Attr
+from storefs.core import Attr, Listing
 from storefs.errors import Exists, IsADirectory, NoAttribute, NotADirectory, NotEmpty, NotFound, NotPermitted
 from storefs.fs import StorefsOperations, mount
 
@@ -81,9 +81,16 @@ class MemoryCore:
     def readdir(self, key: str) -> list[str]:
         return sorted(self._node(key).children)
 
-    def readdir_attrs(self, key: str) -> list[tuple[str, Attr | None]]:
-        base = f"{key}/" if key else ""
-        return [(name, self.getattr(base + name)) for name in self.readdir(key)]
+    def listing(self, key: str) -> Listing:
+        return Listing(key, self.readdir(key), {})
+
+    def listing_attrs(self, listing: Listing, start: int, stop: int) -> list[Attr | None]:
+        base = f"{listing.key}/" if listing.key else ""
+        out: list[Attr | None] = []
+        for name in listing.names[start:stop]:
+            n = self.nodes.get(base + name)  # None: removed since the listing
+            out.append(None if n is None else Attr(n.is_dir, n.size, n.mtime_ns, n.mode, n.uid, n.gid))
+        return out
 
     def mkdir(self, key: str, mode: int, uid: int, gid: int) -> None:
         with self.lock:

@@ -27,7 +27,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # never libfuse2, whatever 
 import mfusepy  # noqa: E402
 
 from . import keys  # noqa: E402
-from .core import Attr, Caller, MountCore  # noqa: E402
+from .core import Attr, Caller, Listing, MountCore  # noqa: E402
 from .errors import QUIET_ERRNOS, NotPermitted, StorefsError  # noqa: E402
 from .metrics import FUSE_LATENCY  # noqa: E402
 
@@ -211,6 +211,24 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: entries whose struct stat a readdirplus request has packed at once; a 4 KiB kernel buffer holds about 25
+PLUS_BATCH = 32
+#: a DirStream slot not packed yet (a struct stat is never empty; None is "no attributes")
+UNPACKED = b""
+
+
+class DirStream:
+    """One open folder's listing as the kernel pages through it: names encoded once ('.' and '..'
+    first, as Fuse decodes paths: utf-8, surrogateescape), each struct stat packed when first sent."""
+
+    __slots__ = ("listing", "names", "packed")
+
+    def __init__(self, listing: Listing) -> None:
+        self.listing = listing
+        self.names = [b".", b"..", *(name.encode("utf-8", "surrogateescape") for name in listing.names)]
+        self.packed: list[bytes | None] = [None, None, *(UNPACKED for _ in listing.names)]
+
+
 class StorefsOperations(mfusepy.Operations):
     """mfusepy Operations: paths to keys, Attr to struct stat bytes, nothing more."""
 
@@ -220,7 +238,7 @@ class StorefsOperations(mfusepy.Operations):
                  on_destroy: Callable[[], None] | None = None) -> None:
         self.ns = ns
         self._dir_handles = itertools.count(1)
-        self._dir_items: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self._dir_streams: dict[int, DirStream] = {}  # per open folder handle: the listing it pages through
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._fuse: int | None = None  # libfuse's struct fuse, for invalidations sent from other threads
@@ -284,22 +302,32 @@ class StorefsOperations(mfusepy.Operations):
         return next(self._dir_handles)
 
     def releasedir(self, path: str, fh: int) -> int:
-        self._dir_items.pop(fh, None)
+        self._dir_streams.pop(fh, None)
         return 0
 
+    def _stream(self, path: str, fh: int, fresh: bool) -> DirStream:
+        """The listing open folder fh pages through: a new one at its start (as rewinddir(3) wants)."""
+        s = None if fresh else self._dir_streams.get(fh)
+        if s is None:
+            s = self._dir_streams[fh] = DirStream(self.ns.listing(self._key(path)))
+        return s
+
     @edge
-    def readdir_plus(self, path: str, fh: int, fresh: bool) -> list[tuple[bytes, bytes | None]]:
-        """'.', '..' and the children (encoded), each with its struct stat where the core knows it
-        without asking a provider; kept per open folder so the kernel's follow-up requests page
-        through one listing."""
-        items = None if fresh else self._dir_items.get(fh)
-        if items is None:
-            items = [(b".", None), (b"..", None)]
-            # encoded as Fuse decodes paths (mfusepy's default: utf-8, surrogateescape)
-            items += [(name.encode("utf-8", "surrogateescape"), None if a is None else packed_stat(a))
-                      for name, a in self.ns.readdir_attrs(self._key(path))]
-            self._dir_items[fh] = items
-        return items
+    def readdir_names(self, path: str, fh: int, offset: int) -> list[bytes]:
+        """'.', '..' and the children, encoded: the names of the listing a readdirplus began on this
+        handle when the kernel goes on with plain requests (it asks for attributes only at first)."""
+        return self._stream(path, fh, offset == 0).names
+
+    @edge
+    def readdir_plus(self, path: str, fh: int, offset: int) -> DirStream:
+        """The open folder's listing with the struct stats from offset on packed, a batch at a time:
+        a readdirplus reply holds a few dozen entries of a folder that may hold thousands."""
+        s = self._stream(path, fh, offset == 0)
+        start, stop = max(offset, 2), min(offset + PLUS_BATCH, len(s.names))
+        if start < stop and s.packed[start] is UNPACKED:
+            for i, a in enumerate(self.ns.listing_attrs(s.listing, start - 2, stop - 2), start):
+                s.packed[i] = None if a is None else packed_stat(a)
+        return s
 
     @edge
     def mkdir(self, path: str, mode: int) -> int:
@@ -515,24 +543,28 @@ class Fuse(mfusepy.FUSE):
         return 0
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        if not flags & FUSE_READDIR_PLUS:  # names alone, at offset 0: libfuse keeps the listing and pages it
-            enc, errs = self.encoding, self.errors
-            for name in self.operations.readdir(None if path is None else path.decode(enc, errs), fip.contents.fh):
-                if filler(buf, name.encode(enc, errs), None, 0, 0) != 0:
+        ops, fh = self.operations, fip.contents.fh
+        p = None if path is None else path.decode(self.encoding, self.errors)
+        if not flags & FUSE_READDIR_PLUS:
+            # names alone, given without offsets: libfuse keeps them and pages them to the kernel
+            for name in ops.readdir_names(p, fh, offset):
+                if filler(buf, name, None, 0, 0) != 0:
                     break
             return 0
         # entries go with their offsets: libfuse 3.14 sends attributes given with offset 0 as
         # plain names, and the kernel then looks every one of them up again
-        items = self.operations.readdir_plus(None if path is None else path.decode(self.encoding, self.errors),
-                                             fip.contents.fh, offset == 0)
+        s = ops.readdir_plus(p, fh, offset)
+        names, packed = s.names, s.packed
         st = mfusepy.c_stat()
         at = ctypes.addressof(st)
-        for i in range(offset, len(items)):
-            name, packed = items[i]
-            if packed is not None:
-                ctypes.memmove(at, packed, len(packed))
-            if filler(buf, name, st if packed is not None else None, i + 1,
-                      0 if packed is None else FUSE_FILL_DIR_PLUS) != 0:
+        for i in range(offset, len(names)):
+            a = packed[i]
+            if a is UNPACKED:
+                ops.readdir_plus(p, fh, i)  # the next batch
+                a = packed[i]
+            if a is not None:
+                ctypes.memmove(at, a, len(a))
+            if filler(buf, names[i], st if a is not None else None, i + 1, 0 if a is None else FUSE_FILL_DIR_PLUS) != 0:
                 break  # the kernel's buffer is full: it asks again from this offset
         return 0
 

@@ -7,6 +7,6 @@ MountCore protocol. The lock order is at the top of core/state.py.
 
 from .facade import Core, CoreParts
 from .protocol import MountCore
-from .types import TRUSTED, Attr, Caller
+from .types import TRUSTED, Attr, Caller, Listing
 
-__all__ = ["TRUSTED", "Attr", "Caller", "Core", "CoreParts", "MountCore"]
+__all__ = ["TRUSTED", "Attr", "Caller", "Core", "CoreParts", "Listing", "MountCore"]

@@ -21,7 +21,7 @@ from .schedule import Schedule
 from .state import CoreState
 from .status import Status
 from .tree import Tree
-from .types import TRUSTED, Attr, Caller, Counters
+from .types import TRUSTED, Attr, Caller, Counters, Listing
 from .writeback import Writeback
 
 
@@ -79,6 +79,12 @@ class Core:
 
     def readdir_attrs(self, key: str) -> list[tuple[str, Attr | None]]:
         return self.parts.lookup.readdir_attrs(key)
+
+    def listing(self, key: str) -> Listing:
+        return self.parts.lookup.listing(key)
+
+    def listing_attrs(self, listing: Listing, start: int, stop: int) -> list[Attr | None]:
+        return self.parts.lookup.listing_attrs(listing, start, stop)
 
     def readlink(self, key: str) -> bytes:
         return self.parts.lookup.readlink(key)

@@ -14,7 +14,7 @@ from ..errors import NotADirectory, NotFound, ProviderUnavailable, StorefsError
 from ..providers.base import ObjectInfo
 from .files import Files
 from .tree import Tree, still_valid
-from .types import Attr, CachedFile, Folder, Found, OpenNode, Remote, RemoteFile
+from .types import Attr, CachedFile, Folder, Found, Listing, OpenNode, Remote, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,26 @@ class Lookup:
     def readdir_attrs(self, key: str) -> list[tuple[str, Attr | None]]:
         """Children with what getattr would answer for each, where that costs no request (None
         otherwise): the kernel then stats a listed folder without a lookup per name."""
-        names, listing = self.children(key)
+        listing = self.listing(key)
+        return list(zip(listing.names, self.listing_attrs(listing, 0, len(listing.names)), strict=True))
+
+    def listing(self, key: str) -> Listing:
+        """Folder key's names and the provider listing behind them, for a readdir stream to page through."""
+        return Listing(key, *self.children(key))
+
+    def listing_attrs(self, listing: Listing, start: int, stop: int) -> list[Attr | None]:
+        """What getattr would answer for names[start:stop] of listing, where that costs no request
+        (None otherwise): a readdirplus reply carries only the few dozen a kernel buffer holds."""
         tree, state, index = self.tree, self.tree.state, self.tree.index
-        out: list[tuple[str, Attr | None]] = []
+        key, remote = listing.key, listing.remote
+        names = listing.names[start:stop]
+        out: list[Attr | None] = []
         ks = [keys.child(key, name) for name in names]
-        with state.lock:  # the same order of evidence as Tree.find; one hold for the folder, no request in it
+        with state.lock:  # the same order of evidence as Tree.find; one hold for the batch, no request in it
             rows = [(node := state.nodes.get(k), index.get(k), index.get(dk := keys.dir_key(k)),
                      node is None and index.has_live_below(dk)) for k in ks]
         for name, k, (node, e, d, below) in zip(names, ks, rows, strict=True):
-            r = listing.get(name) or listing.get(keys.dir_key(name))
+            r = remote.get(name) or remote.get(keys.dir_key(name))
             f: Found | None = None
             if node is not None:
                 f = OpenNode(node)
@@ -71,7 +82,7 @@ class Lookup:
                     f = Folder(remote=meta) if known else None  # else: one HEAD, at its lookup
                 elif tree.providers[r[0]].listing_has_metadata:
                     f = RemoteFile(r)
-            out.append((name, None if f is None else tree.attr(f)))
+            out.append(None if f is None else tree.attr(f))
         return out
 
     def children(self, key: str) -> tuple[list[str], dict[str, Remote]]:

@@ -33,6 +33,15 @@ class Attr(NamedTuple):
     rdev: int = 0
 
 
+class Listing(NamedTuple):
+    """A folder's names as one readdir stream pages through them, with the provider listing they
+    were merged from: what listing_attrs needs to answer each name's stat without a request."""
+
+    key: str
+    names: list[str]
+    remote: dict[str, Remote]
+
+
 class Caller:
     """Who asks for a change: the kernel's uid, gid and pid of the calling process.
 

@@ -1,0 +1,82 @@
+"""The edge's readdir streams: one listing per open folder, struct stats packed a batch at a time as
+the kernel's readdirplus requests reach them, and plain requests that go on with the same names."""
+
+from __future__ import annotations
+
+import stat
+
+from storefs.core import Attr, Listing
+from storefs.fs import PLUS_BATCH, UNPACKED, StorefsOperations, packed_stat
+
+N = 3 * PLUS_BATCH + 5
+NEEDS_REQUEST = "remote-only.png"  # a name whose stat would cost a provider request: sent without one
+
+
+class CountingCore:
+    """Just the two calls a readdir stream makes, counted."""
+
+    root = ""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.listings: list[str] = []
+        self.batches: list[tuple[int, int]] = []
+
+    def attr(self, name: str) -> Attr | None:
+        return None if name == NEEDS_REQUEST else Attr(False, len(name), 10**18, stat.S_IFREG | 0o644, 0, 0)
+
+    def listing(self, key: str) -> Listing:
+        self.listings.append(key)
+        return Listing(key, list(self.names), {})
+
+    def listing_attrs(self, listing: Listing, start: int, stop: int) -> list[Attr | None]:
+        self.batches.append((start, stop))
+        return [self.attr(name) for name in listing.names[start:stop]]
+
+
+def ops_with(names: list[str]) -> tuple[StorefsOperations, CountingCore]:
+    core = CountingCore(names)
+    return StorefsOperations(core), core  # type: ignore[arg-type]
+
+
+def test_readdirplus_packs_only_the_batch_the_kernel_reads() -> None:
+    names = [f"f{i:04d}.png" for i in range(N)]
+    ops, core = ops_with(names)
+    fh = ops.opendir("/t/image/b/a")
+    s = ops.readdir_plus("/t/image/b/a", fh, 0)
+    assert core.listings == ["t/image/b/a"]
+    assert core.batches == [(0, PLUS_BATCH - 2)]  # '.' and '..' take the first two slots
+    assert s.names[:3] == [b".", b"..", b"f0000.png"] and len(s.names) == N + 2
+    assert s.packed[2] == packed_stat(core.attr("f0000.png"))  # type: ignore[arg-type]
+    assert all(p is UNPACKED for p in s.packed[PLUS_BATCH:])
+    # the kernel asks again from where its buffer filled up: the next batch, the same listing
+    s2 = ops.readdir_plus("/t/image/b/a", fh, PLUS_BATCH)
+    assert s2 is s and core.listings == ["t/image/b/a"]
+    assert core.batches == [(0, PLUS_BATCH - 2), (PLUS_BATCH - 2, 2 * PLUS_BATCH - 2)]
+    # a batch already packed is not packed again
+    ops.readdir_plus("/t/image/b/a", fh, 5)
+    assert len(core.batches) == 2
+
+
+def test_plain_requests_go_on_with_the_listing_readdirplus_began() -> None:
+    names = [f"f{i:04d}.png" for i in range(N)]
+    ops, core = ops_with(names)
+    fh = ops.opendir("/t/image/b/a")
+    s = ops.readdir_plus("/t/image/b/a", fh, 0)
+    core.names = names[:-1]  # a file removed meanwhile: this stream still pages through what it began with
+    assert ops.readdir_names("/t/image/b/a", fh, 24) is s.names
+    assert core.listings == ["t/image/b/a"]
+    # a rewind (offset 0) lists the folder again, as rewinddir(3) must
+    again = ops.readdir_names("/t/image/b/a", fh, 0)
+    assert core.listings == ["t/image/b/a", "t/image/b/a"] and len(again) == N + 1
+    ops.releasedir("/t/image/b/a", fh)
+    assert ops._dir_streams == {}
+
+
+def test_names_without_a_free_stat_and_undecodable_names() -> None:
+    odd = "caf\udce9.png"  # the byte 0xe9, as Fuse decodes a path that is not UTF-8
+    ops, core = ops_with([NEEDS_REQUEST, odd])
+    fh = ops.opendir("/t/image/b/a")
+    s = ops.readdir_plus("/t/image/b/a", fh, 0)
+    assert s.names == [b".", b"..", b"remote-only.png", b"caf\xe9.png"]
+    assert s.packed == [None, None, None, packed_stat(core.attr(odd))]  # type: ignore[arg-type]
