@@ -11,7 +11,6 @@ import collections
 import ctypes
 import errno
 import functools
-import itertools
 import logging
 import operator
 import os
@@ -215,6 +214,8 @@ def edge(func: Callable[..., Any]) -> Callable[..., Any]:
 PLUS_BATCH = 32
 #: a DirStream slot not packed yet (a struct stat is never empty; None is "no attributes")
 UNPACKED = b""
+#: listings kept for open folders between a readdirplus request and the plain ones after it
+DIR_STREAMS_KEPT = 64
 
 
 class DirStream:
@@ -237,8 +238,10 @@ class StorefsOperations(mfusepy.Operations):
     def __init__(self, ns: MountCore, on_init: Callable[[], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
         self.ns = ns
-        self._dir_handles = itertools.count(1)
-        self._dir_streams: dict[int, DirStream] = {}  # per open folder handle: the listing it pages through
+        self._streams_lock = threading.Lock()  # protects _dir_streams
+        #: per open folder (libfuse's directory handle), the listing its readdirplus began, until
+        #: the plain requests after it have all its names (at most DIR_STREAMS_KEPT, oldest out)
+        self._dir_streams: dict[int, DirStream] = {}
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._fuse: int | None = None  # libfuse's struct fuse, for invalidations sent from other threads
@@ -298,31 +301,41 @@ class StorefsOperations(mfusepy.Operations):
     def readdir(self, path: str, fh: int) -> list[str]:
         return [".", "..", *self.ns.readdir(self._key(path))]
 
-    def opendir(self, path: str) -> int:
-        return next(self._dir_handles)
+    # opendir and releasedir are left to libfuse, in C: a listing costs two requests that need the
+    # interpreter instead of four, and libfuse's handle for the open folder (the `dh` it passes to
+    # readdir) is what a stream is kept under
 
-    def releasedir(self, path: str, fh: int) -> int:
-        self._dir_streams.pop(fh, None)
-        return 0
-
-    def _stream(self, path: str, fh: int, fresh: bool) -> DirStream:
-        """The listing open folder fh pages through: a new one at its start (as rewinddir(3) wants)."""
-        s = None if fresh else self._dir_streams.get(fh)
+    def _stream(self, path: str, dh: int, fresh: bool) -> DirStream:
+        """The listing open folder dh pages through: a new one at its start (as rewinddir(3) wants)."""
+        with self._streams_lock:
+            s = None if fresh else self._dir_streams.get(dh)
         if s is None:
-            s = self._dir_streams[fh] = DirStream(self.ns.listing(self._key(path)))
+            s = DirStream(self.ns.listing(self._key(path)))
+            with self._streams_lock:
+                self._dir_streams[dh] = s
+                if len(self._dir_streams) > DIR_STREAMS_KEPT:  # listings a program stopped reading
+                    del self._dir_streams[next(iter(self._dir_streams))]
         return s
 
-    @edge
-    def readdir_names(self, path: str, fh: int, offset: int) -> list[bytes]:
-        """'.', '..' and the children, encoded: the names of the listing a readdirplus began on this
-        handle when the kernel goes on with plain requests (it asks for attributes only at first)."""
-        return self._stream(path, fh, offset == 0).names
+    def end_stream(self, dh: int) -> None:
+        """The kernel has every entry of open folder dh's listing (or libfuse holds them for it)."""
+        with self._streams_lock:
+            self._dir_streams.pop(dh, None)
 
     @edge
-    def readdir_plus(self, path: str, fh: int, offset: int) -> DirStream:
+    def readdir_names(self, path: str, dh: int, offset: int) -> list[bytes]:
+        """'.', '..' and the children, encoded: the names of the listing a readdirplus began on this
+        handle when the kernel goes on with plain requests (it may ask for attributes only at first);
+        none once the kernel has had them all (its request for the end of the folder)."""
+        s = self._stream(path, dh, offset == 0)
+        self.end_stream(dh)  # libfuse keeps all of them for the requests that follow
+        return s.names if offset < len(s.names) else []
+
+    @edge
+    def readdir_plus(self, path: str, dh: int, offset: int) -> DirStream:
         """The open folder's listing with the struct stats from offset on packed, a batch at a time:
         a readdirplus reply holds a few dozen entries of a folder that may hold thousands."""
-        s = self._stream(path, fh, offset == 0)
+        s = self._stream(path, dh, offset == 0)
         start, stop = max(offset, 2), min(offset + PLUS_BATCH, len(s.names))
         if start < stop and s.packed[start] is UNPACKED:
             for i, a in enumerate(self.ns.listing_attrs(s.listing, start - 2, stop - 2), start):
@@ -543,29 +556,32 @@ class Fuse(mfusepy.FUSE):
         return 0
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        ops, fh = self.operations, fip.contents.fh
+        # buf is libfuse's handle of the open folder (its struct fuse_dh), alive from opendir to releasedir
+        ops = self.operations
         p = None if path is None else path.decode(self.encoding, self.errors)
         if not flags & FUSE_READDIR_PLUS:
             # names alone, given without offsets: libfuse keeps them and pages them to the kernel
-            for name in ops.readdir_names(p, fh, offset):
+            for name in ops.readdir_names(p, buf, offset):
                 if filler(buf, name, None, 0, 0) != 0:
                     break
             return 0
         # entries go with their offsets: libfuse 3.14 sends attributes given with offset 0 as
         # plain names, and the kernel then looks every one of them up again
-        s = ops.readdir_plus(p, fh, offset)
+        s = ops.readdir_plus(p, buf, offset)
         names, packed = s.names, s.packed
         st = mfusepy.c_stat()
         at = ctypes.addressof(st)
         for i in range(offset, len(names)):
             a = packed[i]
             if a is UNPACKED:
-                ops.readdir_plus(p, fh, i)  # the next batch
+                ops.readdir_plus(p, buf, i)  # the next batch
                 a = packed[i]
             if a is not None:
                 ctypes.memmove(at, a, len(a))
             if filler(buf, names[i], st if a is not None else None, i + 1, 0 if a is None else FUSE_FILL_DIR_PLUS) != 0:
-                break  # the kernel's buffer is full: it asks again from this offset
+                return 0  # the kernel's buffer is full: it asks again from this offset
+        if offset >= len(names):
+            ops.end_stream(buf)  # the kernel's request for the end of the folder
         return 0
 
     def getattr_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:

@@ -1,12 +1,13 @@
-"""The edge's readdir streams: one listing per open folder, struct stats packed a batch at a time as
-the kernel's readdirplus requests reach them, and plain requests that go on with the same names."""
+"""The edge's readdir streams: one listing per open folder (kept under libfuse's handle for it),
+struct stats packed a batch at a time as the kernel's readdirplus requests reach them, and plain
+requests that go on with the same names."""
 
 from __future__ import annotations
 
 import stat
 
 from storefs.core import Attr, Listing
-from storefs.fs import PLUS_BATCH, UNPACKED, StorefsOperations, packed_stat
+from storefs.fs import DIR_STREAMS_KEPT, PLUS_BATCH, UNPACKED, StorefsOperations, packed_stat
 
 N = 3 * PLUS_BATCH + 5
 NEEDS_REQUEST = "remote-only.png"  # a name whose stat would cost a provider request: sent without one
@@ -42,7 +43,7 @@ def ops_with(names: list[str]) -> tuple[StorefsOperations, CountingCore]:
 def test_readdirplus_packs_only_the_batch_the_kernel_reads() -> None:
     names = [f"f{i:04d}.png" for i in range(N)]
     ops, core = ops_with(names)
-    fh = ops.opendir("/t/image/b/a")
+    fh = 0x7F00_1000  # libfuse's struct fuse_dh of the open folder
     s = ops.readdir_plus("/t/image/b/a", fh, 0)
     assert core.listings == ["t/image/b/a"]
     assert core.batches == [(0, PLUS_BATCH - 2)]  # '.' and '..' take the first two slots
@@ -61,22 +62,32 @@ def test_readdirplus_packs_only_the_batch_the_kernel_reads() -> None:
 def test_plain_requests_go_on_with_the_listing_readdirplus_began() -> None:
     names = [f"f{i:04d}.png" for i in range(N)]
     ops, core = ops_with(names)
-    fh = ops.opendir("/t/image/b/a")
+    fh = 0x7F00_1000  # libfuse's struct fuse_dh of the open folder
     s = ops.readdir_plus("/t/image/b/a", fh, 0)
     core.names = names[:-1]  # a file removed meanwhile: this stream still pages through what it began with
+    assert ops.readdir_plus("/t/image/b/a", fh, 0) is not s  # a rewind (offset 0) lists the folder again
+    assert core.listings == ["t/image/b/a", "t/image/b/a"]
+    s = ops._dir_streams[fh]
+    core.names = names[:-2]
     assert ops.readdir_names("/t/image/b/a", fh, 24) is s.names
-    assert core.listings == ["t/image/b/a"]
-    # a rewind (offset 0) lists the folder again, as rewinddir(3) must
-    again = ops.readdir_names("/t/image/b/a", fh, 0)
-    assert core.listings == ["t/image/b/a", "t/image/b/a"] and len(again) == N + 1
-    ops.releasedir("/t/image/b/a", fh)
-    assert ops._dir_streams == {}
+    assert core.listings == ["t/image/b/a", "t/image/b/a"] and len(s.names) == N + 1
+    assert ops._dir_streams == {}  # libfuse holds all the names now: nothing kept for this folder
+
+
+def test_the_request_for_the_end_ends_the_stream_and_abandoned_ones_are_bounded() -> None:
+    ops, core = ops_with([f"f{i}" for i in range(3)])
+    ops.readdir_plus("/t/image/b/a", 1, 0)  # the whole listing fits in one reply ...
+    assert ops.readdir_names("/t/image/b/a", 1, 5) == []  # ... and the kernel asks for more: the end
+    assert core.listings == ["t/image/b/a"] and ops._dir_streams == {}
+    for dh in range(DIR_STREAMS_KEPT + 10):  # programs that read one buffer of a folder and closed it
+        ops.readdir_plus("/t/image/b/a", dh, 0)
+    assert list(ops._dir_streams) == list(range(10, DIR_STREAMS_KEPT + 10))
 
 
 def test_names_without_a_free_stat_and_undecodable_names() -> None:
     odd = "caf\udce9.png"  # the byte 0xe9, as Fuse decodes a path that is not UTF-8
     ops, core = ops_with([NEEDS_REQUEST, odd])
-    fh = ops.opendir("/t/image/b/a")
+    fh = 0x7F00_1000  # libfuse's struct fuse_dh of the open folder
     s = ops.readdir_plus("/t/image/b/a", fh, 0)
     assert s.names == [b".", b"..", b"remote-only.png", b"caf\xe9.png"]
     assert s.packed == [None, None, None, packed_stat(core.attr(odd))]  # type: ignore[arg-type]
