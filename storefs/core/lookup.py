@@ -105,11 +105,13 @@ class Lookup:
         tree.remote.prefetch_below(prefix, listing)
         with state.lock:
             rows = [index.get(prefix + name) for name in listing]
+            gone = state.deleted_lately(prefix + name.rstrip("/")
+                                        for name, e in zip(listing, rows, strict=True) if e is None)
         for name, e in zip(listing, rows, strict=True):
             plain = name.rstrip("/")
             if e is not None and e.is_tombstone:
                 continue
-            if e is None and state.recently_deleted(prefix + plain):
+            if e is None and gone and prefix + plain in gone:
                 continue  # a listing from before the delete landed (its tombstone is gone already)
             try:
                 tree.layout.check_name(plain)

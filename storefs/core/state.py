@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..cache.index import EntryIndex
 from ..cache.openfile import OpenFile
@@ -65,6 +65,15 @@ class CoreState:
         with self.lock:
             at = self._just_deleted.get(key)
             return at is not None and self._clock() - at < self._keep_deleted
+
+    def deleted_lately(self, keys: Iterable[str]) -> set[str]:
+        """Of keys, those whose delete landed a moment ago: recently_deleted for a whole listing in
+        one pass. Called with the lock held."""
+        just = self._just_deleted
+        if not just:
+            return set()
+        now, keep = self._clock(), self._keep_deleted
+        return {k for k in keys if (at := just.get(k)) is not None and now - at < keep}
 
     def recreated(self, key: str) -> None:
         """key exists again: listings show it. Called with the lock held."""

@@ -228,6 +228,10 @@ def test_a_landed_delete_hides_a_stale_listing_only_for_a_while(core: Core, mem:
     core.unlink(key)
     core.parts.writeback.sync(key)
     assert core.parts.state.recently_deleted(key)  # a listing fetched before the delete may still show it
+    put(mem, key, b"a listing that still shows it")
+    core.parts.tree.remote.drop_below(keys.dir_key(ART))
+    assert "remote.png" not in core.readdir(ART)
+    assert core.parts.state.deleted_lately([key, f"{ART}/other.png"]) == {key}
     clock.advance(core.parts.state._keep_deleted + 1)
     assert not core.parts.state.recently_deleted(key)  # another mount may have made it again since
     put(mem, key, b"made again elsewhere")
