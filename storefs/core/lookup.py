@@ -59,6 +59,7 @@ class Lookup:
         key, remote = listing.key, listing.remote
         names = listing.names[start:stop]
         out: list[Attr | None] = []
+        has_meta: dict[str, bool] = {}  # provider name -> whether its listing carries mode and mtime
         ks = [keys.child(key, name) for name in names]
         with state.lock:  # the same order of evidence as Tree.find; one hold for the batch, no request in it
             rows = [(node := state.nodes.get(k), index.get(k), index.get(dk := keys.dir_key(k)),
@@ -80,8 +81,12 @@ class Lookup:
                 if r[1].is_dir:
                     known, meta = tree.remote.dir_meta_cached(k, r)
                     f = Folder(remote=meta) if known else None  # else: one HEAD, at its lookup
-                elif tree.providers[r[0]].listing_has_metadata:
-                    f = RemoteFile(r)
+                else:
+                    full = has_meta.get(r[0])
+                    if full is None:  # asked once per provider: each is wrapped twice (aliases, health)
+                        full = has_meta[r[0]] = tree.providers[r[0]].listing_has_metadata
+                    if full:
+                        f = RemoteFile(r)
             out.append(None if f is None else tree.attr(f))
         return out
 
