@@ -216,6 +216,8 @@ PLUS_BATCH = 32
 UNPACKED = b""
 #: listings kept for open folders between a readdirplus request and the plain ones after it
 DIR_STREAMS_KEPT = 64
+#: folders whose listing carried attributes lately, remembered up to this many (then the stale ones go)
+ATTRS_SENT_KEPT = 4096
 
 
 class DirStream:
@@ -242,6 +244,9 @@ class StorefsOperations(mfusepy.Operations):
         #: per open folder (libfuse's directory handle), the listing its readdirplus began, until
         #: the plain requests after it have all its names (at most DIR_STREAMS_KEPT, oldest out)
         self._dir_streams: dict[int, DirStream] = {}
+        self._attrs_lock = threading.Lock()  # protects _attrs_sent
+        self._attrs_sent: dict[str | None, float] = {}  # folder path -> when a listing of it last carried attributes
+        self._attrs_window = 0.0  # how long the kernel keeps what a listing told it (set at init)
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._fuse: int | None = None  # libfuse's struct fuse, for invalidations sent from other threads
@@ -266,6 +271,7 @@ class StorefsOperations(mfusepy.Operations):
             config_3.attr_timeout = 0.0 if fc.atime == "strictatime" else fc.attr_timeout
             config_3.entry_timeout = fc.entry_timeout
             config_3.negative_timeout = fc.negative_timeout
+            self._attrs_window = min(config_3.attr_timeout, config_3.entry_timeout)
             # libfuse hides an unlinked open file as .fuse_hiddenN (the core treats that
             # rename as the unlink): with hard_remove, fstat on such a file would fail (ESTALE)
             config_3.hard_remove = 0
@@ -316,6 +322,24 @@ class StorefsOperations(mfusepy.Operations):
                 if len(self._dir_streams) > DIR_STREAMS_KEPT:  # listings a program stopped reading
                     del self._dir_streams[next(iter(self._dir_streams))]
         return s
+
+    def attrs_due(self, path: str | None) -> bool:
+        """Whether a listing of folder path should carry its children's attributes: not when one did
+        within the kernel's attribute and entry timeouts, since the kernel still holds them. Packing
+        them and having the kernel take each in again (it asks for a whole folder with attributes)
+        is most of what a folder listed over and over costs; a listing without them is plain names."""
+        if self._attrs_window <= 0:
+            return True
+        now = time.monotonic()
+        with self._attrs_lock:
+            at = self._attrs_sent.get(path)
+            if at is not None and now - at < self._attrs_window:
+                return False
+            self._attrs_sent[path] = now
+            if len(self._attrs_sent) > ATTRS_SENT_KEPT:  # the stale ones go; all of them if none is stale
+                kept = {k: t for k, t in self._attrs_sent.items() if now - t < self._attrs_window}
+                self._attrs_sent = kept if len(kept) <= ATTRS_SENT_KEPT // 2 else {}
+        return True
 
     def end_stream(self, dh: int) -> None:
         """The kernel has every entry of open folder dh's listing (or libfuse holds them for it)."""
@@ -559,7 +583,7 @@ class Fuse(mfusepy.FUSE):
         # buf is libfuse's handle of the open folder (its struct fuse_dh), alive from opendir to releasedir
         ops = self.operations
         p = None if path is None else path.decode(self.encoding, self.errors)
-        if not flags & FUSE_READDIR_PLUS:
+        if not flags & FUSE_READDIR_PLUS or (offset == 0 and not ops.attrs_due(p)):
             # names alone, given without offsets: libfuse keeps them and pages them to the kernel
             for name in ops.readdir_names(p, buf, offset):
                 if filler(buf, name, None, 0, 0) != 0:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import stat
 
+import pytest
+
+from storefs import fs
 from storefs.core import Attr, Listing
 from storefs.fs import DIR_STREAMS_KEPT, PLUS_BATCH, UNPACKED, StorefsOperations, packed_stat
 
@@ -91,3 +94,26 @@ def test_names_without_a_free_stat_and_undecodable_names() -> None:
     s = ops.readdir_plus("/t/image/b/a", fh, 0)
     assert s.names == [b".", b"..", b"remote-only.png", b"caf\xe9.png"]
     assert s.packed == [None, None, None, packed_stat(core.attr(odd))]  # type: ignore[arg-type]
+
+
+def test_attributes_go_with_a_listing_once_per_kernel_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops, _ = ops_with([])
+    assert ops.attrs_due("/a") and ops.attrs_due("/a")  # before init (no timeouts known): always
+    now = [100.0]
+    monkeypatch.setattr(fs.time, "monotonic", lambda: now[0])
+    ops._attrs_window = 1.0  # what init sets: the smaller of attr_timeout and entry_timeout
+    assert ops.attrs_due("/a")
+    now[0] += 0.5
+    assert not ops.attrs_due("/a")  # the kernel still holds what the last listing told it
+    assert ops.attrs_due("/b")  # another folder
+    now[0] += 0.6
+    assert ops.attrs_due("/a") and not ops.attrs_due("/a")
+    for i in range(fs.ATTRS_SENT_KEPT + 1):  # folders remembered are bounded, also within one window
+        ops.attrs_due(f"/many/{i}")
+        assert len(ops._attrs_sent) <= fs.ATTRS_SENT_KEPT
+    assert ops.attrs_due("/a")  # forgotten: attributes again, which is what the kernel would get anyway
+    now[0] += 2.0
+    ops.attrs_due("/one-more")
+    assert len(ops._attrs_sent) <= fs.ATTRS_SENT_KEPT
+    ops._attrs_window = 0.0  # strictatime (attr_timeout 0): every listing carries them
+    assert ops.attrs_due("/one-more")
