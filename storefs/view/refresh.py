@@ -243,9 +243,14 @@ class Refresh:
 
     # -- the refresher thread --------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def tick(self) -> float:
+        """How often the refresher thread looks for due work: a recheck starts at most this late, still
+        slow_after ahead of the miss that would wait for it."""
         t = self._t
-        tick = max(MIN_TICK, min(MAX_TICK, self._cache.ttl * t.refresh_ahead / 3, t.recheck_ahead / 2))
+        return max(MIN_TICK, min(MAX_TICK, self._cache.ttl * t.refresh_ahead / 3, t.recheck_ahead - t.slow_after))
+
+    def _loop(self) -> None:
+        tick = self.tick()
         while not self._halt.wait(tick):
             self.recheck_ahead()
             for prefix in self.due_refreshes():

@@ -28,8 +28,10 @@ class ViewTunables:
     #: its path within seconds, while listings keep answering everything else for their whole TTL
     miss_recheck: float = 2.0
     #: a folder whose listing answered a miss since it was fetched (files being created there) is
-    #: listed again in the background this long before its next miss would have to wait for the recheck
-    recheck_ahead: float = 0.5
+    #: listed again in the background this long before its next miss would have to wait for the recheck;
+    #: more than slow_after, so that a recheck that hangs has made its provider slow by then, and the
+    #: miss answers from the cache at once instead of waiting out the rest of slow_after
+    recheck_ahead: float = 0.75
     #: a listing in use since it was fetched is fetched again in the background this long before it
     #: expires (as a share of the TTL), so a folder being worked in never makes a request wait for it
     refresh_ahead: float = 0.2

@@ -167,6 +167,38 @@ def test_a_folder_files_are_being_created_in_is_due_for_a_recheck_ahead_of_its_m
     assert v.due_rechecks() == []  # nothing is asked of a provider that just failed
 
 
+def test_a_recheck_that_hangs_makes_no_create_wait(tmp_path: Path, clock: Clock) -> None:
+    """The server hangs under a recheck ahead of creates: by the time a miss would wait for that
+    recheck, the provider is already slow, so the miss answers from the cache at once."""
+    v, p, _ = make_view(tmp_path, clock)
+    folder = "t/image/b/new"
+    v.known_empty(folder)  # listed (empty) at 1000.0
+    clock.now += 0.1
+    assert v.lookup(f"{folder}/first.png") is None  # a create's miss: the folder is due for rechecks
+    entered, thaw = threading.Event(), threading.Event()
+    real_list = p.list
+
+    def hanging_list(prefix: str) -> Iterator[ObjectInfo]:
+        entered.set()
+        thaw.wait(30)
+        return real_list(prefix)
+    p.list = hanging_list  # type: ignore[method-assign]
+    v.start()
+    try:
+        clock.now = 1000.0 + T.miss_recheck - T.recheck_ahead + v.refresh.tick()  # the latest a recheck starts
+        v.refresh.recheck_ahead()
+        assert entered.wait(10)
+        clock.now = 1000.0 + T.miss_recheck + 0.001  # the next miss is due for its recheck
+        answers: list[object] = []
+        asker = threading.Thread(target=lambda: answers.append(v.lookup(f"{folder}/second.png")), daemon=True)
+        asker.start()
+        asker.join(10)  # the fake clock stands still: a lookup waiting for the hung recheck never returns
+        assert answers == [None], "a create's miss waited for a recheck that hangs"
+    finally:
+        thaw.set()
+        v.stop()
+
+
 def test_creates_in_a_folder_never_wait_for_its_miss_recheck(tmp_path: Path) -> None:
     tunables = ViewTunables(miss_recheck=1.0, recheck_ahead=0.6)
     base = tmp_path / "data"
