@@ -173,7 +173,11 @@ class Entry:
 
 
 _COLUMNS = [f.name for f in fields(Entry)]
-_PUT_SQL = f"INSERT OR REPLACE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+#: an upsert rather than INSERT OR REPLACE: a row already there is changed in place, where REPLACE deletes
+#: it and inserts it anew at the table's end, so that every commit wrote the row's old page, the last
+#: page and a page of the key's index to the WAL (a third of the commit)
+_PUT_SQL = (f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+            f"ON CONFLICT (key) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}")
 _XATTRS, _REMOTE = _COLUMNS.index("xattrs"), _COLUMNS.index("remote")
 
 

@@ -23,7 +23,7 @@ class FullStatements:
 
     def execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         self.statements.append(sql.split()[0])
-        if self.fails and sql.startswith(("INSERT OR REPLACE INTO entries", "DELETE FROM entries")):
+        if self.fails and sql.startswith(("INSERT INTO entries", "DELETE FROM entries")):
             self.fails -= 1
             raise sqlite3.OperationalError("database or disk is full")
         return self.conn.execute(sql, args)
@@ -78,3 +78,14 @@ def test_a_lone_remove_on_a_disk_still_full_is_cache_full(tmp_path: Path) -> Non
     j._conn = real
     assert [e.key for e in j.load()] == ["t/image/b/a/x"], "nothing half done"
     assert not real.in_transaction
+
+
+def test_a_put_of_a_key_already_there_replaces_every_column(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "journal.db"))
+    full = Entry("t/image/b/a/x", "local", op="copy", state=State.DIRTY, size=3, copy_src="t/image/b/a/old",
+                 etag='"abc"', xattrs={"user.k": b"v"}, last_error="refused", attempts=2, generation=4)
+    j.put(full)
+    j.put(_row("t/image/b/a/y"))
+    bare = Entry("t/image/b/a/x", "s3", op="delete", state=State.DIRTY, generation=5)
+    j.put(bare)  # changed in place: the fields it leaves out go back to their defaults, none kept
+    assert sorted(j.load(), key=lambda e: e.key) == [bare, _row("t/image/b/a/y")]
