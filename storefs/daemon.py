@@ -194,6 +194,7 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     order = [cfg.default_provider] + [p for p in providers if p != cfg.default_provider]
     remote = RemoteView(providers, order, cfg.fuse.dir_cache_ttl, cfg.fuse.negative_timeout, health=health)
     activity = Activity(clock)
+    data.give_way_to(activity.idle)  # unlinked files' data is deleted after a burst of changes, not during it
     uploader = Uploader(cfg.cache.uploaders, cfg.cache.retry_max_delay, idle=activity.idle, unanswered=unanswered,
                         all_down=lambda: all(health.outage(p, confirmed=True) is not None for p in order))
     health.on_back(lambda _pname: uploader.kick())  # the changes that wait for a provider go when it is back
@@ -202,7 +203,7 @@ def build_core(cfg: Config, layout: Layout, providers: dict[str, Provider], jour
     counters = Counters()
     evictor = Evictor(tree, cfg.cache.max_size, lambda: data.usage()[0], cfg.cache.space_wait,
                       after_pass=journal.restore_ballast, min_free=cache_disk_limits(cfg, data.root, statvfs),
-                      free=lambda: disk_space(data.root, statvfs)[1], removed=data.removed_bytes)
+                      free=lambda: disk_space(data.root, statvfs)[1], removed=data.removed_bytes, reap=data.reap_now)
     dropped = evictor.make_room()  # a full cache disk is no reason to refuse the mount: clean copies go first
     if dropped:
         log.info("made room at mount: dropped %d clean cached copies (%s free on the cache disk, min_free %s)",

@@ -52,9 +52,10 @@ class Evictor:
     def __init__(self, owner: Owner, max_size: int, measure: Callable[[], int], wait: float = 30.0,
                  interval: float = 2.0, after_pass: Callable[[], None] | None = None, *,
                  min_free: int = NO_DISK_WATCH, free: Callable[[], int] | None = None,
-                 removed: Callable[[], int] = lambda: 0) -> None:
+                 removed: Callable[[], int] = lambda: 0, reap: Callable[[], int] = lambda: 0) -> None:
         self._after_pass = after_pass
         self._removed = removed  # running total of bytes deleted from the cache (DataFiles.removed_bytes)
+        self._reap = reap  # deletes the data files of unlinked files now (DataFiles.reap_now): how many
         self._owner = owner
         self.max_size = max_size
         self._measure = measure
@@ -178,6 +179,12 @@ class Evictor:
         free = self._disk_free()
         over = used - self.max_size * LOW_WATER if used > self.max_size * LOW_WATER else 0
         short = self._to_free(free)
+        if (over > 0 or short > 0) and self._reap():  # unlinked files' data goes before any clean copy
+            removed = self._removed()
+            used = self._measure()
+            free = self._disk_free()
+            over = used - self.max_size * LOW_WATER if used > self.max_size * LOW_WATER else 0
+            short = self._to_free(free)
         left_short = False
         if over > 0 or short > 0:
             ran_out = True

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from storefs.cache import datafiles
 from storefs.cache.datafiles import DataFiles
 from storefs.errors import CacheFull
 
@@ -109,6 +110,66 @@ def test_stop_deletes_the_data_files_discarded_but_not_deleted_yet(
     os.close(fd)
     other.discard(name)
     assert on_disk(other) == set()
+
+
+def discarded(d: DataFiles, n: int) -> list[str]:
+    """n data files made, closed and discarded (as unlinks do)."""
+    names = []
+    for _ in range(n):
+        name, fd = d.create()
+        os.close(fd)
+        d.discard(name)
+        names.append(name)
+    return names
+
+
+def gone(d: DataFiles, names: list[str], why: str) -> None:
+    deadline = time.monotonic() + 10
+    while set(names) & on_disk(d):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.01)
+
+
+def test_unlinked_files_data_waits_for_a_quiet_moment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of unlinks (rm -r) does not share the machine with ext4 deleting their data files:
+    they go once the file system is quiet, or once the oldest is REAP_LATE_MAX late."""
+    d = DataFiles(str(tmp_path), spares=4)
+    idle = [0.0]  # seconds since the file system changed something: busy
+    d.give_way_to(lambda: idle[0])
+    d.start()
+    try:
+        names = discarded(d, 3)
+        time.sleep(0.3)
+        assert set(names) <= on_disk(d), "deleted during the burst"
+        idle[0] = datafiles.REAP_QUIET  # quiet now
+        gone(d, names, "not deleted once quiet")
+        monkeypatch.setattr(datafiles, "REAP_LATE_MAX", 0.2)
+        idle[0] = 0.0  # a burst that does not end: the files go when the oldest is late
+        gone(d, discarded(d, 1), "never deleted under a burst that goes on")
+    finally:
+        d.stop()
+
+
+def test_room_is_made_from_the_files_waiting_to_be_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = DataFiles(str(tmp_path), spares=0)
+    d.give_way_to(lambda: 0.0)  # a burst: nothing is deleted in the background
+    d._filler = object()  # type: ignore[assignment]  # as if the thread ran: discards wait for it
+    assert set(discarded(d, 2)) <= on_disk(d)
+    real_open, fails = os.open, [1]
+
+    def full_once(*args: object, **kw: object) -> int:
+        if fails[0]:
+            fails[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(*args, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(os, "open", full_once)
+    name, fd = d.create()  # the disk is full: the waiting deletes go first, then the create
+    os.close(fd)
+    monkeypatch.undo()
+    assert on_disk(d) == {name}
+    assert d.reap_now() == 0
+    d._filler = None
+    d.stop()
 
 
 # ---- host security: names read back from the journal, file modes ----------------------------------

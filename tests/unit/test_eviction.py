@@ -113,6 +113,22 @@ def test_least_recently_used_clean_copies_go_until_min_free_and_its_headroom() -
     assert ev.make_room() == 0, "a second pass with room evicts nothing"
 
 
+def test_data_files_waiting_to_be_deleted_go_before_any_clean_copy() -> None:
+    owner, disk = full_disk(clean=10, free=1 * MiB)
+    waiting = [12 * MiB]  # unlinked files' data, to be deleted once the file system is quiet
+
+    def reap() -> int:
+        disk.other -= waiting[0]
+        n, waiting[0] = (1 if waiting[0] else 0), 0
+        return n
+    ev = Evictor(owner, 100 * GiB, owner.cached, 30.0, 60.0, min_free=10 * MiB, free=disk.free, reap=reap)
+    assert ev.make_room() == 0 and owner.dropped == []  # the deletes made the room
+    assert ev.free == disk.free() == 13 * MiB
+    disk.other += 12 * MiB  # another program fills the disk again, and nothing waits to be deleted now
+    again = Evictor(owner, 100 * GiB, owner.cached, 30.0, 60.0, min_free=10 * MiB, free=disk.free, reap=reap)
+    assert again.make_room() == 2 and owner.dropped == ["c0", "c1"]
+
+
 def test_a_pending_change_is_never_evicted_and_the_short_disk_is_told_once(caplog) -> None:
     owner, disk = full_disk(clean=2, pending=5, free=0)
     ev = evictor_on(owner, disk, min_free=30 * MiB)
