@@ -173,18 +173,18 @@ class Evictor:
         want = max(int(self.min_free * FREE_HEADROOM) if free < self.min_free else 0, need)
         return max(0, want - free)
 
-    def _pass(self) -> None:
+    def _measured(self) -> tuple[int, int, int, float, int]:
+        """(bytes removed so far, cache use, disk free, bytes over the low water mark, bytes the disk is short)."""
         removed = self._removed()
         used = self._measure()
         free = self._disk_free()
         over = used - self.max_size * LOW_WATER if used > self.max_size * LOW_WATER else 0
-        short = self._to_free(free)
+        return removed, used, free, over, self._to_free(free)
+
+    def _pass(self) -> None:
+        removed, used, free, over, short = self._measured()
         if (over > 0 or short > 0) and self._reap():  # unlinked files' data goes before any clean copy
-            removed = self._removed()
-            used = self._measure()
-            free = self._disk_free()
-            over = used - self.max_size * LOW_WATER if used > self.max_size * LOW_WATER else 0
-            short = self._to_free(free)
+            removed, used, free, over, short = self._measured()
         left_short = False
         if over > 0 or short > 0:
             ran_out = True
