@@ -194,7 +194,7 @@ class CacheConfig:
     fsync: str = "local"
     retry_max_delay: float = 60.0
     chunk_size: int = 4 * MiB        # unit of ranged reads into the cache
-    readahead: int = 8               # chunks fetched ahead of a sequential reader
+    readahead: int = 16              # chunks fetched ahead of a sequential reader
     space_wait: float = 30.0         # how long a writer waits for room in a full cache before ENOSPC
     min_free: MinFree = DEFAULT_MIN_FREE  # free space eviction keeps on the cache disk
 
