@@ -62,7 +62,8 @@ def default_warm_limit() -> int:
     except (ValueError, OSError):
         return 0
 
-Fetch = Callable[[int, int], bytes]
+#: fetch(offset, length, fd): the bytes [offset, offset+length) written into the cache file fd at offset
+Fetch = Callable[[int, int, int], None]
 
 
 class OpenFile:
@@ -135,7 +136,7 @@ class OpenFile:
             start = first * self.chunk_size
             want = min(count * self.chunk_size, self.size - start)
             if want > 0:
-                os.pwrite(self.fd, self._fetch(start, want), start)  # type: ignore[misc]
+                self._fetch(start, want, self.fd)  # type: ignore[misc]
             with self._lock:
                 if self._present is not None:
                     for i in range(first, first + count):

@@ -24,7 +24,7 @@ from ..cache.eviction import Evictor
 from ..cache.journal import OP_COPY, OP_PUT, Entry, State
 from ..cache.openfile import OpenFile, default_warm_limit
 from ..errors import Exists, IsADirectory, NotFound, StorefsError, TooLarge
-from ..providers.base import NS_PER_SECOND
+from ..providers.base import NS_PER_SECOND, write_all
 from .conflicts import known_etag
 from .schedule import Schedule
 from .tree import Tree
@@ -48,6 +48,11 @@ FOLDERS_AHEAD_KEPT = 64
 #: past every name: a folder read ahead to its end, or whose read-ahead is under way
 PAST_EVERY_NAME = "\U0010ffff"
 
+
+
+def source_key(e: Entry) -> str:
+    """The key e's bytes are read from: its copy's source while the copy is pending."""
+    return e.copy_src if e.op == OP_COPY and e.copy_src else e.key
 
 class Files:
     """The open files of the mount and their handles (thread-safe)."""
@@ -278,7 +283,7 @@ class Files:
             data_name, fd = self.data.create(e.size)
             n = (e.size + self.chunk_size - 1) // self.chunk_size
             self.index.amend(e, data_name=data_name, chunks=bytes(n) if n else None)
-        node = OpenFile(e, fd, self.fetcher(e), self.chunk_size, self._readahead, self.readahead,
+        node = OpenFile(e, fd, self.filler(e), self.chunk_size, self._readahead, self.readahead,
                         self.warm_limit, self._count_warmed, self.seq_window)
         self.state.nodes[key] = node
         return node
@@ -286,19 +291,33 @@ class Files:
     def _count_warmed(self, n: int) -> None:
         self.counters.add("bytes_warmed", n)
 
+    def _fetched(self, n: int) -> None:
+        self.counters.add("bytes_fetched", n)
+        self.evictor.account(n)
+
     def fetcher(self, e: Entry) -> Callable[[int, int], bytes]:
         """How the bytes of e are read from its provider (a pending copy reads its source)."""
         providers = self.tree.providers
 
         def fetch(offset: int, length: int) -> bytes:
-            src = e.copy_src if e.op == OP_COPY and e.copy_src else e.key
-            data = providers[e.provider].get_range(src, offset, length)
-            self.counters.add("bytes_fetched", len(data))
-            self.evictor.account(len(data))
+            data = providers[e.provider].get_range(source_key(e), offset, length)
+            self._fetched(len(data))
             if len(data) < length:  # the object shrank underneath us: keep the file size honest
                 data = data + bytes(length - len(data))
             return data
         return fetch
+
+    def filler(self, e: Entry) -> Callable[[int, int, int], None]:
+        """How bytes of e land in its cache file from its provider, as they arrive (a pending copy reads its
+        source); past the object's end, if it shrank underneath us, zeros keep the file size honest."""
+        providers = self.tree.providers
+
+        def fill(offset: int, length: int, fd: int) -> None:
+            n = providers[e.provider].get_range_into(source_key(e), offset, length, fd)
+            self._fetched(n)
+            if n < length:
+                write_all(fd, memoryview(bytes(length - n)), offset + n)
+        return fill
 
     # ---- reads and writes ---------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +76,13 @@ class UploadLog:
 NO_UPLOAD_LOG = UploadLog()
 
 
+
+def write_all(fd: int, data: memoryview, offset: int) -> None:
+    """pwrite data at offset, all of it (a regular file may take less than asked in one call)."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
 class Provider(abc.ABC):
     """A key-value object store seen as keys with '/'-separated prefixes.
 
@@ -132,6 +140,13 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to length bytes of the object from offset (short only at the end)."""
+
+    def get_range_into(self, key: str, offset: int, length: int, fd: int) -> int:
+        """get_range written into the file fd at the same offset; the byte count. A provider that can
+        stream overrides it, so that a long range never sits in memory whole."""
+        data = self.get_range(key, offset, length)
+        write_all(fd, memoryview(data), offset)
+        return len(data)
 
     @abc.abstractmethod
     def put_file(self, key: str, src_path: str, meta: ObjectMeta, *, if_match: str | None = None,

@@ -61,6 +61,9 @@ class AliasedProvider:
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         return self.inner.get_range(keys.object_key(key), offset, length)
 
+    def get_range_into(self, key: str, offset: int, length: int, fd: int) -> int:
+        return self.inner.get_range_into(keys.object_key(key), offset, length, fd)
+
     def read_stream(self, key: str, *args: Any, **kwargs: Any) -> Iterator[bytes]:
         return self.inner.read_stream(keys.object_key(key), *args, **kwargs)
 

@@ -51,7 +51,8 @@ PROBE_KEY = ".storefs-probe"
 #: provider method -> the operation its latency is counted under
 OPERATIONS = {
     "head": "head", "head_many": "head", "head_dir": "head", "dir_exists": "list", "list": "list", "walk": "list",
-    "get_range": "get", "read_stream": "get", "put_file": "put", "set_meta": "set_meta", "copy": "copy",
+    "get_range": "get", "get_range_into": "get", "read_stream": "get", "put_file": "put", "set_meta": "set_meta",
+    "copy": "copy",
     "delete": "delete", "delete_many": "delete", "make_dir": "make_dir", "remove_dir": "remove_dir",
 }
 #: the methods that answer with an iterator: timed until it is used up

@@ -13,6 +13,7 @@ fstests are the models.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
@@ -190,6 +191,48 @@ class ProviderContract:
         assert provider.get_range("a/x", n, 10) == b""
         assert provider.get_range("a/x", n + 500, 10) == b""
         assert provider.get_range("a/x", 10, 0) == b""
+
+    def test_get_range_into_writes_at_the_offset_and_is_short_only_at_the_end(self, provider, put, tmp_path):
+        # what a read's fetch uses: the bytes land in the cache file as they arrive
+        big = os.urandom(3 * 1024 * 1024 + 17)  # more than one of the S3 provider's 1 MiB pieces
+        put("a/x", PAYLOAD)
+        put("a/big", big)
+        n = len(PAYLOAD)
+        cache = tmp_path / "cache.bin"
+        cache.write_bytes(b"\xee" * (len(big) + 100))
+        fd = os.open(cache, os.O_RDWR)
+        try:
+            assert provider.get_range_into("a/x", 100, 50, fd) == 50
+            assert provider.get_range_into("a/x", n - 4, 100, fd) == 4
+            assert provider.get_range_into("a/x", n, 10, fd) == 0
+            assert provider.get_range_into("a/x", n + 500, 10, fd) == 0
+            assert provider.get_range_into("a/x", 10, 0, fd) == 0
+            got = os.pread(fd, n + 100, 0)
+            assert got[100:150] == PAYLOAD[100:150] and got[n - 4:n] == b"tail"
+            assert got[:100] == b"\xee" * 100
+            assert got[150:n - 4] == b"\xee" * (n - 154) and got[n:] == b"\xee" * 100
+            assert provider.get_range_into("a/big", 5, len(big), fd) == len(big) - 5
+            assert os.pread(fd, len(big) + 100, 0) == b"\xee" * 5 + big[5:] + b"\xee" * 100
+            with pytest.raises(NotFound):
+                provider.get_range_into("nope/x", 0, 10, fd)
+        finally:
+            os.close(fd)
+
+    def test_get_range_into_a_file_that_refuses_the_bytes_raises_its_error(self, provider, put, tmp_path):
+        # the cache disk's error (EBADF here, ENOSPC in life) is not the store's: raised as it is, not retried
+        # as a lost connection, and the next read works
+        big = os.urandom(2 * 1024 * 1024 + 5)
+        put("a/big", big)
+        cache = tmp_path / "cache.bin"
+        cache.write_bytes(b"")
+        fd = os.open(cache, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as got:
+                provider.get_range_into("a/big", 0, len(big), fd)
+            assert got.value.errno == errno.EBADF
+        finally:
+            os.close(fd)
+        assert provider.get_range("a/big", 1, 10) == big[1:11]
 
     def test_empty_object(self, provider, put):
         put("a/empty", b"")

@@ -66,6 +66,13 @@ def open_cached(path: Path, pool: ThreadPoolExecutor | None, warmed: Warmed, *, 
                     warm_limit=limit, on_warmed=warmed, seq_window=seq_window)
 
 
+def into_file(fetch):
+    """A provider's ranged read (bytes) as OpenFile takes it: written into the cache file at its offset."""
+    def fill(offset: int, length: int, fd: int) -> None:
+        os.pwrite(fd, fetch(offset, length), offset)
+    return fill
+
+
 def read(f: OpenFile, size: int, offset: int) -> bytes:
     """A read as the FUSE edge serves it: read_source says where, libfuse preads."""
     fd, n = f.read_source(size, offset)
@@ -266,7 +273,7 @@ def test_readers_of_a_chunk_being_fetched_share_the_fetch_and_its_outcome(
     path = tmp_path / "cold.bin"
     path.write_bytes(bytes(SIZE))
     e = Entry("t/image/b/a/x.bin", "s3", size=SIZE, chunks=bytes(3))
-    f = OpenFile(e, os.open(path, os.O_RDWR), fetch, chunk_size=12 * MiB, pool=None, readahead=0)
+    f = OpenFile(e, os.open(path, os.O_RDWR), into_file(fetch), chunk_size=12 * MiB, pool=None, readahead=0)
     results: list[bytes | BaseException] = []
 
     def reader(off: int) -> None:
@@ -315,7 +322,7 @@ def test_a_cut_to_zero_waits_for_the_fetch_landing_in_the_cache_file(tmp_path):
     path = tmp_path / "cold.bin"
     path.write_bytes(bytes(SIZE))
     e = Entry("t/image/b/a/x.bin", "s3", size=SIZE, chunks=bytes(3))
-    f = OpenFile(e, os.open(path, os.O_RDWR), fetch, chunk_size=12 * MiB, pool=None, readahead=0)
+    f = OpenFile(e, os.open(path, os.O_RDWR), into_file(fetch), chunk_size=12 * MiB, pool=None, readahead=0)
     reader = threading.Thread(target=read, args=(f, 4096, 12 * MiB))
     reader.start()
     assert started.wait(10)
@@ -348,7 +355,8 @@ def cold_file(tmp_path: Path, content: bytes, fetch, pool: ThreadPoolExecutor, *
     path = tmp_path / "cold.bin"
     path.write_bytes(bytes(len(content)))
     e = Entry("t/video/b/a/x.mp4", "s3", size=len(content), chunks=chunks)
-    return OpenFile(e, os.open(path, os.O_RDWR), fetch, chunk_size=chunk, pool=pool, readahead=readahead)
+    return OpenFile(e, os.open(path, os.O_RDWR), into_file(fetch), chunk_size=chunk, pool=pool,
+                    readahead=readahead)
 
 
 def read_in_order(f: OpenFile, content: bytes, step: int = 128 * 1024) -> None:
@@ -392,7 +400,7 @@ def test_read_ahead_runs_leave_out_the_chunks_already_cached(tmp_path: Path, poo
             out.write(content[i * chunk:(i + 1) * chunk])
     calls: list[tuple[int, int]] = []
     e = Entry("t/video/b/a/x.mp4", "s3", size=len(content), chunks=bytes(1 if i in have else 0 for i in range(n)))
-    f = OpenFile(e, os.open(path, os.O_RDWR), recording_fetch(content, calls), chunk_size=chunk, pool=pool,
+    f = OpenFile(e, os.open(path, os.O_RDWR), into_file(recording_fetch(content, calls)), chunk_size=chunk, pool=pool,
                  readahead=8)
     read_in_order(f, content)
     assert f.complete

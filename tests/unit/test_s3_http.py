@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import http.server
 import io
@@ -15,6 +16,7 @@ import time
 
 import pytest
 
+from storefs.providers.s3 import http as http_mod
 from storefs.providers.s3.http import (
     MAX_HEADERS,
     BadAnswer,
@@ -23,6 +25,7 @@ from storefs.providers.s3.http import (
     ConnectionLost,
     Connections,
     MalformedAnswer,
+    SinkFailed,
     TimedOut,
     Timeouts,
     TransportError,
@@ -339,3 +342,36 @@ def test_a_garbled_answer_is_a_bad_answer_not_a_transport_error():
             with pytest.raises(MalformedAnswer):
                 odd.request("GET", "/ok", {"host": odd.host}, T)
         t.join(5)
+
+
+def test_a_body_handed_to_a_sink_arrives_whole_in_order_and_only_for_a_2xx(server, monkeypatch):
+    monkeypatch.setattr(http_mod, "SINK_PIECE", 4096)  # several pieces even for these small bodies
+    c = Connections(url(server))
+    for path, want in (("/big", b"b" * 10_000), ("/big-chunked", b"c" * 12_000), ("/ok", b"hello")):
+        pieces: list[bytes] = []
+        a = c.request("GET", path, {"host": c.host}, T, limit=20_000, sink=lambda p, into=pieces: into.append(bytes(p)))
+        assert a.status == 200 and a.body == b"" and b"".join(pieces) == want, path
+        assert max(map(len, pieces)) <= 4096
+    kept: list[bytes] = []
+    a = c.request("GET", "/error", {"host": c.host}, T, limit=100, sink=kept.append)
+    assert a.status == 404 and b"NoSuchKey" in a.body and kept == []  # an error's body is the explanation
+    with pytest.raises(BodyTooLarge):
+        c.request("GET", "/big", {"host": c.host}, T, limit=5000, sink=lambda p: None)
+    with pytest.raises(ConnectionLost, match="cut off after 10 of 1000"):
+        c.request("GET", "/cut", {"host": c.host}, T, sink=lambda p: None)
+    assert c.request("GET", "/ok", {"host": c.host}, T).body == b"hello"
+    c.close()
+
+
+def test_a_sink_that_fails_closes_the_connection_and_its_error_goes_up_as_the_cause(server, monkeypatch):
+    monkeypatch.setattr(http_mod, "SINK_PIECE", 4096)
+    c = Connections(url(server))
+
+    def full(piece: memoryview) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(SinkFailed) as got:
+        c.request("GET", "/big", {"host": c.host}, T, sink=full)
+    assert isinstance(got.value.__cause__, OSError) and got.value.__cause__.errno == errno.ENOSPC
+    assert c._idle == []  # the rest of that body was never read: its connection is not kept
+    assert c.request("GET", "/ok", {"host": c.host}, T).body == b"hello"
+    c.close()

@@ -374,7 +374,7 @@ class ScriptedByMethod:
     def __init__(self, real, methods: tuple[str, ...], *answers) -> None:
         self.real, self.methods, self.answers, self.sent = real, methods, list(answers), []
 
-    def request(self, method, target, headers, timeouts, body=None, limit=None):
+    def request(self, method, target, headers, timeouts, body=None, limit=None, sink=None):
         self.sent.append((method, target, dict(headers)))
         if self.answers and method in self.methods:
             answer = self.answers.pop(0)
@@ -386,7 +386,7 @@ class ScriptedByMethod:
                 self.real.request(method, target, headers, timeouts, body, limit)
                 raise ConnectionLost("closed before the answer")
             return answer
-        return self.real.request(method, target, headers, timeouts, body, limit)
+        return self.real.request(method, target, headers, timeouts, body, limit, sink)
 
 
 def test_check_probes_conditions_on_writable_mounts_only(server, raw, base, caplog):
@@ -530,13 +530,13 @@ def test_small_puts_errors_fail_only_their_request(server, raw, base, tmp_path):
         def __init__(self, real, *answers: Answer) -> None:
             self.real, self.answers, self.calls = real, list(answers), 0
 
-        def request(self, method, target, headers, timeouts, body=None, limit=None):
+        def request(self, method, target, headers, timeouts, body=None, limit=None, sink=None):
             self.calls += 1
             if self.answers:
                 if hasattr(body, "read"):
                     body.read()  # as a real send would: a retry must start from its first byte again
                 return self.answers.pop(0)
-            return self.real.request(method, target, headers, timeouts, body, limit)
+            return self.real.request(method, target, headers, timeouts, body, limit, sink)
 
     p = S3Provider(settings(server))
     meta = ObjectMeta(mtime_ns=2_000_000_000, content_type="text/plain")
@@ -825,3 +825,35 @@ def test_head_dir_reads_the_marker_metadata_on_moto(moto_s3, base, tmp_path):
     raw.put_object(Bucket=BUCKET, Key=base + "perm/", Body=b"", Metadata={"mode": "488"})
     assert s3.head_dir(base + "perm/").mode == stat.S_IFDIR | 0o750
     assert s3.dir_exists(base + "d/") and {i.key for i in s3.list(base)} >= {base + "d/", base + "bare/"}
+
+
+def test_a_ranged_read_into_a_file_cut_off_midway_is_retried_from_its_start(server, raw, base, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    raw.put_object(Bucket=BUCKET, Key=base + "cut.bin", Body=data)
+
+    class CutOnce:
+        """The first GET hands its sink a wrong first piece and then loses the connection; the rest are real."""
+
+        def __init__(self, real) -> None:
+            self.real, self.gets = real, 0
+
+        def request(self, method, target, headers, timeouts, body=None, limit=None, sink=None):
+            if method == "GET" and sink is not None:
+                self.gets += 1
+                if self.gets == 1:
+                    sink(memoryview(b"\x00" * 100_000))
+                    raise ConnectionLost("body cut off after 100000 bytes")
+            return self.real.request(method, target, headers, timeouts, body, limit, sink)
+
+    p = S3Provider(settings(server, prefix=base))
+    cache = tmp_path / "cache.bin"
+    cache.write_bytes(bytes(len(data)))
+    fd = os.open(cache, os.O_RDWR)
+    try:
+        with wrapped_http(p, CutOnce) as http:
+            assert p.get_range_into("cut.bin", 7, len(data), fd) == len(data) - 7
+        assert http.gets == 2
+        assert os.pread(fd, len(data), 0) == bytes(7) + data[7:]
+    finally:
+        os.close(fd)
+        p.close()

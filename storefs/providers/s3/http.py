@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -41,6 +41,9 @@ MIN_WAIT = 0.1
 MAX_HEADERS = 2000
 #: bytes asked of the socket at a time while reading pipelined answers
 RECV_SIZE = 1 << 16
+#: a body handed to a sink is read in pieces of this size into one buffer per thread, so a 16 MiB
+#: ranged GET never sits in memory whole
+SINK_PIECE = 1 << 20
 #: the longest header block of one pipelined HEAD answer this reader takes (S3 metadata is at most 2 KiB)
 MAX_HEAD_ANSWER = 1 << 20
 #: failures of a kept-alive connection the server may have closed while it sat idle
@@ -83,6 +86,11 @@ class ConnectionLost(TransportError):
     """The connection closed before the whole answer came (a body cut off mid-way too)."""
 
 
+class SinkFailed(Exception):
+    """The sink a body was handed to raised (its error is the cause): not the connection's fault, so
+    neither translated nor retried; the connection, with the rest of the body unread, is closed."""
+
+
 class BadAnswer(Exception):
     """An answer came but cannot be used: an error of this request alone, not a sign the server is down."""
 
@@ -102,6 +110,10 @@ class Answer(NamedTuple):
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+#: takes a body's pieces in order; each piece is valid only until the call returns
+Sink = Callable[[memoryview], None]
 
 
 class Timeouts(NamedTuple):
@@ -150,6 +162,7 @@ class Connections:
                 self._context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()  # protects _idle
+        self._buffers = threading.local()  # each thread's buffer for bodies handed to a sink
 
     def _connect(self, timeouts: Timeouts) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
@@ -188,9 +201,11 @@ class Connections:
         conn.close()
 
     def request(self, method: str, target: str, headers: dict[str, str], timeouts: Timeouts,
-                body: bytes | BinaryIO | None = None, limit: int | None = None) -> Answer:
+                body: bytes | BinaryIO | None = None, limit: int | None = None,
+                sink: Sink | None = None) -> Answer:
         """Send one request and read its whole answer (BodyTooLarge past limit bytes of a 2xx); one more try on a
-        fresh connection when a kept-alive one turns out closed before any answer came."""
+        fresh connection when a kept-alive one turns out closed before any answer came. With sink, a 2xx body goes
+        to sink piece by piece, in order, and the answer's body is empty."""
         start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         if self._proxy and not self._https:
             target = self.url + target  # a plain-HTTP proxy takes the absolute URL
@@ -198,7 +213,7 @@ class Connections:
         conn, reused = self._take(timeouts)
         while True:
             try:
-                return self._exchange(conn, method, target, headers, timeouts, body, limit)
+                return self._exchange(conn, method, target, headers, timeouts, body, limit, sink)
             except _STALE as e:
                 conn.close()
                 if not reused:
@@ -239,7 +254,8 @@ class Connections:
             raise ConnectionLost(f"{self.url}: {type(e).__name__} while {doing}: {e}") from e
 
     def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str],
-                  timeouts: Timeouts, body: bytes | BinaryIO | None, limit: int | None) -> Answer:
+                  timeouts: Timeouts, body: bytes | BinaryIO | None, limit: int | None,
+                  sink: Sink | None = None) -> Answer:
         assert conn.sock is not None
         wait = timeouts.read_wait()
         conn.sock.settimeout(wait)
@@ -253,7 +269,13 @@ class Connections:
             conn.close()
             raise BodyTooLarge(f"{expected} bytes where at most {limit} were asked for")
         with self._failures(conn, wait, "sending the body"):
-            if limit is not None and expected is None:
+            if sink is not None and 200 <= response.status < 300:
+                got = self._drain(conn, response, sink, limit)
+                if expected is not None and got < expected:
+                    conn.close()
+                    raise ConnectionLost(f"{self.url}: body cut off after {got} of {expected} bytes")
+                data = b""
+            elif limit is not None and expected is None:
                 data = response.read(limit + 1)
                 if len(data) > limit:
                     conn.close()
@@ -267,6 +289,27 @@ class Connections:
         else:
             self._give_back(conn)
         return answer
+
+    def _drain(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, sink: Sink,
+               limit: int | None) -> int:
+        """Hand the body to sink in pieces read into this thread's buffer; the byte count."""
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None:
+            buf = self._buffers.buf = memoryview(bytearray(SINK_PIECE))
+        got = 0
+        while True:
+            n = response.readinto(buf)
+            if not n:
+                return got
+            got += n
+            if limit is not None and got > limit:
+                conn.close()
+                raise BodyTooLarge(f"more than the {limit} bytes asked for")
+            try:
+                sink(buf[:n])
+            except BaseException as e:
+                conn.close()
+                raise SinkFailed(e) from e
 
     def pipelined_heads(self, requests: list[tuple[str, dict[str, str]]], timeouts: Timeouts) -> list[Answer]:
         """HEAD requests sent back to back on one kept-alive connection (HTTP/1.1 pipelining), their

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from ... import __version__, errors
 from . import listing
 from .errors import ErrorTable, error_code
-from .http import Answer, BadAnswer, Connections, Timeouts, TransportError
+from .http import Answer, BadAnswer, Connections, Sink, Timeouts, TransportError
 from .retry import parse_retry_after
 from .sign import EMPTY_SHA256, SigV4, query_string
 
@@ -153,7 +153,7 @@ class S3Requests:
         return self._endpoint, self._http
 
     def _send(self, method: str, path: str, query: str, headers: dict[str, str], timeouts: Timeouts, what: str,
-              payload: Payload | None = None, limit: int | None = None) -> Answer:
+              payload: Payload | None = None, limit: int | None = None, sink: Sink | None = None) -> Answer:
         """Sign and send; the answer, whatever its status; storefs errors when none came or cannot be signed."""
         creds = self._credentials()
         if creds is None:
@@ -168,7 +168,7 @@ class S3Requests:
             if not isinstance(body, bytes):
                 body.seek(payload.start)
         try:
-            return http.request(method, f"{path}?{query}" if query else path, headers, timeouts, body, limit)
+            return http.request(method, f"{path}?{query}" if query else path, headers, timeouts, body, limit, sink)
         except TransportError as e:
             raise self._table.unreachable(what, e) from e
         except BadAnswer as e:  # a malformed or oversized answer fails this request alone
@@ -219,13 +219,14 @@ class S3Requests:
             return []
 
     def get(self, full: str, offset: int, length: int, timeouts: Timeouts,
-            if_match: str | None = None) -> tuple[bytes, dict[str, str]]:
-        """Bytes [offset, offset+length) of full (fewer at its end, b"" past it) and the answer's headers."""
+            if_match: str | None = None, sink: Sink | None = None) -> tuple[bytes, dict[str, str]]:
+        """Bytes [offset, offset+length) of full (fewer at its end, b"" past it) and the answer's headers; with
+        sink, the bytes go to it piece by piece instead (the body returned is then b"")."""
         what = self.what(full)
         headers = {"range": f"bytes={offset}-{offset + length - 1}"}
         if if_match:
             headers["if-match"] = quoted(if_match)
-        answer = self._send("GET", self._object(full), "", headers, timeouts, what, limit=length)
+        answer = self._send("GET", self._object(full), "", headers, timeouts, what, limit=length, sink=sink)
         if answer.status == RANGE_NOT_SATISFIABLE:  # InvalidRange: the object ends before offset
             return b"", answer.headers
         if not 200 <= answer.status < 300:
