@@ -11,10 +11,11 @@ accepted by the kernel and never answered) and, for `seconds`, THREADS threads t
   read     open + read + close of a cached file
   create   open(O_CREAT|O_EXCL) + write FILE_SIZE bytes + close of a new file in a known folder
 
-in turn. Then SIGCONT (also on every way out: finally, and atexit while frozen), and every
-created file must reach the bucket (flush, then a listing). The target: p99 under SLOW_MS
-for each operation. An operation still running when the freeze ends (THAW_GRACE after the
-window) is timed to its end and counted in `outlasted`.
+in turn, OPS_PER_THREAD of them at most: the same seeded sequence on every system, so that every
+system lists folders of the same size (the creates grow them). Then SIGCONT (also on every way
+out: finally, and atexit while frozen), and every created file must reach the bucket (flush,
+then a listing). The target: p99 under SLOW_MS for each operation. An operation still running
+when the freeze ends (THAW_GRACE after the window) is timed to its end and counted in `outlasted`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ FOLDERS = 8
 FILES_PER_FOLDER = 8
 FILE_SIZE = 4096
 THREADS = 4
+#: operations each thread runs, within the freeze: a system that ran for the whole window instead
+#: would grow its folders by how fast it creates, and list bigger folders the faster it is
+OPS_PER_THREAD = 4000
 SLOW_MS = 50.0  # the target: p99 of each operation under this while the server is frozen
 THAW_GRACE = 60.0  # seconds past the window before the server is thawed whatever the threads do
 
@@ -115,7 +119,8 @@ class Tree:
 
 
 class Worker(threading.Thread):
-    """One program working on the mount: the four operations in turn until the window ends."""
+    """One program working on the mount: the four operations in turn, OPS_PER_THREAD of them or
+    until the window ends."""
 
     def __init__(self, tree: Tree, index: int, tag: str, until: float) -> None:
         super().__init__(daemon=True, name=f"frozen-{index}")
@@ -144,7 +149,7 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         n = 0
-        while time.monotonic() < self.until:
+        while n < OPS_PER_THREAD and time.monotonic() < self.until:
             op = OPS[(n + self.index) % len(OPS)]
             t0 = time.perf_counter()
             try:
