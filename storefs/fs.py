@@ -91,6 +91,23 @@ def packed_stat(a: Attr) -> bytes:
                                       a.rdev, t // NS, t % NS, m // NS, m % NS, c // NS, c % NS)))
 
 
+#: struct stats packed for readdirplus replies, by what they say: a folder listed again packs the same
+#: attributes again (the kernel asks for them with every listing after its timeouts), and a lookup here
+#: costs a tenth of the packing; emptied when it holds this many
+PACKED_KEPT = 65536
+_packed: dict[Attr, bytes] = {}
+
+
+def packed_stat_kept(a: Attr) -> bytes:
+    """packed_stat(a), from _packed when the same attributes were packed before."""
+    p = _packed.get(a)
+    if p is None:
+        if len(_packed) >= PACKED_KEPT:
+            _packed.clear()  # a dict's clear is atomic under the GIL; the entries are cheap to make again
+        p = _packed[a] = packed_stat(a)
+    return p
+
+
 #: libfuse3's high-level inode invalidation (`storefs refresh`); None in a libfuse without it
 _invalidate_path = getattr(mfusepy._libfuse, "fuse_invalidate_path", None)
 if _invalidate_path is not None:
@@ -363,7 +380,7 @@ class StorefsOperations(mfusepy.Operations):
         start, stop = max(offset, 2), min(offset + PLUS_BATCH, len(s.names))
         if start < stop and s.packed[start] is UNPACKED:
             for i, a in enumerate(self.ns.listing_attrs(s.listing, start - 2, stop - 2), start):
-                s.packed[i] = None if a is None else packed_stat(a)
+                s.packed[i] = None if a is None else packed_stat_kept(a)
         return s
 
     @edge
@@ -594,14 +611,14 @@ class Fuse(mfusepy.FUSE):
         s = ops.readdir_plus(p, buf, offset)
         names, packed = s.names, s.packed
         st = mfusepy.c_stat()
-        at = ctypes.addressof(st)
+        into = memoryview(st).cast("B")  # a slice assignment copies in C; ctypes.memmove costs 7x that
         for i in range(offset, len(names)):
             a = packed[i]
             if a is UNPACKED:
                 ops.readdir_plus(p, buf, i)  # the next batch
                 a = packed[i]
             if a is not None:
-                ctypes.memmove(at, a, len(a))
+                into[:] = a
             if filler(buf, names[i], st if a is not None else None, i + 1, 0 if a is None else FUSE_FILL_DIR_PLUS) != 0:
                 return 0  # the kernel's buffer is full: it asks again from this offset
         if offset >= len(names):

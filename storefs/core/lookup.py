@@ -14,7 +14,7 @@ from ..errors import NotADirectory, NotFound, ProviderUnavailable, StorefsError
 from ..providers.base import ObjectInfo
 from .files import Files
 from .tree import Tree, still_valid
-from .types import Attr, CachedFile, Folder, Found, Listing, OpenNode, Remote, RemoteFile
+from .types import Attr, Folder, Listing, OpenNode, Remote
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +64,38 @@ class Lookup:
         with state.lock:  # the same order of evidence as Tree.find; one hold for the batch, no request in it
             rows = [(node := state.nodes.get(k), index.get(k), index.get(dk := keys.dir_key(k)),
                      node is None and index.has_live_below(dk)) for k in ks]
+        # each case answers as tree.attr would for the Found that Tree.find makes of the same evidence,
+        # without making that Found (a frozen dataclass costs a microsecond a name)
+        open_attr, entry_attr, remote_attr = tree.open_attr, tree.entry_attr, tree.remote_attr
         for name, k, (node, e, d, below) in zip(names, ks, rows, strict=True):
             r = remote.get(name) or remote.get(keys.dir_key(name))
-            f: Found | None = None
+            a: Attr | None = None
             if node is not None:
-                f = OpenNode(node)
+                a = open_attr(node)
             elif e is not None and not e.is_tombstone:
                 if e.pending or (r is not None and not r[1].is_dir and still_valid(e, r[1])):
-                    f = CachedFile(e)
+                    a = entry_attr(e, False)
             elif d is not None and not d.is_tombstone and (d.pending or below or (r is not None and r[1].is_dir)):
-                f = Folder(entry=d if d.pending or r is None or r[1].mode is None else None,
-                           remote=r if r is not None and r[1].is_dir else None)
+                if d.pending or r is None or r[1].mode is None:
+                    a = entry_attr(d, True)
+                elif r[1].is_dir:
+                    a = remote_attr(r[1], True)
+                else:
+                    a = tree.attr(Folder())
             elif below:
-                f = Folder()
+                a = tree.attr(Folder())
             elif r is not None and e is None and d is None:
                 if r[1].is_dir:
                     known, meta = tree.remote.dir_meta_cached(k, r)
-                    f = Folder(remote=meta) if known else None  # else: one HEAD, at its lookup
+                    if known:  # else: one HEAD, at its lookup
+                        a = tree.attr(Folder(remote=meta))
                 else:
                     full = has_meta.get(r[0])
                     if full is None:  # asked once per provider: each is wrapped twice (aliases, health)
                         full = has_meta[r[0]] = tree.providers[r[0]].listing_has_metadata
                     if full:
-                        f = RemoteFile(r)
-            out.append(None if f is None else tree.attr(f))
+                        a = remote_attr(r[1], False)
+            out.append(a)
         return out
 
     def children(self, key: str) -> tuple[list[str], dict[str, Remote]]:

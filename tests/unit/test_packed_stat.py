@@ -9,8 +9,9 @@ import stat
 import mfusepy
 import pytest
 
+from storefs import fs
 from storefs.core import Attr
-from storefs.fs import BLKSIZE, packed_stat
+from storefs.fs import BLKSIZE, packed_stat, packed_stat_kept
 
 
 def filled_by_mfusepy(a: Attr) -> bytes:
@@ -36,3 +37,19 @@ def test_packed_stat_is_what_mfusepy_would_fill(a: Attr) -> None:
     assert packed == filled_by_mfusepy(a)
     st = mfusepy.c_stat.from_buffer_copy(packed)
     assert (st.st_mode, st.st_size, st.st_uid, st.st_mtimespec.tv_sec) == (a.mode, a.size, a.uid, a.mtime_ns // 10**9)
+
+
+def test_kept_packings_are_the_same_bytes_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """readdirplus packs through a memo: the same bytes as packed_stat, for attributes that differ in
+    any field, and the memo is emptied rather than grown past PACKED_KEPT."""
+    monkeypatch.setattr(fs, "PACKED_KEPT", 8)
+    monkeypatch.setattr(fs, "_packed", {})
+    base = Attr(False, 10, 1_700_000_000_000_000_000, stat.S_IFREG | 0o644, 1000, 1000)
+    variants = [base, base._replace(size=11), base._replace(mode=stat.S_IFREG | 0o600), base._replace(uid=0),
+                base._replace(mtime_ns=base.mtime_ns + 1), base._replace(is_dir=True, mode=stat.S_IFDIR | 0o755)]
+    for a in variants * 2:
+        assert packed_stat_kept(a) == packed_stat(a)
+    assert len({packed_stat_kept(a) for a in variants}) == len(variants)
+    for size in range(100):
+        packed_stat_kept(base._replace(size=size))
+        assert len(fs._packed) <= 8
