@@ -264,6 +264,8 @@ class StorefsOperations(mfusepy.Operations):
         self._attrs_lock = threading.Lock()  # protects _attrs_sent
         self._attrs_sent: dict[str | None, float] = {}  # folder path -> when a listing of it last carried attributes
         self._attrs_window = 0.0  # how long the kernel keeps what a listing told it (set at init)
+        #: held while one listing packs its children's attributes (attrs_begin to attrs_end)
+        self._packing = threading.Lock()
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._fuse: int | None = None  # libfuse's struct fuse, for invalidations sent from other threads
@@ -357,6 +359,23 @@ class StorefsOperations(mfusepy.Operations):
                 kept = {k: t for k, t in self._attrs_sent.items() if now - t < self._attrs_window}
                 self._attrs_sent = kept if len(kept) <= ATTRS_SENT_KEPT // 2 else {}
         return True
+
+    def attrs_begin(self, path: str | None) -> bool:
+        """attrs_due for one listing at a time: while another folder's attributes are being packed,
+        this listing is plain names, and its folder's attributes stay due for its next listing.
+        Attributes are a prefetch, and the folders a program lists together expire together: packed
+        one after the other in the interpreter, they held up every request behind them (the frozen
+        workload's slowest listings came in bursts, once a second). True: call attrs_end after."""
+        if not self._packing.acquire(blocking=False):
+            return False
+        if self.attrs_due(path):
+            return True
+        self._packing.release()
+        return False
+
+    def attrs_end(self) -> None:
+        """The listing attrs_begin let carry attributes has packed them."""
+        self._packing.release()
 
     def end_stream(self, dh: int) -> None:
         """The kernel has every entry of open folder dh's listing (or libfuse holds them for it)."""
@@ -600,12 +619,20 @@ class Fuse(mfusepy.FUSE):
         # buf is libfuse's handle of the open folder (its struct fuse_dh), alive from opendir to releasedir
         ops = self.operations
         p = None if path is None else path.decode(self.encoding, self.errors)
-        if not flags & FUSE_READDIR_PLUS or (offset == 0 and not ops.attrs_due(p)):
+        if not flags & FUSE_READDIR_PLUS or (offset == 0 and not ops.attrs_begin(p)):
             # names alone, given without offsets: libfuse keeps them and pages them to the kernel
             for name in ops.readdir_names(p, buf, offset):
                 if filler(buf, name, None, 0, 0) != 0:
                     break
             return 0
+        try:
+            return self._readdir_plus(ops, p, buf, filler, offset)
+        finally:
+            if offset == 0:
+                ops.attrs_end()
+
+    @staticmethod
+    def _readdir_plus(ops: StorefsOperations, p: str | None, buf: Any, filler: Any, offset: int) -> int:
         # entries go with their offsets: libfuse 3.14 sends attributes given with offset 0 as
         # plain names, and the kernel then looks every one of them up again
         s = ops.readdir_plus(p, buf, offset)

@@ -10,6 +10,7 @@ import pytest
 
 from storefs import fs
 from storefs.core import Attr, Listing
+from storefs.errors import NotADirectory
 from storefs.fs import DIR_STREAMS_KEPT, PLUS_BATCH, UNPACKED, StorefsOperations, packed_stat
 
 N = 3 * PLUS_BATCH + 5
@@ -117,3 +118,45 @@ def test_attributes_go_with_a_listing_once_per_kernel_timeout(monkeypatch: pytes
     assert len(ops._attrs_sent) <= fs.ATTRS_SENT_KEPT
     ops._attrs_window = 0.0  # strictatime (attr_timeout 0): every listing carries them
     assert ops.attrs_due("/one-more")
+
+
+def test_one_listing_at_a_time_packs_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one folder's attributes are being packed, another listing is plain names, and its folder's
+    attributes stay due for its next listing; once the first is done, attributes go again."""
+    ops, _ = ops_with([])
+    now = [100.0]
+    monkeypatch.setattr(fs.time, "monotonic", lambda: now[0])
+    ops._attrs_window = 1.0
+    assert ops.attrs_begin("/a")
+    assert not ops.attrs_begin("/b")  # /a is being packed
+    assert "/b" not in ops._attrs_sent
+    ops.attrs_end()
+    assert ops.attrs_begin("/b")  # still due
+    ops.attrs_end()
+    assert not ops.attrs_begin("/a")  # not due: the kernel holds them (and the gate is free again)
+    assert ops.attrs_begin("/c")
+    ops.attrs_end()
+
+
+def test_the_gate_is_let_go_after_a_listing_with_attributes_and_after_a_failed_one() -> None:
+    names = [f"f{i:04d}.png" for i in range(5)]
+    ops, core = ops_with(names)
+    edge = fs.Fuse.__new__(fs.Fuse)  # the translation alone, nothing mounted
+    edge.operations, edge.encoding, edge.errors = ops, "utf-8", "surrogateescape"
+    got: list[tuple[bytes, int]] = []
+
+    def filler(buf: object, name: bytes, st: object, offset: int, flags: int) -> int:
+        got.append((name, flags))
+        return 0
+
+    assert edge.readdir_fuse_3(b"/t/image/b/a", 0x7F00_2000, filler, 0, None, fs.FUSE_READDIR_PLUS) == 0
+    assert [n for n, f in got if f == fs.FUSE_FILL_DIR_PLUS] == [n.encode() for n in names]
+    assert not ops._packing.locked()
+
+    def no_folder(key: str) -> Listing:
+        raise NotADirectory(key)
+
+    core.listing = no_folder  # type: ignore[method-assign]
+    with pytest.raises(fs.mfusepy.FuseOSError):
+        edge.readdir_fuse_3(b"/t/image/b/gone", 0x7F00_3000, filler, 0, None, fs.FUSE_READDIR_PLUS)
+    assert not ops._packing.locked()
