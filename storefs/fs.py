@@ -93,8 +93,8 @@ def packed_stat(a: Attr) -> bytes:
 
 #: struct stats packed for readdirplus replies, by what they say: a folder listed again packs the same
 #: attributes again (the kernel asks for them with every listing after its timeouts), and a lookup here
-#: costs a tenth of the packing; emptied when it holds this many
-PACKED_KEPT = 65536
+#: costs a tenth of the packing; emptied when it holds this many (about 650 bytes an entry: 5 MiB)
+PACKED_KEPT = 8192
 _packed: dict[Attr, bytes] = {}
 
 
