@@ -284,8 +284,12 @@ class RemoteView:
         return head.found if head is not None and head.until > self._clock() else None
 
     def _head_for_meta(self, key: str, listed: Found) -> Found | None:
-        """The full metadata of a file the listing showed: one HEAD, cached."""
+        """The full metadata of a file the listing showed: one HEAD, cached (none if a HEAD ahead
+        answered between the lookup's look at the cache and its claim of the work)."""
+        head = self.cache.head(key)
         started = self._clock()
+        if head is not None and head.until > started:
+            return head.found
         try:
             found: Found | None = (listed[0], self.health.call(listed[0], self.providers[listed[0]].head, key))
         except NotFound:

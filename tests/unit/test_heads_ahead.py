@@ -130,3 +130,28 @@ def test_a_provider_that_asks_for_names_in_batches_gets_batches(tmp_path: Path) 
         v.stop()
     assert max(p.batches) == 8  # the provider's batch, not the tunable's larger one
     assert sum(p.batches) + len(p.heads) == NAMES  # each name asked once: in a batch or by its own lookup
+
+
+def test_a_head_that_lands_between_a_lookups_look_and_its_claim_is_not_asked_again(tmp_path: Path) -> None:
+    """The race CI met under load: a HEAD ahead answered and released its claim after the lookup had
+    looked at the cache and before the lookup claimed the work, so the lookup asked again."""
+    v, p = make(tmp_path, heads_ahead_min=NAMES + 1)  # nothing asked ahead: the interleaving is made by hand
+    try:
+        name = next(iter(v.listing(PREFIX)))
+        key = PREFIX + name
+        looked = v.cache.head
+
+        def head_landing_after_the_look(k: str):  # type: ignore[no-untyped-def]
+            if k == key and v.cache.head is head_landing_after_the_look:
+                v.cache.head = looked  # type: ignore[method-assign]
+                answer = looked(k)
+                v.cache.put_head(k, ("s3", LocalProvider.head(p, k)), time.monotonic())  # the HEAD ahead lands
+                return answer
+            return looked(k)
+
+        v.cache.head = head_landing_after_the_look  # type: ignore[method-assign]
+        found = v.lookup(key)
+    finally:
+        v.stop()
+    assert found is not None and found[1].mode is not None
+    assert p.heads == []  # answered by the HEAD that landed, not asked again
