@@ -10,6 +10,7 @@ from pathlib import Path
 from storefs.providers.base import ObjectInfo
 from storefs.providers.local import LocalProvider
 from storefs.view import RemoteView, ViewTunables
+from storefs.view.dircache import Head
 
 HEAD_SECONDS = 0.005  # what one HEAD costs the test provider
 NAMES = 300
@@ -141,7 +142,7 @@ def test_a_head_that_lands_between_a_lookups_look_and_its_claim_is_not_asked_aga
         key = PREFIX + name
         looked = v.cache.head
 
-        def head_landing_after_the_look(k: str):  # type: ignore[no-untyped-def]
+        def head_landing_after_the_look(k: str) -> Head | None:
             if k == key and v.cache.head is head_landing_after_the_look:
                 v.cache.head = looked  # type: ignore[method-assign]
                 answer = looked(k)
