@@ -91,7 +91,7 @@ class OpenFile:
         self._present = bytearray(entry.chunks) if entry.chunks is not None else None
         self._lock = threading.Lock()  # _present, _inflight, _queued: which chunks are here or coming
         self._inflight: dict[int, _Fetching] = {}
-        self._queued: set[int] = set()  # chunks handed to the read-ahead pool, not started yet
+        self._queued: dict[int, int] = {}  # chunks handed to the read-ahead pool, not started yet: where their run ends
         self._next_seq = -1         # chunk a sequential reader will want next
         self._ahead = 0
         self._warm_limit = warm_limit
@@ -117,7 +117,10 @@ class OpenFile:
                 return
             flight = self._inflight.get(i)
             if flight is None:
-                flight = self._inflight[i] = _Fetching()
+                # a chunk still queued for read-ahead (the pool is behind the reader): the reader takes the
+                # rest of its run in one ranged read, not chunk by chunk while the run waits in the queue
+                n = self._claim(i, self._queued.get(i, i + 1) - i)
+                flight = self._inflight[i]
                 mine = True
             else:
                 mine = False
@@ -128,7 +131,21 @@ class OpenFile:
             if flight.error is not None:
                 raise flight.error
             return
-        self._fetch_run(i, 1, flight)
+        self._fetch_run(i, n, flight)
+
+    def _claim(self, first: int, count: int) -> int:
+        """Claim the chunks from first on (up to count) that are missing and nobody fetches, under one flight;
+        how many. Called with _lock held, _present not None."""
+        present, n = self._present, 0
+        assert present is not None
+        while n < count and present[first + n] != PRESENT and first + n not in self._inflight:
+            n += 1
+        if n:
+            flight = _Fetching()
+            for c in range(first, first + n):
+                self._inflight[c] = flight
+                self._queued.pop(c, None)
+        return n
 
     def _fetch_run(self, first: int, count: int, flight: _Fetching) -> None:
         """Fetch chunks first..first+count-1, claimed under flight, with one ranged read, and mark them present."""
@@ -156,20 +173,17 @@ class OpenFile:
     def _prefetch(self, first: int, count: int) -> None:
         """Read ahead: fetch the run's chunks that nobody fetched meanwhile, from the first of them on."""
         with self._lock:
-            self._queued.difference_update(range(first, first + count))
+            for c in range(first, first + count):
+                self._queued.pop(c, None)
             present = self._present
             if present is None:
                 return
             while count and (present[first] == PRESENT or first in self._inflight):
                 first, count = first + 1, count - 1
-            n = 0
-            while n < count and present[first + n] != PRESENT and first + n not in self._inflight:
-                n += 1
+            n = self._claim(first, count) if count else 0
             if n == 0:
                 return
-            flight = _Fetching()
-            for i in range(first, first + n):
-                self._inflight[i] = flight
+            flight = self._inflight[first]
         try:
             self._fetch_run(first, n, flight)
         except Exception as e:  # the reader will fetch it again and see the error itself
@@ -211,7 +225,7 @@ class OpenFile:
                     k += 1
                 if k - j < run and k == stop and stop < n and self._ahead >= run:
                     break
-                self._queued.update(range(j, k))
+                self._queued.update(dict.fromkeys(range(j, k), k))
                 runs.append((j, k - j))
                 j = k
         for first, count in runs:

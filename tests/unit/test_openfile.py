@@ -6,8 +6,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -350,7 +350,7 @@ def recording_fetch(content: bytes, calls: list[tuple[int, int]]):
     return fetch
 
 
-def cold_file(tmp_path: Path, content: bytes, fetch, pool: ThreadPoolExecutor, *, chunk: int, readahead: int,
+def cold_file(tmp_path: Path, content: bytes, fetch, pool: Executor, *, chunk: int, readahead: int,
               chunks: bytes) -> OpenFile:
     path = tmp_path / "cold.bin"
     path.write_bytes(bytes(len(content)))
@@ -384,6 +384,43 @@ def test_a_sequential_reader_has_its_read_ahead_fetched_in_runs_of_chunks(tmp_pa
     full = [ln for _, ln in spans if ln == 4 * MiB]
     assert len(full) >= 7, spans  # of the 40 chunks, the ramp-up and the reader's own ask take the rest
     assert len(spans) <= 16, spans
+
+
+class StalledPool(Executor):
+    """A read-ahead pool that is always behind: it takes every task and runs none until told."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> Future[object]:
+        self.tasks.append((fn, args))
+        return Future()
+
+    def run_all(self) -> None:
+        for fn, args in self.tasks:
+            fn(*args)
+
+
+def test_a_reader_that_overtakes_a_queued_read_ahead_run_fetches_the_run_whole(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    # under load the pool can be behind the reader: the run it queued is still the unit of one GET,
+    # not a chunk per GET while the run waits (more, shorter GETs cost the server more per byte)
+    monkeypatch.setattr(openfile, "FETCH_SPAN", 4 * MiB)
+    chunk, n = MiB, 24
+    content = random.Random(14).randbytes(n * chunk)
+    calls: list[tuple[int, int]] = []
+    pool = StalledPool()
+    f = cold_file(tmp_path, content, recording_fetch(content, calls), pool, chunk=chunk, readahead=8,
+                  chunks=bytes(n))
+    read_in_order(f, content)
+    assert f.complete
+    pool.run_all()  # the queued tasks, run at last, find their chunks fetched and ask for nothing
+    f.close()
+    spans = [(o // chunk, ln // chunk) for o, ln in sorted(calls)]
+    assert [c for first, count in spans for c in range(first, first + count)] == list(range(n))
+    assert spans[:3] == [(0, 1), (1, 1), (2, 1)], spans  # the reader's own ask, then the window ramping up
+    assert all(count == 4 for _, count in spans[3:-1]), spans
+    assert len(spans) == 3 + 6, spans
 
 
 def test_read_ahead_runs_leave_out_the_chunks_already_cached(tmp_path: Path, pool: ThreadPoolExecutor,
