@@ -59,6 +59,12 @@ def git_version() -> str:
     return f"git {rev}" + (" + uncommitted changes in storefs/" if dirty else "")
 
 
+#: utime and stime in /proc/PID/stat, counted from the field after the process name (proc(5): fields 14 and 15)
+STAT_UTIME, STAT_STIME = 11, 12
+#: the unit of those fields (10 ms on most kernels)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def vm(pid: int, field: str) -> int:
     """A /proc/PID/status field in bytes (VmRSS now, VmHWM the peak so far); 0 once the process is gone."""
     try:
@@ -89,6 +95,21 @@ def tree(pid: int) -> list[int]:
 def tree_vm(pid: int, field: str) -> int:
     """vm() summed over pid's process tree."""
     return sum(vm(p, field) for p in tree(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, its ended threads included; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # after the name, which may hold spaces
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[STAT_UTIME]) + int(fields[STAT_STIME])) / CLOCK_TICKS
+
+
+def tree_cpu(pid: int) -> float:
+    """cpu_seconds() summed over pid's process tree."""
+    return sum(cpu_seconds(p) for p in tree(pid))
 
 
 def poll(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:

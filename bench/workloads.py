@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .common import MB, MiB, drop_caches, run, say, tree_vm
+from .common import MB, MiB, drop_caches, run, say, tree_cpu, tree_vm
 from .frozen import OPS, Timings, run_frozen
 from .report import METRIC, fmt
 from .systems import REFERENCES, Ctx, System
@@ -206,6 +206,11 @@ class Bench:
                 raise
         self.each(rnd, f"mount ({mode})", go)
 
+    @staticmethod
+    def cpu(s: System) -> float | None:
+        """CPU seconds s's daemon (its process tree) has used so far; None for a system without one (raw)."""
+        return tree_cpu(s.pid) if s.pid else None
+
     def want(self, w: str) -> bool:
         return w in self.args.workloads
 
@@ -277,6 +282,7 @@ class Bench:
             def create(s: System) -> None:
                 os.makedirs(os.path.join(s.root, "bench/model"), exist_ok=True)
                 os.sync()
+                c0 = self.cpu(s)
                 t0 = time.monotonic()
                 for i in range(FOLDERS):
                     os.makedirs(os.path.join(s.root, board, f"art{i + 1:02d}"))
@@ -284,9 +290,12 @@ class Bench:
                     with open(os.path.join(s.root, p), "wb") as f:
                         f.write(data)
                 t1 = time.monotonic()
+                c1 = self.cpu(s)
                 t2 = s.wait_count(board + "/", n)
                 if self.want("create"):
                     self.record(rnd, s, "create_fps", n / (t1 - t0))
+                    if c0 is not None and c1 is not None:
+                        self.record(rnd, s, "create_cpu_us", (c1 - c0) / n * 1e6)
                     if s.has_bucket:
                         self.record(rnd, s, "create_bucket_s", t2 - t0)
             self.each(rnd, "create", create)
@@ -319,13 +328,17 @@ class Bench:
 
             def rm(s: System) -> None:
                 os.sync()
+                c0 = self.cpu(s)
                 t0 = time.monotonic()
                 r = run(["rm", "-r", os.path.join(s.root, board)], timeout=1800)
                 took = time.monotonic() - t0
+                c1 = self.cpu(s)
                 if r.returncode != 0:
                     raise RuntimeError(f"rm -r failed: {r.stderr.strip()[-500:]}")
                 if self.want("rm"):
                     self.record(rnd, s, "rm_ms", took * 1000)
+                    if c0 is not None and c1 is not None:
+                        self.record(rnd, s, "rm_cpu_us", (c1 - c0) / n * 1e6)
                 s.wait_count(board + "/", 0)
             self.each(rnd, "rm", rm)
 
