@@ -97,19 +97,23 @@ def tree_vm(pid: int, field: str) -> int:
     return sum(vm(p, field) for p in tree(pid))
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far, its ended threads included; 0 once it is gone."""
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, its ended threads included; None once it is gone
+    (a daemon in C may well have used 0 ticks yet)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()  # after the name, which may hold spaces
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+        return None
     return (int(fields[STAT_UTIME]) + int(fields[STAT_STIME])) / CLOCK_TICKS
 
 
-def tree_cpu(pid: int) -> float:
-    """cpu_seconds() summed over pid's process tree."""
-    return sum(cpu_seconds(p) for p in tree(pid))
+def tree_cpu(pid: int) -> float | None:
+    """cpu_seconds() summed over pid's process tree; None once pid itself is gone."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(p) or 0.0 for p in tree(pid) if p != pid)
 
 
 def poll(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:

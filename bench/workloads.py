@@ -210,7 +210,7 @@ class Bench:
     def cpu(s: System) -> float | None:
         """CPU seconds s's daemon (its process tree) has used so far; None for a system without one (raw),
         or whose daemon is gone (a figure across its end would mean nothing)."""
-        return (tree_cpu(s.pid) or None) if s.pid else None
+        return tree_cpu(s.pid) if s.pid else None
 
     def want(self, w: str) -> bool:
         return w in self.args.workloads
