@@ -1,24 +1,28 @@
 """The crash-safe record of every cache entry and of what must still reach a provider.
 
-Every change that the provider has not seen yet is a row here before the FUSE call that
+Every change that the provider has not seen yet is recorded here before the FUSE call that
 made it returns (create, close, rename, unlink, chmod ...), so a `kill -9` loses nothing:
-the next mount reads the rows back and resumes the uploads.
+the next mount reads the rows back and resumes the uploads. A change is first a record of the
+redo log (storefs.cache.redolog), which a thread applies to SQLite in batches.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 from ..errors import CacheFull
+from .redolog import RedoLog
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +182,28 @@ _COLUMNS = [f.name for f in fields(Entry)]
 #: page and a page of the key's index to the WAL (a third of the commit)
 _PUT_SQL = (f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
             f"ON CONFLICT (key) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}")
-_XATTRS, _REMOTE = _COLUMNS.index("xattrs"), _COLUMNS.index("remote")
+_XATTRS, _REMOTE, _STATE = _COLUMNS.index("xattrs"), _COLUMNS.index("remote"), _COLUMNS.index("state")
+
+#: the last record of the redo log that SQLite holds (one row); a replay skips those up to it
+REDO_SCHEMA = """
+CREATE TABLE IF NOT EXISTS redo (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    applied INTEGER NOT NULL
+);
+"""
+_SET_APPLIED = "INSERT INTO redo (id, applied) VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET applied = excluded.applied"
+#: the statements a redo record carries, by the short code it names them with
+_PUT, _REMOVE = "put", "remove"
+_SQL = {_PUT: _PUT_SQL, _REMOVE: "DELETE FROM entries WHERE key = ?"}
+
+#: a batch of the redo log goes to SQLite this long after its first record at the latest (seconds) ...
+APPLY_DELAY = 0.1
+#: ... or as soon as it holds this many statements
+APPLY_BATCH = 1024
+#: after SQLite refused a batch (a full disk), the next try waits this long (seconds)
+APPLY_RETRY = 1.0
+#: errno values of a full disk
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _encode_xattrs(x: dict[str, bytes]) -> str | None:
@@ -190,39 +215,65 @@ def _decode_xattrs(s: str | None) -> dict[str, bytes]:
 
 
 class Journal:
-    """SQLite in WAL mode behind one lock; writes are grouped into explicit transactions."""
+    """SQLite in WAL mode, fed through a redo log: a change is appended to the log before the call that
+    made it returns, and a thread of the journal's own applies the log to SQLite in batches.
+
+    Locks, in this order: _apply_lock (one apply at a time) before _lock (the redo log, the records
+    not applied yet, an open transaction: _depth, _stmts) or _db_lock (the SQLite connection); _lock
+    and _db_lock are never held together, so an apply's SQLite work never holds up a change.
+    """
 
     def __init__(self, path: str, ballast: int = BALLAST_BYTES) -> None:
         self.path = path
         self._ballast_path = path + ".ballast"
         self._ballast_size = ballast
-        self._lock = threading.RLock()  # the SQLite connection and its open transaction (_depth, _stmts)
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)  # the applier waits here for records
+        self._db_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         for own in (path, path + "-wal", path + "-shm"):  # SQLite gives -wal/-shm the mode of the database
             if own == path or os.path.exists(own):
                 fd = os.open(own, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 os.fchmod(fd, 0o600)  # an older cache's 0644 files too
                 os.close(fd)
+        self._redo = RedoLog(path)
         try:
-            self._open()
-            self.restore_ballast()
-        except sqlite3.OperationalError:
-            # a full disk fails the opening (SQLite cannot grow its -shm file): the reserved space is for this,
-            # and stays free for the mount's first writes until eviction has made room (restore_ballast)
-            if not self._release_ballast():
-                raise
-            self._open()
+            try:
+                self._open()
+                self.restore_ballast()
+            except sqlite3.OperationalError:
+                # a full disk fails the opening (SQLite cannot grow its -shm file) or the replay: the reserved
+                # space is for this, and stays free for the mount's first writes until eviction has made room
+                # (restore_ballast)
+                if not self._release_ballast():
+                    raise
+                self._open()
+        except BaseException:
+            self._redo.close()
+            raise
         self._depth = 0
+        self._stmts: list[tuple[str, tuple[object, ...]]] = []
+        self._pending: list[tuple[int, tuple[tuple[str, tuple[object, ...]], ...]]] = []  # (number, statements)
+        self._waiting = 0         # statements in _pending
+        self._first_at = 0.0      # when the oldest of _pending was logged (monotonic)
+        self._retry_at = 0.0      # no apply before this, after one the disk refused
+        self._refused = False     # the last apply failed (logged once until one succeeds)
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="storefs-journal", daemon=True)
+        self._thread.start()
 
     def _open(self) -> None:
-        """Connect and bring the schema up to date; a failure leaves no connection open."""
+        """Connect, bring the schema up to date and replay the redo log; a failure leaves no connection open."""
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
             self._conn.executescript(UPLOADS_SCHEMA)
+            self._conn.executescript(REDO_SCHEMA)
             self._upgrade()
+            self._replay()
         except BaseException:
             self._conn.close()
             raise
@@ -276,31 +327,162 @@ class Journal:
         log.warning("cache disk is full: the journal uses its reserved space")
         return True
 
-    def _execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
-        """Run one statement of the open transaction; on a full disk, use the reserved space.
+    def _replay(self) -> None:
+        """Apply what the redo log holds beyond what SQLite has (a kill -9 or a crash before the applier
+        caught up), then empty the log; numbering goes on from there."""
+        row = self._conn.execute("SELECT applied FROM redo WHERE id = 0").fetchone()
+        applied = row[0] if row else 0
+        records = [r for r in self._redo.read() if r[0] > applied]
+        if records:
+            self._commit(records)
+            log.info("journal: %d changes taken from its redo log", sum(len(stmts) for _, stmts in records))
+        self._seq = records[-1][0] if records else applied
+        self._redo.clear()
 
-        SQLite may roll the whole transaction back on SQLITE_FULL, so the statements so far
-        are kept and replayed in a new transaction after the ballast is gone.
-        """
-        if sql != "COMMIT":
-            self._stmts.append((sql, args))
+    def _commit(self, records: list[tuple[int, tuple[tuple[str, tuple[object, ...]], ...]]]) -> None:
+        """Records of the redo log into SQLite, in one transaction that also notes the last one applied."""
+        statements = [(_SQL[code], args) for _, stmts in records for code, args in stmts]
+        statements.append((_SET_APPLIED, (records[-1][0],)))
+        self._transact(statements)
+
+    def _transact(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Statements in one SQLite transaction; on a full disk once more with the reserved space, then CacheFull."""
+        conn = self._conn
+        for attempt in (0, 1):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for sql, args in statements:
+                    conn.execute(sql, args)
+                conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as e:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if attempt or not _is_full(e) or not self._release_ballast():
+                    if _is_full(e):
+                        raise CacheFull("cache disk is full: the journal cannot record the change") from e
+                    raise
+
+    # ---- writes: appended to the redo log ------------------------------------------------
+
+    def _log(self, stmts: tuple[tuple[str, tuple[object, ...]], ...]) -> None:
+        """One record of the redo log (called with _lock held): when this returns, a kill -9 cannot lose it."""
+        number = self._seq + 1
         try:
-            self._conn.execute(sql, args)
-        except sqlite3.OperationalError as e:
-            if not _is_full(e) or not self._release_ballast():
+            try:
+                self._redo.append(number, stmts)
+            except OSError as e:
+                if e.errno not in FULL_ERRNOS or not self._release_ballast():
+                    raise
+                self._redo.append(number, stmts)
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise CacheFull("cache disk is full: the journal cannot record the change") from e
+            raise
+        self._seq = number
+        if not self._pending:
+            self._first_at = time.monotonic()
+            self._wake.notify()
+        self._pending.append((number, stmts))
+        self._waiting += len(stmts)
+        if self._waiting >= APPLY_BATCH:
+            self._wake.notify()
+
+    def _write(self, stmt: tuple[str, tuple[object, ...]]) -> None:
+        """One statement: joined to the open transaction, else a record of its own."""
+        with self._lock:
+            if self._depth:
+                self._stmts.append(stmt)
+            else:
+                self._log((stmt,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several writes into one record (nested uses join the outer one): all of them survive a
+        crash, or none."""
+        with self._lock:
+            if self._depth == 0:
+                self._stmts = []
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._stmts = []
                 raise
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for s, a in self._stmts:
-                    self._conn.execute(s, a)
-            elif sql != "COMMIT":
-                self._conn.execute(sql, args)
-            if sql == "COMMIT":
-                self._conn.execute("COMMIT")
+            self._depth -= 1
+            if self._depth == 0 and self._stmts:
+                stmts, self._stmts = tuple(self._stmts), []
+                self._log(stmts)
+
+    def put(self, e: Entry) -> None:
+        """Insert or replace the row of e.key (the values e holds now)."""
+        values = [getattr(e, c) for c in _COLUMNS]
+        values[_XATTRS] = _encode_xattrs(e.xattrs)
+        values[_REMOTE] = int(e.remote)
+        values[_STATE] = str(e.state)
+        self._write((_PUT, tuple(values)))
+
+    def remove(self, key: str) -> None:
+        self._write((_REMOVE, (key,)))
+
+    # ---- applying the log to SQLite ------------------------------------------------------
+
+    def _run(self) -> None:
+        """The applier: a batch goes to SQLite APPLY_DELAY after its first record, or at APPLY_BATCH statements."""
+        while True:
+            with self._lock:
+                while True:
+                    if self._closing:
+                        return
+                    now = time.monotonic()
+                    if not self._pending:
+                        self._wake.wait()
+                    elif now < self._retry_at:
+                        self._wake.wait(self._retry_at - now)
+                    elif self._waiting >= APPLY_BATCH or now >= self._first_at + APPLY_DELAY:
+                        break
+                    else:
+                        self._wake.wait(self._first_at + APPLY_DELAY - now)
+            self.apply()
+
+    def apply(self) -> bool:
+        """Write every logged change into SQLite now; False when the disk refused (the log keeps them)."""
+        with self._apply_lock:
+            with self._lock:
+                batch, self._pending, self._waiting = self._pending, [], 0
+                if not batch:
+                    return True
+                self._redo.switch()
+            try:
+                with self._db_lock:
+                    self._commit(batch)
+            except (sqlite3.Error, CacheFull) as e:
+                with self._lock:
+                    self._pending[:0] = batch
+                    self._waiting = sum(len(stmts) for _, stmts in self._pending)
+                    self._retry_at = time.monotonic() + APPLY_RETRY
+                    first = not self._refused
+                    self._refused = True
+                if first:
+                    log.error("journal: %d changes wait in its redo log, SQLite refused them (%s); tried again "
+                              "every %.0f s", sum(len(s) for _, s in batch), e, APPLY_RETRY)
+                return False
+            with self._lock:
+                self._redo.applied(batch[-1][0])
+                if self._refused:
+                    self._refused = False
+                    log.info("journal: its redo log is applied again")
+            return True
+
+    # ---- reads and the tables written directly -----------------------------------------
 
     def load(self) -> list[Entry]:
         """Every row, for the in-memory index built at mount."""
-        with self._lock:
+        self.apply()
+        with self._db_lock:
             cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries")
             out = []
             for row in cur:
@@ -311,72 +493,20 @@ class Journal:
                 out.append(Entry(**values))
             return out
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group several writes into one commit (nested uses join the outer one)."""
-        with self._lock:
-            if self._depth == 0:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._stmts: list[tuple[str, tuple[object, ...]]] = []
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if self._depth == 0:
-                try:
-                    self._execute("COMMIT")
-                except sqlite3.OperationalError as e:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("ROLLBACK")
-                    if _is_full(e):
-                        raise CacheFull("cache disk is full: the journal cannot record the change") from e
-                    raise
-
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
-        """One statement: in the open transaction, else committed on its own (SQLite's autocommit: one
-        call instead of BEGIN, statement and COMMIT); on a full disk, once more with the reserved space."""
-        with self._lock:
-            if self._depth:
-                self._execute(sql, args)
-                return
-            try:
-                try:
-                    self._conn.execute(sql, args)
-                except sqlite3.OperationalError as e:
-                    if not _is_full(e) or not self._release_ballast():
-                        raise
-                    self._conn.execute(sql, args)  # SQLite rolled the statement back: nothing is half done
-            except sqlite3.OperationalError as e:
-                if _is_full(e):
-                    raise CacheFull("cache disk is full: the journal cannot record the change") from e
-                raise
-
-    def put(self, e: Entry) -> None:
-        """Insert or replace the row of e.key."""
-        values = [getattr(e, c) for c in _COLUMNS]
-        values[_XATTRS] = _encode_xattrs(e.xattrs)
-        values[_REMOTE] = int(e.remote)
-        self._write(_PUT_SQL, tuple(values))
-
-    def remove(self, key: str) -> None:
-        self._write("DELETE FROM entries WHERE key = ?", (key,))
+    def _direct(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        """The tables the redo log does not carry (conflicts, multipart uploads: rare), committed at once."""
+        with self._db_lock:
+            self._transact(list(statements))
 
     def add_conflict(self, c: ConflictRecord) -> None:
         """Remember a conflict, keeping the newest MAX_CONFLICTS_KEPT."""
-        with self.transaction():
-            self._execute("INSERT INTO conflicts (at, op, key, conflict_key, provider, detail) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (c.at, c.op, c.key, c.conflict_key, c.provider, c.detail))
-            self._execute("DELETE FROM conflicts WHERE id <= (SELECT MAX(id) FROM conflicts) - ?",
-                          (MAX_CONFLICTS_KEPT,))
+        self._direct(("INSERT INTO conflicts (at, op, key, conflict_key, provider, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                      (c.at, c.op, c.key, c.conflict_key, c.provider, c.detail)),
+                     ("DELETE FROM conflicts WHERE id <= (SELECT MAX(id) FROM conflicts) - ?", (MAX_CONFLICTS_KEPT,)))
 
     def conflicts(self, limit: int = MAX_CONFLICTS_KEPT) -> tuple[int, list[ConflictRecord]]:
         """How many conflicts this cache ever met, and the newest limit of them, newest first."""
-        with self._lock:
+        with self._db_lock:
             row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'conflicts'").fetchone()
             cur = self._conn.execute("SELECT at, op, key, conflict_key, provider, detail FROM conflicts "
                                      "ORDER BY id DESC LIMIT ?", (limit,))
@@ -384,26 +514,40 @@ class Journal:
 
     def add_upload(self, u: UploadRecord) -> None:
         """Remember an open multipart upload (committed before its first part is sent)."""
-        with self.transaction():
-            self._execute("INSERT OR REPLACE INTO uploads (provider, upload_id, key, started) VALUES (?, ?, ?, ?)",
-                          (u.provider, u.upload_id, u.key, u.started))
+        self._direct(("INSERT OR REPLACE INTO uploads (provider, upload_id, key, started) VALUES (?, ?, ?, ?)",
+                      (u.provider, u.upload_id, u.key, u.started)))
 
     def remove_upload(self, provider: str, upload_id: str) -> None:
         """Forget a multipart upload that was completed or aborted (no error if it is not recorded)."""
-        with self.transaction():
-            self._execute("DELETE FROM uploads WHERE provider = ? AND upload_id = ?", (provider, upload_id))
+        self._direct(("DELETE FROM uploads WHERE provider = ? AND upload_id = ?", (provider, upload_id)))
 
     def uploads(self) -> list[UploadRecord]:
         """Every recorded open multipart upload, oldest first."""
-        with self._lock:
+        with self._db_lock:
             cur = self._conn.execute("SELECT provider, key, upload_id, started FROM uploads ORDER BY started")
             return [UploadRecord(*row) for row in cur]
 
     def sync(self) -> None:
-        """Make every committed row durable on disk (fsync semantics), not only crash-safe."""
-        with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+        """Make every recorded change durable on disk (fsync semantics), not only crash-safe."""
+        if self.apply():
+            with self._db_lock:
+                self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+        else:
+            with self._lock:
+                self._redo.fsync()
 
     def close(self) -> None:
+        """Stop the applier and apply what is left; what SQLite refuses stays in the redo log for the next open."""
         with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._wake.notify_all()
+        self._thread.join()
+        done = self.apply()
+        with self._lock:
+            if done:
+                self._redo.clear()
+            self._redo.close()
+        with self._db_lock:
             self._conn.close()

@@ -68,3 +68,4 @@ class Lifecycle:
         self.tree.remote.stop()
         self.files.stop()
         self.data.stop()
+        self.state.index.journal.apply()  # what the threads recorded last, in SQLite before anyone opens it again

@@ -120,6 +120,7 @@ class Status:
                 now = clock()
                 if self.ready_count() <= 0 or now - scanned >= FLUSH_SCAN_INTERVAL:
                     if not self.waiting()[0]:
+                        self.index.journal.apply()  # the journal's file as current as the mount (nothing waits)
                         return True
                     self.uploader.hurry()  # changes closed meanwhile skip their quiet delay too
                     scanned = now

@@ -256,5 +256,5 @@ def test_journal_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
         j.close()
     finally:
         os.umask(old)
-    assert {"journal.db", "journal.db-wal", "journal.db-shm"} <= set(made)
+    assert {"journal.db", "journal.db-wal", "journal.db-shm", "journal.db-redo0", "journal.db-redo1"} <= set(made)
     assert set(modes.values()) == {0o600}, modes

@@ -38,6 +38,7 @@ def test_full_disk_replays_the_transaction_in_the_reserved_space(tmp_path: Path)
         j.put(Entry("t/image/b/a/x", "local", op="put", state=State.DIRTY))
         j.remove("t/image/b/a/gone")
         j.put(Entry("t/image/b/a/y", "local", op="delete", state=State.DIRTY))
+    assert j.apply(), "the batch went in on the reserved space"
     j._conn = real
     assert sorted(e.key for e in j.load()) == ["t/image/b/a/x", "t/image/b/a/y"]
     assert not os.path.exists(j._ballast_path), "the reserved space was used"
