@@ -260,8 +260,9 @@ class Journal:
         self._retry_at = 0.0      # no apply before this, after one the disk refused
         self._refused = False     # the last apply failed (logged once until one succeeds)
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="storefs-journal", daemon=True)
-        self._thread.start()
+        #: started with the first record, not here: the daemon opens its journal before it forks into the
+        #: background, and a thread does not survive a fork
+        self._thread: threading.Thread | None = None
 
     def _open(self) -> None:
         """Connect, bring the schema up to date and replay the redo log; a failure leaves no connection open."""
@@ -334,7 +335,10 @@ class Journal:
         applied = row[0] if row else 0
         records = [r for r in self._redo.read() if r[0] > applied]
         if records:
-            self._commit(records)
+            try:
+                self._commit(records)
+            except CacheFull as e:  # the opening's own error, which the daemon explains with the disk's space
+                raise e.__cause__ or e from None
             log.info("journal: %d changes taken from its redo log", sum(len(stmts) for _, stmts in records))
         self._seq = records[-1][0] if records else applied
         self._redo.clear()
@@ -381,6 +385,9 @@ class Journal:
                 raise CacheFull("cache disk is full: the journal cannot record the change") from e
             raise
         self._seq = number
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="storefs-journal", daemon=True)
+            self._thread.start()
         if not self._pending:
             self._first_at = time.monotonic()
             self._wake.notify()
@@ -543,7 +550,8 @@ class Journal:
                 return
             self._closing = True
             self._wake.notify_all()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         done = self.apply()
         with self._lock:
             if done:
