@@ -453,7 +453,12 @@ class Journal:
                         break
                     else:
                         self._wake.wait(self._first_at + APPLY_DELAY - now)
-            self.apply()
+            try:
+                self.apply()
+            except Exception:  # the records stay in the log files (the next open replays them): the thread lives on
+                log.exception("journal: applying its redo log failed; tried again in %.0f s", APPLY_RETRY)
+                with self._lock:
+                    self._retry_at = time.monotonic() + APPLY_RETRY
 
     def apply(self) -> bool:
         """Write every logged change into SQLite now; False when the disk refused (the log keeps them)."""
