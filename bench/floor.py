@@ -129,7 +129,7 @@ class MemoryCore:
             self.handles[fh] = n
             return fh
 
-    def open(self, key: str, flags: int) -> int:
+    def open(self, key: str, flags: int, *_: object) -> int:
         n = self._node(key)
         if n.is_dir:
             raise IsADirectory(key)
@@ -176,11 +176,11 @@ class MemoryCore:
     def rename(self, old: str, new: str) -> None:
         raise NotPermitted(f"{old}: the floor file system does not rename")
 
-    def chmod(self, key: str, mode: int) -> None:
+    def chmod(self, key: str, mode: int, *_: object) -> None:
         n = self._node(key)
         n.mode = (n.mode & ~0o7777) | (mode & 0o7777)
 
-    def chown(self, key: str, uid: int, gid: int) -> None:
+    def chown(self, key: str, uid: int, gid: int, *_: object) -> None:
         n = self._node(key)
         n.uid = n.uid if uid in (-1, 0xFFFFFFFF) else uid
         n.gid = n.gid if gid in (-1, 0xFFFFFFFF) else gid
